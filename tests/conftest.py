@@ -1,0 +1,36 @@
+"""Shared test fixtures: locations of the optional shared datasets, seeded RNG."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The shared data (FUNSD, RoBERTa vocabulary) lives beside the checkout; it is never copied into the tree.
+SHARED_DATA = Path(os.environ.get("LAYOUTLMV3_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def roberta_vocab_dir() -> Path:
+    """Directory with the official RoBERTa/LayoutLMv3 vocab.json + merges.txt; skips when absent."""
+    path = SHARED_DATA / "roberta-base"
+    if not (path / "vocab.json").is_file() or not (path / "merges.txt").is_file():
+        pytest.skip(f"RoBERTa vocabulary not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def funsd_dir() -> Path:
+    """The FUNSD dataset root (training_data/, testing_data/); skips when absent."""
+    path = SHARED_DATA / "funsd"
+    if not (path / "training_data" / "annotations").is_dir():
+        pytest.skip(f"FUNSD not found at {path}")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

@@ -1,0 +1,49 @@
+"""Task heads on top of the encoder's hidden states."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import LayoutLMv3Config
+
+
+class TokenClassificationHead(nn.Module):
+    """Dropout + linear layer (the paper's FUNSD head); `mlp` adds transformers' dense+tanh layer for >= 10 labels."""
+
+    def __init__(self, config: LayoutLMv3Config) -> None:
+        super().__init__()
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.kind = config.classifier_head
+        if self.kind == "mlp":
+            self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+            self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+        else:
+            self.linear = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dropout(hidden_states)
+        if self.kind == "linear":
+            return self.linear(hidden_states)
+        hidden_states = self.dropout(torch.tanh(self.dense(hidden_states)))
+        return self.out_proj(hidden_states)
+
+
+class MaskedLMHead(nn.Module):
+    """RoBERTa-style LM head: dense -> GELU -> LayerNorm -> decoder whose weight IS the word-embedding table.
+
+    The decoder shares the embedding's Parameter object (not a copy), so optimizers and ZeRO see one tensor;
+    `decoder.weight` is listed in the owning model's `tied_weight_keys` and left out of saved files.
+    """
+
+    def __init__(self, config: LayoutLMv3Config, word_embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.GELU()
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.decoder.weight = word_embeddings.weight
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(self.activation(self.dense(hidden_states))))

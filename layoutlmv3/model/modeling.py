@@ -1,0 +1,299 @@
+"""LayoutLMv3: one multimodal Transformer over [text tokens ; visual CLS ; image patches] (arXiv 2204.08387).
+
+Numerically equal to transformers' `LayoutLMv3Model` (tests hold it to 1e-5 in fp32), with three differences
+that matter for pretraining: the relative-position tables are trainable, attention can run as SDPA or
+FlexAttention, and Q/K/V are one fused projection.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import hf_interop, weights_io
+from .config import LayoutLMv3Config
+from .embeddings import TextEmbeddings, VisualEmbeddings, check_boxes, patch_grid_boxes
+from .encoder import Encoder
+from .heads import MaskedLMHead, TokenClassificationHead
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LayoutLMv3ModelOutput:
+    """`last_hidden_state`: [batch, text tokens + visual tokens, hidden]; text positions come first."""
+
+    last_hidden_state: torch.Tensor
+
+
+@dataclass
+class TokenClassifierOutput:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+@dataclass
+class MaskedLMOutput:
+    """With labels, `logits` are only those of the labelled positions ([n_labelled, vocab]): the full
+    [batch, T, vocab] tensor is never built in training."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+class LayoutLMv3PreTrainedModel(nn.Module):
+    """Weight initialisation and `from_pretrained` / `save_pretrained` shared by the model and its heads."""
+
+    base_prefix = ""  # head models keep the backbone under "layoutlmv3."
+    tied_weight_keys: tuple[str, ...] = ()
+    hf_architecture = "LayoutLMv3Model"
+
+    def __init__(self, config: LayoutLMv3Config) -> None:
+        super().__init__()
+        self.config = config
+
+    def init_weights(self) -> None:
+        """BERT-style init: N(0, initializer_range) for projections and tables, zero biases, unit LayerNorms."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+                if module.padding_idx is not None:
+                    module.weight.data[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, VisualEmbeddings):
+                nn.init.trunc_normal_(module.cls_token, std=std)
+                nn.init.trunc_normal_(module.position, std=std)
+
+    def set_attn_implementation(self, name: str) -> None:
+        """Switch every layer to `eager`, `sdpa` or `flex` (validated like the config)."""
+        LayoutLMv3Config.from_dict({**self.config.to_dict(), "attn_implementation": name})
+        self.config.attn_implementation = name
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- saving -------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, format: str = "native") -> None:
+        """Write config.json + model.safetensors. `format="hf"` writes transformers' layout instead, which
+        `transformers.LayoutLMv3Model.from_pretrained` loads (heads transformers lacks are left out, with a warning)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = {k: v for k, v in self.state_dict().items() if k not in self.tied_weight_keys}
+        if format == "native":
+            self.config.save(directory / weights_io.CONFIG_NAME)
+        elif format == "hf":
+            weights, dropped = hf_interop.native_to_hf(weights)
+            if dropped:
+                logger.warning("transformers has no place for %d weights; not saved: %s", len(dropped), dropped[:5])
+            hf_config = hf_interop.config_to_hf(self.config, self.hf_architecture)
+            weights_io.write_json(hf_config.to_dict(), directory / weights_io.CONFIG_NAME)
+        else:
+            raise ValueError(f"format must be 'native' or 'hf', got {format!r}")
+        weights_io.write_weights(weights, directory / weights_io.SAFETENSORS_NAME)
+
+    # ---- loading ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **config_overrides: Any):
+        """Load ours or a transformers LayoutLMv3 directory (config.json + model.safetensors / pytorch_model.bin).
+
+        `config_overrides` change execution or head fields, e.g. `num_labels=7, attn_implementation="eager"`.
+        Backbone weights must all be present and of the right shape; a head missing from the checkpoint (or of
+        another size) is freshly initialised, and one the model lacks is ignored, each with a log line.
+        """
+        directory = Path(directory)
+        values = weights_io.read_config(directory)
+        is_hf = hf_interop.is_hf_config(values)
+        config = hf_interop.config_from_hf(values) if is_hf else LayoutLMv3Config.load(directory / "config.json")
+        if config_overrides:
+            config = LayoutLMv3Config.from_dict({**config.to_dict(), **config_overrides})
+        weights = weights_io.read_weights(directory)
+        if is_hf:
+            weights = hf_interop.hf_to_native(weights)
+        model = cls(config)
+        model.load_weights(weights, source=str(directory))
+        return model
+
+    def load_weights(self, weights: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        """Load backbone (+ head) weights saved from this class, the bare model, or another head model."""
+        weights = self._align_prefix(weights)
+        own = {k: v for k, v in self.state_dict().items() if k not in self.tied_weight_keys}
+        backbone = self.base_prefix
+        missing = sorted(set(own) - set(weights))
+        unexpected = sorted(set(weights) - set(own))
+        mismatched = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+        fatal_missing = [k for k in missing if k.startswith(backbone)] if backbone else missing
+        fatal_mismatch = [k for k in mismatched if not backbone or k.startswith(backbone)]
+        if fatal_missing or fatal_mismatch:
+            details = [
+                f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}" for k in fatal_mismatch
+            ]
+            raise ValueError(
+                f"{source} does not fit this model (another model size or config?): "
+                f"missing {fatal_missing[:8]}, shape mismatches {details[:8]}"
+            )
+        head_unexpected = [k for k in unexpected if not backbone or not k.startswith(backbone)]
+        if len(head_unexpected) != len(unexpected):
+            raise ValueError(
+                f"{source} has backbone weights this model lacks: {sorted(set(unexpected) - set(head_unexpected))[:8]}"
+            )
+        if missing or mismatched:
+            logger.info("initialising head weights not in %s: %s", source, missing + mismatched)
+        if head_unexpected:
+            logger.info("ignoring head weights of %s this model has no place for: %s", source, head_unexpected)
+        loadable = {k: v for k, v in weights.items() if k in own and k not in mismatched}
+        self.load_state_dict(loadable, strict=False)
+
+    def _align_prefix(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Add or strip the backbone prefix so bare-model and head-model checkpoints load into either."""
+        prefix = hf_interop.BASE_PREFIX
+        has_prefix = any(k.startswith(prefix) for k in weights)
+        if self.base_prefix and not has_prefix:
+            return {prefix + k: v for k, v in weights.items()}
+        if not self.base_prefix and has_prefix:
+            return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+        return weights
+
+
+class LayoutLMv3Model(LayoutLMv3PreTrainedModel):
+    """The encoder. Accepts text + image, text only, or image only."""
+
+    def __init__(self, config: LayoutLMv3Config) -> None:
+        super().__init__(config)
+        if config.text_embed:
+            self.text_embeddings = TextEmbeddings(config)
+        if config.visual_embed:
+            self.visual_embeddings = VisualEmbeddings(config)
+            # transformers normalises the concatenated sequence once more when an image is present.
+            self.embedding_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.embedding_dropout = nn.Dropout(config.hidden_dropout_prob)
+            self.register_buffer("visual_bbox", patch_grid_boxes(config.patches_per_side), persistent=False)
+        self.encoder = Encoder(config)
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        bbox: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+    ) -> LayoutLMv3ModelOutput:
+        """input_ids/bbox/attention_mask: [batch, T] / [batch, T, 4] (0..1000) / [batch, T];
+        pixel_values: [batch, 3, 224, 224]. Either or both modalities."""
+        if input_ids is None and pixel_values is None:
+            raise ValueError("give input_ids, pixel_values, or both")
+        pieces, boxes, key_valid, positions = [], [], [], []
+        if input_ids is not None:
+            if not self.config.text_embed:
+                raise ValueError("this model was built with text_embed=False and takes no input_ids")
+            batch, length = input_ids.shape
+            if bbox is None:
+                bbox = torch.zeros(batch, length, 4, dtype=torch.long, device=input_ids.device)
+            elif bbox.shape[:2] != input_ids.shape:
+                raise ValueError(f"bbox {tuple(bbox.shape)} does not match input_ids {tuple(input_ids.shape)}")
+            check_boxes(bbox)
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            pieces.append(self.text_embeddings(input_ids, bbox, token_type_ids, position_ids))
+            boxes.append(bbox)
+            key_valid.append(attention_mask.bool())
+            positions.append(torch.arange(length, device=input_ids.device))
+        if pixel_values is not None:
+            if not self.config.visual_embed:
+                raise ValueError("this model was built with visual_embed=False and takes no pixel_values")
+            visual = self.visual_embeddings(pixel_values)
+            batch, length = visual.shape[:2]
+            if pieces and pieces[0].shape[0] != batch:
+                raise ValueError(f"batch sizes differ: {pieces[0].shape[0]} texts, {batch} images")
+            pieces.append(visual)
+            boxes.append(self.visual_bbox.expand(batch, -1, -1))
+            key_valid.append(torch.ones(batch, length, dtype=torch.bool, device=visual.device))
+            positions.append(torch.arange(length, device=visual.device))
+        hidden = torch.cat(pieces, dim=1)
+        if pixel_values is not None:
+            hidden = self.embedding_dropout(self.embedding_norm(hidden))
+        # The 1D bias uses plain token order (0..T-1 for text, 0..196 for the image), as transformers does.
+        hidden = self.encoder(
+            hidden,
+            position_ids=torch.cat(positions)[None],
+            bbox=torch.cat(boxes, dim=1),
+            key_valid=torch.cat(key_valid, dim=1),
+        )
+        return LayoutLMv3ModelOutput(last_hidden_state=hidden)
+
+
+class LayoutLMv3ForTokenClassification(LayoutLMv3PreTrainedModel):
+    """A classifier over the text positions (FUNSD entity tagging)."""
+
+    base_prefix = hf_interop.BASE_PREFIX
+    hf_architecture = "LayoutLMv3ForTokenClassification"
+
+    def __init__(self, config: LayoutLMv3Config) -> None:
+        super().__init__(config)
+        self.layoutlmv3 = LayoutLMv3Model(config)
+        self.classifier = TokenClassificationHead(config)
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        bbox: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> TokenClassifierOutput:
+        """labels: [batch, T] with -100 where no loss is taken (specials, padding, later sub-tokens)."""
+        hidden = self.layoutlmv3(input_ids, bbox, attention_mask, token_type_ids, position_ids, pixel_values)
+        logits = self.classifier(hidden.last_hidden_state[:, : input_ids.shape[1]])
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return TokenClassifierOutput(logits=logits, loss=loss, last_hidden_state=hidden.last_hidden_state)
+
+
+class LayoutLMv3ForMaskedLM(LayoutLMv3PreTrainedModel):
+    """The encoder with the MLM head tied to the word embeddings (the pretraining objectives build on this)."""
+
+    base_prefix = hf_interop.BASE_PREFIX
+    tied_weight_keys = ("mlm_head.decoder.weight",)
+
+    def __init__(self, config: LayoutLMv3Config) -> None:
+        super().__init__(config)
+        self.layoutlmv3 = LayoutLMv3Model(config)
+        self.mlm_head = MaskedLMHead(config, self.layoutlmv3.text_embeddings.word)
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        bbox: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> MaskedLMOutput:
+        """labels: [batch, T], the original token id where masked and -100 elsewhere."""
+        hidden = self.layoutlmv3(input_ids, bbox, attention_mask, pixel_values=pixel_values).last_hidden_state
+        text = hidden[:, : input_ids.shape[1]]
+        if labels is None:
+            return MaskedLMOutput(logits=self.mlm_head(text), last_hidden_state=hidden)
+        selected = labels != -100
+        logits = self.mlm_head(text[selected])
+        loss = nn.functional.cross_entropy(logits.float(), labels[selected])
+        return MaskedLMOutput(logits=logits, loss=loss, last_hidden_state=hidden)

@@ -1,0 +1,71 @@
+"""Reading and writing model directories (config.json + weights), ours or transformers'.
+
+Weights are read without executing pickled code: safetensors, or `torch.load(weights_only=True)` for the
+pytorch_model.bin files older transformers checkpoints ship. Files are written under a temporary name and
+renamed, so an interrupted save never leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CONFIG_NAME = "config.json"
+SAFETENSORS_NAME = "model.safetensors"
+SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
+PICKLE_NAME = "pytorch_model.bin"
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a model directory: no {CONFIG_NAME}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a model directory: model.safetensors, a sharded safetensors index, or pytorch_model.bin."""
+    if (directory / SAFETENSORS_NAME).is_file():
+        return _load_safetensors(directory / SAFETENSORS_NAME)
+    if (directory / SAFETENSORS_INDEX_NAME).is_file():
+        index = json.loads((directory / SAFETENSORS_INDEX_NAME).read_text())
+        weights: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            weights.update(_load_safetensors(directory / shard))
+        return weights
+    if (directory / PICKLE_NAME).is_file():
+        try:
+            return torch.load(directory / PICKLE_NAME, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for truncated or hostile files
+            raise ValueError(f"cannot read {directory / PICKLE_NAME} as plain tensors: {error}") from error
+    raise FileNotFoundError(f"{directory}: no {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME} or {PICKLE_NAME}")
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is truncated or not a safetensors file: {error}") from error
+
+
+def write_weights(weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Atomically write contiguous CPU copies of `weights` as safetensors."""
+    tensors = {key: value.detach().contiguous().cpu() for key, value in weights.items()}
+    temporary = path.with_name(path.name + ".tmp")
+    save_file(tensors, temporary, metadata={"format": "pt"})
+    os.replace(temporary, path)
+
+
+def write_json(values: dict[str, Any], path: Path) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path)

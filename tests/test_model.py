@@ -1,0 +1,199 @@
+"""Model behaviour beyond parity: trainable biases, implementations agreeing, autocast, validation, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import safetensors.torch
+import torch
+
+from layoutlmv3 import LayoutLMv3Config, LayoutLMv3ForMaskedLM, LayoutLMv3ForTokenClassification, LayoutLMv3Model
+from layoutlmv3.model import FLAVORS
+from tests.model_inputs import random_inputs
+
+
+def tiny(**overrides) -> LayoutLMv3Config:
+    return LayoutLMv3Config.from_flavor("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **overrides)
+
+
+def loss_and_grads(model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    output = model(**inputs).last_hidden_state
+    loss = (output * torch.linspace(-1, 1, output.shape[-1])).sum()  # a loss whose gradient is not trivially zero
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_relative_bias_tables_are_trained(implementation):
+    model = LayoutLMv3Model(tiny(attn_implementation=implementation)).train()
+    _, grads = loss_and_grads(model, random_inputs(length=40))
+    for table in ("pos_1d", "pos_x", "pos_y"):
+        grad = grads[f"encoder.relative_bias.{table}.weight"]
+        assert grad.abs().sum() > 0, f"{table} got no gradient"
+
+
+def test_eager_and_sdpa_agree_on_outputs_and_gradients():
+    model = LayoutLMv3Model(tiny(attn_implementation="eager")).train()
+    inputs = random_inputs(length=60)
+    loss_eager, grads_eager = loss_and_grads(model, inputs)
+    model.set_attn_implementation("sdpa")
+    loss_sdpa, grads_sdpa = loss_and_grads(model, inputs)
+    assert torch.allclose(loss_eager, loss_sdpa, rtol=1e-5, atol=1e-4)
+    assert grads_eager.keys() == grads_sdpa.keys()
+    for name in grads_eager:
+        assert torch.allclose(grads_eager[name], grads_sdpa[name], rtol=1e-4, atol=1e-5), name
+
+
+@pytest.mark.parametrize("mode", ["text+image", "text"])
+def test_flex_forward_agrees_with_sdpa(mode):
+    """FlexAttention computes the bias from lookup tables inside the kernel; on CPU it runs forward only."""
+    model = LayoutLMv3Model(tiny()).eval()
+    inputs = random_inputs(length=50)
+    if mode == "text":
+        inputs.pop("pixel_values")
+    with torch.no_grad():
+        expected = model(**inputs).last_hidden_state
+        model.set_attn_implementation("flex")
+        actual = model(**inputs).last_hidden_state
+    assert (actual - expected).abs().max() <= 1e-5
+
+
+def test_flex_refuses_cpu_training_clearly():
+    model = LayoutLMv3Model(tiny(attn_implementation="flex")).train()
+    with pytest.raises(RuntimeError, match="no CPU backward"):
+        model(**random_inputs(length=20))
+
+
+def test_flex_requires_no_attention_dropout():
+    with pytest.raises(ValueError, match="attention_probs_dropout_prob=0"):
+        LayoutLMv3Config.from_flavor("tiny", attn_implementation="flex")
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    inputs = random_inputs(length=40)
+    model = LayoutLMv3Model(tiny()).train()
+    loss_plain, grads_plain = loss_and_grads(model, inputs)
+    model.config.gradient_checkpointing = True
+    loss_ckpt, grads_ckpt = loss_and_grads(model, inputs)
+    assert torch.equal(loss_plain, loss_ckpt)
+    for name, grad in grads_plain.items():
+        assert torch.allclose(grad, grads_ckpt[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_bf16_autocast_is_finite_and_close_to_fp32(implementation):
+    model = LayoutLMv3Model(tiny(attn_implementation=implementation)).train()
+    inputs = random_inputs(length=40)
+    reference = model(**inputs).last_hidden_state.detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(**inputs).last_hidden_state
+    output.float().sum().backward()
+    assert torch.isfinite(output).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert (output.float() - reference).abs().mean() < 0.05
+
+
+def test_text_only_and_image_only_shapes():
+    model = LayoutLMv3Model(tiny()).eval()
+    inputs = random_inputs(length=30)
+    with torch.no_grad():
+        both = model(**inputs).last_hidden_state
+        text = model(inputs["input_ids"], inputs["bbox"], inputs["attention_mask"]).last_hidden_state
+        image = model(pixel_values=inputs["pixel_values"]).last_hidden_state
+    assert both.shape == (2, 30 + 197, 64)
+    assert text.shape == (2, 30, 64)
+    assert image.shape == (2, 197, 64)
+
+
+def test_padding_does_not_change_real_tokens():
+    """A padded sample gives the same hidden states on its real tokens as the unpadded one."""
+    model = LayoutLMv3Model(tiny()).eval()
+    inputs = random_inputs(batch=2, length=50)
+    used = int(inputs["attention_mask"][1].sum())
+    with torch.no_grad():
+        padded = model(**inputs).last_hidden_state[1, :used]
+        alone = model(
+            inputs["input_ids"][1:, :used], inputs["bbox"][1:, :used], pixel_values=inputs["pixel_values"][1:]
+        ).last_hidden_state[0, :used]
+    assert (padded - alone).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda x: x["bbox"].__setitem__((0, 3, 2), 1001), "0..1000"),
+        (lambda x: x["bbox"].__setitem__((1, 0, 0), -1), "0..1000"),
+        (lambda x: x.__setitem__("pixel_values", torch.zeros(2, 3, 200, 200)), "pixel_values"),
+        (lambda x: x.__setitem__("bbox", x["bbox"][:, :5]), "does not match"),
+        (lambda x: x.__setitem__("pixel_values", torch.zeros(1, 3, 224, 224)), "batch sizes differ"),
+    ],
+)
+def test_bad_input_raises_clear_errors(change, message):
+    model = LayoutLMv3Model(tiny()).eval()
+    inputs = random_inputs(length=20)
+    change(inputs)
+    with pytest.raises(ValueError, match=message):
+        model(**inputs)
+
+
+def test_too_long_sequence_raises():
+    model = LayoutLMv3Model(tiny()).eval()
+    with pytest.raises(ValueError, match="split long pages into windows"):
+        model(torch.full((1, 513), 5))
+    with pytest.raises(ValueError, match="input_ids, pixel_values"):
+        model()
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="coordinate_size"):
+        LayoutLMv3Config(hidden_size=64, num_attention_heads=4)
+    with pytest.raises(ValueError, match="unknown LayoutLMv3Config fields"):
+        LayoutLMv3Config.from_dict({"hiden_size": 3})
+    with pytest.raises(ValueError, match="unknown flavor"):
+        LayoutLMv3Config.from_flavor("huge")
+    for name in FLAVORS:
+        LayoutLMv3Config.from_flavor(name)
+
+
+def test_native_round_trip_and_tied_mlm_head(tmp_path):
+    model = LayoutLMv3ForMaskedLM(tiny()).eval()
+    model.save_pretrained(tmp_path)
+    saved = safetensors.torch.load_file(tmp_path / "model.safetensors")
+    assert "mlm_head.decoder.weight" not in saved  # tied: stored once, as the word embeddings
+    loaded = LayoutLMv3ForMaskedLM.from_pretrained(tmp_path).eval()
+    assert loaded.mlm_head.decoder.weight is loaded.layoutlmv3.text_embeddings.word.weight
+    inputs = random_inputs(length=30)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, loaded(**inputs).logits)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[:, 3:6] = inputs["input_ids"][:, 3:6]
+    output = loaded(**inputs, labels=labels)
+    assert output.logits.shape == (6, 50265) and torch.isfinite(output.loss)
+
+
+def test_backbone_moves_between_bare_and_head_models(tmp_path):
+    bare = LayoutLMv3Model(tiny()).eval()
+    bare.save_pretrained(tmp_path / "bare")
+    tagger = LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "bare", num_labels=7).eval()
+    inputs = random_inputs(length=20)
+    with torch.no_grad():
+        assert torch.equal(tagger.layoutlmv3(**inputs).last_hidden_state, bare(**inputs).last_hidden_state)
+        assert tagger(**inputs).logits.shape == (2, 20, 7)
+    tagger.save_pretrained(tmp_path / "tagger")
+    back = LayoutLMv3Model.from_pretrained(tmp_path / "tagger").eval()
+    with torch.no_grad():
+        assert torch.equal(back(**inputs).last_hidden_state, bare(**inputs).last_hidden_state)
+
+
+def test_loading_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        LayoutLMv3Model.from_pretrained(tmp_path / "missing")
+    LayoutLMv3Model(tiny()).save_pretrained(tmp_path / "tiny")
+    small = LayoutLMv3Model(LayoutLMv3Config.from_flavor("small"))
+    weights = safetensors.torch.load_file(tmp_path / "tiny" / "model.safetensors")
+    with pytest.raises(ValueError, match="another model size"):
+        small.load_weights(weights)
+    weights_file = tmp_path / "tiny" / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated"):
+        LayoutLMv3Model.from_pretrained(tmp_path / "tiny")

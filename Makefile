@@ -1,0 +1,48 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   -> virtualenv + dependencies, then the main job on the embedded synthetic default (CPU, tiny sizes)
+#   make test   -> virtualenv + dependencies + system packages, then lint and the whole test suite (CPU)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+SYSTEM_PACKAGES := tesseract-ocr fonts-dejavu-core
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test lint format system-deps venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-build-isolation deepspeed==0.19.8
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+# Debian packages the tests and the data pipeline use (Tesseract OCR, DejaVu fonts for the synthetic corpus).
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: venv system-deps
+	$(PY) launch/demo.py --out outputs/demo
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: venv system-deps lint
+	$(PY) -m pytest -q
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

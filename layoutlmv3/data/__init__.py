@@ -1,0 +1,1 @@
+"""Reading tokenized webdataset shards for training: splitting, decoding, collation, resumable position."""

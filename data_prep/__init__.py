@@ -1,0 +1,1 @@
+"""Data preparation: corpora, tokenization and dataset builders for LayoutLMv3 pretraining and fine-tuning."""

@@ -1,0 +1,24 @@
+"""Embedded synthetic document corpus: scanned-looking forms/letters with exact word boxes, offline and seeded.
+
+``generate_page(seed, index)`` builds one page in memory; ``write_corpus`` (or ``python -m data_prep.synth``)
+writes many in FUNSD format. The same (seed, index) always gives the same bytes.
+"""
+
+from .corpus import CorpusResult, write_corpus
+from .document import LABELS, SynthEntity, SynthPage, SynthWord
+from .funsd_format import to_funsd, write_page
+from .generate import generate_page, page_id, render_clean
+
+__all__ = [
+    "LABELS",
+    "CorpusResult",
+    "SynthEntity",
+    "SynthPage",
+    "SynthWord",
+    "generate_page",
+    "page_id",
+    "render_clean",
+    "to_funsd",
+    "write_corpus",
+    "write_page",
+]

@@ -53,6 +53,10 @@ class LayoutLMv3Config:
     input_size: int = 224
     patch_size: int = 16
     num_channels: int = 3
+    # Pretraining: a learned embedding replaces masked patches (MIM); the MIM head predicts one of
+    # `visual_codebook_size` visual tokens (the image tokenizer's codebook).
+    patch_mask_token: bool = False
+    visual_codebook_size: int = 8192
     # Heads.
     num_labels: int = 2
     classifier_dropout: float | None = None

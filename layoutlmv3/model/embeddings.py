@@ -102,12 +102,20 @@ class VisualEmbeddings(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position = nn.Parameter(torch.zeros(1, config.num_visual_tokens, config.hidden_size))
         self.norm = nn.LayerNorm(config.hidden_size, eps=1e-6)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.patch_mask_token else None
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """patch_mask: optional bool [batch, patches]; masked patches are replaced by the learned mask token."""
         expected = (self.patch_proj.in_channels, self.input_size, self.input_size)
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != expected:
             raise ValueError(f"pixel_values must have shape [batch, {', '.join(map(str, expected))}], "
                              f"got {tuple(pixel_values.shape)}")  # fmt: skip
         patches = self.patch_proj(pixel_values.to(self.patch_proj.weight.dtype)).flatten(2).transpose(1, 2)
+        if patch_mask is not None:
+            if self.mask_token is None:
+                raise ValueError("patch_mask needs a model built with patch_mask_token=True")
+            if patch_mask.shape != patches.shape[:2]:
+                raise ValueError(f"patch_mask must be [batch, {patches.shape[1]}], got {tuple(patch_mask.shape)}")
+            patches = torch.where(patch_mask[..., None], self.mask_token.to(patches.dtype), patches)
         cls = self.cls_token.expand(patches.shape[0], -1, -1)
         return self.norm(torch.cat([cls, patches], dim=1) + self.position)

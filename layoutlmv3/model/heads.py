@@ -47,3 +47,27 @@ class MaskedLMHead(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.norm(self.activation(self.dense(hidden_states))))
+
+
+class MaskedImageHead(nn.Module):
+    """Predicts the visual token (image-tokenizer codebook id) of each patch from its final hidden state."""
+
+    def __init__(self, config: LayoutLMv3Config) -> None:
+        super().__init__()
+        self.decoder = nn.Linear(config.hidden_size, config.visual_codebook_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(hidden_states)
+
+
+class WordPatchAlignmentHead(nn.Module):
+    """A 2-layer MLP giving one logit per text token: is this word's image region masked (unaligned)?"""
+
+    def __init__(self, config: LayoutLMv3Config) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.GELU()
+        self.out = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.out(self.activation(self.dense(hidden_states))).squeeze(-1)

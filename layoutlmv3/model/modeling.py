@@ -53,6 +53,8 @@ class LayoutLMv3PreTrainedModel(nn.Module):
 
     base_prefix = ""  # head models keep the backbone under "layoutlmv3."
     tied_weight_keys: tuple[str, ...] = ()
+    # Backbone weights a checkpoint may lack without being wrong: the MIM mask token exists only in pretraining.
+    optional_suffixes: tuple[str, ...] = ("visual_embeddings.mask_token",)
     hf_architecture = "LayoutLMv3Model"
 
     def __init__(self, config: LayoutLMv3Config) -> None:
@@ -77,6 +79,8 @@ class LayoutLMv3PreTrainedModel(nn.Module):
             elif isinstance(module, VisualEmbeddings):
                 nn.init.trunc_normal_(module.cls_token, std=std)
                 nn.init.trunc_normal_(module.position, std=std)
+                if module.mask_token is not None:
+                    nn.init.trunc_normal_(module.mask_token, std=std)
 
     def set_attn_implementation(self, name: str) -> None:
         """Switch every layer to `eager`, `sdpa` or `flex` (validated like the config)."""
@@ -135,7 +139,9 @@ class LayoutLMv3PreTrainedModel(nn.Module):
         missing = sorted(set(own) - set(weights))
         unexpected = sorted(set(weights) - set(own))
         mismatched = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
-        fatal_missing = [k for k in missing if k.startswith(backbone)] if backbone else missing
+        fatal_missing = [
+            k for k in missing if (not backbone or k.startswith(backbone)) and not k.endswith(self.optional_suffixes)
+        ]
         fatal_mismatch = [k for k in mismatched if not backbone or k.startswith(backbone)]
         if fatal_missing or fatal_mismatch:
             details = [
@@ -145,7 +151,9 @@ class LayoutLMv3PreTrainedModel(nn.Module):
                 f"{source} does not fit this model (another model size or config?): "
                 f"missing {fatal_missing[:8]}, shape mismatches {details[:8]}"
             )
-        head_unexpected = [k for k in unexpected if not backbone or not k.startswith(backbone)]
+        head_unexpected = [
+            k for k in unexpected if (backbone and not k.startswith(backbone)) or k.endswith(self.optional_suffixes)
+        ]
         if len(head_unexpected) != len(unexpected):
             raise ValueError(
                 f"{source} has backbone weights this model lacks: {sorted(set(unexpected) - set(head_unexpected))[:8]}"
@@ -192,9 +200,10 @@ class LayoutLMv3Model(LayoutLMv3PreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
+        patch_mask: torch.Tensor | None = None,
     ) -> LayoutLMv3ModelOutput:
         """input_ids/bbox/attention_mask: [batch, T] / [batch, T, 4] (0..1000) / [batch, T];
-        pixel_values: [batch, 3, 224, 224]. Either or both modalities."""
+        pixel_values: [batch, 3, 224, 224]; patch_mask: [batch, 196] bool (MIM). Either or both modalities."""
         if input_ids is None and pixel_values is None:
             raise ValueError("give input_ids, pixel_values, or both")
         pieces, boxes, key_valid, positions = [], [], [], []
@@ -216,7 +225,7 @@ class LayoutLMv3Model(LayoutLMv3PreTrainedModel):
         if pixel_values is not None:
             if not self.config.visual_embed:
                 raise ValueError("this model was built with visual_embed=False and takes no pixel_values")
-            visual = self.visual_embeddings(pixel_values)
+            visual = self.visual_embeddings(pixel_values, patch_mask)
             batch, length = visual.shape[:2]
             if pieces and pieces[0].shape[0] != batch:
                 raise ValueError(f"batch sizes differ: {pieces[0].shape[0]} texts, {batch} images")

@@ -1,0 +1,310 @@
+"""Training/evaluation loader over tokenized webdataset shards, with an exactly resumable position.
+
+Order. Every DataLoader worker runs one *logical worker*: a stream of raw samples (tar members grouped by key,
+webdataset's reader) that is a pure function of (seed, epoch, rank, logical worker), shuffled by a seeded buffer,
+then decoded and collated into batches inside the worker. The DataLoader hands batches out round-robin over its
+workers (skipping exhausted ones), so the batch order of an epoch is fixed too.
+
+Splitting is explicit -- ranks take every world_size-th shard of the epoch's shard order, then workers every
+num_workers-th of the rank's -- instead of webdataset's split_by_node/split_by_worker, which read the rank from
+the environment or torch.distributed: passing rank/world_size lets one process build any rank's loader (tests,
+tools) and keeps the split a visible function of the arguments.
+
+Modes. resampled=True (training at scale): each logical worker draws shards with replacement from its own seeded
+RNG, an endless stream, and stops after a fixed share of `epoch_length` batches -- every rank yields the same
+number of batches whatever the shard count or sizes, so no rank waits on another in a collective.
+resampled=False (evaluation, exact epochs): each shard goes to exactly one (rank, worker) and every sample is
+seen once per epoch; ranks may then yield different numbers of batches (the last one of each worker partial).
+
+Resume. The loader counts, per logical worker, the batches it received and the raw samples they consumed, and
+which worker comes next. A resumed iteration maps DataLoader worker p to logical worker (p + next) % num_workers
+(keeping the round-robin order) and each logical worker drops the raw samples it already consumed *before*
+decoding them, so the next batches are exactly those an uninterrupted run would have produced.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from layoutlmv3.data.collate import Collator
+from layoutlmv3.data.decode import PageSample, decode_sample
+from layoutlmv3.data.shards import Shard, ShardSource, list_shards, total_samples
+
+logger = logging.getLogger(__name__)
+
+CollateFn = Callable[[Sequence[PageSample], int], dict]
+POSITION_KEY = "__position__"  # (logical worker, its batches so far, its raw samples so far); the loader pops it
+MAX_EMPTY_SHARDS = 100  # consecutive shards without a single sample: the data is unreadable, stop drawing
+_LAYOUT_FIELDS = ("seed", "rank", "world_size", "num_workers", "batch_size", "resampled", "epoch_length")
+
+
+def build_train_loader(
+    shards: ShardSource,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 2,
+    seed: int = 0,
+    epoch_length: int | None = None,
+    shuffle_buffer: int = 1000,
+    resampled: bool = True,
+    collate_fn: CollateFn | None = None,
+    pin_memory: bool = False,
+    prefetch_factor: int = 2,
+) -> ShardLoader:
+    """Loader for one rank; see the module docstring for the two modes and how resuming works.
+
+    epoch_length: batches per rank per epoch (resampled mode only); None derives it from the manifest's sample
+    counts as total_samples // (batch_size * world_size). shuffle_buffer: raw samples held per worker for
+    shuffling (0 or 1: stream order). collate_fn(samples, epoch) defaults to `Collator(seed=seed)`.
+    """
+    shard_list = list_shards(shards)
+    if not shard_list:
+        raise ValueError("no shards")
+    if batch_size < 1 or num_workers < 0 or shuffle_buffer < 0 or seed < 0:
+        raise ValueError("batch_size must be >= 1; num_workers, shuffle_buffer and seed >= 0")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+    if resampled:
+        epoch_length = _resampled_epoch_length(shard_list, batch_size, world_size, epoch_length)
+    elif epoch_length is not None:
+        raise ValueError("epoch_length applies to resampled=True; an exact epoch is one pass over the shards")
+    dataset = ShardDataset(
+        shard_list,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+        seed=seed,
+        epoch_length=epoch_length,
+        shuffle_buffer=shuffle_buffer,
+        collate_fn=collate_fn or Collator(seed=seed),
+    )
+    dataloader = DataLoader(
+        dataset,
+        batch_size=None,  # the dataset yields whole batches: they are formed where the samples are decoded
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+    )
+    return ShardLoader(dataset, dataloader)
+
+
+def _resampled_epoch_length(shards: list[Shard], batch_size: int, world_size: int, epoch_length: int | None) -> int:
+    if epoch_length is None:
+        total = total_samples(shards)
+        if total is None:
+            raise ValueError("resampled=True needs epoch_length when the shards come without a manifest")
+        epoch_length = total // (batch_size * world_size)
+    if epoch_length < 1:
+        raise ValueError(f"epoch_length must be >= 1 batch, got {epoch_length}")
+    return epoch_length
+
+
+class ShardDataset(IterableDataset):
+    """One rank's batches; each DataLoader worker produces the batches of one logical worker.
+
+    The position to start from (epoch, next worker, per-worker batches and raw samples consumed) lives in a
+    shared-memory tensor written by `ShardLoader`, so persistent workers see each new epoch and resume point.
+    """
+
+    def __init__(
+        self,
+        shards: list[Shard],
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        seed: int,
+        epoch_length: int | None,
+        shuffle_buffer: int,
+        collate_fn: CollateFn,
+    ) -> None:
+        super().__init__()
+        self.shards, self.batch_size, self.seed = shards, batch_size, seed
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.epoch_length, self.shuffle_buffer, self.collate_fn = epoch_length, shuffle_buffer, collate_fn
+        self.logical_workers = max(num_workers, 1)
+        # [epoch, next worker, batches of worker 0..W-1, raw samples of worker 0..W-1]
+        self.position = torch.zeros(2 + 2 * self.logical_workers, dtype=torch.int64).share_memory_()
+
+    @property
+    def resampled(self) -> bool:
+        return self.epoch_length is not None
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        position = self.position.tolist()
+        epoch, next_worker, workers = position[0], position[1], self.logical_workers
+        worker = ((info.id if info is not None else 0) + next_worker) % workers
+        batches, samples = position[2 + worker], position[2 + workers + worker]
+        return self._batches(epoch, worker, batches, samples)
+
+    def _batches(self, epoch: int, worker: int, batches: int, samples: int) -> Iterator[dict]:
+        """The logical worker's batches after its first `batches` (which consumed `samples` raw samples)."""
+        quota = self.worker_quota(worker) if self.resampled else None
+        if quota is not None and batches >= quota:
+            return
+        raw = islice(self._raw_samples(epoch, worker), samples, None)  # skipped before any decoding
+        pages: list[PageSample] = []
+        for sample in raw:
+            samples += 1
+            page = _decode_or_none(sample)
+            if page is not None:
+                pages.append(page)
+            if len(pages) == self.batch_size:
+                batches += 1
+                yield self._collate(pages, epoch, (worker, batches, samples))
+                pages = []
+                if batches == quota:
+                    return
+        if pages:
+            yield self._collate(pages, epoch, (worker, batches + 1, samples))
+
+    def _collate(self, pages: list[PageSample], epoch: int, position: tuple[int, int, int]) -> dict:
+        batch = self.collate_fn(pages, epoch)
+        batch[POSITION_KEY] = position
+        return batch
+
+    def worker_quota(self, worker: int) -> int:
+        """Batches a logical worker yields per epoch in resampled mode: an even share of epoch_length."""
+        assert self.epoch_length is not None
+        share, extra = divmod(self.epoch_length, self.logical_workers)
+        return share + (worker < extra)
+
+    def _raw_samples(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
+        """The logical worker's undecoded samples, in their deterministic (shuffled) order."""
+        urls = self._resampled_urls(epoch, worker) if self.resampled else iter(self.worker_shards(epoch, worker))
+        samples = _read_shards(urls)
+        if self.shuffle_buffer > 1:
+            seed = _derive_seed(self.seed, epoch, self.rank, worker, 1)
+            samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=seed)(samples)
+        return samples
+
+    def worker_shards(self, epoch: int, worker: int) -> list[str]:
+        """Exact mode: the epoch's shard order (same on every rank), every world_size-th for this rank, then
+        every num_workers-th of those for the worker -- each shard read by exactly one (rank, worker)."""
+        order = list(range(len(self.shards)))
+        random.Random(_derive_seed(self.seed, epoch)).shuffle(order)
+        mine = order[self.rank :: self.world_size][worker :: self.logical_workers]
+        return [self.shards[index].url for index in mine]
+
+    def _resampled_urls(self, epoch: int, worker: int) -> Iterator[str]:
+        rng = random.Random(_derive_seed(self.seed, epoch, self.rank, worker, 0))
+        while True:
+            yield self.shards[rng.randrange(len(self.shards))].url
+
+
+def _read_shards(urls: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """Raw samples of the shards in turn; an unreadable shard (or its unreadable rest) is logged and skipped."""
+    empty_run = 0
+    for url in urls:
+        count = 0
+        for sample in wds.tarfile_samples([{"url": url}], handler=functools.partial(_log_shard_error, url)):
+            count += 1
+            yield sample
+        empty_run = 0 if count else empty_run + 1
+        if empty_run == MAX_EMPTY_SHARDS:
+            raise RuntimeError(f"{MAX_EMPTY_SHARDS} shards in a row held no readable sample (last: {url})")
+
+
+def _log_shard_error(url: str, exn: Exception) -> bool:
+    logger.warning("skipping unreadable data in shard %s: %s", url, exn)
+    return True  # continue with the next member / shard
+
+
+def _decode_or_none(sample: dict[str, Any]) -> PageSample | None:
+    try:
+        return decode_sample(sample)
+    except Exception as exn:  # a bad sample must cost one sample, never the run
+        logger.warning("skipping sample %s of shard %s: %s", sample.get("__key__"), sample.get("__url__"), exn)
+        return None
+
+
+def _derive_seed(*numbers: int) -> int:
+    return int(np.random.SeedSequence(numbers).generate_state(1)[0])
+
+
+class ShardLoader:
+    """Iterable over one rank's batches, epoch after epoch, with a resumable position.
+
+    Each `iter()` continues from the current position: the rest of the current epoch, and once an epoch is
+    exhausted the next `iter()` starts the next one. `state_dict()` taken between batches and loaded into a loader
+    built with the same arguments makes it yield exactly the batches the original would have yielded next.
+    In exact mode the end of an epoch is only known once the workers run dry, so a state saved after an epoch's
+    last batch (before the iterator ended) resumes with that epoch's empty remainder; resampled epochs have a
+    known length and move on at once. Keep one live iterator at a time.
+    """
+
+    def __init__(self, dataset: ShardDataset, dataloader: DataLoader) -> None:
+        self.dataset, self.dataloader = dataset, dataloader
+        self.epoch = 0
+        self._start_epoch(0)
+
+    def _start_epoch(self, epoch: int) -> None:
+        workers = self.dataset.logical_workers
+        self.epoch, self.batches, self.next_worker = epoch, 0, 0
+        self.worker_batches, self.worker_samples = [0] * workers, [0] * workers
+
+    @property
+    def epoch_batches(self) -> int | None:
+        """Batches this rank yields in the current epoch; in exact mode from the manifest counts (None without
+        them, an upper bound when shards are corrupt)."""
+        dataset = self.dataset
+        if dataset.resampled:
+            return dataset.epoch_length
+        counts = {shard.url: shard.samples for shard in dataset.shards}
+        total = 0
+        for worker in range(dataset.logical_workers):
+            samples = [counts[url] for url in dataset.worker_shards(self.epoch, worker)]
+            if None in samples:
+                return None
+            total += -(-sum(samples) // dataset.batch_size)
+        return total
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.dataset.resampled and self.batches == self.dataset.epoch_length:
+            self._start_epoch(self.epoch + 1)  # stopped (or saved) right after the epoch's last batch
+        self.dataset.position.copy_(
+            torch.tensor([self.epoch, self.next_worker, *self.worker_batches, *self.worker_samples])
+        )
+        for batch in self.dataloader:
+            worker, batches, samples = batch.pop(POSITION_KEY)
+            self.worker_batches[worker], self.worker_samples[worker] = batches, samples
+            self.next_worker = (worker + 1) % self.dataset.logical_workers
+            self.batches += 1
+            yield batch
+        self._start_epoch(self.epoch + 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position after the last batch handed out, plus the arguments that fix the order (checked on load)."""
+        dataset = self.dataset
+        return {
+            "epoch": self.epoch,
+            "batches": self.batches,
+            "next_worker": self.next_worker,
+            "worker_batches": list(self.worker_batches),
+            "worker_samples": list(self.worker_samples),
+            **{name: getattr(dataset, name) for name in _LAYOUT_FIELDS},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state`; the loader must have been built with the same seed, rank and layout."""
+        for name in _LAYOUT_FIELDS:
+            if state[name] != getattr(self.dataset, name):
+                raise ValueError(
+                    f"cannot resume: state has {name}={state[name]!r}, loader {getattr(self.dataset, name)!r}"
+                )
+        self.epoch, self.batches, self.next_worker = state["epoch"], state["batches"], state["next_worker"]
+        self.worker_batches, self.worker_samples = list(state["worker_batches"]), list(state["worker_samples"])

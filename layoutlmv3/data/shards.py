@@ -1,0 +1,74 @@
+"""Which shards make up a dataset, and how many samples each holds (the loader needs counts to size epochs)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import braceexpand
+
+from layoutlmv3.data.sample_format import (
+    IMAGE_SIZE,
+    MANIFEST_FILE,
+    MANIFEST_FORMAT_VERSION,
+    TOKENIZER_IMAGE_SIZE,
+)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One tar file; `samples` is None when the shard did not come from a manifest."""
+
+    url: str
+    samples: int | None = None
+
+
+ShardSource = str | Path | Sequence[str | Path | Shard]
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Load a `manifest.json` (or the one inside a directory), refusing formats this reader does not understand."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    expected = {
+        "format_version": MANIFEST_FORMAT_VERSION,
+        "image_size": IMAGE_SIZE,
+        "tokenizer_image_size": TOKENIZER_IMAGE_SIZE,
+    }
+    for field, value in expected.items():
+        if manifest.get(field) != value:
+            raise ValueError(f"{path}: {field} is {manifest.get(field)!r}, this reader needs {value!r}")
+    return manifest
+
+
+def list_shards(source: ShardSource) -> list[Shard]:
+    """Expand a dataset directory / manifest path, a brace pattern or a list of paths into shards.
+
+    A directory or `manifest.json` gives sample counts; a pattern or plain paths give none (`samples` is None).
+    """
+    if isinstance(source, str | Path):
+        path = Path(source)
+        if path.is_dir() or path.name == MANIFEST_FILE:
+            return _manifest_shards(path)
+        return [Shard(url) for url in braceexpand.braceexpand(str(source))]
+    return [item if isinstance(item, Shard) else Shard(str(item)) for item in source]
+
+
+def total_samples(shards: Sequence[Shard]) -> int | None:
+    """Sum of the shards' sample counts; None when any count is unknown."""
+    counts = [shard.samples for shard in shards]
+    return None if None in counts else sum(counts)
+
+
+def _manifest_shards(path: Path) -> list[Shard]:
+    root = path if path.is_dir() else path.parent
+    manifest = read_manifest(path)
+    shards = [Shard(str(root / entry["name"]), int(entry["samples"])) for entry in manifest["shards"]]
+    if not shards:
+        raise ValueError(f"{path}: the manifest lists no shards")
+    return shards

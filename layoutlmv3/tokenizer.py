@@ -187,6 +187,17 @@ class LayoutLMv3Tokenizer:
         starts = range(0, max(len(page.ids) - stride, 1), content - stride)
         return [self._window(page, start, start + content, pad_to) for start in starts]
 
+    def tokenize_words(
+        self, words: Sequence[str], boxes: Sequence[Sequence[int]]
+    ) -> tuple[list[int], list[list[int]], list[int]]:
+        """A whole page's content tokens: ``(input_ids, bbox, word_ids)`` without specials, truncation or padding.
+
+        What data preparation stores in shards, so the training loader can crop or window any page itself; each
+        sub-token carries its word's box and index, exactly the content of :meth:`encode` between ``<s>``/``</s>``.
+        """
+        page = self._encode_page(words, boxes, None)
+        return list(page.ids), [list(page.boxes[word]) for word in page.word_ids], list(page.word_ids)
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids``; like transformers, words keep their leading space (``" hello world"``)."""
         return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -80,7 +80,7 @@ def test_no_labels_on_specials_or_padding(corpus_batches):
 
 def test_replacement_rule(corpus_batches):
     counts = {"mask": 0, "random": 0, "kept": 0}
-    for pages, batch in corpus_batches:
+    for _, batch in corpus_batches:
         labels = batch["mlm_labels"].numpy()
         ids = batch["input_ids"].numpy()
         selected = labels != IGNORE

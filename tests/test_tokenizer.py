@@ -357,3 +357,14 @@ def test_train_tokenizer_cli(tmp_path, capsys) -> None:
     assert tokenizer.fingerprint in capsys.readouterr().out
     with pytest.raises(SystemExit):
         train_tokenizer_main(["--input", str(tmp_path / "corpus.txt"), "--out", str(out), "--vocab-size", "10"])
+
+
+def test_tokenize_words_is_the_untruncated_content_of_encode(trained) -> None:
+    words = corpus(seed=2)[:600] + ["", "Ωμέγα"]
+    boxes = [[i % 1000, 1, i % 1000, 2] for i in range(len(words))]
+    ids, bbox, word_ids = trained.tokenize_words(words, boxes)
+    full = trained.encode(words, boxes, max_length=None)
+    assert len(ids) > 512 and (ids, bbox, word_ids) == (full.input_ids[1:-1], full.bbox[1:-1], full.word_ids[1:-1])
+    assert trained.cls_token_id not in ids and len(words) - 2 not in word_ids  # no specials; "" gives no token
+    with pytest.raises(ValueError, match="must lie in"):
+        trained.tokenize_words(["a"], [[0, 0, 1001, 1]])

@@ -1,28 +1,32 @@
-"""A from-scratch LayoutLMv3 pretraining system: model, tokenizer, objectives, data, training, conversion."""
+"""A from-scratch LayoutLMv3 pretraining system: model, tokenizer, objectives, data, training, conversion.
 
-from .model import (
-    LayoutLMv3Config,
-    LayoutLMv3ForMaskedLM,
-    LayoutLMv3ForTokenClassification,
-    LayoutLMv3Model,
-)
+Names are imported on first use, so tools that need only the tokenizer (data preparation workers) do not pay
+for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "LayoutLMv3Config": "layoutlmv3.model",
+    "LayoutLMv3Model": "layoutlmv3.model",
+    "LayoutLMv3ForTokenClassification": "layoutlmv3.model",
+    "LayoutLMv3ForMaskedLM": "layoutlmv3.model",
+    "LayoutLMv3Tokenizer": "layoutlmv3.tokenizer",
+}
+
 
 def __getattr__(name: str):
-    # The tokenizer pulls in `tokenizers`; import it only when asked for.
-    if name == "LayoutLMv3Tokenizer":
-        from .tokenizer import LayoutLMv3Tokenizer
-
-        return LayoutLMv3Tokenizer
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'layoutlmv3' has no attribute {name!r}")
 
 
-__all__ = [
-    "LayoutLMv3Config",
-    "LayoutLMv3ForMaskedLM",
-    "LayoutLMv3ForTokenClassification",
-    "LayoutLMv3Model",
-    "LayoutLMv3Tokenizer",
-]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = list(_EXPORTS)

@@ -1,0 +1,352 @@
+"""Scanned pages + OCR -> tokenized webdataset shards + manifest: ``python -m data_prep.build_shards``.
+
+Pipeline per page (in ``--workers`` processes): read (pages.py) -> OCR words (ocr.py) -> sample files
+(samples.py); the main process writes the samples, in a fixed order, into shards (chunks.py, shard_writer.py)
+and finally the manifest (manifest.py). Pages that cannot become samples are listed in rejects.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import multiprocessing.pool
+import os
+import shutil
+import sys
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from layoutlmv3.data.sample_format import MANIFEST_FORMAT_VERSION
+from layoutlmv3.tokenizer import CONFIG_FILE, MERGES_FILE, VOCAB_FILE, LayoutLMv3Tokenizer
+
+from .chunks import ChunkBuilder, ShardLimits, chunk_digest, key_collisions, plan_chunks, task_chunks
+from .manifest import make_manifest, output_names, write_outputs
+from .ocr import OCR_KINDS, make_ocr
+from .process import WorkerSetup, WorkItem, init_worker, make_processor, process_in_worker
+from .progress import ProgressMismatch
+from .rejects import Reject
+from .samples import Sample
+
+TOKENIZER_ENV = "LAYOUTLMV3_TOKENIZER"
+DEFAULT_MAX_SAMPLES = 5000
+DEFAULT_MAX_BYTES = 1_000_000_000
+DEFAULT_OCR_TIMEOUT = 300.0
+RESULTS_IN_FLIGHT_PER_WORKER = 4  # bounds memory when one slow page holds back the ordered results
+
+EPILOG = """\
+output (in --out):
+  {prefix}-{chunk:06d}-{part:06d}.tar   webdataset shards; samples as in layoutlmv3/data/sample_format.py
+  manifest.json, rejects.jsonl          one task (--num-tasks 1): the finished dataset
+  manifest.taskIIII-of-NNNN.json,       an array task's share; `python -m data_prep.merge_manifests --out DIR`
+  rejects.taskIIII-of-NNNN.jsonl          turns all of them into manifest.json + rejects.jsonl
+  progress/{prefix}-{chunk:06d}.json   resume records (one per chunk)
+
+sharding: input files are sorted, shuffled with --seed and cut into chunks of --files-per-chunk files; task I
+of N takes the I-th contiguous run of chunks. Each chunk becomes one or more shards (a new part whenever
+--max-samples-per-shard or --max-shard-bytes would be exceeded) whose bytes depend only on the chunk's files
+and the settings, so N tasks + merge give the same shards, in the same order, as one task.
+
+resuming: rerun the same command. Shards are renamed into place when complete and recorded in progress/
+right after; a rerun skips recorded shards and redoes only the unfinished part of each chunk.
+
+rejects: unreadable files/pages, missing/invalid OCR, Tesseract errors and timeouts, pages without words and
+absurd boxes are written to rejects.jsonl ({"source", "page", "reason", "detail"}) and counted by reason in
+the manifest. Nothing is dropped silently.
+
+examples:
+  python -m data_prep.build_shards --input data/synth --out shards/synth --ocr funsd --tokenizer vocab/
+  sbatch --array=0-63 --wrap "python -m data_prep.build_shards --input /data/iit-cdip --ocr tesseract \\
+      --out /data/shards --tokenizer vocab/ --workers 16"   # task index/count from SLURM_ARRAY_TASK_*
+  python -m data_prep.merge_manifests --out /data/shards
+"""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything one task of a build needs (the parsed command line)."""
+
+    input: Path
+    out: Path
+    ocr: str
+    tokenizer_dir: Path
+    workers: int = 1
+    task_index: int = 0
+    num_tasks: int = 1
+    prefix: str = "shard"
+    max_samples_per_shard: int = DEFAULT_MAX_SAMPLES
+    max_shard_bytes: int = DEFAULT_MAX_BYTES
+    files_per_chunk: int = DEFAULT_MAX_SAMPLES
+    seed: int = 0
+    ocr_timeout: float = DEFAULT_OCR_TIMEOUT
+    progress_bar: bool = True
+
+
+def build(config: BuildConfig) -> dict:
+    """Build (or resume) this task's shards and write its manifest; returns the manifest."""
+    tokenizer = LayoutLMv3Tokenizer.from_pretrained(config.tokenizer_dir)
+    config.out.mkdir(parents=True, exist_ok=True)
+    sources = make_ocr(config.ocr, config.ocr_timeout).inputs(config.input)
+    chunks = plan_chunks(sources, config.files_per_chunk, config.seed)
+    settings = _settings(config, tokenizer.fingerprint)
+    limits = ShardLimits(config.max_samples_per_shard, config.max_shard_bytes)
+    builders = [
+        ChunkBuilder(config.out, config.prefix, chunk, limits, chunk_digest(settings, chunk))
+        for chunk in task_chunks(chunks, config.task_index, config.num_tasks)
+    ]
+    _write_pending(config, [builder for builder in builders if not builder.done], key_collisions(sources))
+    shards = [shard for builder in builders for shard in builder.progress.shards]
+    rejects = [reject for builder in builders for reject in builder.progress.rejects]
+    manifest = make_manifest(tokenizer.fingerprint, config.seed, shards, rejects)
+    write_outputs(config.out, output_names(config.task_index, config.num_tasks), manifest, rejects)
+    return manifest
+
+
+def _settings(config: BuildConfig, tokenizer: str) -> dict[str, object]:
+    """The settings that determine the bytes of a chunk (recorded in progress to refuse mixing builds)."""
+    return {
+        "format_version": MANIFEST_FORMAT_VERSION,
+        "ocr": config.ocr,
+        "tokenizer": tokenizer,
+        "prefix": config.prefix,
+        "max_samples_per_shard": config.max_samples_per_shard,
+        "max_shard_bytes": config.max_shard_bytes,
+        "files_per_chunk": config.files_per_chunk,
+        "seed": config.seed,
+    }
+
+
+def _write_pending(config: BuildConfig, builders: Sequence[ChunkBuilder], collisions: dict[str, str]) -> None:
+    """Process every file still to do, in order, feeding each chunk's outcomes to its builder."""
+    todo = [(builder, builder.pending()) for builder in builders]
+    items = [
+        WorkItem(config.input, source, start, builder.chunk.index, index, collisions.get(source))
+        for builder, files in todo
+        for index, start in files
+        for source in [builder.chunk.sources[index]]
+    ]
+    setup = WorkerSetup(config.ocr, config.ocr_timeout, config.tokenizer_dir)
+    with _results_in_order(setup, items, config.workers) as results, _progress_bar(config) as bar:
+        done, rejects = 0, 0
+        for builder, files in todo:
+            try:
+                for _ in files:
+                    item, outcomes = next(results)
+                    assert item.chunk == builder.chunk.index, "results arrived out of order"
+                    builder.add_file(item.file_index, outcomes)
+                    done += 1
+                    rejects += sum(isinstance(outcome, Reject) for outcome in outcomes)
+                    bar.set_postfix(files=f"{done}/{len(items)}", rejects=rejects, refresh=False)
+                    bar.update(len(outcomes))
+                builder.finish()
+            finally:
+                builder.discard_open_shard()
+
+
+@contextmanager
+def _results_in_order(
+    setup: WorkerSetup, items: Sequence[WorkItem], workers: int
+) -> Iterator[Iterator[tuple[WorkItem, list[Sample | Reject]]]]:
+    """(item, outcomes) for every item, in item order, computed here (1 worker) or by a spawned process pool."""
+    if workers <= 1 or len(items) <= 1:
+        processor = make_processor(setup)
+        yield ((item, processor.process(item)) for item in items)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork: the parent may hold threads (tqdm, tokenizers)
+    with context.Pool(min(workers, len(items)), initializer=init_worker, initargs=(setup,)) as pool:
+        yield _bounded_ordered_map(pool, items, RESULTS_IN_FLIGHT_PER_WORKER * workers)
+
+
+def _bounded_ordered_map(
+    pool: multiprocessing.pool.Pool, items: Sequence[WorkItem], window: int
+) -> Iterator[tuple[WorkItem, list[Sample | Reject]]]:
+    """Like ``pool.imap`` (ordered), but with at most ``window`` items submitted and not yet consumed."""
+    in_flight: deque = deque()
+    for item in items:
+        in_flight.append(pool.apply_async(process_in_worker, (item,)))
+        if len(in_flight) >= window:
+            yield in_flight.popleft().get()
+    while in_flight:
+        yield in_flight.popleft().get()
+
+
+def _progress_bar(config: BuildConfig) -> tqdm:
+    """Pages done and pages/s; updated rarely when stderr is a log file rather than a terminal."""
+    interactive = sys.stderr.isatty()
+    return tqdm(
+        desc=f"task {config.task_index}/{config.num_tasks}",
+        unit="page",
+        disable=not config.progress_bar,
+        mininterval=0.5 if interactive else 30.0,
+        dynamic_ncols=interactive,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (a SLURM allocation, not the whole node), where the OS can tell."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def slurm_task() -> tuple[int, int]:
+    """(task index, task count) of a SLURM array task (arrays MIN..MIN+N-1 with step 1), else (0, 1)."""
+    if "SLURM_ARRAY_TASK_ID" not in os.environ:
+        return 0, 1
+    first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+    return int(os.environ["SLURM_ARRAY_TASK_ID"]) - first, int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    default_index, default_count = slurm_task()
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep.build_shards",
+        description="Turn scanned document pages and their OCR into tokenized webdataset shards and a manifest "
+        "for LayoutLMv3 pretraining. Deterministic, resumable, and splittable across SLURM array tasks.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--input", required=True, type=Path, metavar="DIR", help="root directory of the page images")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created if missing)")
+    parser.add_argument(
+        "--ocr",
+        required=True,
+        choices=OCR_KINDS,
+        help="where words come from: 'tesseract' runs Tesseract on every page (*.tif/*.tiff/*.png/*.jpg/*.jpeg "
+        "under --input); 'json' reads NAME.json beside each image (format: see data_prep/ocr.py); 'funsd' reads "
+        "FUNSD annotations (images/NAME.png + annotations/NAME.json)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        metavar="DIR",
+        default=os.environ.get(TOKENIZER_ENV),
+        help=f"directory with {VOCAB_FILE} + {MERGES_FILE} (e.g. the RoBERTa vocabulary); default: ${TOKENIZER_ENV}",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=available_cpus(),
+        metavar="N",
+        help="processes for reading, OCR and tokenization (default: the CPUs this process may use, %(default)s)",
+    )
+    parser.add_argument(
+        "--task-index",
+        type=_non_negative,
+        default=default_index,
+        metavar="I",
+        help="this task's index in an array job (default: from SLURM_ARRAY_TASK_ID, else 0; now %(default)s)",
+    )
+    parser.add_argument(
+        "--num-tasks",
+        type=_positive,
+        default=default_count,
+        metavar="N",
+        help="number of tasks in the array job (default: SLURM_ARRAY_TASK_COUNT, else 1; now %(default)s)",
+    )
+    parser.add_argument("--prefix", default="shard", help="shard name prefix (default: %(default)s)")
+    parser.add_argument(
+        "--max-samples-per-shard",
+        type=_positive,
+        default=DEFAULT_MAX_SAMPLES,
+        metavar="K",
+        help="a shard holds at most K samples (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-shard-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_BYTES,
+        metavar="B",
+        help="a shard file is at most B bytes; a single sample larger than that is rejected (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--files-per-chunk",
+        type=_positive,
+        metavar="F",
+        help="input files per chunk, the unit of task assignment and resumption (default: --max-samples-per-shard)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_non_negative,
+        default=0,
+        metavar="S",
+        help="seed of the shuffle of the sorted input files before chunking; recorded in the manifest (default: 0)",
+    )
+    parser.add_argument(
+        "--ocr-timeout",
+        type=float,
+        default=DEFAULT_OCR_TIMEOUT,
+        metavar="SECONDS",
+        help="Tesseract time limit per page; a page over it is rejected as ocr_timeout (default: %(default)s)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> BuildConfig:
+    """Parse and check the command line (clear errors for a missing tokenizer, tesseract or input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.tokenizer is None:
+        parser.error(f"no tokenizer: pass --tokenizer DIR or set {TOKENIZER_ENV} (a directory with {VOCAB_FILE})")
+    if not (args.tokenizer / VOCAB_FILE).is_file() or not (args.tokenizer / MERGES_FILE).is_file():
+        parser.error(f"--tokenizer {args.tokenizer} lacks {VOCAB_FILE} or {MERGES_FILE} ({CONFIG_FILE} optional)")
+    if not args.input.is_dir():
+        parser.error(f"--input {args.input} is not a directory")
+    if args.task_index >= args.num_tasks:
+        parser.error(f"--task-index {args.task_index} must be below --num-tasks {args.num_tasks}")
+    if args.ocr == "tesseract" and shutil.which("tesseract") is None:
+        parser.error("--ocr tesseract needs the tesseract binary on PATH (e.g. apt-get install tesseract-ocr)")
+    return BuildConfig(
+        input=args.input,
+        out=args.out,
+        ocr=args.ocr,
+        tokenizer_dir=args.tokenizer,
+        workers=args.workers,
+        task_index=args.task_index,
+        num_tasks=args.num_tasks,
+        prefix=args.prefix,
+        max_samples_per_shard=args.max_samples_per_shard,
+        max_shard_bytes=args.max_shard_bytes,
+        files_per_chunk=args.files_per_chunk or args.max_samples_per_shard,
+        seed=args.seed,
+        ocr_timeout=args.ocr_timeout,
+        progress_bar=not args.quiet,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_config(argv)
+    try:
+        manifest = build(config)
+    except ProgressMismatch as error:
+        sys.exit(f"error: {error}")
+    rejects = sum(manifest["rejects"].values())
+    names = output_names(config.task_index, config.num_tasks)
+    print(
+        f"task {config.task_index}/{config.num_tasks}: {manifest['total_samples']} samples in "
+        f"{len(manifest['shards'])} shards, {rejects} rejected {manifest['rejects']} -> {config.out / names[0]}"
+    )
+
+
+if __name__ == "__main__":
+    main()

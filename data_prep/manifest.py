@@ -1,0 +1,114 @@
+"""The dataset manifest (``manifest.json``, keys as in ``layoutlmv3.data.sample_format``) and ``rejects.jsonl``.
+
+A one-task build writes both directly. Task ``i`` of an ``n``-task array job writes
+``manifest.task{i:04d}-of-{n:04d}.json`` and ``rejects.task{i:04d}-of-{n:04d}.jsonl`` instead, and
+:func:`merge_task_manifests` (``python -m data_prep.merge_manifests``) concatenates them in task order into
+the same ``manifest.json`` and ``rejects.jsonl`` a one-task build would have written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from layoutlmv3.data.sample_format import (
+    IMAGE_SIZE,
+    MANIFEST_FILE,
+    MANIFEST_FORMAT_VERSION,
+    REJECTS_FILE,
+    TOKENIZER_IMAGE_SIZE,
+)
+
+from .rejects import Reject
+from .shard_writer import ShardRecord, write_file_atomically
+
+TASK_MANIFEST = "manifest.task{task:04d}-of-{tasks:04d}.json"
+TASK_REJECTS = "rejects.task{task:04d}-of-{tasks:04d}.jsonl"
+TASK_MANIFEST_RE = re.compile(r"manifest\.task(\d{4,})-of-(\d{4,})\.json")
+SHARED_KEYS = ("format_version", "tokenizer", "image_size", "tokenizer_image_size", "seed")
+
+
+class MergeError(RuntimeError):
+    """The task manifests in a directory do not make one complete, consistent job."""
+
+
+def make_manifest(tokenizer: str, seed: int, shards: Sequence[ShardRecord], rejects: Iterable[Reject]) -> dict:
+    """The manifest of these shards (in order) and rejects, reasons counted and sorted by name."""
+    counts = Counter(reject.reason for reject in rejects)
+    return {
+        "format_version": MANIFEST_FORMAT_VERSION,
+        "tokenizer": tokenizer,
+        "image_size": IMAGE_SIZE,
+        "tokenizer_image_size": TOKENIZER_IMAGE_SIZE,
+        "shards": [shard.to_json() for shard in shards],
+        "total_samples": sum(shard.samples for shard in shards),
+        "rejects": dict(sorted(counts.items())),
+        "seed": seed,
+    }
+
+
+def output_names(task_index: int, num_tasks: int) -> tuple[str, str]:
+    """(manifest, rejects) file names of a task; a single task writes the final names."""
+    if num_tasks == 1:
+        return MANIFEST_FILE, REJECTS_FILE
+    names = {"task": task_index, "tasks": num_tasks}
+    return TASK_MANIFEST.format(**names), TASK_REJECTS.format(**names)
+
+
+def write_outputs(out: Path, names: tuple[str, str], manifest: dict, rejects: Iterable[Reject]) -> None:
+    """Write the rejects, then the manifest (whose presence says the output is complete), each atomically."""
+    lines = "".join(json.dumps(reject.to_json(), ensure_ascii=False) + "\n" for reject in rejects)
+    write_file_atomically(out / names[1], lines.encode("utf-8"))
+    write_file_atomically(out / names[0], (json.dumps(manifest, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+
+
+def merge_task_manifests(out: Path) -> dict:
+    """Merge the task manifests in ``out`` into manifest.json + rejects.jsonl; returns the merged manifest.
+
+    Refuses (MergeError) if tasks are missing, two job sizes are mixed, the tasks disagree on tokenizer, seed
+    or format, or a listed shard is missing or of the wrong size.
+    """
+    tasks = _task_manifest_paths(out)
+    manifests = [json.loads(path.read_text(encoding="utf-8")) for path in tasks]
+    for key in SHARED_KEYS:
+        values = {json.dumps(manifest[key]) for manifest in manifests}
+        if len(values) > 1:
+            raise MergeError(f"task manifests disagree on {key!r}: {sorted(values)}")
+    shards = [ShardRecord.from_json(shard) for manifest in manifests for shard in manifest["shards"]]
+    _check_shards(out, shards)
+    num_tasks = len(tasks)
+    rejects = [
+        Reject.from_json(json.loads(line))
+        for task in range(num_tasks)
+        for line in (out / TASK_REJECTS.format(task=task, tasks=num_tasks)).read_text(encoding="utf-8").splitlines()
+    ]
+    merged = make_manifest(manifests[0]["tokenizer"], manifests[0]["seed"], shards, rejects)
+    write_outputs(out, (MANIFEST_FILE, REJECTS_FILE), merged, rejects)
+    return merged
+
+
+def _task_manifest_paths(out: Path) -> list[Path]:
+    """The task manifests of one job, in task order; all of 0..n-1 must be present."""
+    found: dict[int, dict[int, Path]] = {}
+    for path in out.iterdir():
+        if match := TASK_MANIFEST_RE.fullmatch(path.name):
+            found.setdefault(int(match[2]), {})[int(match[1])] = path
+    if not found:
+        raise MergeError(f"no task manifests ({TASK_MANIFEST.format(task=0, tasks=2)}, ...) in {out}")
+    if len(found) > 1:
+        raise MergeError(f"task manifests of jobs of different sizes {sorted(found)} in {out}; remove the stale ones")
+    ((num_tasks, by_task),) = found.items()
+    missing = [task for task in range(num_tasks) if task not in by_task]
+    if missing:
+        raise MergeError(f"{len(missing)} of {num_tasks} tasks have not finished (missing tasks {missing[:20]})")
+    return [by_task[task] for task in range(num_tasks)]
+
+
+def _check_shards(out: Path, shards: Sequence[ShardRecord]) -> None:
+    for shard in shards:
+        path = out / shard.name
+        if not path.is_file() or path.stat().st_size != shard.bytes:
+            raise MergeError(f"shard {path} is missing or not {shard.bytes} bytes as its task manifest says")

@@ -1,0 +1,197 @@
+"""Words of a page, with pixel boxes and line ids, from one of three OCR sources (``--ocr``).
+
+``tesseract``
+    Runs ``tesseract stdin stdout tsv`` on the decoded page (one process per page, one thread each) and keeps
+    its word rows; words of one Tesseract line (same block, paragraph and line number) share a line id.
+    The image's dpi is passed on when the file records one; otherwise Tesseract estimates it.
+
+``json`` -- OCR given beside each image: ``NAME.json`` next to ``NAME.tif`` / ``NAME.png`` / ...::
+
+    {"pages": [{"page": 0,
+                "words": [{"text": "Total", "box": [x0, y0, x1, y1], "line": 0}, ...]},
+               ...]}
+
+    ``page`` is the 0-based page number in a multi-page file; ``box`` is in pixels of that page as stored in
+    the image file (origin top-left; numbers may be floats); ``line`` is any integer, equal for the words of
+    one OCR line or segment (its line box is the union of its word boxes). A page absent from ``pages`` is
+    rejected as ``ocr_missing``; a page listed with no words as ``no_words``.
+
+``funsd`` -- the FUNSD layout: images in ``.../images/NAME.png``, annotations in ``.../annotations/NAME.json``
+    (``{"form": [{"id", "words": [{"text", "box"}], ...}]}``); the line id of a word is its entity id, so line
+    boxes are FUNSD's segment boxes. Every image under an ``images`` directory below ``--input`` is used.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+from .pages import find_images
+from .rejects import OCR_FAILED, OCR_INVALID, OCR_MISSING, OCR_TIMEOUT, PageRejected
+
+OCR_KINDS = ("tesseract", "json", "funsd")
+TSV_COLUMNS = 12  # level page_num block_num par_num line_num word_num left top width height conf text
+TSV_WORD_LEVEL = "5"
+
+
+@dataclass(frozen=True)
+class Word:
+    """One OCR word: its text, its box [x0, y0, x1, y1] in pixels of the page, and its line id."""
+
+    text: str
+    box: tuple[Any, Any, Any, Any]  # as given; samples.normalize_box validates and normalises it
+    line: int
+
+
+class Ocr(Protocol):
+    """An OCR source: which input files it covers and the words of one of their pages."""
+
+    def inputs(self, root: Path) -> list[str]: ...
+
+    def read(self, path: Path, page: int, image: Image.Image) -> list[Word]: ...
+
+
+def make_ocr(kind: str, timeout: float) -> Ocr:
+    """The OCR source named by ``--ocr``."""
+    if kind == "tesseract":
+        return TesseractOcr(timeout)
+    if kind == "json":
+        return JsonOcr()
+    if kind == "funsd":
+        return FunsdOcr()
+    raise ValueError(f"unknown OCR kind {kind!r}, expected one of {OCR_KINDS}")
+
+
+class TesseractOcr:
+    """Real Tesseract, fed the decoded page as PNM on stdin (works for any page of a multi-page TIFF)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def inputs(self, root: Path) -> list[str]:
+        return find_images(root)
+
+    def read(self, path: Path, page: int, image: Image.Image) -> list[Word]:
+        return parse_tsv(run_tesseract(image, self.timeout))
+
+
+def run_tesseract(image: Image.Image, timeout: float) -> str:
+    """Tesseract's TSV for ``image``; OMP_THREAD_LIMIT=1 because parallelism comes from the worker pool."""
+    command = ["tesseract", "stdin", "stdout"]
+    dpi = image.info.get("dpi")
+    if dpi and round(float(dpi[0])) >= 50:
+        command += ["--dpi", str(round(float(dpi[0])))]
+    pnm = _pnm_bytes(image)
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    try:
+        done = subprocess.run(command + ["tsv"], input=pnm, capture_output=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise PageRejected(OCR_TIMEOUT, f"tesseract ran over {timeout:g} s") from None
+    if done.returncode != 0:
+        raise PageRejected(OCR_FAILED, f"tesseract exit {done.returncode}: {done.stderr.decode(errors='replace')}")
+    return done.stdout.decode("utf-8", errors="replace")
+
+
+def _pnm_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PPM")  # P5 for "L", P6 for "RGB": no compression to pay for
+    return buffer.getvalue()
+
+
+def parse_tsv(tsv: str) -> list[Word]:
+    """Word rows of Tesseract TSV, with line ids numbered 0, 1, ... by first appearance of (block, par, line)."""
+    words: list[Word] = []
+    lines: dict[tuple[str, ...], int] = {}
+    for row in tsv.splitlines()[1:]:
+        fields = row.split("\t", TSV_COLUMNS - 1)
+        if len(fields) != TSV_COLUMNS or fields[0] != TSV_WORD_LEVEL or not fields[11].strip():
+            continue
+        left, top, width, height = (int(value) for value in fields[6:10])
+        line = lines.setdefault(tuple(fields[1:5]), len(lines))
+        words.append(Word(fields[11].strip(), (left, top, left + width, top + height), line))
+    return words
+
+
+class JsonOcr:
+    """OCR given as ``NAME.json`` beside each image (format in the module docstring)."""
+
+    def __init__(self) -> None:
+        self._cached: tuple[Path, dict[int, list[Word]] | PageRejected] | None = None
+
+    def inputs(self, root: Path) -> list[str]:
+        return find_images(root)
+
+    def read(self, path: Path, page: int, image: Image.Image) -> list[Word]:
+        pages = self._pages(path)
+        if isinstance(pages, PageRejected):
+            raise pages
+        if page not in pages:
+            raise PageRejected(OCR_MISSING, f"{path.with_suffix('.json').name} lists no page {page}")
+        return pages[page]
+
+    def _pages(self, path: Path) -> dict[int, list[Word]] | PageRejected:
+        """Parse the file once for all pages of a multi-page image (the cache holds the current file only)."""
+        if self._cached is None or self._cached[0] != path:
+            self._cached = (path, _load_json_pages(path.with_suffix(".json")))
+        return self._cached[1]
+
+
+def _load_json_pages(path: Path) -> dict[int, list[Word]] | PageRejected:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return PageRejected(OCR_MISSING, f"no OCR file {path.name}")
+    except (OSError, ValueError) as error:
+        return PageRejected(OCR_INVALID, f"{path.name}: {error}")
+    try:
+        pages: dict[int, list[Word]] = {}
+        for entry in data["pages"]:
+            number = _integer(entry["page"])
+            if number in pages:
+                raise ValueError(f"page {number} listed twice")
+            pages[number] = [Word(str(w["text"]), _box(w["box"]), _integer(w["line"])) for w in entry["words"]]
+        return pages
+    except (KeyError, TypeError, ValueError) as error:
+        return PageRejected(OCR_INVALID, f"{path.name}: {type(error).__name__}: {error}")
+
+
+class FunsdOcr:
+    """FUNSD annotations: ``images/NAME.png`` is described by the sibling ``annotations/NAME.json``."""
+
+    def inputs(self, root: Path) -> list[str]:
+        return [source for source in find_images(root) if Path(source).parent.name == "images"]
+
+    def read(self, path: Path, page: int, image: Image.Image) -> list[Word]:
+        annotation = path.parent.parent / "annotations" / f"{path.stem}.json"
+        if page != 0:
+            raise PageRejected(OCR_MISSING, f"FUNSD annotations describe page 0 only, not page {page}")
+        try:
+            form = json.loads(annotation.read_text(encoding="utf-8"))["form"]
+            return [
+                Word(str(word["text"]), _box(word["box"]), _integer(entity["id"]))
+                for entity in form
+                for word in entity["words"]
+            ]
+        except FileNotFoundError:
+            raise PageRejected(OCR_MISSING, f"no annotation {annotation.name}") from None
+        except (OSError, KeyError, TypeError, ValueError) as error:
+            raise PageRejected(OCR_INVALID, f"{annotation.name}: {type(error).__name__}: {error}") from None
+
+
+def _box(value: Any) -> tuple[Any, Any, Any, Any]:
+    if not isinstance(value, list | tuple) or len(value) != 4:
+        raise ValueError(f"box must be [x0, y0, x1, y1], got {value!r}")
+    return tuple(value)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value

@@ -1,0 +1,119 @@
+"""Write one webdataset shard (a plain tar) atomically and reproducibly, knowing its exact size before each add.
+
+Members are written as ``{key}.{file}`` with constant metadata (mtime 0, uid/gid 0, no user/group names, mode
+0444; PAX headers only where a name needs them), so equal samples give byte-identical shards. The tar is built
+in a hidden temporary file beside the shard (``.NAME.tar.tmp``, which no ``*.tar`` glob or manifest names) and
+renamed into place only once complete and synced, so a killed run never leaves a partial shard under a
+shard's name. Every member's size is known before it is written, which lets the caller keep a shard under a
+byte limit exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+BLOCK = tarfile.BLOCKSIZE  # 512
+RECORD = tarfile.RECORDSIZE  # tar files are padded to a multiple of this, like GNU tar and Python's tarfile
+END_OF_ARCHIVE = 2 * BLOCK
+TAR_FORMAT = tarfile.PAX_FORMAT
+TAR_ENCODING = "utf-8"
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """A finished shard, as listed in the manifest."""
+
+    name: str
+    samples: int
+    bytes: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "samples": self.samples, "bytes": self.bytes}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> ShardRecord:
+        return cls(str(data["name"]), int(data["samples"]), int(data["bytes"]))
+
+
+def temporary_path(path: Path) -> Path:
+    """Where ``path`` is written before it is complete."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def encode_members(key: str, files: dict[str, bytes]) -> bytes:
+    """The tar members of one sample (headers, data, block padding), files in sorted order as webdataset does."""
+    parts = []
+    for suffix in sorted(files):
+        data = files[suffix]
+        info = tarfile.TarInfo(f"{key}.{suffix}")
+        info.size, info.mtime, info.mode = len(data), 0, 0o444
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        parts += [info.tobuf(TAR_FORMAT, TAR_ENCODING, "surrogateescape"), data, bytes(-len(data) % BLOCK)]
+    return b"".join(parts)
+
+
+def finished_size(member_bytes: int) -> int:
+    """Size of a tar holding ``member_bytes`` of members, once closed (end-of-archive blocks + record padding)."""
+    return -(-(member_bytes + END_OF_ARCHIVE) // RECORD) * RECORD
+
+
+class ShardWriter:
+    """One shard being filled: ``add`` samples, then ``commit`` (rename into place) or ``discard``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.samples = 0
+        self._member_bytes = 0
+        self._file = open(temporary_path(path), "wb")  # noqa: SIM115 (closed by commit/discard)
+
+    @property
+    def size(self) -> int:
+        """Size of the shard if it were committed now."""
+        return finished_size(self._member_bytes)
+
+    def size_with(self, members: bytes) -> int:
+        """Size of the shard if it were committed after adding ``members`` (see encode_members)."""
+        return finished_size(self._member_bytes + len(members))
+
+    def add(self, members: bytes) -> None:
+        self._file.write(members)
+        self._member_bytes += len(members)
+        self.samples += 1
+
+    def commit(self) -> ShardRecord:
+        """Finish the tar, make it durable, and give it its final name (atomically)."""
+        size = self.size
+        self._file.write(bytes(size - self._member_bytes))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(temporary_path(self.path), self.path)
+        _sync_directory(self.path.parent)
+        return ShardRecord(self.path.name, self.samples, size)
+
+    def discard(self) -> None:
+        self._file.close()
+        temporary_path(self.path).unlink(missing_ok=True)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Persist a rename, so a crash right after it cannot resurrect the temporary name."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` all at once (progress records, manifests): readers never see half a file."""
+    temporary = temporary_path(path)
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)

@@ -1,0 +1,60 @@
+"""Pretrain LayoutLMv3 (MLM + MIM + WPA) with DeepSpeed.
+
+The YAML run config names the model flavor, the shards, the tokenizers, objectives, optimizer and schedule,
+logging and checkpointing (configs/pretrain/*.yaml); its `deepspeed` key names the DeepSpeed JSON that alone
+sets micro-batch, gradient accumulation, precision and ZeRO stage (ds_configs/*.json). Any setting of the YAML
+can be overridden on the command line as --section.key VALUE (VALUE is read as YAML: 1e-4, true, [3, 5]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from layoutlmv3.training import run  # noqa: E402
+
+EPILOG = """\
+examples:
+  deepspeed launch/pretrain.py --config configs/pretrain/base.yaml
+  DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/pretrain.py --config configs/pretrain/tiny.yaml
+  deepspeed launch/pretrain.py --config configs/pretrain/base.yaml --train.lr 5e-5 --deepspeed ds_configs/zero3_bf16.json
+
+resuming: --resume auto (the default) continues from the newest complete checkpoint in checkpoint.dir, or starts
+afresh if there is none; on another number of ranks it goes through DeepSpeed's universal checkpoint.
+
+exit codes: 0 done (or train.stop_at_step reached); 2 unusable config or inputs; 3 too many non-finite losses
+(train.max_bad_steps); 42 stopped by SIGUSR1/SIGTERM after saving a checkpoint: requeue and resume.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        usage="%(prog)s --config YAML [--resume {auto,none,PATH}] [--section.key VALUE ...]",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="YAML run config (configs/pretrain/*.yaml)")
+    parser.add_argument(
+        "--resume",
+        default="auto",
+        metavar="{auto,none,PATH}",
+        help="auto: newest complete checkpoint if any (default); none: start afresh (refused if checkpoint.dir "
+        "holds checkpoints); PATH: a checkpoint tag directory, e.g. checkpoints/pretrain/step00010000",
+    )
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = build_parser().parse_known_args(argv)
+    return run(args.config, overrides, resume=args.resume)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

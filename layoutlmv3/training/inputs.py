@@ -1,0 +1,96 @@
+"""The run's data: pretraining collators and the train / validation loaders, from the run config.
+
+Training reads resampled shards (every rank the same number of batches per epoch: no rank waits on another);
+validation reads exact epochs of the held-out shards with deterministic crops and masks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from layoutlmv3.data import Collator, ShardLoader, build_train_loader, list_shards, read_manifest
+from layoutlmv3.data.sample_format import MANIFEST_FILE
+from layoutlmv3.pretraining.collator import MaskingConfig, PretrainingCollator
+from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+
+from .run_config import RunConfig
+
+
+def check_shards_tokenizer(shards: str, tokenizer: LayoutLMv3Tokenizer) -> None:
+    """Refuse shards tokenized with another vocabulary (their manifest records the tokenizer's fingerprint).
+
+    Shards named by a pattern carry no manifest and cannot be checked.
+    """
+    path = Path(shards)
+    if not (path.is_dir() or path.name == MANIFEST_FILE):
+        return
+    recorded = read_manifest(path)["tokenizer"]
+    if recorded != tokenizer.fingerprint:
+        raise ValueError(
+            f"{shards} were tokenized with tokenizer {recorded}, but data.tokenizer is {tokenizer.fingerprint}: "
+            "rebuild the shards or point data.tokenizer at the vocabulary they were built with"
+        )
+
+
+def build_collator(
+    config: RunConfig, tokenizer: LayoutLMv3Tokenizer, patches_per_side: int, crop: str
+) -> PretrainingCollator:
+    """Shaping (crop, pad, boxes) plus every pretraining mask and label, seeded by train.seed."""
+    data, objectives = config.data, config.objectives
+    base = Collator(data.max_length, data.pad_to, crop=crop, boxes=data.boxes, seed=config.train.seed)
+    masking = MaskingConfig(
+        text_mask_ratio=objectives.text_mask_ratio,
+        span_lambda=objectives.span_lambda,
+        mask_token_share=objectives.mask_token_share,
+        random_token_share=objectives.random_token_share,
+        image_mask_ratio=objectives.image_mask_ratio,
+        min_block_patches=objectives.min_block_patches,
+        patches_per_side=patches_per_side,
+    )
+    return PretrainingCollator(
+        base, tokenizer.mask_token_id, tokenizer.vocab_size, tokenizer.special_token_ids, masking
+    )
+
+
+def build_loaders(
+    config: RunConfig,
+    tokenizer: LayoutLMv3Tokenizer,
+    patches_per_side: int,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    pin_memory: bool,
+) -> tuple[ShardLoader, ShardLoader | None]:
+    """This rank's train loader and, with data.val_shards, its validation loader."""
+    data = config.data
+    train = build_train_loader(
+        data.train_shards,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=data.num_workers,
+        seed=config.train.seed,
+        epoch_length=data.epoch_batches,
+        shuffle_buffer=data.shuffle_buffer,
+        resampled=True,
+        collate_fn=build_collator(config, tokenizer, patches_per_side, crop="random"),
+        pin_memory=pin_memory,
+    )
+    if data.val_shards is None:
+        return train, None
+    shards = list_shards(data.val_shards)
+    # Fewer held-out shards than ranks: every rank evaluates all of them (same mean, no idle rank).
+    split = (rank, world_size) if len(shards) >= world_size else (0, 1)
+    val = build_train_loader(
+        shards,
+        batch_size=batch_size,
+        rank=split[0],
+        world_size=split[1],
+        num_workers=data.num_workers,
+        seed=config.train.seed,
+        shuffle_buffer=0,
+        resampled=False,
+        collate_fn=build_collator(config, tokenizer, patches_per_side, crop="start"),
+        pin_memory=pin_memory,
+    )
+    return train, val

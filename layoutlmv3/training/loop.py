@@ -1,0 +1,283 @@
+"""The train loop: optimizer steps of `accumulation_steps` good micro-batches, validation, checkpoints, signals.
+
+A step is one optimizer step. DeepSpeed accumulates: every good micro-batch gets `engine.backward` and
+`engine.step()`, and the engine updates the weights on every `accumulation_steps`-th. Checkpoints are taken
+between steps, so the saved loader position always sits on a step boundary.
+
+Non-finite losses. After each forward pass one all-reduce carries the loss's finiteness (with the stop flag and
+the logged figures), so every rank learns that some rank's loss is NaN/inf at the same micro-batch. Then all
+ranks skip that micro-batch: no backward, no `engine.step()`. Nothing reaches the gradients (masking the loss
+with zero would not help: 0 * NaN is NaN in the backward pass), no collective is left half-done under ZeRO, and
+the step is completed by the next micro-batch. Skips are counted (`bad_steps`, kept in checkpoints); past
+`train.max_bad_steps` the run stops with EXIT_TOO_MANY_BAD_STEPS.
+
+Determinism (what makes a resumed run repeat the uninterrupted one): dropout is reseeded before every
+micro-batch from (seed, rank, micro-batches drawn), the loader resumes its exact position, the collator seeds
+masks by (seed, epoch, sample key), and the learning rate is a function of the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from layoutlmv3.data import ShardLoader
+from layoutlmv3.pretraining.model import PretrainingOutput
+from layoutlmv3.pretraining.step import batch_to_device, pretraining_forward
+
+from .checkpointing import rng_state, save_checkpoint
+from .engine import Training
+from .metrics import MetricsLogger, estimate_mfu, model_flops_per_sample
+from .run_config import RunConfig
+from .schedule import learning_rate
+from .signals import EXIT_OK, EXIT_PREEMPTED, EXIT_TOO_MANY_BAD_STEPS, StopRequest
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVE_METRICS = tuple(field.name for field in dataclasses.fields(PretrainingOutput))  # loss first
+# Layout of the tensor all-reduced after every forward pass: counters, then the objectives' metrics.
+BAD, STOP, SAMPLES, TOKENS, FLOPS = range(5)
+FIRST_METRIC = 5
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint must restore besides weights, optimizer and loader (saved as client state)."""
+
+    step: int = 0  # optimizer steps done
+    samples: int = 0  # samples drawn by all ranks, skipped micro-batches included
+    batches: int = 0  # micro-batches drawn per rank (ranks draw in lockstep): seeds dropout, numbers debug NaNs
+    bad_steps: int = 0  # micro-batches skipped for a non-finite loss
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, assembled by `runner.run`."""
+
+    config: RunConfig
+    training: Training
+    image_tokenizer: nn.Module
+    loader: ShardLoader
+    val_loader: ShardLoader | None
+    val_start: dict | None  # the validation loader's initial position: every validation sees the same batches
+    state: TrainState
+    tokenizer_fingerprint: str
+    non_embedding_params: int
+    peak_tflops: float | None
+
+    def client_state(self) -> dict:
+        """The checkpoint's global state (DeepSpeed stores it with the model states)."""
+        return {
+            "layoutlmv3": {
+                "train_state": dataclasses.asdict(self.state),
+                "world_size": self.training.world_size,
+                "config": self.config.to_dict(),
+                "tokenizer_fingerprint": self.tokenizer_fingerprint,
+            }
+        }
+
+
+def train(run: Run, stop: StopRequest, metrics: MetricsLogger) -> int:
+    """Train from `run.state` to train.steps (or train.stop_at_step); returns the process exit code."""
+    settings, state = run.config.train, run.state
+    last_step = settings.stop_at_step or settings.steps
+    if state.step >= last_step:
+        logger.info("nothing to do: the run is at step %d of %d", state.step, last_step)
+        return EXIT_OK
+    batches = _endless(run.loader)
+    saved_step = state.step  # resumed from a checkpoint of this step (0: none needed)
+    run.training.engine.train()
+    started = time.perf_counter()
+    while state.step < last_step:
+        lr = learning_rate(state.step + 1, settings.steps, settings.lr, settings.warmup_ratio, settings.min_lr_ratio)
+        run.training.set_learning_rate(lr)
+        try:
+            totals, stop_requested = _optimizer_step(run, batches, stop)
+        except _TooManyBadSteps:
+            return EXIT_TOO_MANY_BAD_STEPS
+        state.step += 1
+        metrics.log_step(state.step, _step_values(run, totals, lr, time.perf_counter() - started))
+        if run.val_loader is not None and _due(state.step, run.config.logging.val_every):
+            values = validate(run)
+            if values:
+                metrics.log_validation(state.step, values)
+        if stop_requested:
+            if run.training.rank == 0:
+                logger.warning("stop requested by a signal: saving a checkpoint at step %d and exiting", state.step)
+            save(run)
+            return EXIT_PREEMPTED
+        if _due(state.step, run.config.checkpoint.every):
+            save(run)
+            saved_step = state.step
+        started = time.perf_counter()  # validation and checkpoints are not part of the next step's throughput
+    if saved_step != state.step:
+        save(run)
+    return EXIT_OK
+
+
+class _TooManyBadSteps(Exception):
+    pass
+
+
+def _optimizer_step(run: Run, batches: Iterator[dict], stop: StopRequest) -> tuple[torch.Tensor, bool]:
+    """`accumulation_steps` good micro-batches through the engine, non-finite ones skipped on every rank.
+
+    Returns the all-reduced figures summed over the good micro-batches, and whether any rank was asked to stop.
+    """
+    settings, state, training = run.config.train, run.state, run.training
+    totals = torch.zeros(FIRST_METRIC + len(OBJECTIVE_METRICS), dtype=torch.float64)
+    stop_requested, good = False, 0
+    while good < training.accumulation_steps:
+        batch = next(batches)
+        state.batches += 1
+        torch.manual_seed(_derive_seed(settings.seed, training.rank, state.batches))
+        output = forward(run, batch)
+        loss = output.loss
+        if training.rank == 0 and state.batches in settings.debug_nan_batches:
+            loss = loss * float("nan")
+        reduced = _reduce_micro_batch(run, batch, loss, output, stop.requested)
+        state.samples += int(reduced[SAMPLES])
+        stop_requested |= bool(reduced[STOP] > 0)
+        if reduced[BAD] > 0:
+            state.bad_steps += 1
+            _log_bad_step(training.rank, state, int(reduced[BAD]), settings.max_bad_steps)
+            if state.bad_steps > settings.max_bad_steps:
+                raise _TooManyBadSteps
+            continue
+        training.engine.backward(loss)
+        training.engine.step()
+        totals += reduced
+        good += 1
+    return totals, stop_requested
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def forward(run: Run, batch: dict) -> PretrainingOutput:
+    """The pretraining forward pass of a collated batch on the engine's device (inputs in the engine's dtype)."""
+    inputs = batch_to_device(batch, run.training.device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(run.training.dtype)
+    return pretraining_forward(run.training.engine, run.image_tokenizer, inputs)
+
+
+def validate(run: Run) -> dict[str, float] | None:
+    """Mean metrics over up to data.val_batches held-out micro-batches per rank (the same ones every time).
+
+    Ranks stop together as soon as one runs out of batches: under ZeRO-3 a forward pass is a collective.
+    """
+    engine, device = run.training.engine, run.training.device
+    engine.eval()
+    run.val_loader.load_state_dict(run.val_start)
+    sums = torch.zeros(len(OBJECTIVE_METRICS) + 1, dtype=torch.float64, device=device)
+    batches = iter(run.val_loader)
+    with torch.no_grad():
+        for _ in range(run.config.data.val_batches):
+            batch = next(batches, None)
+            present = torch.tensor([float(batch is not None)], device=device)
+            dist.all_reduce(present, op=dist.ReduceOp.MIN)
+            if not present.item():
+                break
+            output = forward(run, batch)
+            values = [getattr(output, name).detach().double() for name in OBJECTIVE_METRICS]
+            sums += torch.stack([*values, torch.ones((), dtype=torch.float64, device=device)])
+    dist.all_reduce(sums)
+    engine.train()
+    count = sums[-1].item()
+    if not count:
+        logger.warning("validation found no held-out batches")
+        return None
+    return {f"val/{name}": sums[index].item() / count for index, name in enumerate(OBJECTIVE_METRICS)}
+
+
+def save(run: Run) -> None:
+    """A complete checkpoint of the current step (collective)."""
+    rank_state = {"loader": run.loader.state_dict(), "rng": rng_state()}
+    section = run.config.checkpoint
+    save_checkpoint(run.training.engine, section.dir, run.state.step, run.client_state(), rank_state, section.keep)
+
+
+def _log_bad_step(rank: int, state: TrainState, ranks: int, limit: int) -> None:
+    if rank != 0:
+        return
+    logger.warning(
+        "non-finite loss at step %d (micro-batch %d) on %d rank(s): micro-batch skipped (%d of at most %d)",
+        state.step + 1,
+        state.batches,
+        ranks,
+        state.bad_steps,
+        limit,
+    )
+    if state.bad_steps > limit:
+        logger.error(
+            "stopping: %d non-finite losses exceed train.max_bad_steps=%d. The run diverged or its data is bad: "
+            "resume from the last checkpoint with a lower train.lr, or raise train.max_bad_steps",
+            state.bad_steps,
+            limit,
+        )
+
+
+def _endless(loader: ShardLoader) -> Iterator[dict]:
+    """Batches epoch after epoch (each `iter` of the loader continues from its position)."""
+    while True:
+        yield from loader
+
+
+def _reduce_micro_batch(
+    run: Run, batch: dict, loss: torch.Tensor, output: PretrainingOutput, stop: bool
+) -> torch.Tensor:
+    """One all-reduce (sum over ranks) of: non-finite flag, stop flag, samples, tokens, FLOPs, metrics."""
+    config = run.training.engine.module.config
+    size, text_length = batch["input_ids"].shape
+    visual = config.num_visual_tokens
+    flops = size * model_flops_per_sample(
+        run.non_embedding_params, config.num_hidden_layers, config.hidden_size, text_length, visual
+    )
+    tokens = int(batch["attention_mask"].sum()) + size * visual
+    device = run.training.device
+    counters = torch.tensor([float(stop), size, tokens, flops], dtype=torch.float64, device=device)
+    loss = loss.detach()
+    bad = (~torch.isfinite(loss)).double().reshape(1)
+    metrics = [loss.double(), *(getattr(output, name).detach().double() for name in OBJECTIVE_METRICS[1:])]
+    packed = torch.cat([bad, counters, torch.stack(metrics)])
+    dist.all_reduce(packed)
+    return packed.cpu()
+
+
+def _step_values(run: Run, totals: torch.Tensor, lr: float, seconds: float) -> dict[str, float]:
+    """The step's logged figures: metrics averaged over its micro-batches and ranks, optimisation, throughput."""
+    training = run.training
+    contributions = training.accumulation_steps * training.world_size
+    values = {
+        f"train/{name}": totals[FIRST_METRIC + index].item() / contributions
+        for index, name in enumerate(OBJECTIVE_METRICS)
+    }
+    values["train/lr"] = lr
+    values["train/samples"] = float(run.state.samples)
+    values["train/bad_steps"] = float(run.state.bad_steps)
+    grad_norm, loss_scale = training.grad_norm(), training.loss_scale()
+    if grad_norm is not None:
+        values["train/grad_norm"] = grad_norm
+    if loss_scale is not None:
+        values["train/loss_scale"] = loss_scale
+    values["perf/samples_per_s"] = totals[SAMPLES].item() / seconds
+    values["perf/tokens_per_s"] = totals[TOKENS].item() / seconds
+    if run.peak_tflops is not None:
+        values["perf/mfu"] = estimate_mfu(totals[FLOPS].item(), seconds, training.world_size, run.peak_tflops)
+    if training.device.type == "cuda":
+        values["perf/gpu_memory_gb"] = torch.cuda.max_memory_allocated(training.device) / 2**30
+        torch.cuda.reset_peak_memory_stats(training.device)
+    return values
+
+
+def _derive_seed(*numbers: int) -> int:
+    return int(np.random.SeedSequence(numbers).generate_state(1)[0])

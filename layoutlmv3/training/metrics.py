@@ -1,0 +1,139 @@
+"""Training telemetry, written by rank 0: TensorBoard, metrics.jsonl, a tqdm bar with ETA, a log line every N steps.
+
+Values arrive already averaged over ranks (the loop all-reduces them); TensorBoard and metrics.jsonl get every
+step, the log line averages the steps since the previous line. metrics.jsonl is one JSON object per line,
+`{"step": N, "train/loss": ..., ...}` or `{"step": N, "val/loss": ...}`; it is appended to on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s per device, no sparsity), matched in this order against
+# torch.cuda.get_device_name(); fp32 runs have no entry (set logging.peak_tflops for them).
+PEAK_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("A100", 312.0))
+
+
+def model_flops_per_sample(
+    non_embedding_params: int, num_layers: int, hidden_size: int, text_length: int, visual_tokens: int
+) -> float:
+    """Training FLOPs of one sample: 6 * N * T + 12 * L * H * T^2, with T = text_length + visual_tokens.
+
+    6 * N * T: forward (2) and backward (4) multiply-adds of every non-embedding weight for each of the T
+    positions (padding included: it is computed). 12 * L * H * T^2: the attention scores and the weighted sum
+    (2 * 2 * T^2 * H per layer forward, tripled for backward). Heads applied only to masked positions are
+    counted as if applied everywhere, a small overestimate next to the encoder.
+    """
+    tokens = text_length + visual_tokens
+    return 6.0 * non_embedding_params * tokens + 12.0 * num_layers * hidden_size * tokens**2
+
+
+def device_peak_tflops(precision: str, configured: float | None) -> float | None:
+    """Per-device peak for MFU: `configured` if given, else the table for bf16/fp16 on a known GPU, else None."""
+    if configured is not None:
+        return configured
+    if precision == "fp32" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in PEAK_TFLOPS if key in name), None)
+
+
+def estimate_mfu(flops: float, seconds: float, devices: int, peak_tflops: float) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s per device over the device's peak."""
+    return flops / seconds / devices / (peak_tflops * 1e12)
+
+
+class MetricsLogger:
+    """No-op unless `enabled` (rank 0). Use as a context manager: it owns the bar and the open files."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        enabled: bool,
+        every: int,
+        total_steps: int,
+        start_step: int,
+        tensorboard: bool = True,
+        progress: bool = True,
+    ) -> None:
+        self.enabled, self.every, self.total_steps = enabled, every, total_steps
+        self.directory = Path(directory)
+        self._window: dict[str, list[float]] = defaultdict(list)
+        self._stack = contextlib.ExitStack()
+        self.writer = self.jsonl = self.bar = None
+        if not enabled:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.jsonl = self._stack.enter_context(open(self.directory / METRICS_FILE, "a"))  # noqa: SIM115 (the stack closes it)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.directory))
+            self._stack.callback(self.writer.close)
+        if progress:
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+            self._stack.callback(self.bar.close)
+            self._stack.enter_context(logging_redirect_tqdm())
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    def log_step(self, step: int, values: dict[str, float]) -> None:
+        """One optimizer step's values (names like "train/loss", "perf/samples_per_s")."""
+        if not self.enabled:
+            return
+        self._write(step, values)
+        for name, value in values.items():
+            self._window[name].append(value)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{values['train/loss']:.4f}", refresh=False)
+            self.bar.update(step - self.bar.n)
+        if step % self.every == 0 or step == self.total_steps:
+            means = {name: sum(v) / len(v) for name, v in self._window.items()}
+            logger.info("step %d/%d | %s", step, self.total_steps, _summary(means))
+            self._window.clear()
+
+    def log_validation(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._write(step, values)
+        logger.info("step %d validation | %s", step, " ".join(f"{k[4:]} {v:.4f}" for k, v in values.items()))
+
+    def _write(self, step: int, values: dict[str, float]) -> None:
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
+
+def _summary(means: dict[str, float]) -> str:
+    """The concise line: total and per-objective losses, then optimisation and throughput figures."""
+    parts = [f"loss {means['train/loss']:.4f}"]
+    parts.append(" ".join(f"{name} {means[f'train/{name}_loss']:.3f}" for name in ("mlm", "mim", "wpa")))
+    parts.append(f"lr {means['train/lr']:.3g}")
+    formats = {
+        "train/grad_norm": "gnorm {:.3g}",
+        "train/loss_scale": "scale {:.0f}",
+        "perf/samples_per_s": "{:.1f} samples/s",
+        "perf/tokens_per_s": "{:.0f} tokens/s",
+        "perf/mfu": "MFU {:.1%}",
+        "perf/gpu_memory_gb": "mem {:.1f} GB",
+    }
+    parts += [fmt.format(means[name]) for name, fmt in formats.items() if name in means and math.isfinite(means[name])]
+    return " | ".join(parts)

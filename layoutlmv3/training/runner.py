@@ -1,0 +1,213 @@
+"""One pretraining run, assembled: config -> distributed set-up -> tokenizers, model, engine, loaders -> resume
+-> the train loop. `launch/pretrain.py` calls `run` and exits with what it returns (see `signals` for the codes).
+
+Resuming on another world size goes through DeepSpeed's universal checkpoint: weights and optimizer state carry
+over exactly, but a loader position belongs to one (rank, world size) split and cannot be mapped onto another;
+the data then starts the epoch after the one each old rank was in (no sample of the interrupted epoch's
+remainder is replayed in order, and none is known to be skipped either: resampled epochs draw with
+replacement). Step, samples seen and the skip count carry over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+import yaml
+
+from layoutlmv3.data import ShardLoader
+from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer
+from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+
+from .checkpointing import (
+    Checkpoint,
+    load_checkpoint,
+    load_rank_state,
+    prepare_universal,
+    resolve_resume,
+    set_rng_state,
+)
+from .ds_config import load_ds_config
+from .engine import Training, build_model, initialize, non_embedding_parameters
+from .inputs import build_loaders, check_shards_tokenizer
+from .loop import Run, TrainState, train
+from .metrics import MetricsLogger, device_peak_tflops
+from .run_config import RunConfig, load_run_config
+from .signals import EXIT_BAD_CONFIG, StopRequest
+
+logger = logging.getLogger(__name__)
+
+RESOLVED_CONFIG_FILE = "run_config.yaml"
+
+
+def run(config_path: str | Path, overrides: list[str] | None = None, resume: str = "auto") -> int:
+    """Train as the run config says; `resume` is "auto" (newest complete checkpoint), "none" or a tag directory.
+
+    Returns the exit code. Configuration problems found before training (bad values, missing files, a tokenizer
+    that does not match the shards or the checkpoint) are logged as one clear line and give EXIT_BAD_CONFIG.
+    """
+    try:
+        config = load_run_config(config_path, overrides)
+        ds_values = load_ds_config(config.deepspeed)
+    except (OSError, ValueError) as error:
+        logging.basicConfig(level=logging.INFO)
+        logger.error("%s", error)
+        return EXIT_BAD_CONFIG
+    deepspeed.init_distributed()
+    _configure_logging(dist.get_rank())
+    try:
+        assembled = _assemble(config, ds_values, resume)
+    except (OSError, ValueError) as error:
+        logger.error("%s", error)
+        return EXIT_BAD_CONFIG
+    logging_section = config.logging
+    with (
+        StopRequest() as stop,
+        MetricsLogger(
+            logging_section.dir,
+            enabled=assembled.training.rank == 0,
+            every=logging_section.every,
+            total_steps=config.train.stop_at_step or config.train.steps,
+            start_step=assembled.state.step,
+            tensorboard=logging_section.tensorboard,
+            progress=logging_section.progress,
+        ) as metrics,
+    ):
+        code = train(assembled, stop, metrics)
+    dist.destroy_process_group()  # every rank is past the last collective (the final save ends in a barrier)
+    return code
+
+
+def _assemble(config: RunConfig, ds_values: dict, resume: str) -> Run:
+    """Everything the loop needs, the checkpoint (if any) loaded."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    tokenizer = LayoutLMv3Tokenizer.from_pretrained(config.data.tokenizer)
+    check_shards_tokenizer(config.data.train_shards, tokenizer)
+    if config.data.val_shards is not None:
+        check_shards_tokenizer(config.data.val_shards, tokenizer)
+    image_tokenizer = ImageTokenizer.from_pretrained(config.objectives.image_tokenizer)
+    checkpoint = resolve_resume(resume, config.checkpoint.dir)
+    universal = checkpoint is not None and checkpoint.world_size != world_size
+    if universal:
+        prepare_universal(checkpoint, rank)
+
+    torch.manual_seed(config.train.seed)  # the same initial weights on every rank
+    model = build_model(config, tokenizer.vocab_size, image_tokenizer.codebook_size)
+    parameters, non_embedding = model.num_parameters(), non_embedding_parameters(model)  # before ZeRO-3 partitions
+    training = initialize(model, config.train, ds_values, load_universal=universal)
+    image_tokenizer.to(training.device).eval().requires_grad_(False)
+    loader, val_loader = build_loaders(
+        config,
+        tokenizer,
+        model.config.patches_per_side,
+        training.micro_batch_size,
+        training.rank,
+        training.world_size,
+        pin_memory=training.device.type == "cuda",
+    )
+    state = TrainState()
+    if checkpoint is not None:
+        state = _resume(training, checkpoint, universal, loader, tokenizer.fingerprint, config)
+    if rank == 0:
+        _describe(config, training, parameters, non_embedding)
+    return Run(
+        config=config,
+        training=training,
+        image_tokenizer=image_tokenizer,
+        loader=loader,
+        val_loader=val_loader,
+        val_start=val_loader.state_dict() if val_loader is not None else None,
+        state=state,
+        tokenizer_fingerprint=tokenizer.fingerprint,
+        non_embedding_params=non_embedding,
+        peak_tflops=device_peak_tflops(training.precision, config.logging.peak_tflops),
+    )
+
+
+def _resume(
+    training: Training,
+    checkpoint: Checkpoint,
+    universal: bool,
+    loader: ShardLoader,
+    fingerprint: str,
+    config: RunConfig,
+) -> TrainState:
+    """Load `checkpoint` into the engine and loader; returns the restored train state."""
+    saved = load_checkpoint(training.engine, checkpoint, universal).get("layoutlmv3")
+    if saved is None:
+        raise ValueError(f"{checkpoint.path} was not written by this trainer (no layoutlmv3 client state)")
+    if saved["tokenizer_fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{checkpoint.path} was trained with tokenizer {saved['tokenizer_fingerprint']}, data.tokenizer is "
+            f"{fingerprint}: token ids would change meaning; use the original vocabulary"
+        )
+    if universal:
+        position = loader.state_dict()
+        position["epoch"] = load_rank_state(checkpoint, 0)["loader"]["epoch"] + 1
+        loader.load_state_dict(position)
+        logger.warning(
+            "resumed %s (world size %d) on %d ranks via a universal checkpoint: the data starts at epoch %d",
+            checkpoint.path,
+            checkpoint.world_size,
+            training.world_size,
+            position["epoch"],
+        )
+    else:
+        rank_state = load_rank_state(checkpoint, training.rank)
+        loader.load_state_dict(rank_state["loader"])
+        set_rng_state(rank_state["rng"])
+    if training.rank == 0:
+        changed = _changed_settings(saved["config"], config.to_dict())
+        if changed:
+            logger.warning("settings changed since the checkpoint: %s", "; ".join(changed))
+        logger.info("resumed from %s at step %d", checkpoint.path, saved["train_state"]["step"])
+    return TrainState(**saved["train_state"])
+
+
+def _describe(config: RunConfig, training: Training, parameters: int, non_embedding: int) -> None:
+    """Log the resolved set-up and keep the resolved config beside the metrics (rank 0)."""
+    global_batch = training.micro_batch_size * training.accumulation_steps * training.world_size
+    logger.info(
+        "model %s: %.1fM parameters (%.1fM non-embedding) | %s, ZeRO-%d | micro-batch %d x accumulation %d x %d "
+        "ranks = global batch %d | %d steps",
+        config.model.init_from or config.model.flavor,
+        parameters / 1e6,
+        non_embedding / 1e6,
+        training.precision,
+        training.zero_stage,
+        training.micro_batch_size,
+        training.accumulation_steps,
+        training.world_size,
+        global_batch,
+        config.train.steps,
+    )
+    directory = Path(config.logging.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    plain = json.loads(json.dumps(config.to_dict()))  # tuples -> lists for YAML
+    (directory / RESOLVED_CONFIG_FILE).write_text(yaml.safe_dump(plain, sort_keys=False))
+
+
+def _changed_settings(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted settings whose value differs between two config dicts."""
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += _changed_settings(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return changes
+
+
+def _configure_logging(rank: int) -> None:
+    """INFO on rank 0, warnings from every rank (a skipped shard matters wherever it happens)."""
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)

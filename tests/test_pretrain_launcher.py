@@ -1,0 +1,403 @@
+"""launch/pretrain.py under the real DeepSpeed launcher: CPU, gloo, 2 ranks, tiny model, synthetic shards.
+
+One small world (BPE vocabulary, shards, untrained tiny image tokenizer) serves every run. The straight 20-step
+ZeRO-2 run is both the end-to-end test and the reference that resumed runs must repeat loss for loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from data_prep.build_shards import BuildConfig, build
+from data_prep.synth import write_corpus
+from layoutlmv3.model import LayoutLMv3Config
+from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
+from layoutlmv3.pretraining.model import LayoutLMv3ForPretraining
+from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
+from layoutlmv3.training.checkpointing import (
+    COMPLETE_FILE,
+    LATEST_FILE,
+    find_resume_checkpoint,
+    read_checkpoint,
+    resolve_resume,
+    tag_for,
+)
+from layoutlmv3.training.engine import parameter_groups
+from layoutlmv3.training.inputs import check_shards_tokenizer
+from layoutlmv3.training.metrics import METRICS_FILE, device_peak_tflops, estimate_mfu, model_flops_per_sample
+from layoutlmv3.training.runner import run
+from layoutlmv3.training.schedule import learning_rate, warmup_steps
+from layoutlmv3.training.signals import (
+    EXIT_BAD_CONFIG,
+    EXIT_PREEMPTED,
+    EXIT_TOO_MANY_BAD_STEPS,
+    StopRequest,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STEPS = 20
+RUN_TIMEOUT = 300  # seconds per launch; a healthy one takes 10-30 s
+
+
+# ---------------------------------------------------------------- the world and the launcher
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shards (8 train, 3 held-out), a 1000-id BPE vocabulary, a tiny image tokenizer and the run config."""
+    root = tmp_path_factory.mktemp("pretrain_world")
+    write_corpus(root / "synth_train", 24, seed=0)
+    write_corpus(root / "synth_val", 6, seed=1)
+    words = [
+        word["text"]
+        for path in sorted((root / "synth_train" / "annotations").glob("*.json"))
+        for entity in json.loads(path.read_text())["form"]
+        for word in entity["words"]
+    ]
+    train_bpe(words, vocab_size=1000).save_pretrained(root / "vocab")
+    for name, per_shard in (("train", 3), ("val", 2)):
+        build(
+            BuildConfig(
+                input=root / f"synth_{name}",
+                out=root / "shards" / name,
+                ocr="funsd",
+                tokenizer_dir=root / "vocab",
+                max_samples_per_shard=per_shard,
+                progress_bar=False,
+            )
+        )
+    torch.manual_seed(0)
+    ImageTokenizer(ImageTokenizerConfig.from_flavor("tiny")).save_pretrained(root / "image_tokenizer")
+    config = {
+        "model": {"flavor": "tiny"},
+        "data": {
+            "train_shards": str(root / "shards" / "train"),
+            "val_shards": str(root / "shards" / "val"),
+            "tokenizer": str(root / "vocab"),
+            "max_length": 128,
+            "num_workers": 0,
+            "shuffle_buffer": 8,
+            "val_batches": 2,
+        },
+        "objectives": {"image_tokenizer": str(root / "image_tokenizer")},
+        "train": {"steps": STEPS, "lr": 5.0e-4, "seed": 7},
+        "logging": {"every": 5, "val_every": 10, "progress": False},
+        "checkpoint": {"every": 10, "keep": 3},
+        "deepspeed": str(REPO_ROOT / "ds_configs" / "cpu_fp32.json"),
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+@dataclass
+class Launch:
+    returncode: int
+    output: str
+    checkpoints: Path
+    logs: Path
+
+    def records(self) -> list[dict]:
+        path = self.logs / METRICS_FILE
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def losses(self) -> dict[int, float]:
+        return {r["step"]: r["train/loss"] for r in self.records() if "train/loss" in r}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _command(world: Path, run_dir: Path, ranks: int, overrides: tuple[str, ...]) -> list[str]:
+    launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks)]
+    launcher += ["--master_port", str(_free_port()), str(REPO_ROOT / "launch" / "pretrain.py")]
+    dirs = ["--checkpoint.dir", str(run_dir / "checkpoints"), "--logging.dir", str(run_dir / "logs")]
+    return [*launcher, "--config", str(world / "run.yaml"), *dirs, *overrides]
+
+
+@dataclass
+class Started:
+    process: subprocess.Popen
+    run_dir: Path
+    output: Path  # the launcher's and ranks' stdout + stderr (a file: a pipe nobody reads could fill and block)
+
+
+def _start(world: Path, run_dir: Path, *overrides: str, ranks: int = 2) -> Started:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    output = run_dir / f"launch-{time.monotonic_ns()}.log"
+    with open(output, "w") as sink:
+        process = subprocess.Popen(
+            _command(world, run_dir, ranks, overrides),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so a hung run can be stopped as a whole
+        )
+    return Started(process, run_dir, output)
+
+
+def _finish(started: Started) -> Launch:
+    try:
+        started.process.wait(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(started.process.pid, signal.SIGKILL)
+        started.process.wait()
+        pytest.fail(f"the run did not finish in {RUN_TIMEOUT} s:\n{started.output.read_text()[-5000:]}")
+    output = started.output.read_text()
+    return Launch(started.process.returncode, output, started.run_dir / "checkpoints", started.run_dir / "logs")
+
+
+def launch(world: Path, run_dir: Path, *overrides: str, ranks: int = 2) -> Launch:
+    return _finish(_start(world, run_dir, *overrides, ranks=ranks))
+
+
+def _copy_checkpoint(source: Launch, step: int, run_dir: Path) -> None:
+    """A new run directory whose checkpoint dir holds only `source`'s checkpoint of `step`."""
+    tag = tag_for(step)
+    shutil.copytree(source.checkpoints / tag, run_dir / "checkpoints" / tag)
+
+
+def _assert_same_losses(got: dict[int, float], expected: dict[int, float], steps: range) -> None:
+    assert sorted(got) == list(steps)
+    for step in steps:
+        assert abs(got[step] - expected[step]) <= 1e-6, (step, got[step], expected[step])
+
+
+@pytest.fixture(scope="session")
+def zero2_run(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Launch:
+    """The reference: 20 steps straight, ZeRO-2, checkpoints at 10 and 20."""
+    return launch(world, tmp_path_factory.mktemp("zero2"))
+
+
+@pytest.fixture(scope="session")
+def zero3_run(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Launch:
+    """The reference's first 8 steps under ZeRO-3, with rank 0's loss of micro-batch 5 made NaN, a checkpoint
+    every 2 steps (2 kept), and the leftover of a save that crashed before the run (no `complete` marker)."""
+    run_dir = tmp_path_factory.mktemp("zero3")
+    (run_dir / "checkpoints" / tag_for(1)).mkdir(parents=True)
+    overrides = ["--deepspeed", str(REPO_ROOT / "ds_configs" / "cpu_zero3_fp32.json"), "--train.stop_at_step", "8"]
+    overrides += ["--train.debug_nan_batches", "[5]", "--logging.val_every", "4"]
+    overrides += ["--checkpoint.every", "2", "--checkpoint.keep", "2"]
+    return launch(world, run_dir, *overrides)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_zero2_end_to_end(zero2_run: Launch) -> None:
+    assert zero2_run.returncode == 0, zero2_run.output[-5000:]
+    losses = zero2_run.losses()
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert all(math.isfinite(loss) for loss in losses.values())
+    assert losses[STEPS] < losses[1]  # it learns
+    assert [r["step"] for r in zero2_run.records() if "val/loss" in r] == [10, 20]
+    for step in (10, 20):
+        checkpoint = read_checkpoint(zero2_run.checkpoints / tag_for(step))
+        assert (checkpoint.step, checkpoint.world_size) == (step, 2)
+        assert sorted(p.name for p in (checkpoint.path / "rank_state").iterdir()) == ["rank00000.pt", "rank00001.pt"]
+    assert (zero2_run.checkpoints / LATEST_FILE).read_text() == tag_for(STEPS)
+    assert list(zero2_run.logs.glob("events.out.tfevents.*"))
+    assert (
+        "micro-batch 1 x accumulation 2 x 2 ranks = global batch 4" in zero2_run.output
+        and f"step {STEPS}/{STEPS} | loss" in zero2_run.output
+    )
+
+
+def test_zero3_end_to_end_skips_a_nan_loss(zero3_run: Launch, zero2_run: Launch) -> None:
+    assert zero3_run.returncode == 0, zero3_run.output[-5000:]
+    losses = zero3_run.losses()
+    assert sorted(losses) == list(range(1, 9))
+    assert all(math.isfinite(loss) for loss in losses.values())
+    # Same data and seeds as the ZeRO-2 reference until the skipped micro-batch shifts the data by one.
+    reference = zero2_run.losses()
+    for step in (1, 2):
+        assert losses[step] == pytest.approx(reference[step], rel=1e-5)
+    # Micro-batches 1-4 made steps 1-2; the skipped 5th leaves step 3 to micro-batches 6 and 7.
+    assert "non-finite loss at step 3 (micro-batch 5) on 1 rank(s): micro-batch skipped (1 of at most 20)" in (
+        zero3_run.output
+    )
+    assert [r["train/bad_steps"] for r in zero3_run.records() if "train/loss" in r] == [0] * 2 + [1] * 6
+    checkpoint = read_checkpoint(zero3_run.checkpoints / tag_for(8))
+    assert len(list(checkpoint.path.glob("zero_pp_rank_*_model_states.pt"))) == 2
+    assert (zero3_run.checkpoints / LATEST_FILE).read_text() == tag_for(8)
+    # The newest two complete checkpoints are kept; older ones and the crash leftover are gone.
+    assert sorted(p.name for p in zero3_run.checkpoints.glob("step*")) == [tag_for(6), tag_for(8)]
+
+
+def test_resume_continues_exactly(world: Path, zero2_run: Launch, tmp_path: Path) -> None:
+    """Steps 11-20 after resuming from the step-10 checkpoint equal those of the straight run."""
+    _copy_checkpoint(zero2_run, 10, tmp_path)
+    resumed = launch(world, tmp_path, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.output[-5000:]
+    assert f"resumed from {tmp_path / 'checkpoints' / tag_for(10)} at step 10" in resumed.output
+    _assert_same_losses(resumed.losses(), zero2_run.losses(), range(11, STEPS + 1))
+
+
+def test_universal_checkpoint_resumes_on_another_world_size(world: Path, zero2_run: Launch, tmp_path: Path) -> None:
+    """2 ranks -> 1 rank: with lr 0 the first step on one rank leaves the 2-rank step-10 weights untouched."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    _copy_checkpoint(zero2_run, 10, tmp_path)
+    one = launch(world, tmp_path, "--train.lr", "0", "--train.stop_at_step", "11", ranks=1)
+    assert one.returncode == 0, one.output[-5000:]
+    assert "via a universal checkpoint" in one.output
+    assert (tmp_path / "checkpoints" / tag_for(10) / "universal" / "zero").is_dir()
+    assert sorted(one.losses()) == [11] and math.isfinite(one.losses()[11])
+    assert read_checkpoint(one.checkpoints / tag_for(11)).world_size == 1
+    saved = get_fp32_state_dict_from_zero_checkpoint(str(zero2_run.checkpoints), tag=tag_for(10))
+    continued = get_fp32_state_dict_from_zero_checkpoint(str(one.checkpoints), tag=tag_for(11))
+    assert saved.keys() == continued.keys()
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, continued[name]), name
+
+
+def test_sigusr1_checkpoints_exits_42_and_resumes(world: Path, zero2_run: Launch, tmp_path: Path) -> None:
+    """SIGUSR1 to one rank: both stop after the same step, save, exit 42; resuming repeats the straight run."""
+    started = _start(world, tmp_path)
+    metrics = tmp_path / "logs" / METRICS_FILE
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not (metrics.exists() and metrics.read_text().strip()):  # a step has completed
+        assert started.process.poll() is None, f"the run ended before its first step:\n{started.output.read_text()}"
+        assert time.monotonic() < deadline, "no step completed in time"
+        time.sleep(0.05)
+    runner = psutil.Process(started.process.pid)
+    launcher = next(p for p in runner.children() if "deepspeed.launcher.launch" in p.cmdline())
+    rank1 = next(p for p in launcher.children() if "--local_rank=1" in p.cmdline())
+    rank1.send_signal(signal.SIGUSR1)
+    stopped = _finish(started)
+    assert stopped.returncode == EXIT_PREEMPTED, stopped.output[-5000:]
+    checkpoint = find_resume_checkpoint(stopped.checkpoints)
+    assert checkpoint is not None and 1 <= checkpoint.step < STEPS
+    assert sorted(stopped.losses()) == list(range(1, checkpoint.step + 1))
+    assert (stopped.checkpoints / LATEST_FILE).read_text() == checkpoint.tag
+
+    resumed = launch(world, tmp_path)
+    assert resumed.returncode == 0, resumed.output[-5000:]
+    _assert_same_losses(resumed.losses(), zero2_run.losses(), range(1, STEPS + 1))
+
+
+def test_corrupt_shard_is_logged_and_skipped(world: Path, tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shutil.copytree(world / "shards" / "train", shards)
+    corrupt = sorted(shards.glob("*.tar"))[4]
+    corrupt.write_bytes(os.urandom(corrupt.stat().st_size))
+    result = launch(world, tmp_path, "--data.train_shards", str(shards), "--train.steps", "6")
+    assert result.returncode == 0, result.output[-5000:]
+    assert f"skipping unreadable data in shard {corrupt}" in result.output
+    assert sorted(result.losses()) == list(range(1, 7))
+    assert all(math.isfinite(loss) for loss in result.losses().values())
+
+
+def test_too_many_non_finite_losses_stop_the_run(world: Path, tmp_path: Path) -> None:
+    overrides = ["--train.debug_nan_batches", "[3, 4, 5]", "--train.max_bad_steps", "2"]
+    result = launch(world, tmp_path, *overrides)
+    assert result.returncode == EXIT_TOO_MANY_BAD_STEPS, result.output[-5000:]
+    assert "stopping: 3 non-finite losses exceed train.max_bad_steps=2" in result.output
+    assert sorted(result.losses()) == [1]
+
+
+# ---------------------------------------------------------------- the pieces
+
+
+def test_help_explains_usage_and_exit_codes() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "launch" / "pretrain.py"), "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert "--resume" in result.stdout and "--section.key VALUE" in result.stdout and "42" in result.stdout
+
+
+def test_bad_config_gives_its_exit_code_before_any_set_up(world: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert run(world / "run.yaml", ["--train.warmup_ratio", "2"]) == EXIT_BAD_CONFIG
+    assert "train.warmup_ratio must lie in [0, 1], got 2.0" in caplog.text
+
+
+def test_shards_of_another_tokenizer_are_refused(world: Path) -> None:
+    check_shards_tokenizer(str(world / "shards" / "train"), LayoutLMv3Tokenizer.from_pretrained(world / "vocab"))
+    other = train_bpe(["another", "vocabulary", "altogether"] * 3, vocab_size=300)
+    with pytest.raises(ValueError, match=f"were tokenized with tokenizer .* data.tokenizer is {other.fingerprint}"):
+        check_shards_tokenizer(str(world / "shards" / "train"), other)
+    check_shards_tokenizer(str(world / "shards" / "train" / "*.tar"), other)  # a pattern has no manifest to check
+
+
+def test_schedule_warms_up_then_decays_linearly() -> None:
+    total, peak = 500_000, 1e-4
+    warmup = warmup_steps(total, 0.048)
+    assert warmup == 24_000
+    assert learning_rate(1, total, peak, 0.048) == pytest.approx(peak / warmup)
+    assert learning_rate(warmup // 2, total, peak, 0.048) == pytest.approx(peak / 2)
+    assert learning_rate(warmup, total, peak, 0.048) == pytest.approx(peak)
+    assert learning_rate((warmup + total) // 2, total, peak, 0.048) == pytest.approx(peak / 2)
+    assert learning_rate(total, total, peak, 0.048) == 0.0
+    assert learning_rate(total, total, peak, 0.048, min_lr_ratio=0.1) == pytest.approx(peak / 10)
+    rates = [learning_rate(step, 100, 1.0, 0.1) for step in range(1, 101)]
+    assert rates[:10] == sorted(rates[:10]) and rates[9:] == sorted(rates[9:], reverse=True)
+
+
+def test_no_weight_decay_on_biases_norms_and_token_embeddings() -> None:
+    model = LayoutLMv3ForPretraining(LayoutLMv3Config.from_flavor("tiny", vocab_size=300, visual_codebook_size=16))
+    decay, no_decay = parameter_groups(model, 0.01)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
+    names = {id(p): name for name, p in model.named_parameters()}
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert len(exempt) + len(decayed) == len(names)  # each parameter once, the tied MLM decoder included
+    norms = {f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, nn.LayerNorm) for k in ("weight", "bias")}
+    biases = {name for name in names.values() if name.endswith(".bias")}
+    assert norms | biases <= exempt
+    assert "layoutlmv3.visual_embeddings.cls_token" in exempt
+    assert {"layoutlmv3.encoder.layers.0.attention.qkv.weight", "layoutlmv3.text_embeddings.word.weight"} <= decayed
+
+
+def test_flops_and_mfu() -> None:
+    flops = model_flops_per_sample(1000, num_layers=2, hidden_size=8, text_length=3, visual_tokens=197)
+    assert flops == 6 * 1000 * 200 + 12 * 2 * 8 * 200**2
+    assert estimate_mfu(2e12, seconds=1.0, devices=2, peak_tflops=2.0) == pytest.approx(0.5)
+    assert device_peak_tflops("fp32", None) is None
+    assert device_peak_tflops("bf16", 123.0) == 123.0
+
+
+def test_resume_finds_only_complete_checkpoints(tmp_path: Path) -> None:
+    for step, complete in ((10, True), (20, True), (30, False)):
+        path = tmp_path / tag_for(step)
+        path.mkdir()
+        if complete:
+            (path / COMPLETE_FILE).write_text(json.dumps({"step": step, "world_size": 2}))
+    newest = find_resume_checkpoint(tmp_path)
+    assert newest is not None and (newest.step, newest.world_size) == (20, 2)
+    assert resolve_resume("auto", tmp_path) == newest
+    assert resolve_resume("auto", tmp_path / "missing") is None
+    assert resolve_resume(str(tmp_path / tag_for(10)), tmp_path).step == 10
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        resolve_resume(str(tmp_path / tag_for(30)), tmp_path)
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        resolve_resume("none", tmp_path)
+
+
+def test_stop_request_records_signals_and_restores_handlers() -> None:
+    before = signal.getsignal(signal.SIGUSR1)
+    with StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.requested and stop.signal == signal.SIGUSR1
+    assert signal.getsignal(signal.SIGUSR1) == before

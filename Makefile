@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-SYSTEM_PACKAGES := tesseract-ocr fonts-dejavu-core
+SYSTEM_PACKAGES := tesseract-ocr fonts-dejavu-core slurmctld slurmd munge slurm-client shellcheck
 export PYTHONUNBUFFERED := 1
 
 .PHONY: demo test lint format system-deps venv clean
@@ -22,7 +22,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-# Debian packages the tests and the data pipeline use (Tesseract OCR, DejaVu fonts for the synthetic corpus).
+# Debian packages the tests and the data pipeline use: Tesseract OCR, DejaVu fonts for the synthetic corpus, a
+# real Slurm (controller, node daemon, munge) that tests start on localhost, shellcheck for the Slurm scripts.
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -33,9 +34,10 @@ system-deps:
 demo: venv system-deps
 	$(PY) launch/demo.py --out outputs/demo
 
-lint: venv
+lint: venv system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	shellcheck slurm/*.sbatch slurm/*.sh slurm/local/*.sh
 
 test: venv system-deps lint
 	$(PY) -m pytest -q

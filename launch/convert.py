@@ -1,0 +1,71 @@
+"""Convert a model for use elsewhere: a DeepSpeed pretraining checkpoint, or a transformers LayoutLMv3 directory,
+into a self-contained model directory (config.json + model.safetensors + tokenizer files) that
+`LayoutLMv3ForTokenClassification.from_pretrained` (and, with --to hf, transformers) loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from layoutlmv3.convert import convert_checkpoint, convert_from_hf, resolve_tag  # noqa: E402
+
+EPILOG = """\
+examples:
+  python launch/convert.py --checkpoint outputs/checkpoints/pretrain/tiny --out outputs/models/tiny
+  python launch/convert.py --checkpoint outputs/checkpoints/pretrain/tiny --tag step00000300 \\
+      --drop-pretraining-heads --out outputs/models/tiny-backbone
+  python launch/convert.py --checkpoint outputs/checkpoints/pretrain/tiny --to hf --out outputs/models/tiny-hf
+  python launch/convert.py --from-hf path/to/layoutlmv3-base --out outputs/models/base
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="checkpoint.dir of a pretraining run (or one tag directory)")
+    source.add_argument("--from-hf", type=Path, help="a transformers LayoutLMv3 model directory")
+    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    parser.add_argument("--tag", default="latest", help="checkpoint tag, e.g. step00001000 (default: latest)")
+    parser.add_argument("--to", choices=("native", "hf"), default="native", help="output format (default: native)")
+    parser.add_argument(
+        "--drop-pretraining-heads", action="store_true", help="keep only the backbone (LayoutLMv3Model weights)"
+    )
+    parser.add_argument(
+        "--config", type=Path, help="config.json giving the model shape (default: rebuilt from the run config)"
+    )
+    parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: the run's data.tokenizer)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.from_hf:
+            out = convert_from_hf(args.from_hf, args.out)
+        else:
+            out = convert_checkpoint(
+                resolve_tag(args.checkpoint, args.tag),
+                args.out,
+                to=args.to,
+                drop_pretraining_heads=args.drop_pretraining_heads,
+                config_path=args.config,
+                tokenizer_dir=args.tokenizer,
+            )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Label the words of form pages with a fine-tuned LayoutLMv3 model (HEADER / QUESTION / ANSWER entities).
+
+A page image (PNG, JPEG, TIFF) is read with Tesseract unless --words gives its words; the result is JSON with
+every word's label and confidence and the grouped entities (label, text, pixel box, confidence), and with
+--viz a PNG with one coloured box per entity. --image DIR processes every image under DIR (every page of a
+multi-page TIFF) into --out DIR: NAME.json for a file's first page, NAME.pN.json for page N > 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tqdm import tqdm  # noqa: E402
+
+from data_prep.ocr import Word  # noqa: E402
+from data_prep.pages import find_images, read_pages  # noqa: E402
+from data_prep.rejects import PageRejected  # noqa: E402
+from layoutlmv3.finetune.predict import Predictor, draw, read_words  # noqa: E402
+
+EPILOG = """\
+examples:
+  python launch/predict.py --model outputs/finetune/funsd/best --image form.png --out form.json --viz form_viz.png
+  python launch/predict.py --model outputs/finetune/funsd/best --image form.png --words words.json --out form.json
+  python launch/predict.py --model outputs/finetune/funsd/best --image scans/ --out results/ --viz results/
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--model", type=Path, required=True, help="fine-tuned model directory (launch/finetune.py)")
+    parser.add_argument("--image", type=Path, required=True, help="a page image, or a directory of them")
+    parser.add_argument("--out", type=Path, required=True, help="result JSON (a directory with --image DIR)")
+    parser.add_argument("--words", type=Path, help='words JSON {"words": [{"text", "box", "line"?}]} (single image)')
+    parser.add_argument("--viz", type=Path, help="PNG with entity boxes (a directory with --image DIR)")
+    parser.add_argument("--page", type=int, default=0, help="page of a multi-page file (single image; default 0)")
+    parser.add_argument("--boxes", choices=("segment", "word"), default="segment", help="layout positions")
+    parser.add_argument("--max-length", type=int, default=512, help="tokens per window (default 512)")
+    parser.add_argument("--stride", type=int, default=128, help="tokens shared by consecutive windows")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        predictor = Predictor(args.model, args.device, args.max_length, args.stride, args.boxes)
+        if args.image.is_dir():
+            if args.words:
+                raise ValueError("--words goes with a single --image FILE")
+            return _batch(predictor, args.image, args.out, args.viz)
+        words = read_words(args.words) if args.words else None
+        _page(predictor, args.image, args.page, words, args.out, args.viz)
+    except (ValueError, FileNotFoundError, PageRejected) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _page(predictor: Predictor, path: Path, page: int, words: list[Word] | None, out: Path, viz: Path | None) -> None:
+    for number, image in read_pages(path, page):
+        if isinstance(image, PageRejected):
+            raise image
+        prediction = predictor.predict(image, words, name=str(path), page=number)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(prediction.to_json(), encoding="utf-8")
+        if viz:
+            viz.parent.mkdir(parents=True, exist_ok=True)
+            draw(image, prediction).save(viz)
+        return
+    raise ValueError(f"{path} has no page {page}")
+
+
+def _batch(predictor: Predictor, root: Path, out: Path, viz: Path | None) -> int:
+    """Every page of every image under `root`; a page that fails is reported and skipped (exit 1 if any)."""
+    failed = 0
+    for relative in tqdm(find_images(root), desc="predict", unit="file"):
+        stem = Path(relative).with_suffix("")
+        for number, image in read_pages(root / relative):
+            name = f"{stem}.json" if number == 0 else f"{stem}.p{number}.json"
+            try:
+                if isinstance(image, PageRejected):
+                    raise image
+                prediction = predictor.predict(image, name=relative, page=number)
+            except PageRejected as error:
+                print(f"skipped {relative} page {number}: {error}", file=sys.stderr)
+                failed += 1
+                continue
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text(prediction.to_json(), encoding="utf-8")
+            if viz:
+                (viz / name).parent.mkdir(parents=True, exist_ok=True)
+                draw(image, prediction).save((viz / name).with_suffix(".png"))
+    print(f"wrote {out}" + (f" ({failed} page(s) skipped)" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""A DeepSpeed pretraining checkpoint (ZeRO 1, 2 or 3) -> a self-contained model directory.
+
+DeepSpeed's `get_fp32_state_dict_from_zero_checkpoint` consolidates the fp32 master weights of every rank. The
+model shape is rebuilt from the run config saved in the checkpoint's client state (flavor + overrides, or the
+`model.init_from` directory), with the vocabulary and MIM-codebook sizes read off the weights; the tokenizer is
+copied from the run's `data.tokenizer` directory, checked against the fingerprint the checkpoint recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3Model, hf_interop, weights_io
+from layoutlmv3.pretraining.model import LayoutLMv3ForPretraining
+from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+from layoutlmv3.training.checkpointing import (
+    COMPLETE_FILE,
+    LATEST_FILE,
+    Checkpoint,
+    complete_checkpoints,
+    read_checkpoint,
+)
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("native", "hf")
+# DeepSpeed's model-states file holds the client state: ZeRO-1/2 write the first name, ZeRO-3 the second.
+MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+WORD_EMBEDDINGS = "layoutlmv3.text_embeddings.word.weight"
+MIM_DECODER = "mim_head.decoder.weight"
+
+
+def resolve_tag(directory: str | Path, tag: str = "latest") -> Checkpoint:
+    """The complete checkpoint `tag` under `directory` ("latest": the tag its `latest` file names); `directory`
+    may also be a tag directory itself."""
+    directory = Path(directory)
+    if (directory / COMPLETE_FILE).is_file():
+        return read_checkpoint(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such checkpoint directory")
+    if tag == "latest":
+        latest = directory / LATEST_FILE
+        if not latest.is_file():
+            raise ValueError(f"{directory} has no {LATEST_FILE} file: pass --tag (complete tags: {_tags(directory)})")
+        tag = latest.read_text().strip()
+    if not (directory / tag).is_dir():
+        raise ValueError(f"{directory} has no checkpoint tag {tag!r}; complete tags: {_tags(directory)}")
+    return read_checkpoint(directory / tag)
+
+
+def convert_checkpoint(
+    checkpoint: Checkpoint,
+    out: str | Path,
+    *,
+    to: str = "native",
+    drop_pretraining_heads: bool = False,
+    config_path: str | Path | None = None,
+    tokenizer_dir: str | Path | None = None,
+) -> Path:
+    """Write `checkpoint` as a model directory `out` (config.json, model.safetensors, tokenizer files).
+
+    `to="hf"` writes transformers' layout, which has no pretraining heads, so it implies dropping them.
+    `config_path` (a config.json, ours or transformers') replaces the shape rebuilt from the run config; a
+    checkpoint of another size is refused with the offending weights named.
+    """
+    if to not in FORMATS:
+        raise ValueError(f"--to must be one of {FORMATS}, got {to!r}")
+    client = read_client_state(checkpoint)
+    tokenizer = LayoutLMv3Tokenizer.from_pretrained(_tokenizer_dir(client, tokenizer_dir))
+    expected = client.get("tokenizer_fingerprint")
+    if expected and tokenizer.fingerprint != expected:
+        raise ValueError(
+            f"the tokenizer has fingerprint {tokenizer.fingerprint}, the checkpoint was trained with {expected}"
+        )
+    weights = consolidate(checkpoint)
+    config = _explicit_config(Path(config_path)) if config_path else _run_model_config(client["config"], weights)
+    model = _build(config, weights, backbone_only=drop_pretraining_heads or to == "hf", source=str(checkpoint.path))
+    out = Path(out)
+    model.save_pretrained(out, format=to)
+    tokenizer.save_pretrained(out)
+    logger.info("wrote %s (%s format, step %d)", out, to, checkpoint.step)
+    return out
+
+
+def read_client_state(checkpoint: Checkpoint) -> dict[str, Any]:
+    """Our part of DeepSpeed's client state (run config, tokenizer fingerprint), read without unpickling code."""
+    for name in MODEL_STATES:
+        path = checkpoint.path / name
+        if path.is_file():
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as error:  # truncated files raise several types
+                raise ValueError(f"cannot read {path} (truncated or corrupt?): {error}") from error
+            if "layoutlmv3" not in state:
+                raise ValueError(f"{path} holds no layoutlmv3 client state: not written by launch/pretrain.py")
+            return state["layoutlmv3"]
+    raise ValueError(f"{checkpoint.path} has none of {MODEL_STATES}: not a DeepSpeed checkpoint")
+
+
+def consolidate(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    """All ranks' fp32 weights as one state dict (DeepSpeed's own consolidation, its chatter kept off stdout)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            weights = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.root), tag=checkpoint.tag)
+    except Exception as error:  # DeepSpeed raises whatever torch.load or its own checks raise
+        raise ValueError(f"cannot consolidate {checkpoint.path} (truncated or corrupt file?): {error}") from error
+    return {key: value.float() for key, value in weights.items()}
+
+
+def _run_model_config(run_config: dict[str, Any], weights: dict[str, torch.Tensor]) -> LayoutLMv3Config:
+    """What `training.engine.build_model` built: flavor + overrides, or the init_from directory's config."""
+    section = run_config["model"]
+    sizes = {}
+    if WORD_EMBEDDINGS in weights:
+        sizes["vocab_size"] = weights[WORD_EMBEDDINGS].shape[0]
+    if MIM_DECODER in weights:
+        sizes["visual_codebook_size"] = weights[MIM_DECODER].shape[0]
+    if section.get("init_from"):
+        base = _explicit_config(Path(section["init_from"]) / weights_io.CONFIG_NAME).to_dict()
+        return LayoutLMv3Config.from_dict({**base, **sizes, **section.get("overrides", {})})
+    return LayoutLMv3Config.from_flavor(section["flavor"], **{**sizes, **section.get("overrides", {})})
+
+
+def _explicit_config(path: Path) -> LayoutLMv3Config:
+    """A config.json (or the model directory holding one), ours or transformers'."""
+    directory = path if path.is_dir() else path.parent
+    values = weights_io.read_config(directory)
+    if hf_interop.is_hf_config(values):
+        return hf_interop.config_from_hf(values)
+    return LayoutLMv3Config.load(directory / weights_io.CONFIG_NAME)
+
+
+def _build(
+    config: LayoutLMv3Config, weights: dict[str, torch.Tensor], backbone_only: bool, source: str
+) -> LayoutLMv3ForPretraining | LayoutLMv3Model:
+    """The pretraining model with all weights checked, or only its backbone."""
+    model = LayoutLMv3ForPretraining(config)
+    weights = {key: value for key, value in weights.items() if key not in model.tied_weight_keys}  # shared storage
+    model.load_weights(weights, source=source)
+    missing = sorted(set(model.state_dict()) - set(weights) - set(model.tied_weight_keys))
+    if missing:
+        raise ValueError(f"{source} lacks weights of the pretraining model: {missing[:8]}")
+    return model.layoutlmv3 if backbone_only else model
+
+
+def _tokenizer_dir(client: dict[str, Any], given: str | Path | None) -> Path:
+    path = Path(given) if given else Path(client["config"]["data"]["tokenizer"])
+    if not (path / "vocab.json").is_file():
+        raise FileNotFoundError(f"tokenizer directory {path} has no vocab.json: pass --tokenizer DIR")
+    return path
+
+
+def _tags(directory: Path) -> list[str]:
+    return [checkpoint.tag for checkpoint in complete_checkpoints(directory)]

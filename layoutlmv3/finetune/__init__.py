@@ -1,0 +1,1 @@
+"""Fine-tuning LayoutLMv3 for form understanding (FUNSD entity labelling) and inference on new pages."""

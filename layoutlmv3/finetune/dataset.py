@@ -1,0 +1,102 @@
+"""Pages -> fixed-length windows the token classifier takes, each with its page's 224 px image.
+
+A page longer than `max_length` tokens becomes several windows that overlap by `stride` tokens
+(`LayoutLMv3Tokenizer.encode_windows`), so every word is seen; word ids stay page word indices, which is how
+`evaluate.merge_windows` maps predictions back onto words. Labels sit on each word's first sub-token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from layoutlmv3.data.collate import IMAGE_MEAN, IMAGE_STD
+from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+
+NO_WORD = -1  # word id of specials and padding in tensors
+MODEL_INPUTS = ("input_ids", "bbox", "attention_mask", "pixel_values")
+
+
+def page_pixels(image: Image.Image, size: int = 224) -> torch.Tensor:
+    """[3, size, size] float32: squashed to a square (bilinear, as LayoutLMv3's processor) and normalised with
+    the pretraining data's IMAGE_MEAN/STD."""
+    resized = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+    return torch.from_numpy((resized / 255.0 - IMAGE_MEAN) / IMAGE_STD).permute(2, 0, 1).contiguous()
+
+
+def load_pixels(path: Path, size: int = 224) -> torch.Tensor:
+    with Image.open(path) as image:
+        return page_pixels(image, size)
+
+
+@dataclass
+class Window:
+    """One window's tensors ([T] each, bbox [T, 4]) and the index of the page it came from."""
+
+    page: int
+    input_ids: torch.Tensor
+    bbox: torch.Tensor
+    attention_mask: torch.Tensor
+    word_ids: torch.Tensor
+    labels: torch.Tensor | None
+
+
+def make_windows(
+    tokenizer: LayoutLMv3Tokenizer,
+    page: int,
+    words: Sequence[str],
+    boxes: Sequence[Sequence[int]],
+    labels: Sequence[int] | None,
+    max_length: int,
+    stride: int,
+) -> list[Window]:
+    """All windows of one page, padded to `max_length` (fixed shapes: plain stacking makes a batch)."""
+    encodings = tokenizer.encode_windows(words, boxes, labels, max_length=max_length, stride=stride, pad_to=max_length)
+    return [
+        Window(
+            page=page,
+            input_ids=torch.tensor(encoding.input_ids),
+            bbox=torch.tensor(encoding.bbox),
+            attention_mask=torch.tensor(encoding.attention_mask),
+            word_ids=torch.tensor([NO_WORD if w is None else w for w in encoding.word_ids]),
+            labels=None if encoding.labels is None else torch.tensor(encoding.labels),
+        )
+        for encoding in encodings
+    ]
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Windows of labelled pages; page images are decoded once and kept in memory (FUNSD: ~200 pages)."""
+
+    def __init__(
+        self, pages: Sequence, tokenizer: LayoutLMv3Tokenizer, max_length: int, stride: int, image_size: int = 224
+    ) -> None:
+        self.pages = list(pages)
+        self.windows = [
+            window
+            for index, page in enumerate(self.pages)
+            for window in make_windows(tokenizer, index, page.words, page.boxes, page.labels, max_length, stride)
+        ]
+        self.pixels = [load_pixels(page.image_path, image_size) for page in self.pages]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        window = self.windows[index]
+        item = {
+            "input_ids": window.input_ids,
+            "bbox": window.bbox,
+            "attention_mask": window.attention_mask,
+            "pixel_values": self.pixels[window.page],
+            "word_ids": window.word_ids,
+            "page": torch.tensor(window.page),
+        }
+        if window.labels is not None:
+            item["labels"] = window.labels
+        return item

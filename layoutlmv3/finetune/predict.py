@@ -1,0 +1,162 @@
+"""A fine-tuned model on new pages: image (+ OCR words) -> labelled words and grouped entities, and a picture.
+
+Words come from Tesseract (data_prep.ocr) unless given as JSON: ``{"words": [{"text": "Date:", "box": [x0, y0,
+x1, y1], "line": 3}, ...]}`` with pixel boxes (``line`` optional). The layout position of a word is its line's box
+by default (`boxes="segment"`: the union of the words of one OCR line, `data_prep.samples.line_layout`), the
+nearest thing raw OCR has to the annotated segments the model was fine-tuned on; `boxes="word"` uses word boxes.
+Entities are maximal BIO spans (seqeval's grouping); an entity's confidence is the mean of its words'.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from seqeval.metrics.sequence_labeling import get_entities
+
+from data_prep.ocr import Word, parse_tsv, run_tesseract
+from data_prep.pages import to_sample_mode
+from data_prep.samples import line_layout, normalize_box
+from layoutlmv3.model import LayoutLMv3ForTokenClassification
+from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+
+from .dataset import MODEL_INPUTS, make_windows, page_pixels
+from .evaluate import merge_windows
+from .funsd import BOX_LEVELS
+
+COLORS = {"HEADER": (31, 119, 180), "QUESTION": (44, 160, 44), "ANSWER": (255, 127, 14)}
+OTHER_COLOR = (148, 103, 189)
+OCR_TIMEOUT = 120.0
+
+
+@dataclass
+class LabelledWord:
+    text: str
+    box: list[int]  # pixels of the page
+    label: str
+    confidence: float
+
+
+@dataclass
+class Entity:
+    label: str  # entity type, e.g. QUESTION
+    text: str
+    box: list[int]  # union of its words' pixel boxes
+    confidence: float
+    words: list[int]  # indices into the page's words
+
+
+@dataclass
+class PagePrediction:
+    image: str
+    page: int
+    width: int
+    height: int
+    words: list[LabelledWord]
+    entities: list[Entity]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+
+class Predictor:
+    """A model directory (from launch/finetune.py) with its tokenizer and label names, ready for pages."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "cpu",
+        max_length: int = 512,
+        stride: int = 128,
+        boxes: str = "segment",
+    ) -> None:
+        if boxes not in BOX_LEVELS:
+            raise ValueError(f"boxes must be one of {BOX_LEVELS}, got {boxes!r}")
+        self.model = LayoutLMv3ForTokenClassification.from_pretrained(model_dir).to(device).eval()
+        if len(self.model.config.id2label) != self.model.config.num_labels:
+            raise ValueError(f"{model_dir} names no labels (id2label): not a fine-tuned token classifier")
+        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        self.tokenizer = LayoutLMv3Tokenizer.from_pretrained(model_dir)
+        self.device, self.max_length, self.stride, self.boxes = torch.device(device), max_length, stride, boxes
+
+    @torch.no_grad()
+    def predict(
+        self, image: Image.Image, words: Sequence[Word] | None = None, name: str = "", page: int = 0
+    ) -> PagePrediction:
+        """Labelled words and entities of one page; `words` None runs Tesseract on it."""
+        image = to_sample_mode(image)
+        if words is None:
+            words = parse_tsv(run_tesseract(image, OCR_TIMEOUT))
+        words = [word for word in words if word.text.strip()]
+        width, height = image.size
+        pixel_boxes = [normalize_box(word.box, width, height) for word in words]
+        boxes = pixel_boxes
+        if self.boxes == "segment":
+            line_ids, line_boxes = line_layout([word.line for word in words], pixel_boxes)
+            boxes = [line_boxes[line] for line in line_ids]
+        texts = [word.text.strip() for word in words]
+        labels, confidences = self._classify(image, texts, boxes)
+        pixels = [[round(float(c)) for c in word.box] for word in words]
+        labelled = [
+            LabelledWord(text, box, self.labels[label], round(confidence, 4))
+            for text, box, label, confidence in zip(texts, pixels, labels, confidences, strict=True)
+        ]
+        entities = [
+            Entity(
+                label=kind,
+                text=" ".join(texts[start : end + 1]),
+                box=_union(pixels[start : end + 1]),
+                confidence=round(sum(confidences[start : end + 1]) / (end + 1 - start), 4),
+                words=list(range(start, end + 1)),
+            )
+            for kind, start, end in get_entities([self.labels[label] for label in labels])
+        ]
+        return PagePrediction(name, page, width, height, labelled, entities)
+
+    def _classify(self, image: Image.Image, words: list[str], boxes: list[list[int]]) -> tuple[list[int], list[float]]:
+        if not words:
+            return [], []
+        windows = make_windows(self.tokenizer, 0, words, boxes, None, self.max_length, self.stride)
+        pixels = page_pixels(image, self.model.config.input_size)
+        batch = {
+            "input_ids": torch.stack([w.input_ids for w in windows]),
+            "bbox": torch.stack([w.bbox for w in windows]),
+            "attention_mask": torch.stack([w.attention_mask for w in windows]),
+            "pixel_values": pixels.expand(len(windows), -1, -1, -1),
+        }
+        logits = self.model(**{name: batch[name].to(self.device) for name in MODEL_INPUTS}).logits
+        probabilities = logits.float().softmax(-1).cpu()
+        merged = merge_windows(len(words), ((i, w.word_ids, probabilities[i]) for i, w in enumerate(windows)))
+        return merged.labels, merged.confidences
+
+
+def read_words(path: str | Path) -> list[Word]:
+    """Words given as JSON (format in the module docstring); without `line`, each word is its own line."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    entries = data["words"] if isinstance(data, dict) else data
+    try:
+        return [
+            Word(str(entry["text"]), tuple(entry["box"]), int(entry.get("line", index)))
+            for index, entry in enumerate(entries)
+        ]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f'{path}: each word needs "text" and a 4-number "box": {error}') from error
+
+
+def draw(image: Image.Image, prediction: PagePrediction) -> Image.Image:
+    """The page in RGB with one coloured, labelled rectangle per entity."""
+    canvas = image.convert("RGB")
+    pen = ImageDraw.Draw(canvas)
+    for entity in prediction.entities:
+        color = COLORS.get(entity.label, OTHER_COLOR)
+        pen.rectangle(entity.box, outline=color, width=2)
+        pen.text((entity.box[0], max(entity.box[1] - 10, 0)), entity.label, fill=color)
+    return canvas
+
+
+def _union(boxes: list[list[int]]) -> list[int]:
+    return [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]

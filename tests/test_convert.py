@@ -1,0 +1,172 @@
+"""launch/convert.py: DeepSpeed checkpoints (ZeRO 1-3) and transformers directories -> model directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from launch.convert import main as convert_main
+from layoutlmv3.convert import convert_checkpoint, resolve_tag
+from layoutlmv3.convert.checkpoint import consolidate
+from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3ForTokenClassification, LayoutLMv3Model
+from layoutlmv3.model.hf_interop import config_to_hf
+from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
+from layoutlmv3.training.checkpointing import tag_for
+from tests.model_inputs import random_inputs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VOCAB = 300
+CODEBOOK = 32
+# One process, one rank: a tiny pretraining model under each ZeRO stage, saved the way the training loop saves.
+MAKE_CHECKPOINTS = """
+import sys
+import deepspeed, torch
+from layoutlmv3.model import LayoutLMv3Config
+from layoutlmv3.pretraining.model import LayoutLMv3ForPretraining
+from layoutlmv3.training.checkpointing import save_checkpoint
+root, vocab, codebook, tokenizer, fingerprint = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:6]
+deepspeed.init_distributed(dist_backend="gloo")
+for stage in (1, 2, 3):
+    torch.manual_seed(stage)
+    config = LayoutLMv3Config.from_flavor("tiny", vocab_size=vocab, visual_codebook_size=codebook)
+    model = LayoutLMv3ForPretraining(config)
+    ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": stage},
+          "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
+    run = {"model": {"flavor": "tiny", "overrides": {}, "init_from": None}, "data": {"tokenizer": tokenizer}}
+    client = {"layoutlmv3": {"config": run, "tokenizer_fingerprint": fingerprint}}
+    save_checkpoint(engine, f"{root}/zero{stage}", 5, client, {}, keep=1)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """zero1/, zero2/, zero3/ checkpoint dirs (tag step00000005) and the tokenizer they record."""
+    root = tmp_path_factory.mktemp("ds_checkpoints")
+    tokenizer = train_bpe(["alpha", "beta", "gamma", "total", "date", "name"] * 5, vocab_size=VOCAB)
+    tokenizer.save_pretrained(root / "vocab")
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    env.update(MASTER_PORT=str(_free_port()), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", PYTHONPATH=str(REPO_ROOT))
+    command = [sys.executable, "-c", MAKE_CHECKPOINTS, str(root), str(VOCAB), str(CODEBOOK)]
+    command += [str(root / "vocab"), tokenizer.fingerprint]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-5000:]
+    return root
+
+
+def _inputs() -> dict[str, torch.Tensor]:
+    return random_inputs(batch=2, length=40, vocab_size=VOCAB)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_every_zero_stage_converts_to_a_loadable_model(checkpoints: Path, tmp_path: Path, stage: int) -> None:
+    checkpoint = resolve_tag(checkpoints / f"zero{stage}")
+    assert checkpoint.tag == tag_for(5)
+    out = convert_checkpoint(checkpoint, tmp_path / "model")
+    weights = consolidate(checkpoint)
+    model = LayoutLMv3ForTokenClassification.from_pretrained(out, num_labels=7)
+    assert model.config.vocab_size == VOCAB
+    for key, value in model.layoutlmv3.state_dict().items():
+        if key != "visual_bbox":
+            assert torch.equal(value, weights["layoutlmv3." + key]), key
+    saved = load_file(out / "model.safetensors")
+    assert any(key.startswith("mim_head.") for key in saved)  # the pretraining heads are kept by default
+    tokenizer = LayoutLMv3Tokenizer.from_pretrained(out)
+    assert tokenizer.fingerprint == LayoutLMv3Tokenizer.from_pretrained(checkpoints / "vocab").fingerprint
+
+
+def test_drop_pretraining_heads_keeps_only_the_backbone(checkpoints: Path, tmp_path: Path) -> None:
+    out = convert_checkpoint(resolve_tag(checkpoints / "zero2"), tmp_path / "model", drop_pretraining_heads=True)
+    keys = load_file(out / "model.safetensors")
+    assert keys and not any(key.startswith(("mlm_head", "mim_head", "wpa_head", "layoutlmv3.")) for key in keys)
+    LayoutLMv3Model.from_pretrained(out)
+
+
+def test_hf_output_matches_ours_in_transformers(checkpoints: Path, tmp_path: Path) -> None:
+    """--to hf: transformers' LayoutLMv3Model and ForTokenClassification load it and compute what ours do."""
+    checkpoint = resolve_tag(checkpoints / "zero3")
+    ours_dir = convert_checkpoint(checkpoint, tmp_path / "ours")
+    hf_dir = convert_checkpoint(checkpoint, tmp_path / "hf", to="hf")
+    inputs = _inputs()
+    ours = LayoutLMv3Model.from_pretrained(ours_dir, attn_implementation="eager").eval()
+    theirs = transformers.LayoutLMv3Model.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        expected = ours(**inputs).last_hidden_state
+        got = theirs(**inputs).last_hidden_state
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+    classifier = transformers.LayoutLMv3ForTokenClassification.from_pretrained(hf_dir, num_labels=7).eval()
+    classifier.save_pretrained(tmp_path / "hf_classifier")
+    ours_classifier = LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "hf_classifier").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours_classifier(**inputs).logits, classifier(**inputs).logits, atol=1e-5, rtol=0)
+    assert (
+        LayoutLMv3Tokenizer.from_pretrained(hf_dir).fingerprint
+        == LayoutLMv3Tokenizer.from_pretrained(checkpoints / "vocab").fingerprint
+    )
+
+
+def test_from_hf_gives_our_format(tmp_path: Path) -> None:
+    config = LayoutLMv3Config.from_flavor("tiny", vocab_size=VOCAB)
+    hf_model = transformers.LayoutLMv3Model(config_to_hf(config, "LayoutLMv3Model")).eval()
+    hf_model.save_pretrained(tmp_path / "hf")
+    train_bpe(["alpha", "beta"] * 5, vocab_size=VOCAB).save_pretrained(tmp_path / "hf")
+    assert convert_main(["--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")]) == 0
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["model_type"] == "layoutlmv3-native"
+    assert (tmp_path / "ours" / "vocab.json").is_file()
+    ours = LayoutLMv3Model.from_pretrained(tmp_path / "ours", attn_implementation="eager").eval()
+    inputs = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours(**inputs).last_hidden_state, hf_model(**inputs).last_hidden_state, atol=1e-5, rtol=0
+        )
+
+
+def test_cli_converts_a_chosen_tag(checkpoints: Path, tmp_path: Path) -> None:
+    argv = ["--checkpoint", str(checkpoints / "zero1"), "--tag", tag_for(5), "--out", str(tmp_path / "m")]
+    assert convert_main(argv) == 0
+    LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "m", num_labels=7)
+
+
+def test_missing_tag_is_refused(checkpoints: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["--checkpoint", str(checkpoints / "zero2"), "--tag", "step00000099", "--out", str(tmp_path / "m")]
+    assert convert_main(argv) == 2
+    assert "no checkpoint tag 'step00000099'; complete tags: ['step00000005']" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_size_is_refused(checkpoints: Path, tmp_path: Path) -> None:
+    LayoutLMv3Config.from_flavor("small", vocab_size=VOCAB, visual_codebook_size=CODEBOOK).save(
+        tmp_path / "config.json"
+    )
+    with pytest.raises(ValueError, match="does not fit this model"):
+        convert_checkpoint(resolve_tag(checkpoints / "zero2"), tmp_path / "m", config_path=tmp_path / "config.json")
+
+
+def test_truncated_checkpoint_is_refused(checkpoints: Path, tmp_path: Path) -> None:
+    shutil.copytree(checkpoints / "zero2", tmp_path / "ckpt")
+    optim = next((tmp_path / "ckpt" / tag_for(5)).glob("*optim_states.pt"))
+    optim.write_bytes(optim.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        convert_checkpoint(resolve_tag(tmp_path / "ckpt"), tmp_path / "m")
+
+
+def test_help() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        convert_main(["--help"])
+    assert exit_info.value.code == 0

@@ -1,0 +1,111 @@
+"""launch/predict.py: OCR or given words -> labelled words and entities (JSON) and a picture; batch mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from data_prep.ocr import Word
+from data_prep.synth import write_corpus
+from launch.predict import main as predict_main
+from layoutlmv3.finetune.funsd import LABELS
+from layoutlmv3.finetune.predict import Predictor
+from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3ForTokenClassification, LayoutLMv3Model
+from layoutlmv3.tokenizer import train_bpe
+
+WORDS = ["Date", "Total", "Name", "Amount", "Signature", "Remarks", "approved", "received", "1998", "John"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny token classifier with FUNSD's label names and a tokenizer, as fine-tuning saves it."""
+    root = tmp_path_factory.mktemp("predict_model")
+    tokenizer = train_bpe(WORDS * 3, vocab_size=400)
+    config = LayoutLMv3Config.from_flavor(
+        "tiny", vocab_size=tokenizer.vocab_size, num_labels=len(LABELS), id2label=dict(enumerate(LABELS))
+    )
+    LayoutLMv3ForTokenClassification(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root / "model"
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("predict_page")
+    write_corpus(root, 1, seed=3)
+    return next((root / "images").glob("*.png"))
+
+
+def _check(result: dict, width: int, height: int) -> None:
+    assert (result["width"], result["height"]) == (width, height)
+    assert result["words"]
+    assert all(word["label"] in LABELS and 0 <= word["confidence"] <= 1 for word in result["words"])
+    kinds = {label.split("-", 1)[-1] for label in LABELS}
+    for entity in result["entities"]:
+        assert entity["label"] in kinds and entity["text"] and len(entity["box"]) == 4
+        assert entity["text"] == " ".join(result["words"][i]["text"] for i in entity["words"])
+
+
+def test_tesseract_page_to_json_and_picture(model_dir: Path, page: Path, tmp_path: Path) -> None:
+    argv = ["--model", str(model_dir), "--image", str(page), "--out", str(tmp_path / "r.json")]
+    assert predict_main([*argv, "--viz", str(tmp_path / "r.png")]) == 0
+    size = Image.open(page).size
+    _check(json.loads((tmp_path / "r.json").read_text()), *size)
+    assert Image.open(tmp_path / "r.png").size == size
+
+
+def test_given_words_on_a_tiff_page(model_dir: Path, page: Path, tmp_path: Path) -> None:
+    Image.open(page).save(tmp_path / "page.tif")
+    words = {"words": [{"text": w, "box": [10 + 60 * i, 10, 60 + 60 * i, 30], "line": 0} for i, w in enumerate(WORDS)]}
+    (tmp_path / "words.json").write_text(
+        json.dumps({**words, "words": [*words["words"], {"text": " ", "box": [0, 0, 1, 1]}]})
+    )
+    argv = ["--model", str(model_dir), "--image", str(tmp_path / "page.tif"), "--words", str(tmp_path / "words.json")]
+    assert predict_main([*argv, "--out", str(tmp_path / "r.json"), "--max-length", "8", "--stride", "2"]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [word["text"] for word in result["words"]] == WORDS  # the blank word is dropped
+    _check(result, *Image.open(page).size)
+
+
+def test_entities_group_bio_spans(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    predictor = Predictor(model_dir)
+    tags = ["B-QUESTION", "I-QUESTION", "B-ANSWER", "O", "I-HEADER"]
+    monkeypatch.setattr(predictor, "_classify", lambda *_: ([LABELS.index(t) for t in tags], [0.5, 1.0, 0.9, 0.8, 0.7]))
+    words = [Word(text, (10 * i, 0, 10 * i + 8, 10), 0) for i, text in enumerate(["Total", "due:", "12", "x", "Hi"])]
+    result = predictor.predict(Image.new("RGB", (100, 20), "white"), words)
+    got = [(e.label, e.text, e.box, e.confidence, e.words) for e in result.entities]
+    assert got == [
+        ("QUESTION", "Total due:", [0, 0, 18, 10], 0.75, [0, 1]),
+        ("ANSWER", "12", [20, 0, 28, 10], 0.9, [2]),
+        ("HEADER", "Hi", [40, 0, 48, 10], 0.7, [4]),  # a stray I- starts an entity (CoNLL rules)
+    ]
+
+
+def test_batch_mode_writes_one_json_per_page(model_dir: Path, page: Path, tmp_path: Path) -> None:
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    Image.open(page).save(tmp_path / "in" / "a.png")
+    Image.open(page).convert("RGB").save(tmp_path / "in" / "sub" / "b.jpg")
+    argv = ["--model", str(model_dir), "--image", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    assert predict_main([*argv, "--viz", str(tmp_path / "viz")]) == 0
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.json")) == [
+        "a.json",
+        "sub/b.json",
+    ]
+    assert (tmp_path / "viz" / "sub" / "b.png").is_file()
+
+
+def test_a_model_without_labels_is_refused(tmp_path: Path, page: Path, capsys: pytest.CaptureFixture) -> None:
+    LayoutLMv3Model(LayoutLMv3Config.from_flavor("tiny", vocab_size=400)).save_pretrained(tmp_path / "m")
+    train_bpe(WORDS, vocab_size=400).save_pretrained(tmp_path / "m")
+    argv = ["--model", str(tmp_path / "m"), "--image", str(page), "--out", str(tmp_path / "r.json")]
+    assert predict_main(argv) == 2
+    assert "names no labels" in capsys.readouterr().err
+
+
+def test_help() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main(["--help"])
+    assert exit_info.value.code == 0

@@ -1,0 +1,76 @@
+"""Train the discrete image tokenizer (VQ-VAE) whose codes LayoutLMv3's masked image modeling predicts.
+
+The YAML file has three sections: `model` (a flavor plus ImageTokenizerConfig fields), `data` (one source: page
+images, webdataset shards or synthetic pages, and the held-out split) and `training` (optimiser, schedule, logging,
+output); see configs/image_tokenizer/*.yaml and layoutlmv3/pretraining/image_tokenizer_training.py. The run
+directory receives the tokenizer (config.json + model.safetensors), checkpoints, TensorBoard logs,
+eval_metrics.json and reconstructions.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from layoutlmv3.pretraining.image_tokenizer_training import RunConfig, load_run_config, train  # noqa: E402
+
+EPILOG = """\
+examples:
+  python launch/train_image_tokenizer.py --config configs/image_tokenizer/tiny.yaml
+  python launch/train_image_tokenizer.py --config configs/image_tokenizer/tiny.yaml --images data/synth/images
+  python launch/train_image_tokenizer.py --config configs/image_tokenizer/base.yaml --shards 'data/shards/train-{000000..000099}.tar'
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, type=Path, help="YAML run config (sections model, data, training)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--images", help="folder of page images (PNG/JPEG/TIFF, recursive, resized to 112x112); replaces data source"
+    )
+    source.add_argument(
+        "--shards", help="webdataset shards (their tok.png): a directory of *.tar, a brace pattern or a glob"
+    )
+    parser.add_argument("--out", help="run directory (overrides training.out_dir)")
+    parser.add_argument("--steps", type=int, help="training steps (overrides training.steps)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """The config with the command line's data source, output directory and step count, validated again."""
+    data, training = config.data, config.training
+    if args.images or args.shards:
+        data = dataclasses.replace(data, images=args.images, shards=args.shards, synthetic_pages=0)
+    if args.out:
+        training = dataclasses.replace(training, out_dir=args.out)
+    if args.steps is not None:
+        training = dataclasses.replace(training, steps=args.steps)
+    data.validate()
+    training.validate()
+    return dataclasses.replace(config, data=data, training=training)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = apply_overrides(load_run_config(args.config), args)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    metrics = train(config, progress=not args.quiet)
+    print(", ".join(f"{name} {value:.4g}" for name, value in metrics.items()))
+
+
+if __name__ == "__main__":
+    main()

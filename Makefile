@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 SYSTEM_PACKAGES := tesseract-ocr fonts-dejavu-core slurmctld slurmd munge slurm-client shellcheck
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint format system-deps venv clean
+.PHONY: demo smoke test lint format system-deps venv clean
 
 venv: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ system-deps:
 	fi
 
 demo: venv system-deps
+	bash launch/demo_chain.sh
+
+# Seconds: the model on one generated page, saved in both formats and reloaded by ours and by transformers.
+smoke: venv system-deps
 	$(PY) launch/demo.py --out outputs/demo
 
 lint: venv system-deps

@@ -35,13 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, type=Path, help="YAML run config (sections model, data, training)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
-        "--images", help="folder of page images (PNG/JPEG/TIFF, recursive, resized to 112x112); replaces data source"
+        "--images",
+        metavar="DIR",
+        help="train on a folder of page images (PNG/JPEG/TIFF, recursive, resized to 112x112) instead of the "
+        "config's data source",
     )
     source.add_argument(
-        "--shards", help="webdataset shards (their tok.png): a directory of *.tar, a brace pattern or a glob"
+        "--shards",
+        metavar="DIR_OR_PATTERN",
+        help="train on webdataset shards (their tok.png) instead: a directory of *.tar, a brace pattern or a glob",
     )
-    parser.add_argument("--out", help="run directory (overrides training.out_dir)")
-    parser.add_argument("--steps", type=int, help="training steps (overrides training.steps)")
+    parser.add_argument("--out", metavar="DIR", help="run directory (overrides training.out_dir)")
+    parser.add_argument("--steps", metavar="N", type=int, help="training steps (overrides training.steps)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 

@@ -85,7 +85,7 @@ class ImageTokenizerConfig:
 
     def validate(self) -> None:
         """Raise ValueError on values that cannot build a tokenizer, naming the offending field."""
-        for name in ("codebook_size", "code_dim", "hidden_channels"):
+        for name in ("code_dim", "hidden_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.codebook_size < 2:
@@ -330,7 +330,7 @@ class ImageTokenizer(nn.Module):
             )
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write config.json + model.safetensors (weights and codebook statistics, so training can resume)."""
+        """Write config.json + model.safetensors (the weights and the codebook with its EMA statistics)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save(directory / weights_io.CONFIG_NAME)

@@ -4,8 +4,8 @@ Data: an endless stream of 112x112 RGB pages from one of
   (a) a folder of page images (PNG/JPEG/TIFF, searched recursively; the first frame of a multi-page TIFF),
   (b) webdataset shards (the `tok.png` member of each sample, see `layoutlmv3.data.sample_format`), or
   (c) pages generated on the fly by `data_prep.synth` (self-contained smoke runs).
-Pages are converted to RGB and resized to 112x112 (bicubic, aspect ratio not kept, as the shard writer does) and
-reach the model as float tensors [B, 3, 112, 112] with values in 0..1 (pixels / 255). Unreadable files and
+Pages are converted to RGB and resized to 112x112 (bilinear and without keeping the aspect ratio, as the shard
+writer makes `tok.png`) and reach the model as float tensors [B, 3, 112, 112] with values in 0..1 (pixels / 255). Unreadable files and
 samples are skipped with a logged warning.
 
 Held-out pages are chosen by a hash of each page's key (relative path, shard sample key or synthetic page id), so
@@ -45,7 +45,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from layoutlmv3.data.sample_format import TOKENIZER_IMAGE_FILE
-from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
+from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer, ImageTokenizerConfig, ImageTokenizerOutput
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,8 @@ def _check_types(cls: type, values: dict[str, Any], name: str) -> dict[str, Any]
             value = float(value)
         if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            raise ValueError(f"{name}.{key} must be {names}, got {value!r} ({type(value).__name__})")
+            hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if float in allowed and isinstance(value, str) else ""
+            raise ValueError(f"{name}.{key} must be {names}, got {value!r} ({type(value).__name__}){hint}")
         checked[key] = value
     return checked
 
@@ -239,10 +240,10 @@ def _read_shards(urls: Iterable[str], size: int, keep: Callable[[str], bool]) ->
 
 
 def _to_array(image: Image.Image, size: int) -> np.ndarray:
-    """Any PIL page -> uint8 RGB [size, size, 3]."""
+    """Any PIL page -> uint8 RGB [size, size, 3], resized like data_prep's tok.png."""
     image = image.convert("RGB")
     if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.array(image, dtype=np.uint8)
 
 
@@ -443,15 +444,7 @@ def train(config: RunConfig, progress: bool = True) -> dict[str, float]:
     bar = tqdm(zip(range(1, training.steps + 1), loader), total=training.steps, disable=not progress, unit="step")
     step = 0
     for step, batch in bar:
-        images = batch.to(device, non_blocking=True).float() / 255
-        with _autocast(device, training.precision):
-            output = model(images)
-        optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
-        if training.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        output = _optimise(model, optimizer, scheduler, batch.to(device, non_blocking=True).float() / 255, training)
         used[output.codes.flatten()] = True
         if step % training.log_every == 0:
             _log_training(writer, step, output, used, scheduler.get_last_lr()[0])
@@ -475,7 +468,28 @@ def train(config: RunConfig, progress: bool = True) -> dict[str, float]:
     return metrics
 
 
-def _log_training(writer: SummaryWriter, step: int, output: Any, used: torch.Tensor, lr: float) -> None:
+def _optimise(
+    model: ImageTokenizer,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    images: torch.Tensor,
+    training: TrainingConfig,
+) -> ImageTokenizerOutput:
+    """One optimisation step on a batch of 0..1 images (the forward pass also moves the codebook)."""
+    with _autocast(images.device, training.precision):
+        output = model(images)
+    optimizer.zero_grad(set_to_none=True)
+    output.loss.backward()
+    if training.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return output
+
+
+def _log_training(
+    writer: SummaryWriter, step: int, output: ImageTokenizerOutput, used: torch.Tensor, lr: float
+) -> None:
     """Scalars of the last batch; `codebook_usage` is the fraction of codes used since the previous log."""
     scalars = {
         "loss": output.loss.item(),

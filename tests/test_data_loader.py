@@ -265,6 +265,27 @@ def test_exact_epochs_see_every_sample_once_across_ranks_and_workers(dataset: tu
     assert all(loader.epoch == 2 for loader in loaders)
 
 
+def test_length_bucketing_keeps_every_sample_and_cuts_padding(dataset: tuple[Path, list[str]]) -> None:
+    root, keys = dataset
+    padded, batch_counts = {}, {}
+    for buckets in (0, 4):
+        loader = build_train_loader(
+            root, BATCH, num_workers=0, resampled=False, shuffle_buffer=5, length_bucket_batches=buckets,
+            collate_fn=Collator(max_length=512, pad_to="longest", seed=0),
+        )  # fmt: skip
+        batches = list(loader)
+        assert sorted(_keys(batches)) == sorted(keys)
+        padded[buckets] = sum(batch["input_ids"].numel() for batch in batches)
+        batch_counts[buckets] = len(batches)
+    assert batch_counts[4] == batch_counts[0] == loader.epoch_batches
+    assert padded[4] < 0.9 * padded[0], padded
+
+
+def test_length_bucketing_needs_at_least_two_batches(dataset: tuple[Path, list[str]]) -> None:
+    with pytest.raises(ValueError, match="length_bucket_batches"):
+        build_train_loader(dataset[0], BATCH, length_bucket_batches=1)
+
+
 def test_exact_epoch_batch_count_comes_from_the_manifest(tmp_path: Path) -> None:
     _write_dataset(tmp_path, UNEVEN_COUNTS)
     for rank in range(2):
@@ -306,12 +327,13 @@ def test_resampled_epoch_length_is_configurable_and_needed_without_manifest(data
 
 
 @pytest.mark.parametrize("resampled", [False, True])
-@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize(("num_workers", "buckets"), [(0, 0), (2, 0), (0, 3)])
 def test_resume_continues_with_the_exact_same_batches(
-    dataset: tuple[Path, list[str]], resampled: bool, num_workers: int
+    dataset: tuple[Path, list[str]], resampled: bool, num_workers: int, buckets: int
 ) -> None:
     root, _ = dataset
     kwargs = dict(rank=0, world_size=2, num_workers=num_workers, seed=3, shuffle_buffer=6, resampled=resampled)
+    kwargs["length_bucket_batches"] = buckets
     reference = build_train_loader(root, 2, **kwargs)
     epochs = [list(reference), list(reference)]
     assert len(epochs[0]) >= 4

@@ -45,7 +45,9 @@ logger = logging.getLogger(__name__)
 CollateFn = Callable[[Sequence[PageSample], int], dict]
 POSITION_KEY = "__position__"  # (logical worker, its batches so far, its raw samples so far); the loader pops it
 MAX_EMPTY_SHARDS = 100  # consecutive shards without a single sample: the data is unreadable, stop drawing
-_LAYOUT_FIELDS = ("seed", "rank", "world_size", "num_workers", "batch_size", "resampled", "epoch_length")
+_LAYOUT_FIELDS = (
+    "seed", "rank", "world_size", "num_workers", "batch_size", "resampled", "epoch_length", "length_bucket_batches"
+)  # fmt: skip
 
 
 def build_train_loader(
@@ -61,18 +63,24 @@ def build_train_loader(
     collate_fn: CollateFn | None = None,
     pin_memory: bool = False,
     prefetch_factor: int = 2,
+    length_bucket_batches: int = 0,
 ) -> ShardLoader:
     """Loader for one rank; see the module docstring for the two modes and how resuming works.
 
     epoch_length: batches per rank per epoch (resampled mode only); None derives it from the manifest's sample
     counts as total_samples // (batch_size * world_size). shuffle_buffer: raw samples held per worker for
     shuffling (0 or 1: stream order). collate_fn(samples, epoch) defaults to `Collator(seed=seed)`.
+    length_bucket_batches: 0 (off) or K >= 2: length bucketing -- each worker sorts K batches' worth of pages by
+    token count, cuts them into K batches of similar lengths and hands those out in a seeded random order; with
+    `pad_to` "longest" or a multiple, short pages then stop paying for long ones (benchmarks/padding_waste.py).
     """
     shard_list = list_shards(shards)
     if not shard_list:
         raise ValueError("no shards")
     if batch_size < 1 or num_workers < 0 or shuffle_buffer < 0 or seed < 0:
         raise ValueError("batch_size must be >= 1; num_workers, shuffle_buffer and seed >= 0")
+    if length_bucket_batches < 0 or length_bucket_batches == 1:
+        raise ValueError(f"length_bucket_batches must be 0 (off) or >= 2, got {length_bucket_batches}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
     if resampled:
@@ -89,6 +97,7 @@ def build_train_loader(
         epoch_length=epoch_length,
         shuffle_buffer=shuffle_buffer,
         collate_fn=collate_fn or Collator(seed=seed),
+        length_bucket_batches=length_bucket_batches,
     )
     dataloader = DataLoader(
         dataset,
@@ -130,12 +139,14 @@ class ShardDataset(IterableDataset):
         epoch_length: int | None,
         shuffle_buffer: int,
         collate_fn: CollateFn,
+        length_bucket_batches: int = 0,
     ) -> None:
         super().__init__()
         self.shards, self.batch_size, self.seed = shards, batch_size, seed
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.epoch_length, self.shuffle_buffer, self.collate_fn = epoch_length, shuffle_buffer, collate_fn
         self.logical_workers = max(num_workers, 1)
+        self.length_bucket_batches = length_bucket_batches
         # [epoch, next worker, batches of worker 0..W-1, raw samples of worker 0..W-1]
         self.position = torch.zeros(2 + 2 * self.logical_workers, dtype=torch.int64).share_memory_()
 
@@ -152,10 +163,19 @@ class ShardDataset(IterableDataset):
         return self._batches(epoch, worker, batches, samples)
 
     def _batches(self, epoch: int, worker: int, batches: int, samples: int) -> Iterator[dict]:
-        """The logical worker's batches after its first `batches` (which consumed `samples` raw samples)."""
+        """The logical worker's batches after its first `batches`.
+
+        Pages are taken in groups of `group` batches (1 without length bucketing). `samples` is the number of raw
+        samples consumed before the group holding the next batch, so a resumed worker re-reads that group and
+        skips the batches of it already handed out.
+        """
         quota = self.worker_quota(worker) if self.resampled else None
         if quota is not None and batches >= quota:
             return
+        group = max(self.length_bucket_batches, 1)
+        skip = batches % group  # batches of the current group already handed out
+        batches -= skip
+        group_start = samples
         raw = islice(self._raw_samples(epoch, worker), samples, None)  # skipped before any decoding
         pages: list[PageSample] = []
         for sample in raw:
@@ -163,14 +183,31 @@ class ShardDataset(IterableDataset):
             page = _decode_or_none(sample)
             if page is not None:
                 pages.append(page)
-            if len(pages) == self.batch_size:
+            if len(pages) < self.batch_size * group:
+                continue
+            for index, chunk in enumerate(self._split_group(pages, epoch, worker, batches // group)):
                 batches += 1
-                yield self._collate(pages, epoch, (worker, batches, samples))
-                pages = []
+                next_start = samples if index == group - 1 else group_start
+                if index >= skip:
+                    yield self._collate(chunk, epoch, (worker, batches, next_start))
                 if batches == quota:
                     return
-        if pages:
-            yield self._collate(pages, epoch, (worker, batches + 1, samples))
+            pages, skip, group_start = [], 0, samples
+        chunks = self._split_group(pages, epoch, worker, batches // group)  # the epoch's rest (exact mode)
+        for index, chunk in enumerate(chunks):
+            batches += 1
+            next_start = samples if index == len(chunks) - 1 else group_start
+            if index >= skip:
+                yield self._collate(chunk, epoch, (worker, batches, next_start))
+
+    def _split_group(self, pages: list[PageSample], epoch: int, worker: int, index: int) -> list[list[PageSample]]:
+        """Batches of a group: in stream order, or (length bucketing) by token count in a seeded random order."""
+        if self.length_bucket_batches:
+            pages = sorted(pages, key=lambda page: len(page.input_ids))
+        chunks = [pages[start : start + self.batch_size] for start in range(0, len(pages), self.batch_size)]
+        if self.length_bucket_batches:
+            random.Random(_derive_seed(self.seed, epoch, self.rank, worker, 2, index)).shuffle(chunks)
+        return chunks
 
     def _collate(self, pages: list[PageSample], epoch: int, position: tuple[int, int, int]) -> dict:
         batch = self.collate_fn(pages, epoch)
@@ -301,6 +338,7 @@ class ShardLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`; the loader must have been built with the same seed, rank and layout."""
+        state = {"length_bucket_batches": 0, **state}  # states saved before bucketing existed
         for name in _LAYOUT_FIELDS:
             if state[name] != getattr(self.dataset, name):
                 raise ValueError(

@@ -128,6 +128,7 @@ def test_defaults_plus_required_paths_make_a_config() -> None:
         (["--train.warmup_ratio", "1.5"], r"train.warmup_ratio must lie in \[0, 1\], got 1.5"),
         (["--train.stop_at_step", "600000"], "train.stop_at_step must lie in 1..train.steps"),
         (["--data.pad_to", "shortest"], "data.pad_to must be 'max_length', 'longest' or a positive int"),
+        (["--data.length_bucket_batches", "1"], r"data.length_bucket_batches must be 0 \(off\) or >= 2, got 1"),
         (["--objectives.text_mask_ratio", "2"], r"objectives.text_mask_ratio must lie in \[0, 1\]"),
         (["--checkpoint.keep", "0"], "checkpoint.keep must be >= 1, got 0"),
         (["--logging.every", "0"], "logging.every must be >= 1, got 0"),
@@ -185,3 +186,14 @@ def test_deepspeed_config_needs_the_batch_and_zero_keys(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_ds_config(path)
+
+
+def test_compile_layers_compiles_every_encoder_layer_in_place():
+    from layoutlmv3.training.engine import build_model
+    from layoutlmv3.training.run_config import RunConfig, build
+
+    config = build(RunConfig, {"model": {"flavor": "tiny", "compile_layers": True}}, "config")
+    model = build_model(config, vocab_size=300, codebook_size=64)
+    layers = model.layoutlmv3.encoder.layers
+    assert len(layers) == 2 and all(layer._compiled_call_impl is not None for layer in layers)
+    assert model.layoutlmv3.text_embeddings._compiled_call_impl is None  # only the layers

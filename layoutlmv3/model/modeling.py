@@ -18,7 +18,7 @@ from torch import nn
 from . import hf_interop, weights_io
 from .config import LayoutLMv3Config
 from .embeddings import TextEmbeddings, VisualEmbeddings, check_boxes, patch_grid_boxes
-from .encoder import Encoder
+from .encoder import Encoder, EncoderLayer
 from .heads import MaskedLMHead, TokenClassificationHead
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,14 @@ class LayoutLMv3PreTrainedModel(nn.Module):
         LayoutLMv3Config.from_dict({**self.config.to_dict(), "attn_implementation": name})
         self.config.attn_implementation = name
 
+    def compile_layers(self, **compile_options: Any) -> None:
+        """torch.compile each encoder layer in place (regional compilation): every layer has the same code and
+        shapes, so one compiled graph serves all of them and compile time does not grow with depth, while the
+        embeddings and the bias construction (data-dependent bucketing) stay eager."""
+        for module in self.modules():
+            if isinstance(module, EncoderLayer):
+                module.compile(**compile_options)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -119,17 +127,29 @@ class LayoutLMv3PreTrainedModel(nn.Module):
         another size) is freshly initialised, and one the model lacks is ignored, each with a log line.
         """
         directory = Path(directory)
-        values = weights_io.read_config(directory)
-        is_hf = hf_interop.is_hf_config(values)
-        config = hf_interop.config_from_hf(values) if is_hf else LayoutLMv3Config.load(directory / "config.json")
-        if config_overrides:
-            config = LayoutLMv3Config.from_dict({**config.to_dict(), **config_overrides})
+        config, is_hf = cls._saved_config(directory, config_overrides)
         weights = weights_io.read_weights(directory)
         if is_hf:
             weights = hf_interop.hf_to_native(weights)
         model = cls(config)
         model.load_weights(weights, source=str(directory))
         return model
+
+    @classmethod
+    def from_config_of(cls, directory: str | Path, **config_overrides: Any):
+        """The architecture of a saved model (ours or transformers'), freshly initialised: the from-scratch
+        baseline that isolates what pretraining contributes (same shape, same vocabulary, no learned weights)."""
+        config, _ = cls._saved_config(Path(directory), config_overrides)
+        return cls(config)
+
+    @staticmethod
+    def _saved_config(directory: Path, overrides: dict[str, Any]) -> tuple[LayoutLMv3Config, bool]:
+        values = weights_io.read_config(directory)
+        is_hf = hf_interop.is_hf_config(values)
+        config = hf_interop.config_from_hf(values) if is_hf else LayoutLMv3Config.load(directory / "config.json")
+        if overrides:
+            config = LayoutLMv3Config.from_dict({**config.to_dict(), **overrides})
+        return config, is_hf
 
     def load_weights(self, weights: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
         """Load backbone (+ head) weights saved from this class, the bare model, or another head model."""

@@ -57,6 +57,8 @@ def build_model(config: RunConfig, vocab_size: int, codebook_size: int) -> Layou
             f"the MIM head predicts {model.config.visual_codebook_size} classes, "
             f"the image tokenizer has {codebook_size} codes"
         )
+    if section.compile_layers:
+        model.compile_layers()
     # Lets DeepSpeed's ds_to_universal convert our checkpoints (resuming on another number of ranks).
     setattr(model, UNIVERSAL_CHECKPOINT_INFO, {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE})
     return model

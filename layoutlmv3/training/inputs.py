@@ -75,6 +75,7 @@ def build_loaders(
         resampled=True,
         collate_fn=build_collator(config, tokenizer, patches_per_side, crop="random"),
         pin_memory=pin_memory,
+        length_bucket_batches=data.length_bucket_batches,
     )
     if data.val_shards is None:
         return train, None

@@ -23,6 +23,7 @@ class ModelSection:
     flavor: str = "base"
     overrides: dict[str, Any] = field(default_factory=dict)  # LayoutLMv3Config fields, e.g. attn_implementation
     init_from: str | None = None  # a model directory (ours or transformers') to continue pretraining from
+    compile_layers: bool = False  # torch.compile each encoder layer (GPU fast path; ZeRO-1/2)
 
 
 @dataclass
@@ -37,6 +38,9 @@ class DataSection:
     shuffle_buffer: int = 1000
     epoch_batches: int | None = None  # batches per epoch per rank (resampled shards); None: one pass
     val_batches: int = 50  # micro-batches per rank per validation (fewer when the held-out shards run out)
+    # Length bucketing: 0 (off) or K >= 2 -- each loader worker sorts K micro-batches' worth of pages by length;
+    # pays with pad_to "longest" or 64 on corpora of short pages (forms); see benchmarks/padding_waste.py.
+    length_bucket_batches: int = 0
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 3, f"data.max_length must be >= 3, got {self.max_length}")
@@ -52,6 +56,10 @@ class DataSection:
             f"data.epoch_batches must be >= 1 or null, got {self.epoch_batches}",
         )
         _require(self.val_batches >= 1, f"data.val_batches must be >= 1, got {self.val_batches}")
+        _require(
+            self.length_bucket_batches == 0 or self.length_bucket_batches >= 2,
+            f"data.length_bucket_batches must be 0 (off) or >= 2, got {self.length_bucket_batches}",
+        )
 
 
 @dataclass

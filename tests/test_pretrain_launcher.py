@@ -111,6 +111,7 @@ class Launch:
     output: str
     checkpoints: Path
     logs: Path
+    shm_leftovers: list[str]  # DeepSpeed CPU all-reduce buffers of this run still named in /dev/shm
 
     def records(self) -> list[dict]:
         path = self.logs / METRICS_FILE
@@ -126,9 +127,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _command(world: Path, run_dir: Path, ranks: int, overrides: tuple[str, ...]) -> list[str]:
+def _command(world: Path, run_dir: Path, ranks: int, port: int, overrides: tuple[str, ...]) -> list[str]:
     launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks)]
-    launcher += ["--master_port", str(_free_port()), str(REPO_ROOT / "launch" / "pretrain.py")]
+    launcher += ["--master_port", str(port), str(REPO_ROOT / "launch" / "pretrain.py")]
     dirs = ["--checkpoint.dir", str(run_dir / "checkpoints"), "--logging.dir", str(run_dir / "logs")]
     return [*launcher, "--config", str(world / "run.yaml"), *dirs, *overrides]
 
@@ -138,22 +139,24 @@ class Started:
     process: subprocess.Popen
     run_dir: Path
     output: Path  # the launcher's and ranks' stdout + stderr (a file: a pipe nobody reads could fill and block)
+    port: int
 
 
 def _start(world: Path, run_dir: Path, *overrides: str, ranks: int = 2) -> Started:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / f"launch-{time.monotonic_ns()}.log"
+    port = _free_port()
     with open(output, "w") as sink:
         process = subprocess.Popen(
-            _command(world, run_dir, ranks, overrides),
+            _command(world, run_dir, ranks, port, overrides),
             cwd=REPO_ROOT,
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so a hung run can be stopped as a whole
         )
-    return Started(process, run_dir, output)
+    return Started(process, run_dir, output, port)
 
 
 def _finish(started: Started) -> Launch:
@@ -164,7 +167,10 @@ def _finish(started: Started) -> Launch:
         started.process.wait()
         pytest.fail(f"the run did not finish in {RUN_TIMEOUT} s:\n{started.output.read_text()[-5000:]}")
     output = started.output.read_text()
-    return Launch(started.process.returncode, output, started.run_dir / "checkpoints", started.run_dir / "logs")
+    leftovers = [path.name for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{started.port}_*")]
+    return Launch(
+        started.process.returncode, output, started.run_dir / "checkpoints", started.run_dir / "logs", leftovers
+    )
 
 
 def launch(world: Path, run_dir: Path, *overrides: str, ranks: int = 2) -> Launch:
@@ -217,6 +223,7 @@ def test_zero2_end_to_end(zero2_run: Launch) -> None:
         assert sorted(p.name for p in (checkpoint.path / "rank_state").iterdir()) == ["rank00000.pt", "rank00001.pt"]
     assert (zero2_run.checkpoints / LATEST_FILE).read_text() == tag_for(STEPS)
     assert list(zero2_run.logs.glob("events.out.tfevents.*"))
+    assert zero2_run.shm_leftovers == []  # 2 x 69 MB of RAM-backed /dev/shm per run otherwise
     assert (
         "micro-batch 1 x accumulation 2 x 2 ranks = global batch 4" in zero2_run.output
         and f"step {STEPS}/{STEPS} | loss" in zero2_run.output

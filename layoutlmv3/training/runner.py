@@ -31,6 +31,7 @@ from .checkpointing import (
     resolve_resume,
     set_rng_state,
 )
+from .distributed import release_cpu_allreduce_buffer_names
 from .ds_config import load_ds_config
 from .engine import Training, build_model, initialize, non_embedding_parameters
 from .inputs import build_loaders, check_shards_tokenizer
@@ -58,6 +59,7 @@ def run(config_path: str | Path, overrides: list[str] | None = None, resume: str
         logger.error("%s", error)
         return EXIT_BAD_CONFIG
     deepspeed.init_distributed()
+    release_cpu_allreduce_buffer_names()
     _configure_logging(dist.get_rank())
     try:
         assembled = _assemble(config, ds_values, resume)

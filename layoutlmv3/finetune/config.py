@@ -36,10 +36,17 @@ class FinetuneData:
         _require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
 
 
+INITS = ("pretrained", "random")
+
+
 @dataclass
 class FinetuneModel:
     path: str = ""  # a model directory (from launch/convert.py, or transformers') with the tokenizer files
     overrides: dict[str, Any] = field(default_factory=dict)  # LayoutLMv3Config fields, e.g. classifier_head
+    init: str = "pretrained"  # pretrained: the directory's weights; random: its architecture, fresh weights
+
+    def __post_init__(self) -> None:
+        _require(self.init in INITS, f"model.init must be one of {INITS}, got {self.init!r}")
 
 
 @dataclass

@@ -74,9 +74,13 @@ def finetune(config: FinetuneConfig) -> dict:
 
     tokenizer = LayoutLMv3Tokenizer.from_pretrained(config.model.path)
     id2label = dict(enumerate(LABELS))
-    model = LayoutLMv3ForTokenClassification.from_pretrained(
-        config.model.path, num_labels=len(LABELS), id2label=id2label, **config.model.overrides
-    ).to(device)
+    load = (
+        LayoutLMv3ForTokenClassification.from_pretrained
+        if config.model.init == "pretrained"
+        else LayoutLMv3ForTokenClassification.from_config_of
+    )
+    model = load(config.model.path, num_labels=len(LABELS), id2label=id2label, **config.model.overrides).to(device)
+    logger.info("model: %s (%s weights)", config.model.path, config.model.init)
     image_size = model.config.input_size
 
     def loader(pages: list[Page], shuffle: bool) -> DataLoader:

@@ -125,6 +125,23 @@ def test_config_checks(tmp_path: Path) -> None:
         load_finetune_config(None, ["--model.path", "m", "--data.boxes", "line"])
     with pytest.raises(ValueError, match="model.path"):
         load_finetune_config(None)
+    with pytest.raises(ValueError, match="model.init must be one of"):
+        load_finetune_config(None, ["--model.path", "m", "--model.init", "scratch"])
+
+
+def test_random_init_keeps_the_architecture_and_draws_fresh_weights(tmp_path: Path) -> None:
+    """model.init=random: the from-scratch baseline of a pretraining comparison (same shape, no learned weights)."""
+    torch.manual_seed(0)
+    saved = LayoutLMv3Model(LayoutLMv3Config.from_flavor("tiny", vocab_size=500, num_labels=7))
+    saved.save_pretrained(tmp_path / "model")
+    torch.manual_seed(1)
+    fresh = LayoutLMv3ForTokenClassification.from_config_of(tmp_path / "model", num_labels=7)
+    loaded = LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "model", num_labels=7)
+    assert fresh.config == loaded.config
+    fresh_weights, loaded_weights = fresh.layoutlmv3.state_dict(), loaded.layoutlmv3.state_dict()
+    assert fresh_weights.keys() == loaded_weights.keys()
+    assert torch.equal(loaded_weights["text_embeddings.word.weight"], saved.state_dict()["text_embeddings.word.weight"])
+    assert not torch.equal(fresh_weights["text_embeddings.word.weight"], loaded_weights["text_embeddings.word.weight"])
 
 
 def test_tiny_finetune_saves_the_best_model(tmp_path: Path) -> None:

@@ -1,17 +1,19 @@
-"""Pretraining learns: a tiny model trained 300 steps on the synthetic corpus, through the real pipeline
-(synthetic pages -> BPE -> shards -> loader -> masking collator -> frozen image tokenizer), drives the MLM and
-MIM losses clearly down.
+"""Pretraining learns: a tiny model trained 600 steps on the synthetic corpus, through the real pipeline
+(synthetic pages -> BPE -> shards -> loader -> masking collator -> frozen image tokenizer), drives the MLM, MIM
+and WPA losses clearly down.
 
-WPA is not asserted here: next to MLM and MIM, the tiny model's WPA loss stays near ln 2 for these 300 steps
-(0.695 -> 0.690 measured). Trained on WPA alone (lr 2e-3, random layouts) the same model's WPA loss falls from
-0.66 to 0.21 between steps 150 and 250, so the head and the trainable 2D bias can learn the alignment; showing it
-in the combined objective needs a longer run than a unit test affords (tracked in the objectives issue).
+WPA is the slow one: it stays at the entropy of its labels (about ln 2: roughly half the labelled tokens are
+unaligned) for a few hundred steps, until attention has learnt to find the patches under a token's box, then
+falls (measured: 0.693 over the first 50 steps, 0.623 over steps 651-700). Its bound is therefore taken against
+the label entropy of the same steps, so it cannot be met by learning the label frequencies alone. The 3000-step
+curve of the DeepSpeed launcher is in the README.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -27,7 +29,7 @@ from layoutlmv3.pretraining.model import LayoutLMv3ForPretraining
 from layoutlmv3.pretraining.step import batch_to_device, pretraining_forward
 from layoutlmv3.tokenizer import train_bpe
 
-STEPS = 300
+STEPS = 600
 WINDOW = 30  # steps averaged at the start and at the end
 
 
@@ -55,7 +57,15 @@ def train_image_tokenizer(images: torch.Tensor, steps: int = 50) -> ImageTokeniz
 
 @pytest.fixture(scope="module")
 def training_curve(tmp_path_factory):
-    root = tmp_path_factory.mktemp("convergence")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: a second thread buys little and, on a busy machine, costs a lot
+    try:
+        yield _train(tmp_path_factory.mktemp("convergence"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(root) -> list[dict]:
     write_corpus(root / "pages", pages=24, seed=11)
     tokenizer = train_bpe(corpus_words(root / "pages"), vocab_size=700)
     tokenizer.save_pretrained(root / "tokenizer")
@@ -81,8 +91,16 @@ def training_curve(tmp_path_factory):
         optimizer.zero_grad()
         output.loss.backward()
         optimizer.step()
-        curve.append({name: value.item() for name, value in output.metrics().items()})
+        metrics = {name: value.item() for name, value in output.metrics().items()}
+        labels = batch["wpa_labels"][batch["wpa_labels"] >= 0]
+        metrics["wpa_label_entropy"] = binary_entropy(labels.float().mean().item())
+        curve.append(metrics)
     return curve
+
+
+def binary_entropy(p: float) -> float:
+    """The loss of a predictor that knows only the share p of unaligned labels (nats)."""
+    return 0.0 if p in (0.0, 1.0) else -(p * math.log(p) + (1 - p) * math.log(1 - p))
 
 
 def mean_loss(curve: list[dict], objective: str) -> float:
@@ -95,7 +113,14 @@ def test_mlm_and_mim_losses_go_clearly_down(training_curve, objective):
     assert end < 0.85 * start, f"{objective}: {start:.3f} -> {end:.3f}"
 
 
+def test_wpa_loss_goes_down_below_the_label_entropy(training_curve):
+    start, end = mean_loss(training_curve[:WINDOW], "wpa"), mean_loss(training_curve[-WINDOW:], "wpa")
+    entropy = sum(step["wpa_label_entropy"] for step in training_curve[-WINDOW:]) / WINDOW
+    assert end < start - 0.03, f"wpa: {start:.3f} -> {end:.3f}"
+    assert end < entropy - 0.02, f"wpa: {end:.3f} at the end, label entropy {entropy:.3f}"
+
+
 def test_total_loss_is_the_sum_and_stays_finite(training_curve):
     for step in training_curve:
         assert abs(step["loss"] - (step["mlm_loss"] + step["mim_loss"] + step["wpa_loss"])) < 1e-4
-        assert all(value == value and abs(value) != float("inf") for value in step.values())
+        assert all(math.isfinite(value) for value in step.values())

@@ -1,8 +1,9 @@
-"""Loader throughput: decoded + collated samples/s, per DataLoader worker, on synthetic document shards.
+"""Loader throughput: decoded + collated + masked samples/s, per DataLoader worker, on synthetic document shards.
 
 The shards imitate the real ones: pages of dark text-like strokes on white, squashed to 224 and 112 px, stored as
 PNG at the writer's compression level, with 300..700 tokens a page in a deflated npz. The project's goal is
->= 300 samples/s per CPU core.
+>= 300 samples/s per CPU core. By default the loader runs the pretraining collator (span masking, blockwise
+patch masking, WPA labels), as pretraining does; --no-masking times shaping alone.
 
     python benchmarks/loader_throughput.py --workers 0 1 2
 """
@@ -37,6 +38,7 @@ from layoutlmv3.data.sample_format import (
     TOKENS_FILE,
     sample_key,
 )
+from layoutlmv3.pretraining.collator import PretrainingCollator
 
 PNG_COMPRESS_LEVEL = 6  # what data_prep writes
 DISTINCT_PAGES = 32  # rendered once, reused with fresh tokens: decode cost does not depend on repetition
@@ -143,16 +145,23 @@ def stage_breakdown(raw: list[dict], batch_size: int) -> dict[str, float]:
             step(sample)
         result[name] = 1e6 * (time.process_time() - start) / len(raw)
     pages = [decode_sample(sample) for sample in raw]
-    collator = Collator()
     batches = len(pages) // batch_size
-    start = time.process_time()
-    for offset in range(0, batches * batch_size, batch_size):
-        collator(pages[offset : offset + batch_size])
-    result["collate_us"] = 1e6 * (time.process_time() - start) / (batches * batch_size)
+    for name, collator in (("collate_us", Collator()), ("collate_and_mask_us", pretraining_collator())):
+        start = time.process_time()
+        for offset in range(0, batches * batch_size, batch_size):
+            collator(pages[offset : offset + batch_size])
+        result[name] = 1e6 * (time.process_time() - start) / (batches * batch_size)
     return result
 
 
-def loader_rate(root: Path, workers: int, batch_size: int, batches: int, warmup: int) -> dict[str, float]:
+def pretraining_collator() -> PretrainingCollator:
+    """What pretraining runs in the loader workers: shaping + span masking, blockwise patch masking, WPA labels."""
+    return PretrainingCollator(Collator(), mask_token_id=50264, vocab_size=50265, special_token_ids=[0, 1, 2, 3, 50264])
+
+
+def loader_rate(
+    root: Path, workers: int, batch_size: int, batches: int, warmup: int, masking: bool
+) -> dict[str, float]:
     """Whole loader (tar read, shuffle, decode, collate, hand-over to the main process) over one epoch.
 
     Wall rate after a warm-up, and CPU time per sample of the workers and of the main process over the whole epoch
@@ -160,8 +169,9 @@ def loader_rate(root: Path, workers: int, batch_size: int, batches: int, warmup:
     does not distort.
     """
     loader = build_train_loader(
-        root, batch_size, num_workers=workers, epoch_length=warmup + batches, shuffle_buffer=256, resampled=True
-    )
+        root, batch_size, num_workers=workers, epoch_length=warmup + batches, shuffle_buffer=256, resampled=True,
+        collate_fn=pretraining_collator() if masking else None,
+    )  # fmt: skip
     self_start, children_start = _cpu_seconds(resource.RUSAGE_SELF), _cpu_seconds(resource.RUSAGE_CHILDREN)
     iterator = iter(loader)
     total = sum(len(next(iterator)["keys"]) for _ in range(warmup))
@@ -196,6 +206,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=4, help="untimed batches first (worker start, buffer fill)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting; the least CPU per sample is kept")
+    parser.add_argument("--no-masking", action="store_true",
+                        help="collate only (default: the pretraining collator, masks and WPA labels included)")  # fmt: skip
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as directory:
@@ -205,7 +217,10 @@ def main() -> None:
         breakdown = stage_breakdown(raw, args.batch_size)
         rows = [
             max(
-                (loader_rate(root, workers, args.batch_size, args.batches, args.warmup) for _ in range(args.repeats)),
+                (
+                    loader_rate(root, workers, args.batch_size, args.batches, args.warmup, not args.no_masking)
+                    for _ in range(args.repeats)
+                ),
                 key=lambda row: row["samples_per_cpu_s"],
             )
             for workers in args.workers

@@ -41,7 +41,7 @@ smoke: venv system-deps
 lint: venv system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	shellcheck slurm/*.sbatch slurm/*.sh slurm/local/*.sh
+	shellcheck slurm/*.sbatch slurm/*.sh slurm/local/*.sh launch/*.sh benchmarks/*.sh
 
 test: venv system-deps lint
 	$(PY) -m pytest -q

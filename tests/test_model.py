@@ -32,6 +32,24 @@ def test_relative_bias_tables_are_trained(implementation):
         assert grad.abs().sum() > 0, f"{table} got no gradient"
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_bucket_bias_lookup_matches_embedding_values_and_gradients(batch):
+    """The CPU lookup with the index_add_ backward computes exactly what nn.Embedding + permute would."""
+    from layoutlmv3.model.relative_position import BucketBiasTable
+
+    torch.manual_seed(0)
+    table = BucketBiasTable(64, 4)
+    reference = torch.nn.Embedding(64, 4)
+    reference.weight.data.copy_(table.weight.data)
+    bucket = torch.randint(0, 64, (batch, 37, 37))
+    upstream = torch.randn(batch, 4, 37, 37)
+    ours, theirs = table(bucket), reference(bucket).permute(0, 3, 1, 2)
+    assert ours.shape == (batch, 4, 37, 37) and torch.equal(ours, theirs)
+    (ours * upstream).sum().backward()
+    (theirs * upstream).sum().backward()
+    torch.testing.assert_close(table.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-5)
+
+
 def test_eager_and_sdpa_agree_on_outputs_and_gradients():
     model = LayoutLMv3Model(tiny(attn_implementation="eager")).train()
     inputs = random_inputs(length=60)

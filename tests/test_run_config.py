@@ -130,6 +130,8 @@ def test_defaults_plus_required_paths_make_a_config() -> None:
         (["--data.pad_to", "shortest"], "data.pad_to must be 'max_length', 'longest' or a positive int"),
         (["--data.length_bucket_batches", "1"], r"data.length_bucket_batches must be 0 \(off\) or >= 2, got 1"),
         (["--objectives.text_mask_ratio", "2"], r"objectives.text_mask_ratio must lie in \[0, 1\]"),
+        (["--objectives.span_lambda", "0"], "objectives.span_lambda must be > 0, got 0"),
+        (["--objectives.mim_weight", "-1"], "objectives.mim_weight must be >= 0, got -1"),
         (["--checkpoint.keep", "0"], "checkpoint.keep must be >= 1, got 0"),
         (["--logging.every", "0"], "logging.every must be >= 1, got 0"),
         (["--data", "x"], "config.data must be a mapping, got 'x'"),

@@ -41,7 +41,9 @@ class MaskingConfig:
         if self.mask_token_share + self.random_token_share > 1.0:
             raise ValueError("mask_token_share + random_token_share must not exceed 1")
         if self.span_lambda <= 0:
-            raise ValueError(f"span_lambda must be positive, got {self.span_lambda}")
+            raise ValueError(f"span_lambda must be > 0, got {self.span_lambda}")
+        if self.min_block_patches < 1 or self.patches_per_side < 1:
+            raise ValueError("min_block_patches and patches_per_side must be >= 1")
 
 
 class PretrainingCollator:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from layoutlmv3.data import Collator, ShardLoader, build_train_loader, list_shards, read_manifest
 from layoutlmv3.data.sample_format import MANIFEST_FILE
-from layoutlmv3.pretraining.collator import MaskingConfig, PretrainingCollator
+from layoutlmv3.pretraining.collator import PretrainingCollator
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 from .run_config import RunConfig
@@ -38,15 +38,7 @@ def build_collator(
     """Shaping (crop, pad, boxes) plus every pretraining mask and label, seeded by train.seed."""
     data, objectives = config.data, config.objectives
     base = Collator(data.max_length, data.pad_to, crop=crop, boxes=data.boxes, seed=config.train.seed)
-    masking = MaskingConfig(
-        text_mask_ratio=objectives.text_mask_ratio,
-        span_lambda=objectives.span_lambda,
-        mask_token_share=objectives.mask_token_share,
-        random_token_share=objectives.random_token_share,
-        image_mask_ratio=objectives.image_mask_ratio,
-        min_block_patches=objectives.min_block_patches,
-        patches_per_side=patches_per_side,
-    )
+    masking = objectives.masking(patches_per_side)
     return PretrainingCollator(
         base, tokenizer.mask_token_id, tokenizer.vocab_size, tokenizer.special_token_ids, masking
     )

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from layoutlmv3.pretraining.collator import MaskingConfig
+
 
 @dataclass
 class ModelSection:
@@ -78,17 +80,15 @@ class ObjectiveSection:
     def __post_init__(self) -> None:
         for name in ("mlm_weight", "mim_weight", "wpa_weight"):
             _require(getattr(self, name) >= 0, f"objectives.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("text_mask_ratio", "image_mask_ratio", "mask_token_share", "random_token_share"):
-            value = getattr(self, name)
-            _require(0 <= value <= 1, f"objectives.{name} must lie in [0, 1], got {value}")
-        _require(
-            self.mask_token_share + self.random_token_share <= 1,
-            "objectives.mask_token_share + objectives.random_token_share must not exceed 1",
-        )
-        _require(self.span_lambda > 0, f"objectives.span_lambda must be > 0, got {self.span_lambda}")
-        _require(
-            self.min_block_patches >= 1, f"objectives.min_block_patches must be >= 1, got {self.min_block_patches}"
-        )
+        try:
+            self.masking()  # MaskingConfig owns the rules for the masking fields
+        except ValueError as error:
+            raise ValueError(f"objectives.{error}") from None
+
+    def masking(self, patches_per_side: int = 14) -> MaskingConfig:
+        """The collator's masking settings: the fields of this section that MaskingConfig has."""
+        names = {f.name for f in dataclasses.fields(MaskingConfig)} - {"patches_per_side"}
+        return MaskingConfig(**{name: getattr(self, name) for name in names}, patches_per_side=patches_per_side)
 
 
 @dataclass

@@ -24,7 +24,7 @@ examples:
   python launch/finetune.py --config configs/finetune/funsd.yaml --data /data/funsd --model outputs/models/base
   python launch/finetune.py --config configs/finetune/tiny.yaml --model outputs/models/tiny --train.steps 5
   (no --data: synthetic FUNSD-format forms are generated under OUTPUT/synthetic)
-  python launch/finetune.py --config configs/finetune/funsd.yaml --data /data/funsd --model outputs/models/base \
+  python launch/finetune.py --config configs/finetune/funsd.yaml --data /data/funsd --model outputs/models/base \\
       --model.init random --out outputs/finetune/scratch   # same architecture and vocabulary, fresh weights
 """
 

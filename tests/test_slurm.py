@@ -121,7 +121,11 @@ CPU_JOB = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-
 
 
 def attempt_logs(out: Path, job: str) -> list[str]:
-    return [(out / "slurm-logs" / f"pretrain-{job}-attempt{n}.log").read_text() for n in range(2)]
+    paths = [out / "slurm-logs" / f"pretrain-{job}-attempt{n}.log" for n in range(2)]
+    missing = [path.name for path in paths if not path.exists()]
+    first = paths[0].read_text()[-5000:] if paths[0].exists() else ""
+    assert not missing, f"no {missing}; the first attempt's log ends:\n{first}"
+    return [path.read_text() for path in paths]
 
 
 def test_pretrain_job_runs_two_ranks_and_checkpoints(
@@ -151,7 +155,11 @@ def test_usr1_checkpoints_requeues_and_resumes(
 ) -> None:
     """USR1 to the batch shell (what --signal=B:USR1@120 sends): exit 42, requeue, attempt 1 resumes."""
     env = pretrain_env(slurm_env, world, tmp_path)
-    job = sbatch(env, tmp_path, *CPU_JOB, "slurm/pretrain.sbatch", "--logging.every", "1", "--checkpoint.every", "100")
+    steps = 5 * STEPS  # long enough that the signal lands mid-run on an idle machine, not after the last step
+    job = sbatch(
+        env, tmp_path, *CPU_JOB, "slurm/pretrain.sbatch", "--logging.every", "1", "--checkpoint.every", "1000",
+        "--train.steps", str(steps),
+    )  # fmt: skip
     metrics = tmp_path / "runs" / METRICS_FILE
     wait_until(lambda: metrics.exists() and metrics.read_text().strip(), "a first training step")
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=env, check=True)
@@ -162,11 +170,11 @@ def test_usr1_checkpoints_requeues_and_resumes(
     stopped = re.search(r"resumed from (\S+) at step (\d+)", second)
     assert stopped is not None, second[-5000:]
     step = int(stopped.group(2))
-    assert 1 <= step < STEPS and stopped.group(1) == str(tmp_path / "checkpoints" / tag_for(step))
+    assert 1 <= step < steps and stopped.group(1) == str(tmp_path / "checkpoints" / tag_for(step))
     assert f"checkpoint {stopped.group(1)} complete" in first  # the first attempt's checkpoint, the newest then
-    assert f"step {STEPS}/{STEPS} | loss" in second and "ranks exited with 0" in second
+    assert f"step {steps}/{steps} | loss" in second and "ranks exited with 0" in second
     newest = find_resume_checkpoint(tmp_path / "checkpoints")
-    assert newest is not None and newest.step == STEPS
+    assert newest is not None and newest.step == steps
 
 
 def test_requeueing_stops_after_max_crashes_or_requeues(

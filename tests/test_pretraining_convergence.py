@@ -1,12 +1,13 @@
-"""Pretraining learns: a tiny model trained 600 steps on the synthetic corpus, through the real pipeline
+"""Pretraining learns: a tiny model trained 1400 steps on the synthetic corpus, through the real pipeline
 (synthetic pages -> BPE -> shards -> loader -> masking collator -> frozen image tokenizer), drives the MLM, MIM
 and WPA losses clearly down.
 
-WPA is the slow one: it stays at the entropy of its labels (about ln 2: roughly half the labelled tokens are
-unaligned) for a few hundred steps, until attention has learnt to find the patches under a token's box, then
-falls (measured: 0.693 over the first 50 steps, 0.623 over steps 651-700). Its bound is therefore taken against
-the label entropy of the same steps, so it cannot be met by learning the label frequencies alone. The 3000-step
-curve of the DeepSpeed launcher is in the README.
+WPA is the slow one: it sits at the entropy of its labels (about 0.65 nats here: roughly a third of the
+labelled tokens are unaligned) for about a thousand steps, until attention has learnt to find the patches under a
+token's box, then falls below it. Measured on one thread (means of 50 steps): WPA 0.689 / label entropy 0.665 at
+step 100, 0.625 / 0.665 at 1000, 0.560 / 0.651 at 1400 (0.560 / 0.651 again with lr 1e-3). Its bound is taken
+against the label entropy of the same steps, so learning the label frequencies alone cannot meet it. The
+3000-step curve of the DeepSpeed launcher is in the README.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from layoutlmv3.pretraining.model import LayoutLMv3ForPretraining
 from layoutlmv3.pretraining.step import batch_to_device, pretraining_forward
 from layoutlmv3.tokenizer import train_bpe
 
-STEPS = 600
+STEPS = 1400
 WINDOW = 30  # steps averaged at the start and at the end
 
 
@@ -116,8 +117,8 @@ def test_mlm_and_mim_losses_go_clearly_down(training_curve, objective):
 def test_wpa_loss_goes_down_below_the_label_entropy(training_curve):
     start, end = mean_loss(training_curve[:WINDOW], "wpa"), mean_loss(training_curve[-WINDOW:], "wpa")
     entropy = sum(step["wpa_label_entropy"] for step in training_curve[-WINDOW:]) / WINDOW
-    assert end < start - 0.03, f"wpa: {start:.3f} -> {end:.3f}"
-    assert end < entropy - 0.02, f"wpa: {end:.3f} at the end, label entropy {entropy:.3f}"
+    assert end < start - 0.05, f"wpa: {start:.3f} -> {end:.3f}"
+    assert end < entropy - 0.03, f"wpa: {end:.3f} at the end, label entropy {entropy:.3f}"
 
 
 def test_total_loss_is_the_sum_and_stays_finite(training_curve):

@@ -80,8 +80,10 @@ def wait_until(
         time.sleep(0.2)
 
 
-def wait_for_job(env: dict[str, str], job: str, logs: Path | None = None) -> dict[str, str]:
-    """Wait until `job` has finished (cancelling it on a timeout); its final `scontrol show job` fields."""
+def wait_for_job(env: dict[str, str], job: str, logs: Path | None = None, restarts: int = 0) -> dict[str, str]:
+    """Wait until `job` has finished after `restarts` requeues (cancelling it on a timeout); its final
+    `scontrol show job` fields. Waiting for the restart count matters: around `scontrol requeue` a poll can see
+    the ending attempt as finished before the job is pending again."""
 
     def explain() -> str:
         text = [f"{job_fields(env, job)}"]
@@ -94,7 +96,7 @@ def wait_for_job(env: dict[str, str], job: str, logs: Path | None = None) -> dic
         if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime":
             # Slurm holds a requeued job for a while (about 2 minutes) before it may start again; skip the wait.
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, capture_output=True)
-        return fields.get("JobState") in FINISHED
+        return fields.get("JobState") in FINISHED and int(fields.get("Restarts", "0")) >= restarts
 
     try:
         wait_until(finished, f"job {job} finishing", explain=explain)
@@ -163,7 +165,7 @@ def test_usr1_checkpoints_requeues_and_resumes(
     metrics = tmp_path / "runs" / METRICS_FILE
     wait_until(lambda: metrics.exists() and metrics.read_text().strip(), "a first training step")
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=env, check=True)
-    fields = wait_for_job(env, job, tmp_path / "slurm-logs")
+    fields = wait_for_job(env, job, tmp_path / "slurm-logs", restarts=1)
     first, second = attempt_logs(tmp_path, job)
     assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", second[-5000:]
     assert "received USR1" in first and "ranks exited with 42" in first and "requeueing" in first, first[-5000:]
@@ -185,7 +187,7 @@ def test_requeueing_stops_after_max_crashes_or_requeues(
     """A run that keeps crashing is not requeued forever (here: a missing interpreter, MAX_CRASHES=1)."""
     env = {**pretrain_env(slurm_env, world, tmp_path), "PYTHON": "/nonexistent/python", "MAX_CRASHES": "1"}
     job = sbatch(env, tmp_path, *CPU_JOB, "slurm/pretrain.sbatch")
-    fields = wait_for_job(env, job, tmp_path / "slurm-logs")
+    fields = wait_for_job(env, job, tmp_path / "slurm-logs", restarts=1)
     first, second = attempt_logs(tmp_path, job)
     assert fields["JobState"] == "FAILED" and fields["Restarts"] == "1", fields
     assert "crashed: requeueing" in first

@@ -91,11 +91,17 @@ def wait_for_job(env: dict[str, str], job: str, logs: Path | None = None, restar
             text += [f"--- {p}\n{p.read_text()[-4000:]}" for p in sorted(logs.glob("*.log"))]
         return "\n".join(text)
 
+    shortened: set[str] = set()  # restart counts whose hold was already shortened (once: each update restarts it)
+
     def finished() -> bool:
         fields = job_fields(env, job)
-        if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime":
-            # Slurm holds a requeued job for a while (about 2 minutes) before it may start again; skip the wait.
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, capture_output=True)
+        restart = fields.get("Restarts", "0")
+        if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime" and restart not in shortened:
+            shortened.add(restart)
+            # Slurm holds a requeued job for a while (about 2 minutes) before it may start again; shorten the wait,
+            # but not to zero: slurmd revokes the old attempt's credential with one-second resolution, and a new
+            # attempt allocated within that second is killed ("Job credential revoked").
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now+5"], env=env, capture_output=True)
         return fields.get("JobState") in FINISHED and int(fields.get("Restarts", "0")) >= restarts
 
     try:

@@ -177,28 +177,16 @@ class ShardDataset(IterableDataset):
         batches -= skip
         group_start = samples
         raw = islice(self._raw_samples(epoch, worker), samples, None)  # skipped before any decoding
-        pages: list[PageSample] = []
-        for sample in raw:
-            samples += 1
-            page = _decode_or_none(sample)
-            if page is not None:
-                pages.append(page)
-            if len(pages) < self.batch_size * group:
-                continue
-            for index, chunk in enumerate(self._split_group(pages, epoch, worker, batches // group)):
+        for pages, consumed in _page_groups(raw, samples, self.batch_size * group):
+            chunks = self._split_group(pages, epoch, worker, batches // group)
+            for index, chunk in enumerate(chunks):
                 batches += 1
-                next_start = samples if index == group - 1 else group_start
+                next_start = consumed if index == len(chunks) - 1 else group_start
                 if index >= skip:
                     yield self._collate(chunk, epoch, (worker, batches, next_start))
                 if batches == quota:
                     return
-            pages, skip, group_start = [], 0, samples
-        chunks = self._split_group(pages, epoch, worker, batches // group)  # the epoch's rest (exact mode)
-        for index, chunk in enumerate(chunks):
-            batches += 1
-            next_start = samples if index == len(chunks) - 1 else group_start
-            if index >= skip:
-                yield self._collate(chunk, epoch, (worker, batches, next_start))
+            skip, group_start = 0, consumed
 
     def _split_group(self, pages: list[PageSample], epoch: int, worker: int, index: int) -> list[list[PageSample]]:
         """Batches of a group: in stream order, or (length bucketing) by token count in a seeded random order."""
@@ -241,6 +229,22 @@ class ShardDataset(IterableDataset):
         rng = random.Random(_derive_seed(self.seed, epoch, self.rank, worker, 0))
         while True:
             yield self.shards[rng.randrange(len(self.shards))].url
+
+
+def _page_groups(raw: Iterator[dict[str, Any]], samples: int, size: int) -> Iterator[tuple[list[PageSample], int]]:
+    """Decoded pages in groups of `size` (the last one possibly smaller), each with the raw-sample count after it;
+    undecodable samples are counted and skipped."""
+    pages: list[PageSample] = []
+    for sample in raw:
+        samples += 1
+        page = _decode_or_none(sample)
+        if page is not None:
+            pages.append(page)
+        if len(pages) == size:
+            yield pages, samples
+            pages = []
+    if pages:
+        yield pages, samples
 
 
 def _read_shards(urls: Iterator[str]) -> Iterator[dict[str, Any]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -34,7 +35,7 @@ import torch
 
 from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3ForTokenClassification
 from layoutlmv3.model.hf_interop import config_to_hf, native_to_hf
-from layoutlmv3.training.metrics import PEAK_TFLOPS, estimate_mfu, model_flops_per_sample
+from layoutlmv3.training.metrics import device_peak_tflops, estimate_mfu, model_flops_per_sample
 
 NUM_LABELS = 7  # FUNSD's BIO tags
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -86,20 +87,19 @@ def model_config(args: argparse.Namespace) -> LayoutLMv3Config:
         attention_probs_dropout_prob=args.attention_dropout,
         max_position_embeddings=max(514, args.text_length + 2),
         gradient_checkpointing=args.gradient_checkpointing,
+        num_labels=NUM_LABELS,
     )
 
 
 def reference_weights(config: LayoutLMv3Config, seed: int) -> dict[str, torch.Tensor]:
     """One set of initial weights every variant starts from, so their losses can be compared."""
     torch.manual_seed(seed)
-    model = LayoutLMv3ForTokenClassification(config.__class__.from_dict({**config.to_dict(), "num_labels": NUM_LABELS}))
+    model = LayoutLMv3ForTokenClassification(config)
     return {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
 
 def build_model(variant: Variant, config: LayoutLMv3Config, weights: dict, device: torch.device) -> torch.nn.Module:
-    config = config.__class__.from_dict(
-        {**config.to_dict(), "num_labels": NUM_LABELS, "attn_implementation": variant.attn}
-    )
+    config = dataclasses.replace(config, attn_implementation=variant.attn)
     if variant.impl == "ours":
         model = LayoutLMv3ForTokenClassification(config)
         model.load_state_dict(weights)
@@ -175,9 +175,12 @@ def make_batch(batch: int, text_length: int, vocab_size: int, device: torch.devi
     return {name: tensor.to(device) for name, tensor in tensors.items()}
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 def train_step(model, optimizer, batch: dict, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    with autocast:
+    with autocast(device, dtype):
         loss = model(**batch).loss
     loss.backward()
     optimizer.step()
@@ -188,8 +191,7 @@ def train_step(model, optimizer, batch: dict, dtype: torch.dtype | None, device:
 def evaluation_loss(model, batch: dict, dtype: torch.dtype | None, device: torch.device) -> float:
     """The loss without dropout: equal across variants up to rounding, a check that they compute the same thing."""
     model.eval()
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast(device, dtype):
         loss = model(**batch).loss.item()
     model.train()
     return loss
@@ -390,15 +392,6 @@ def device_description(device: torch.device) -> str:
     )
 
 
-def peak_for(args, device: torch.device) -> float | None:
-    if args.peak_tflops is not None:
-        return args.peak_tflops
-    if device.type != "cuda" or args.dtype == "fp32":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_TFLOPS if key in name), None)
-
-
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -420,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict:
     flops = model_flops_per_sample(
         non_embedding, config.num_hidden_layers, config.hidden_size, args.text_length, config.num_visual_tokens
     )
-    peak = peak_for(args, device)
+    peak = device_peak_tflops(args.dtype if device.type == "cuda" else "fp32", args.peak_tflops)
     rows = []
     for batch_size in [int(b) for b in args.batch.split(",")]:
         results = time_variants(args, config, weights, variants, batch_size, device)

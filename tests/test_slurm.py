@@ -102,7 +102,7 @@ def wait_for_job(env: dict[str, str], job: str, logs: Path | None = None, restar
             # but not to zero: slurmd revokes the old attempt's credential with one-second resolution, and a new
             # attempt allocated within that second is killed ("Job credential revoked").
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now+5"], env=env, capture_output=True)
-        return fields.get("JobState") in FINISHED and int(fields.get("Restarts", "0")) >= restarts
+        return fields.get("JobState") in FINISHED and int(restart) >= restarts
 
     try:
         wait_until(finished, f"job {job} finishing", explain=explain)

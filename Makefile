@@ -8,6 +8,10 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 SYSTEM_PACKAGES := tesseract-ocr fonts-dejavu-core slurmctld slurmd munge slurm-client shellcheck
 export PYTHONUNBUFFERED := 1
+# DeepSpeed compiles its CPU ops (shared-memory all-reduce, Adam) on first use. Keep them with the virtualenv they
+# were built against, built once by `venv` below, so a fresh clone never inherits another tree's cache or a lock
+# left in it by a killed build (which makes every DeepSpeed run wait forever).
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: demo smoke test lint format system-deps venv clean
 
@@ -20,6 +24,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --no-build-isolation deepspeed==0.19.8
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	DS_ACCELERATOR=cpu $(PY) -m layoutlmv3.training.extensions
 	touch $@
 
 # Debian packages the tests and the data pipeline use: Tesseract OCR, DejaVu fonts for the synthetic corpus, a

@@ -339,6 +339,19 @@ def test_bad_config_gives_its_exit_code_before_any_set_up(world: Path, caplog: p
     assert "train.warmup_ratio must lie in [0, 1], got 2.0" in caplog.text
 
 
+def test_stale_build_lock_stops_the_run_instead_of_hanging(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A killed op build leaves a lock that would make init_distributed wait forever: refuse, naming the file."""
+    lock = tmp_path / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    os.utime(lock, (time.time() - 3 * 3600,) * 2)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert run(world / "run.yaml") == EXIT_BAD_CONFIG
+    assert f"rm {lock}" in caplog.text
+
+
 def test_shards_of_another_tokenizer_are_refused(world: Path) -> None:
     check_shards_tokenizer(str(world / "shards" / "train"), LayoutLMv3Tokenizer.from_pretrained(world / "vocab"))
     other = train_bpe(["another", "vocabulary", "altogether"] * 3, vocab_size=300)

@@ -34,6 +34,7 @@ from .checkpointing import (
 from .distributed import release_cpu_allreduce_buffer_names
 from .ds_config import load_ds_config
 from .engine import Training, build_model, initialize, non_embedding_parameters
+from .extensions import check_build_locks
 from .inputs import build_loaders, check_shards_tokenizer
 from .loop import Run, TrainState, train
 from .metrics import MetricsLogger, device_peak_tflops
@@ -49,11 +50,13 @@ def run(config_path: str | Path, overrides: list[str] | None = None, resume: str
     """Train as the run config says; `resume` is "auto" (newest complete checkpoint), "none" or a tag directory.
 
     Returns the exit code. Configuration problems found before training (bad values, missing files, a tokenizer
-    that does not match the shards or the checkpoint) are logged as one clear line and give EXIT_BAD_CONFIG.
+    that does not match the shards or the checkpoint, a stale op build lock) are logged as one clear line and give
+    EXIT_BAD_CONFIG.
     """
     try:
         config = load_run_config(config_path, overrides)
         ds_values = load_ds_config(config.deepspeed)
+        check_build_locks()  # a lock left by a killed op build would hang init_distributed without a word
     except (OSError, ValueError) as error:
         logging.basicConfig(level=logging.INFO)
         logger.error("%s", error)

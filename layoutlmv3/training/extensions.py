@@ -1,0 +1,113 @@
+"""DeepSpeed's just-in-time compiled ops: find stale build locks before they hang a run, and build ops ahead.
+
+DeepSpeed compiles its C++/CUDA ops (the CPU shared-memory all-reduce, FusedAdam, ...) on first use into
+torch's extension cache (TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). While one process builds, it
+holds an empty `lock` file there and every other process waits for it to disappear. A build that was killed
+(preemption, a timeout, a node failure) never removes its lock, and from then on every run on that cache waits
+forever inside `deepspeed.init_distributed()` with nothing in its log. `check_build_locks` turns that silent hang
+into one clear error before the run starts.
+
+`python -m layoutlmv3.training.extensions` builds the ops a CPU run needs, once, in one process (the Makefile does
+it when it creates the virtualenv), so tests and jobs never start by compiling concurrently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+STALE_LOCK_SECONDS = 30 * 60  # far longer than any op build (tens of seconds on CPU, minutes for CUDA ops)
+CPU_OPS = ("ShareMemCommBuilder", "FusedAdamBuilder")  # what a CPU run loads: the all-reduce and the optimizer
+
+
+def extension_cache_dir() -> Path:
+    """Where torch builds and caches JIT extensions: TORCH_EXTENSIONS_DIR/<op>, else <default>/<py+device>/<op>."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(get_default_build_root())
+
+
+def build_locks(cache_dir: Path | None = None) -> list[tuple[Path, float]]:
+    """Every build lock in the cache (`<root>/<op>/lock` or `<root>/<python+device tag>/<op>/lock`), with its age."""
+    root = extension_cache_dir() if cache_dir is None else cache_dir
+    now = time.time()
+    locks = []
+    for lock in sorted(root.glob("*/*/lock")) + sorted(root.glob("*/lock")):
+        try:
+            locks.append((lock, now - lock.stat().st_mtime))
+        except FileNotFoundError:  # the build finished while we looked
+            continue
+    return locks
+
+
+def check_build_locks(cache_dir: Path | None = None, stale_after: float = STALE_LOCK_SECONDS) -> None:
+    """Raise ValueError for a lock older than `stale_after` (a killed build); log one for a build in progress."""
+    for lock, age in build_locks(cache_dir):
+        if age >= stale_after:
+            raise ValueError(
+                f"stale DeepSpeed/torch extension build lock {lock} ({age / 3600:.1f} h old): a build of "
+                f"'{lock.parent.name}' was interrupted and every run would wait for it forever. "
+                f"No build is running that long; delete the file (rm {lock}) and start again."
+            )
+        logger.warning(
+            "extension build lock %s is %.0f s old: this run waits until that build of '%s' finishes "
+            "(if no other process is building, the lock is left over from a killed build: delete it)",
+            lock,
+            age,
+            lock.parent.name,
+        )
+
+
+def build_ops(names: tuple[str, ...] = CPU_OPS) -> list[str]:
+    """Compile (or load from the cache) the named DeepSpeed ops for the current accelerator; returns those built.
+
+    An op the accelerator does not offer, or that DeepSpeed reports incompatible with this machine, is skipped
+    with a log line: the run would not load it either.
+    """
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    check_build_locks()
+    accelerator = get_accelerator()
+    built = []
+    for name in names:
+        builder = accelerator.create_op_builder(name)
+        if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+            logger.info("skipping %s: not available for accelerator %s", name, accelerator.device_name())
+            continue
+        started = time.perf_counter()
+        builder.load(verbose=False)
+        logger.info("%s ready in %.1f s (%s)", builder.NAME, time.perf_counter() - started, extension_cache_dir())
+        built.append(builder.NAME)
+    return built
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Build DeepSpeed's JIT ops once, ahead of runs and tests (set DS_ACCELERATOR=cpu for the "
+        "CPU ops), after checking the extension cache for build locks left by killed builds.",
+    )
+    parser.add_argument("--ops", nargs="+", default=list(CPU_OPS), help="DeepSpeed op builder class names")
+    parser.add_argument("--check-only", action="store_true", help="only look for stale build locks")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.check_only:
+            check_build_locks()
+        else:
+            build_ops(tuple(args.ops))
+    except ValueError as error:
+        logger.error("%s", error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,5 @@
-"""Shared test fixtures: locations of the optional shared datasets, seeded RNG."""
+"""Shared test fixtures: locations of the optional shared datasets, seeded RNG; a stale op build lock stops the
+session at once (every DeepSpeed test would otherwise wait on it until its timeout)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from layoutlmv3.training.extensions import check_build_locks
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shared data (FUNSD, RoBERTa vocabulary) lives beside the checkout; it is never copied into the tree.
 SHARED_DATA = Path(os.environ.get("LAYOUTLMV3_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    try:
+        check_build_locks()
+    except ValueError as error:
+        pytest.exit(str(error), returncode=3)
 
 
 @pytest.fixture(scope="session")

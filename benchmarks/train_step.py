@@ -9,9 +9,10 @@ median step time gives samples/s, tokens/s and MFU; peak memory is measured per 
     python benchmarks/train_step.py --flavor base --batch 8,16,32 --device cuda --dtype bf16 --plot docs/x.png
     python benchmarks/train_step.py --flavor small --batch 4 --device cpu
 
-MFU = (6 * N * T + 12 * L * H * T^2) * batch / step time / peak, with N the non-embedding parameters, T the
-text + visual tokens, L layers, H hidden size (layoutlmv3.training.metrics.model_flops_per_sample); the peak is
-the dense bf16/fp16 tensor-core figure of the GPU (PEAK_TFLOPS there) or --peak-tflops.
+MFU = (6 * N * T + 12 * L * H * T^2) * batch / step time / peak, with N the non-embedding parameters counted as
+the training loop counts them (engine.non_embedding_parameters), T the text + visual tokens, L layers, H hidden
+size (layoutlmv3.training.metrics.model_flops_per_sample); the peak is the dense bf16/fp16 tensor-core figure of
+the GPU (PEAK_TFLOPS there) or --peak-tflops.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 
 from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3ForTokenClassification
 from layoutlmv3.model.hf_interop import config_to_hf, native_to_hf
+from layoutlmv3.training.engine import non_embedding_parameters
 from layoutlmv3.training.metrics import device_peak_tflops, estimate_mfu, model_flops_per_sample
 
 NUM_LABELS = 7  # FUNSD's BIO tags
@@ -91,11 +93,12 @@ def model_config(args: argparse.Namespace) -> LayoutLMv3Config:
     )
 
 
-def reference_weights(config: LayoutLMv3Config, seed: int) -> dict[str, torch.Tensor]:
-    """One set of initial weights every variant starts from, so their losses can be compared."""
+def reference_weights(config: LayoutLMv3Config, seed: int) -> tuple[dict[str, torch.Tensor], int]:
+    """One set of initial weights every variant starts from, so their losses can be compared, and the model's
+    non-embedding parameter count for FLOPs, counted exactly as the training loop counts it for its MFU."""
     torch.manual_seed(seed)
     model = LayoutLMv3ForTokenClassification(config)
-    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}, non_embedding_parameters(model)
 
 
 def build_model(variant: Variant, config: LayoutLMv3Config, weights: dict, device: torch.device) -> torch.nn.Module:
@@ -399,7 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     config = model_config(args)
-    weights = reference_weights(config, args.seed)
+    weights, non_embedding = reference_weights(config, args.seed)
     variants = parse_variants(args, device)
     args.optimizer = resolve_optimizer(args.optimizer)
     if args.memory_probe:
@@ -407,9 +410,6 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     tokens_per_sample = args.text_length + config.num_visual_tokens
-    non_embedding = sum(
-        tensor.numel() for name, tensor in weights.items() if name.startswith("layoutlmv3.encoder.layers.")
-    )
     flops = model_flops_per_sample(
         non_embedding, config.num_hidden_layers, config.hidden_size, args.text_length, config.num_visual_tokens
     )

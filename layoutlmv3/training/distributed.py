@@ -1,14 +1,30 @@
-"""Process-group set-up details that DeepSpeed leaves to the caller."""
+"""Process-group set-up: the rendezvous under any launcher, the collective timeout, where each rank runs.
+
+The collective timeout bounds how long a rank waits in a collective (all-reduce, barrier, the rendezvous) for a
+peer that never comes: a node that died, a rank stuck in I/O. When it expires, the rank raises and exits
+non-zero, so the job ends and is requeued instead of idling the whole allocation. torch's default is 30 minutes
+(DeepSpeed's 10); ours, `train.collective_timeout_s`, defaults to 5. The trade-off: every healthy wait must fit
+in it too -- a checkpoint save on slow storage (the other ranks wait at the barrier that ends it), the first
+step's compilation when ranks compile at different speeds, validation. Raise it for large models on slow
+shared filesystems; lower it to detect failures sooner. NCCL honours it through asynchronous error handling,
+which recent torch enables by default (TORCH_NCCL_ASYNC_ERROR_HANDLING); gloo (CPU) honours it on every op.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+from datetime import timedelta
 from pathlib import Path
 
+import deepspeed
 import torch.distributed as dist
 
+from .slurm_env import rendezvous_from_slurm
+
 logger = logging.getLogger(__name__)
+placement_logger = logging.getLogger(f"{__name__}.placement")  # logged on every rank, not only rank 0
 
 SHM_DIR = Path("/dev/shm")
 
@@ -30,3 +46,42 @@ def release_cpu_allreduce_buffer_names() -> None:
     if path.exists():  # absent on GPU runs and without DeepSpeed's shm op
         path.unlink(missing_ok=True)
         logger.debug("unlinked %s", path)
+
+
+def init_distributed(collective_timeout_s: float) -> dict[str, str]:
+    """Join the process group (env://) with the given collective timeout; returns the variables taken from Slurm.
+
+    Under a bare `srun` or `deepspeed --launcher slurm` the rank variables come from Slurm's
+    (`slurm_env.rendezvous_from_slurm`); under torchrun or DeepSpeed's local launcher they are already set.
+    """
+    from_slurm = rendezvous_from_slurm()
+    deepspeed.init_distributed(timeout=timedelta(seconds=collective_timeout_s))
+    release_cpu_allreduce_buffer_names()
+    return from_slurm
+
+
+def describe_placement() -> str:
+    """One line on where this rank runs: host, the address and interface it reaches the master through.
+
+    The address is the one the kernel routes to MASTER_ADDR from here (a UDP connect sends no packet), i.e. the
+    interface rendezvous traffic leaves by; collectives use GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME when set.
+    """
+    master, port = os.environ.get("MASTER_ADDR", "?"), os.environ.get("MASTER_PORT", "?")
+    address = interface = "?"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((master, int(port)))
+            address = probe.getsockname()[0]
+        import psutil  # a DeepSpeed dependency
+
+        interface = next(
+            (name for name, addrs in psutil.net_if_addrs().items() for a in addrs if a.address == address), "?"
+        )
+    except (OSError, ValueError):
+        pass
+    chosen = os.environ.get("GLOO_SOCKET_IFNAME") or os.environ.get("NCCL_SOCKET_IFNAME") or "by host name"
+    return (
+        f"rank {dist.get_rank()}/{dist.get_world_size()} (local {os.environ.get('LOCAL_RANK', '?')}) on host "
+        f"{socket.gethostname()} address {address} ({interface}); master {master}:{port}; collective interface "
+        f"{chosen}"
+    )

@@ -28,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,14 +153,20 @@ def load_rank_state(checkpoint: Checkpoint, rank: int) -> dict[str, Any]:
     return torch.load(_rank_state_file(checkpoint.path, rank), map_location="cpu", weights_only=False)
 
 
-def prepare_universal(checkpoint: Checkpoint, rank: int) -> None:
+def prepare_universal(checkpoint: Checkpoint, rank: int, poll_s: float = 1.0) -> None:
     """Collective: convert `checkpoint` to DeepSpeed's universal form (once, by rank 0; the others wait).
 
     Runs `python -m deepspeed.checkpoint.ds_to_universal` in a subprocess (it forks worker pools, which must not
     inherit this process's communicators) into a temporary folder renamed when done, so an interrupted
-    conversion is redone rather than loaded.
+    conversion is redone rather than loaded. The other ranks wait by watching the shared checkpoint directory,
+    not in a barrier: converting a large model can outlast the collective timeout. A failed conversion leaves
+    `universal.failed` (with the error) so they stop too.
     """
     target = checkpoint.path / UNIVERSAL_DIR
+    failed = checkpoint.path / f"{UNIVERSAL_DIR}.failed"
+    if rank == 0:
+        failed.unlink(missing_ok=True)  # an earlier attempt's verdict
+    dist.barrier()  # ... is gone before anyone looks for one
     if rank == 0 and not target.is_dir():
         partial = checkpoint.path / f"{UNIVERSAL_DIR}.partial"
         shutil.rmtree(partial, ignore_errors=True)
@@ -168,9 +175,15 @@ def prepare_universal(checkpoint: Checkpoint, rank: int) -> None:
         command += ["--input_folder", str(checkpoint.path), "--output_folder", str(partial)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"ds_to_universal failed on {checkpoint.path}:\n{result.stdout}\n{result.stderr}")
+            message = f"ds_to_universal failed on {checkpoint.path}:\n{result.stdout}\n{result.stderr}"
+            failed.write_text(message)
+            raise RuntimeError(message)
         (checkpoint.path / "latest_universal").unlink(missing_ok=True)  # names the partial folder; unused
         partial.rename(target)
+    while not target.is_dir():
+        if failed.exists():
+            raise RuntimeError(f"rank 0 could not convert {checkpoint.path}: see {failed}")
+        time.sleep(poll_s)
     dist.barrier()
 
 

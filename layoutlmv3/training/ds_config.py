@@ -6,7 +6,9 @@ so keys outside `KNOWN_KEYS` are rejected, and the settings the run config owns 
 would tie a file to one world size (`train_batch_size`) are refused with the reason. Nested sections are then
 validated by DeepSpeed's own config class, which needs no distributed set-up.
 
-Global batch = train_micro_batch_size_per_gpu x gradient_accumulation_steps x world size.
+Global batch = train_micro_batch_size_per_gpu x gradient_accumulation_steps x world size. The one exception to
+"the JSON alone": a run config's `train.global_batch_size` sets the accumulation for the world size at hand
+(`with_global_batch`), so one file serves any node count and a resumed run keeps its batch.
 """
 
 from __future__ import annotations
@@ -101,3 +103,23 @@ def offloads_optimizer(values: dict[str, Any]) -> bool:
     """ZeRO-Offload of the optimizer: DeepSpeed then needs its CPU Adam, not a GPU optimizer."""
     device = values.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
     return device in ("cpu", "nvme")
+
+
+def with_global_batch(values: dict[str, Any], global_batch_size: int | None, world_size: int) -> dict[str, Any]:
+    """A copy of `values` whose accumulation makes micro-batch x accumulation x `world_size` = `global_batch_size`.
+
+    None returns `values` unchanged. A global batch the micro-batch times the world size does not divide is
+    refused (ValueError): silently rounding would change the batch the run config asked for.
+    """
+    if global_batch_size is None:
+        return values
+    micro = values["train_micro_batch_size_per_gpu"]
+    per_step = micro * world_size
+    if global_batch_size % per_step:
+        raise ValueError(
+            f"train.global_batch_size {global_batch_size} is not a multiple of micro-batch {micro} x {world_size} "
+            f"ranks = {per_step}; choose a global batch, micro-batch or rank count that divides"
+        )
+    adjusted = copy.deepcopy(values)
+    adjusted["gradient_accumulation_steps"] = global_batch_size // per_step
+    return adjusted

@@ -122,6 +122,11 @@ class Training:
     world_size: int
 
     @property
+    def global_batch(self) -> int:
+        """Samples per optimizer step over all ranks."""
+        return self.micro_batch_size * self.accumulation_steps * self.world_size
+
+    @property
     def device(self) -> torch.device:
         return self.engine.device
 

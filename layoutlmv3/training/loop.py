@@ -79,6 +79,7 @@ class Run:
             "layoutlmv3": {
                 "train_state": dataclasses.asdict(self.state),
                 "world_size": self.training.world_size,
+                "global_batch": self.training.global_batch,
                 "config": self.config.to_dict(),
                 "tokenizer_fingerprint": self.tokenizer_fingerprint,
             }

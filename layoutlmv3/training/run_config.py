@@ -106,6 +106,15 @@ class TrainSection:
     stop_at_step: int | None = None
     # Debugging the NaN guard: 1-based micro-batch counts (over the whole run) whose loss rank 0 replaces by NaN.
     debug_nan_batches: list[int] = field(default_factory=list)
+    # Seconds a rank waits in a collective (all-reduce, barrier, rendezvous) for its peers before it gives up and
+    # exits, so a dead node ends the attempt (requeued) instead of idling the job for torch's 30 minutes. Every
+    # healthy wait must fit too: checkpoint saves, validation (trade-off in layoutlmv3/training/distributed.py).
+    collective_timeout_s: float = 300.0
+    # Keep the global batch (micro-batch x accumulation x ranks) at this size on any number of ranks: the
+    # gradient accumulation becomes global_batch_size / (micro-batch x ranks), which must divide exactly. null:
+    # the DeepSpeed JSON's accumulation, so a run resumed on fewer or more ranks changes its global batch (and
+    # says so loudly at start-up).
+    global_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
@@ -120,6 +129,13 @@ class TrainSection:
         _require(
             self.stop_at_step is None or 1 <= self.stop_at_step <= self.steps,
             f"train.stop_at_step must lie in 1..train.steps ({self.steps}) or be null, got {self.stop_at_step}",
+        )
+        _require(
+            self.collective_timeout_s > 0, f"train.collective_timeout_s must be > 0, got {self.collective_timeout_s}"
+        )
+        _require(
+            self.global_batch_size is None or self.global_batch_size >= 1,
+            f"train.global_batch_size must be >= 1 or null, got {self.global_batch_size}",
         )
         _require(
             all(batch >= 1 for batch in self.debug_nan_batches),

@@ -14,7 +14,6 @@ import json
 import logging
 from pathlib import Path
 
-import deepspeed
 import torch
 import torch.distributed as dist
 import yaml
@@ -31,8 +30,8 @@ from .checkpointing import (
     resolve_resume,
     set_rng_state,
 )
-from .distributed import release_cpu_allreduce_buffer_names
-from .ds_config import load_ds_config
+from .distributed import describe_placement, init_distributed, placement_logger
+from .ds_config import load_ds_config, with_global_batch
 from .engine import Training, build_model, initialize, non_embedding_parameters
 from .extensions import check_build_locks
 from .inputs import build_loaders, check_shards_tokenizer
@@ -61,9 +60,9 @@ def run(config_path: str | Path, overrides: list[str] | None = None, resume: str
         logging.basicConfig(level=logging.INFO)
         logger.error("%s", error)
         return EXIT_BAD_CONFIG
-    deepspeed.init_distributed()
-    release_cpu_allreduce_buffer_names()
+    from_slurm = init_distributed(config.train.collective_timeout_s)
     _configure_logging(dist.get_rank())
+    placement_logger.info("%s%s", describe_placement(), " (rank variables from Slurm)" if from_slurm else "")
     try:
         assembled = _assemble(config, ds_values, resume)
     except (OSError, ValueError) as error:
@@ -82,9 +81,27 @@ def run(config_path: str | Path, overrides: list[str] | None = None, resume: str
             progress=logging_section.progress,
         ) as metrics,
     ):
-        code = train(assembled, stop, metrics)
+        try:
+            code = train(assembled, stop, metrics)
+        except Exception as error:
+            _log_failure(error, config.train.collective_timeout_s)
+            raise
     dist.destroy_process_group()  # every rank is past the last collective (the final save ends in a barrier)
     return code
+
+
+def _log_failure(error: Exception, timeout_s: float) -> None:
+    """One timestamped line per rank on why the attempt ends (the traceback follows from Python)."""
+    message = " ".join(str(error).split())[:500]
+    if "Timed out" in message or "Connection reset" in message or "Connection closed" in message:
+        logger.error(
+            "a collective failed (peers wait at most train.collective_timeout_s=%g s): a rank died or its node is "
+            "unreachable; this attempt ends and resumes from the newest complete checkpoint: %s",
+            timeout_s,
+            message,
+        )
+    else:
+        logger.error("training failed: %s: %s", type(error).__name__, message)
 
 
 def _assemble(config: RunConfig, ds_values: dict, resume: str) -> Run:
@@ -95,6 +112,7 @@ def _assemble(config: RunConfig, ds_values: dict, resume: str) -> Run:
     if config.data.val_shards is not None:
         check_shards_tokenizer(config.data.val_shards, tokenizer)
     image_tokenizer = ImageTokenizer.from_pretrained(config.objectives.image_tokenizer)
+    ds_values = with_global_batch(ds_values, config.train.global_batch_size, world_size)
     checkpoint = resolve_resume(resume, config.checkpoint.dir)
     universal = checkpoint is not None and checkpoint.world_size != world_size
     if universal:
@@ -166,6 +184,7 @@ def _resume(
         loader.load_state_dict(rank_state["loader"])
         set_rng_state(rank_state["rng"])
     if training.rank == 0:
+        _check_global_batch(saved.get("global_batch"), training, checkpoint)
         changed = _changed_settings(saved["config"], config.to_dict())
         if changed:
             logger.warning("settings changed since the checkpoint: %s", "; ".join(changed))
@@ -173,9 +192,29 @@ def _resume(
     return TrainState(**saved["train_state"])
 
 
+def _check_global_batch(saved: int | None, training: Training, checkpoint: Checkpoint) -> None:
+    """Warn loudly when the resumed run's global batch differs from the checkpoint's: the schedule, the noise
+    of the gradient and the meaning of a step all change. train.global_batch_size keeps it."""
+    if saved is None or saved == training.global_batch:
+        return
+    logger.warning(
+        "GLOBAL BATCH CHANGED: %s was trained with a global batch of %d (world size %d), this run steps with %d "
+        "(micro-batch %d x accumulation %d x %d ranks). Set train.global_batch_size: %d to keep it through "
+        "gradient accumulation.",
+        checkpoint.path,
+        saved,
+        checkpoint.world_size,
+        training.global_batch,
+        training.micro_batch_size,
+        training.accumulation_steps,
+        training.world_size,
+        saved,
+    )
+
+
 def _describe(config: RunConfig, training: Training, parameters: int, non_embedding: int) -> None:
     """Log the resolved set-up and keep the resolved config beside the metrics (rank 0)."""
-    global_batch = training.micro_batch_size * training.accumulation_steps * training.world_size
+    global_batch = training.global_batch
     logger.info(
         "model %s: %.1fM parameters (%.1fM non-embedding) | %s, ZeRO-%d | micro-batch %d x accumulation %d x %d "
         "ranks = global batch %d | %d steps",
@@ -216,3 +255,4 @@ def _configure_logging(rank: int) -> None:
         force=True,
     )
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    placement_logger.setLevel(logging.INFO)  # every rank says where it runs

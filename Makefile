@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-SYSTEM_PACKAGES := tesseract-ocr fonts-dejavu-core slurmctld slurmd munge slurm-client shellcheck
+SYSTEM_PACKAGES := tesseract-ocr fonts-dejavu-core slurmctld slurmd munge slurm-client shellcheck iproute2
 export PYTHONUNBUFFERED := 1
 # DeepSpeed compiles its CPU ops (shared-memory all-reduce, Adam) on first use. Keep them with the virtualenv they
 # were built against, built once by `venv` below, so a fresh clone never inherits another tree's cache or a lock
@@ -28,7 +28,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
 	touch $@
 
 # Debian packages the tests and the data pipeline use: Tesseract OCR, DejaVu fonts for the synthetic corpus, a
-# real Slurm (controller, node daemon, munge) that tests start on localhost, shellcheck for the Slurm scripts.
+# real Slurm (controller, node daemons, munge) that tests start as a 3-host cluster in network namespaces (iproute2),
+# shellcheck for the Slurm scripts.
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -46,7 +47,7 @@ smoke: venv system-deps
 lint: venv system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	shellcheck slurm/*.sbatch slurm/*.sh slurm/local/*.sh launch/*.sh benchmarks/*.sh
+	shellcheck slurm/*.sbatch slurm/local/*.sh launch/*.sh benchmarks/*.sh
 
 test: venv system-deps lint
 	$(PY) -m pytest -q

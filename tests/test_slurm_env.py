@@ -155,3 +155,20 @@ def test_a_changed_global_batch_is_logged_loudly(caplog: pytest.LogCaptureFixtur
     _check_global_batch(4, training, checkpoint)
     _check_global_batch(None, training, checkpoint)  # a checkpoint from before the global batch was recorded
     assert caplog.text == ""
+
+
+def test_every_new_process_group_gets_the_collective_timeout() -> None:
+    """DeepSpeed's own groups (gradient reduction) must not keep torch's 30-minute default."""
+    from datetime import timedelta
+
+    from torch.distributed import distributed_c10d
+
+    from layoutlmv3.training.distributed import set_default_group_timeout
+
+    saved = distributed_c10d.default_pg_timeout, distributed_c10d.default_pg_nccl_timeout
+    try:
+        set_default_group_timeout(timedelta(seconds=42))
+        for backend in (distributed_c10d.Backend.GLOO, distributed_c10d.Backend.NCCL):
+            assert distributed_c10d._get_default_timeout(backend) == timedelta(seconds=42)
+    finally:
+        distributed_c10d.default_pg_timeout, distributed_c10d.default_pg_nccl_timeout = saved

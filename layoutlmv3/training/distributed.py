@@ -55,9 +55,25 @@ def init_distributed(collective_timeout_s: float) -> dict[str, str]:
     (`slurm_env.rendezvous_from_slurm`); under torchrun or DeepSpeed's local launcher they are already set.
     """
     from_slurm = rendezvous_from_slurm()
-    deepspeed.init_distributed(timeout=timedelta(seconds=collective_timeout_s))
+    timeout = timedelta(seconds=collective_timeout_s)
+    set_default_group_timeout(timeout)
+    deepspeed.init_distributed(timeout=timeout)
     release_cpu_allreduce_buffer_names()
     return from_slurm
+
+
+def set_default_group_timeout(timeout: timedelta) -> None:
+    """Make `timeout` the default of every process group created from now on, not only the world group's.
+
+    DeepSpeed reduces gradients on groups of its own (`dist.new_group(ranks)` without a timeout), which torch
+    gives its 30-minute default: a rank waiting there for a dead node would hang for half an hour whatever
+    `init_process_group` was told (seen on the multi-host test cluster: survivors stuck in ZeRO's gradient
+    all-reduce). torch reads the default from these module globals each time it makes a group.
+    """
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = timeout
+    distributed_c10d.default_pg_nccl_timeout = timeout
 
 
 def describe_placement() -> str:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from layoutlmv3.training.extensions import check_build_locks
+from tests.slurm_cluster import slurm_env  # noqa: F401  (the session fixture: one local cluster for every Slurm test)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shared data (FUNSD, RoBERTa vocabulary) lives beside the checkout; it is never copied into the tree.

@@ -74,7 +74,8 @@ def test_prep_array_over_three_nodes_and_merge_equal_one_task(
         env,
         tmp_path,
         "--array=0-2",
-        "--exclusive",
+        "--exclusive",  # a whole node per task: the three tasks run on three hosts
+        "--cpus-per-task=1",  # the header's 16 exceed a local node
         "slurm/prep.sbatch",
         *build_args,
         "--out",

@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=OCR_KINDS,
         help="where words come from: 'tesseract' runs Tesseract on every page (*.tif/*.tiff/*.png/*.jpg/*.jpeg "
         "under --input); 'json' reads NAME.json beside each image (format: see data_prep/ocr.py); 'funsd' reads "
-        "FUNSD annotations (images/NAME.png + annotations/NAME.json)",
+        "FUNSD annotations (images/NAME.png + annotations/NAME.json); 'hocr' reads NAME.hocr (or .html) and "
+        "'alto' NAME.xml (ALTO v2-v4) beside each image, as OCR engines write them (see data_prep/ocr_files.py)",
     )
     parser.add_argument(
         "--tokenizer",

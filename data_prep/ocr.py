@@ -1,4 +1,4 @@
-"""Words of a page, with pixel boxes and line ids, from one of three OCR sources (``--ocr``).
+"""Words of a page, with pixel boxes and line ids, from one of five OCR sources (``--ocr``).
 
 ``tesseract``
     Runs ``tesseract stdin stdout tsv`` on the decoded page (one process per page, one thread each) and keeps
@@ -19,6 +19,9 @@
 ``funsd`` -- the FUNSD layout: images in ``.../images/NAME.png``, annotations in ``.../annotations/NAME.json``
     (``{"form": [{"id", "words": [{"text", "box"}], ...}]}``); the line id of a word is its entity id, so line
     boxes are FUNSD's segment boxes. Every image under an ``images`` directory below ``--input`` is used.
+
+``hocr`` / ``alto`` -- files an OCR engine wrote beside each image (``NAME.hocr``, ``NAME.xml``): see
+    ``ocr_files.py``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from PIL import Image
 from .pages import find_images
 from .rejects import OCR_FAILED, OCR_INVALID, OCR_MISSING, OCR_TIMEOUT, PageRejected
 
-OCR_KINDS = ("tesseract", "json", "funsd")
+OCR_KINDS = ("tesseract", "json", "funsd", "hocr", "alto")
 TSV_COLUMNS = 12  # level page_num block_num par_num line_num word_num left top width height conf text
 TSV_WORD_LEVEL = "5"
 
@@ -66,6 +69,10 @@ def make_ocr(kind: str, timeout: float) -> Ocr:
         return JsonOcr()
     if kind == "funsd":
         return FunsdOcr()
+    if kind in ("hocr", "alto"):
+        from .ocr_files import AltoOcr, HocrOcr  # they build on Word, defined here
+
+        return HocrOcr() if kind == "hocr" else AltoOcr()
     raise ValueError(f"unknown OCR kind {kind!r}, expected one of {OCR_KINDS}")
 
 

@@ -21,6 +21,7 @@ setup(
         "seqeval",
         "tensorboard",
         "faker",
+        "pypdfium2",
     ],
     extras_require={"train": ["deepspeed>=0.15"], "dev": ["pytest", "ruff"]},
 )

@@ -27,6 +27,7 @@ from layoutlmv3.tokenizer import CONFIG_FILE, MERGES_FILE, VOCAB_FILE, LayoutLMv
 from .chunks import ChunkBuilder, ShardLimits, chunk_digest, key_collisions, plan_chunks, task_chunks
 from .manifest import make_manifest, output_names, write_outputs
 from .ocr import OCR_KINDS, make_ocr
+from .pdf import DEFAULT_PDF_DPI
 from .process import WorkerSetup, WorkItem, init_worker, make_processor, process_in_worker
 from .progress import ProgressMismatch
 from .rejects import Reject
@@ -84,6 +85,7 @@ class BuildConfig:
     seed: int = 0
     ocr_timeout: float = DEFAULT_OCR_TIMEOUT
     progress_bar: bool = True
+    pdf_dpi: int = DEFAULT_PDF_DPI  # resolution PDF pages are rendered at
 
 
 def build(config: BuildConfig) -> dict:
@@ -111,6 +113,7 @@ def _settings(config: BuildConfig, tokenizer: str) -> dict[str, object]:
     return {
         "format_version": MANIFEST_FORMAT_VERSION,
         "ocr": config.ocr,
+        "pdf_dpi": config.pdf_dpi,
         "tokenizer": tokenizer,
         "prefix": config.prefix,
         "max_samples_per_shard": config.max_samples_per_shard,
@@ -129,7 +132,7 @@ def _write_pending(config: BuildConfig, builders: Sequence[ChunkBuilder], collis
         for index, start in files
         for source in [builder.chunk.sources[index]]
     ]
-    setup = WorkerSetup(config.ocr, config.ocr_timeout, config.tokenizer_dir)
+    setup = WorkerSetup(config.ocr, config.ocr_timeout, config.tokenizer_dir, config.pdf_dpi)
     with _results_in_order(setup, items, config.workers) as results, _progress_bar(config) as bar:
         done, rejects = 0, 0
         for builder, files in todo:
@@ -231,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ocr",
         required=True,
         choices=OCR_KINDS,
-        help="where words come from: 'tesseract' runs Tesseract on every page (*.tif/*.tiff/*.png/*.jpg/*.jpeg "
-        "under --input); 'json' reads NAME.json beside each image (format: see data_prep/ocr.py); 'funsd' reads "
+        help="where words come from: 'tesseract' runs Tesseract on every page (*.tif/*.tiff/*.png/*.jpg/*.jpeg/*.pdf "
+        "under --input; PDF pages with a text layer use it instead); 'json' reads NAME.json beside each image (format: see data_prep/ocr.py); 'funsd' reads "
         "FUNSD annotations (images/NAME.png + annotations/NAME.json); 'hocr' reads NAME.hocr (or .html) and "
         "'alto' NAME.xml (ALTO v2-v4) beside each image, as OCR engines write them (see data_prep/ocr_files.py)",
     )
@@ -299,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="Tesseract time limit per page; a page over it is rejected as ocr_timeout (default: %(default)s)",
     )
+    parser.add_argument(
+        "--pdf-dpi",
+        type=_positive,
+        default=DEFAULT_PDF_DPI,
+        metavar="DPI",
+        help="resolution PDF pages are rendered at (default: %(default)s); with --ocr tesseract, a PDF page's words "
+        "come from its text layer when it has one (born-digital or already searchable), else from Tesseract",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -332,6 +343,7 @@ def parse_config(argv: Sequence[str] | None = None) -> BuildConfig:
         seed=args.seed,
         ocr_timeout=args.ocr_timeout,
         progress_bar=not args.quiet,
+        pdf_dpi=args.pdf_dpi,
     )
 
 

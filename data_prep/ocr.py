@@ -30,41 +30,27 @@ import io
 import json
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from PIL import Image
 
 from .pages import find_images
+from .pdf import TextLayerFirst
 from .rejects import OCR_FAILED, OCR_INVALID, OCR_MISSING, OCR_TIMEOUT, PageRejected
+from .words import Ocr, Word  # Word is re-exported: other modules and tests import it from here
+
+__all__ = ["OCR_KINDS", "Ocr", "Word", "make_ocr", "parse_tsv", "run_tesseract"]
 
 OCR_KINDS = ("tesseract", "json", "funsd", "hocr", "alto")
 TSV_COLUMNS = 12  # level page_num block_num par_num line_num word_num left top width height conf text
 TSV_WORD_LEVEL = "5"
 
 
-@dataclass(frozen=True)
-class Word:
-    """One OCR word: its text, its box [x0, y0, x1, y1] in pixels of the page, and its line id."""
-
-    text: str
-    box: tuple[Any, Any, Any, Any]  # as given; samples.normalize_box validates and normalises it
-    line: int
-
-
-class Ocr(Protocol):
-    """An OCR source: which input files it covers and the words of one of their pages."""
-
-    def inputs(self, root: Path) -> list[str]: ...
-
-    def read(self, path: Path, page: int, image: Image.Image) -> list[Word]: ...
-
-
 def make_ocr(kind: str, timeout: float) -> Ocr:
     """The OCR source named by ``--ocr``."""
     if kind == "tesseract":
-        return TesseractOcr(timeout)
+        return TextLayerFirst(TesseractOcr(timeout))  # PDF pages with a text layer need no OCR
     if kind == "json":
         return JsonOcr()
     if kind == "funsd":

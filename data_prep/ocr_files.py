@@ -25,9 +25,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from .ocr import Word
 from .pages import find_images
 from .rejects import OCR_INVALID, OCR_MISSING, PageRejected
+from .words import Word
 
 HOCR_SUFFIXES = (".hocr", ".html")
 HOCR_LINE_CLASSES = {"ocr_line", "ocrx_line", "ocr_header", "ocr_caption", "ocr_textfloat"}

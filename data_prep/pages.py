@@ -1,7 +1,7 @@
 """Find scanned page images under an input root and read them page by page, never crashing on bad files.
 
 Reads TIFF (multi-page included, and CCITT Group 4 bilevel as IIT-CDIP ships it), PNG and JPEG: whatever
-Pillow decodes. Pages come out in mode "L" (bilevel and grayscale scans) or "RGB" (colour), the two modes of
+Pillow decodes; and PDF, each page rendered at ``pdf_dpi`` (pdf.py). Pages come out in mode "L" (bilevel and grayscale scans) or "RGB" (colour), the two modes of
 a sample image. A file or page that Pillow cannot decode becomes a :class:`PageRejected` in the stream instead
 of an exception, so one corrupt scan never stops a run.
 """
@@ -13,9 +13,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from .pdf import DEFAULT_PDF_DPI, PDF_SUFFIX, read_pdf_pages
 from .rejects import UNREADABLE_IMAGE, UNREADABLE_PAGE, PageRejected
 
-IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg"})
+IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", PDF_SUFFIX})
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
@@ -29,7 +30,9 @@ def find_images(root: Path) -> list[str]:
     return sorted(found)
 
 
-def read_pages(path: Path, start_page: int = 0) -> Iterator[tuple[int, Image.Image | PageRejected]]:
+def read_pages(
+    path: Path, start_page: int = 0, pdf_dpi: int = DEFAULT_PDF_DPI
+) -> Iterator[tuple[int, Image.Image | PageRejected]]:
     """Yield ``(page_number, image or PageRejected)`` for pages ``start_page..`` of the file, in order.
 
     A file that cannot be opened yields a single UNREADABLE_IMAGE for ``start_page`` (its page count is
@@ -37,6 +40,9 @@ def read_pages(path: Path, start_page: int = 0) -> Iterator[tuple[int, Image.Ima
     Pillow raises many exception types on corrupt data (OSError, SyntaxError, ValueError, struct.error, ...),
     hence the broad catches.
     """
+    if path.suffix.lower() == PDF_SUFFIX:
+        yield from read_pdf_pages(path, start_page, pdf_dpi)
+        return
     try:
         image = Image.open(path)
         count = getattr(image, "n_frames", 1)

@@ -18,6 +18,7 @@ from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 from .ocr import Ocr, make_ocr
 from .pages import read_pages
+from .pdf import DEFAULT_PDF_DPI
 from .rejects import DUPLICATE_KEY, INTERNAL_ERROR, PageRejected, Reject
 from .samples import Sample, build_sample
 
@@ -41,21 +42,23 @@ class WorkerSetup:
     ocr: str
     ocr_timeout: float
     tokenizer_dir: Path
+    pdf_dpi: int = DEFAULT_PDF_DPI
 
 
 class PageProcessor:
     """Turns the pages of one file into samples or rejects."""
 
-    def __init__(self, ocr: Ocr, tokenizer: LayoutLMv3Tokenizer) -> None:
+    def __init__(self, ocr: Ocr, tokenizer: LayoutLMv3Tokenizer, pdf_dpi: int = DEFAULT_PDF_DPI) -> None:
         self.ocr = ocr
         self.tokenizer = tokenizer
+        self.pdf_dpi = pdf_dpi
 
     def process(self, item: WorkItem) -> list[Sample | Reject]:
         if item.duplicate_of is not None:
             return [Reject(item.source, item.start_page, DUPLICATE_KEY, f"same sample keys as {item.duplicate_of}")]
         path = item.root / item.source
         outcomes: list[Sample | Reject] = []
-        for page, image in read_pages(path, item.start_page):
+        for page, image in read_pages(path, item.start_page, self.pdf_dpi):
             outcomes.append(self._page(path, item.source, page, image))
         return outcomes
 
@@ -73,7 +76,9 @@ class PageProcessor:
 
 def make_processor(setup: WorkerSetup) -> PageProcessor:
     return PageProcessor(
-        make_ocr(setup.ocr, setup.ocr_timeout), LayoutLMv3Tokenizer.from_pretrained(setup.tokenizer_dir)
+        make_ocr(setup.ocr, setup.ocr_timeout),
+        LayoutLMv3Tokenizer.from_pretrained(setup.tokenizer_dir),
+        setup.pdf_dpi,
     )
 
 

@@ -149,9 +149,6 @@ def placements(log: str) -> dict[int, tuple[str, str, str]]:
     return {int(m.group(1)): (m.group(4), m.group(5), m.group(6)) for m in PLACEMENT.finditer(log)}
 
 
-LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", re.MULTILINE)
-
-
 def log_time(line_start: str) -> float:
     """Epoch seconds of a Python logging timestamp ("2026-11-30 12:35:02,439"), local time."""
     return datetime.strptime(line_start, "%Y-%m-%d %H:%M:%S,%f").timestamp()

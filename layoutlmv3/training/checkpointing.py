@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 TAG_PATTERN = re.compile(r"step(\d{8})")
 COMPLETE_FILE = "complete"
+UNIVERSAL_POLL_S = 1.0  # how often the other ranks look for rank 0's finished universal conversion
 LATEST_FILE = "latest"
 RANK_STATE_DIR = "rank_state"
 UNIVERSAL_DIR = "universal"
@@ -153,7 +154,7 @@ def load_rank_state(checkpoint: Checkpoint, rank: int) -> dict[str, Any]:
     return torch.load(_rank_state_file(checkpoint.path, rank), map_location="cpu", weights_only=False)
 
 
-def prepare_universal(checkpoint: Checkpoint, rank: int, poll_s: float = 1.0) -> None:
+def prepare_universal(checkpoint: Checkpoint, rank: int) -> None:
     """Collective: convert `checkpoint` to DeepSpeed's universal form (once, by rank 0; the others wait).
 
     Runs `python -m deepspeed.checkpoint.ds_to_universal` in a subprocess (it forks worker pools, which must not
@@ -183,7 +184,7 @@ def prepare_universal(checkpoint: Checkpoint, rank: int, poll_s: float = 1.0) ->
     while not target.is_dir():
         if failed.exists():
             raise RuntimeError(f"rank 0 could not convert {checkpoint.path}: see {failed}")
-        time.sleep(poll_s)
+        time.sleep(UNIVERSAL_POLL_S)
     dist.barrier()
 
 

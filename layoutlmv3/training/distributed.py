@@ -3,7 +3,7 @@
 The collective timeout bounds how long a rank waits in a collective (all-reduce, barrier, the rendezvous) for a
 peer that never comes: a node that died, a rank stuck in I/O. When it expires, the rank raises and exits
 non-zero, so the job ends and is requeued instead of idling the whole allocation. torch's default is 30 minutes
-(DeepSpeed's 10); ours, `train.collective_timeout_s`, defaults to 5. The trade-off: every healthy wait must fit
+(DeepSpeed's 10); ours, `train.collective_timeout_s`, defaults to 300 s. The trade-off: every healthy wait must fit
 in it too -- a checkpoint save on slow storage (the other ranks wait at the barrier that ends it), the first
 step's compilation when ranks compile at different speeds, validation. Raise it for large models on slow
 shared filesystems; lower it to detect failures sooner. NCCL honours it through asynchronous error handling,

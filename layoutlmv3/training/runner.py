@@ -214,7 +214,6 @@ def _check_global_batch(saved: int | None, training: Training, checkpoint: Check
 
 def _describe(config: RunConfig, training: Training, parameters: int, non_embedding: int) -> None:
     """Log the resolved set-up and keep the resolved config beside the metrics (rank 0)."""
-    global_batch = training.global_batch
     logger.info(
         "model %s: %.1fM parameters (%.1fM non-embedding) | %s, ZeRO-%d | micro-batch %d x accumulation %d x %d "
         "ranks = global batch %d | %d steps",
@@ -226,7 +225,7 @@ def _describe(config: RunConfig, training: Training, parameters: int, non_embedd
         training.micro_batch_size,
         training.accumulation_steps,
         training.world_size,
-        global_batch,
+        training.global_batch,
         config.train.steps,
     )
     directory = Path(config.logging.dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,9 @@ from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
 from layoutlmv3.training.checkpointing import (
     COMPLETE_FILE,
     LATEST_FILE,
+    DamagedCheckpoint,
+    UnsafeCheckpoint,
+    check_compatible,
     find_resume_checkpoint,
     read_checkpoint,
     resolve_resume,
@@ -45,6 +49,7 @@ from layoutlmv3.training.runner import run
 from layoutlmv3.training.schedule import learning_rate, warmup_steps
 from layoutlmv3.training.signals import (
     EXIT_BAD_CONFIG,
+    EXIT_CHECKPOINT_NOT_SAVED,
     EXIT_PREEMPTED,
     EXIT_TOO_MANY_BAD_STEPS,
     StopRequest,
@@ -321,6 +326,143 @@ def test_too_many_non_finite_losses_stop_the_run(world: Path, tmp_path: Path) ->
     assert result.returncode == EXIT_TOO_MANY_BAD_STEPS, result.output[-5000:]
     assert "stopping: 3 non-finite losses exceed train.max_bad_steps=2" in result.output
     assert sorted(result.losses()) == [1]
+
+
+# ---------------------------------------------------------------- faults: checkpoints, storage, hangs
+
+
+class _PlantedCode:
+    """Pickles as a call that creates a file: what an attacker would leave in a checkpoint directory."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_refuses_a_checkpoint_with_planted_code(world: Path, zero2_run: Launch, tmp_path: Path) -> None:
+    _copy_checkpoint(zero2_run, STEPS, tmp_path)
+    marker = tmp_path / "code-ran"
+    planted = tmp_path / "checkpoints" / tag_for(STEPS) / "rank_state" / "rank00000.pt"
+    torch.save({"loader": _PlantedCode(marker)}, planted)
+    result = launch(world, tmp_path, "--train.steps", str(STEPS + 2), ranks=1)
+    assert result.returncode == EXIT_BAD_CONFIG, result.output[-5000:]
+    assert f"refusing to load {planted}: its pickle would call posix.system" in result.output
+    assert not marker.exists()
+    assert not result.losses()
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(
+    zero2_run: Launch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shutil.copytree(zero2_run.checkpoints, tmp_path / "checkpoints")
+    truncated = tmp_path / "checkpoints" / tag_for(STEPS) / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    size = truncated.stat().st_size
+    with open(truncated, "r+b") as handle:
+        handle.truncate(size // 2)
+    chosen = resolve_resume("auto", tmp_path / "checkpoints")
+    assert chosen is not None and chosen.step == 10
+    assert str(truncated.name) in caplog.text and "damaged" in caplog.text
+    assert not (tmp_path / "checkpoints" / tag_for(STEPS)).exists()  # renamed aside: a new save cannot mix with it
+    assert (tmp_path / "checkpoints" / f"{tag_for(STEPS)}.damaged").is_dir()
+    # A lost file is named too (sizes recorded at save), and an explicit path is refused rather than replaced.
+    (chosen.path / "rank_state" / "rank00001.pt").unlink()
+    with pytest.raises(DamagedCheckpoint, match="rank00001.pt is missing"):
+        resolve_resume(str(chosen.path), tmp_path / "checkpoints")
+    with pytest.raises(DamagedCheckpoint, match="no checkpoint .* verifies"):
+        resolve_resume("auto", tmp_path / "checkpoints")
+
+
+def test_a_checkpoint_of_another_shape_or_vocabulary_is_refused_before_loading(zero2_run: Launch) -> None:
+    checkpoint = read_checkpoint(zero2_run.checkpoints / tag_for(STEPS))
+    assert checkpoint.model_config is not None and checkpoint.files
+    same = dict(checkpoint.model_config, attn_implementation="eager", hidden_dropout_prob=0.0)
+    check_compatible(checkpoint, same, checkpoint.tokenizer_fingerprint)  # execution settings may change
+    deeper = dict(checkpoint.model_config, num_hidden_layers=checkpoint.model_config["num_hidden_layers"] + 1)
+    with pytest.raises(ValueError, match=r"its model has num_hidden_layers=2 \(this run: 3\)"):
+        check_compatible(checkpoint, deeper, checkpoint.tokenizer_fingerprint)
+    with pytest.raises(ValueError, match="was trained with tokenizer .* data.tokenizer is 0123"):
+        check_compatible(checkpoint, checkpoint.model_config, "0123")
+    with pytest.raises(UnsafeCheckpoint, match="posix.system"):
+        planted = checkpoint.path.parent.parent / "planted"
+        shutil.copytree(checkpoint.path, planted / checkpoint.tag)
+        torch.save(_PlantedCode(planted / "x"), planted / checkpoint.tag / "mp_rank_00_model_states.pt")
+        resolve_resume("auto", planted)
+
+
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint_and_stops(world: Path, tmp_path: Path) -> None:
+    """A 7 MB filesystem holds one tiny-model checkpoint (about 5 MB with one rank), not two."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=7m", "tmpfs", str(small)]).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        overrides = ["--checkpoint.dir", str(small / "checkpoints"), "--checkpoint.every", "5"]
+        result = launch(world, tmp_path, *overrides, "--train.steps", "12", ranks=1)
+        assert result.returncode == EXIT_CHECKPOINT_NOT_SAVED, result.output[-5000:]
+        assert f"checkpoint 10 not saved: disk full at {small / 'checkpoints' / tag_for(10)}" in result.output
+        assert "is not writable" not in result.output
+        assert [c.step for c in [resolve_resume("auto", small / "checkpoints")] if c] == [5]  # verified
+        assert not (small / "checkpoints" / tag_for(10)).exists()
+        assert sorted(result.losses()) == list(range(1, 11))
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_unwritable_checkpoint_dir_is_found_before_training_without_a_launcher(world: Path, tmp_path: Path) -> None:
+    """Plain `python launch/pretrain.py` (no launcher, no mpi4py) runs as one process and checks the directory."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    command = [sys.executable, str(REPO_ROOT / "launch" / "pretrain.py"), "--config", str(world / "run.yaml")]
+    command += ["--checkpoint.dir", str(blocker / "checkpoints"), "--logging.dir", str(tmp_path / "logs")]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_STEP_ID")}
+    result = subprocess.run(command, capture_output=True, text=True, env={**env, "DS_ACCELERATOR": "cpu"}, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == EXIT_BAD_CONFIG, output[-3000:]
+    assert "running as a single process" in output and "mpi4py" not in output
+    assert f"checkpoint.dir {blocker / 'checkpoints'} is not writable" in output
+
+
+def _rank_processes(launcher: int) -> dict[int, psutil.Process]:
+    """The launcher's rank processes by RANK (the launcher's own helpers carry no RANK)."""
+    ranks = {}
+    for child in psutil.Process(launcher).children(recursive=True):
+        try:
+            environ, command = child.environ(), " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "RANK" in environ and "pretrain.py" in command:
+            ranks[int(environ["RANK"])] = child
+    return ranks
+
+
+def test_a_stopped_rank_is_named_and_the_attempt_ends(world: Path, tmp_path: Path) -> None:
+    """SIGSTOP on rank 1: rank 0 names it in a heartbeat line, then gives up at the collective timeout (a crash's
+    exit code, which slurm/pretrain.sbatch requeues)."""
+    overrides = ["--train.collective_timeout_s", "12", "--train.heartbeat_s", "2", "--logging.every", "1"]
+    started = _start(world, tmp_path, *overrides)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    try:
+        while "step 3/20" not in started.output.read_text():
+            assert started.process.poll() is None and time.monotonic() < deadline, started.output.read_text()[-3000:]
+            time.sleep(0.2)
+        ranks = _rank_processes(started.process.pid)
+        ranks[1].suspend()
+        stopped_at = time.monotonic()
+        while "a collective failed" not in started.output.read_text():
+            assert time.monotonic() - stopped_at < 120, started.output.read_text()[-3000:]
+            time.sleep(0.5)
+        ranks[1].kill()
+        result = _finish(started)
+    finally:
+        if started.process.poll() is None:
+            os.killpg(started.process.pid, signal.SIGKILL)
+    assert result.returncode not in (0, EXIT_BAD_CONFIG, EXIT_CHECKPOINT_NOT_SAVED, EXIT_PREEMPTED)
+    assert re.search(
+        r"waited \d+ s at the .* of step \d+ .*: rank\(s\) \[1\] (not responding|have not arrived)", result.output
+    )
+    assert "train.collective_timeout_s=12" in result.output
 
 
 # ---------------------------------------------------------------- the pieces

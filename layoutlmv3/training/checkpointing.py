@@ -4,7 +4,9 @@ Layout of `checkpoint.dir`:
 
     step00001000/                  one DeepSpeed tag: model and optimizer shards, written by DeepSpeed
         rank_state/rank00000.pt    what DeepSpeed keeps only for rank 0: each rank's loader position, RNG states
-        complete                   JSON {"step", "world_size"}: written last, by rank 0, after a barrier
+        complete                   JSON written last, by rank 0, after a barrier: {"step", "world_size", "files"
+                                   (every file's size, checked before resuming), "model_config",
+                                   "tokenizer_fingerprint"}
         universal/                 DeepSpeed universal checkpoint, made on demand to resume on another world size
     latest                         the newest complete tag, in DeepSpeed's format (zero_to_fp32 reads it)
 
@@ -12,6 +14,14 @@ Saving: every rank writes its DeepSpeed shards and rank state -> barrier -> rank
 `latest` atomically (temp file + os.replace) and deletes checkpoints beyond the newest `keep` -> barrier. A crash
 before `complete` leaves a tag that resuming ignores, and `latest` never names a tag without `complete`.
 DeepSpeed's own `latest` update is switched off (save_latest=False): it would move before the other ranks are done.
+A save that fails on any rank (disk full, quota, I/O error) is agreed on by all ranks, its partial tag deleted,
+and `CheckpointNotSaved` raised: the previous complete checkpoint stays the one to resume from.
+
+Resuming verifies before loading (rank 0, the verdict broadcast): every file recorded in `complete` is present
+at its saved size (a truncated copy or a lost file is named), and every `.pt` file's pickle references only
+tensors and a short allow-list of types (`SAFE_GLOBALS`): DeepSpeed loads with `weights_only=False`, which would
+run code planted in a checkpoint directory. `--resume auto` falls back to the newest checkpoint that verifies
+(a damaged one is renamed `TAG.damaged` so a later save cannot mix with its files); an unsafe file is refused.
 
 The global client state (step, samples, the resolved run config, the tokenizer fingerprint) travels inside
 DeepSpeed's checkpoint (`client_state`); per-rank state goes to rank_state/ because ZeRO-1/2 write the client
@@ -20,6 +30,8 @@ state from rank 0 only.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -29,7 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +66,15 @@ def tag_for(step: int) -> str:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A complete checkpoint: its tag directory, the step it holds and the world size that wrote it."""
+    """A complete checkpoint: its tag directory, the step it holds and the world size that wrote it, plus what
+    `complete` records (None in checkpoints written before it did)."""
 
     path: Path
     step: int
     world_size: int
+    files: dict[str, int] | None = field(default=None, compare=False)  # relative path -> size in bytes
+    model_config: dict[str, Any] | None = field(default=None, compare=False)
+    tokenizer_fingerprint: str | None = field(default=None, compare=False)
 
     @property
     def root(self) -> Path:
@@ -76,7 +92,14 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if not marker.is_file():
         raise ValueError(f"{path} is not a complete checkpoint (no {COMPLETE_FILE} marker: a save was interrupted)")
     meta = json.loads(marker.read_text())
-    return Checkpoint(path, int(meta["step"]), int(meta["world_size"]))
+    return Checkpoint(
+        path,
+        int(meta["step"]),
+        int(meta["world_size"]),
+        meta.get("files"),
+        meta.get("model_config"),
+        meta.get("tokenizer_fingerprint"),
+    )
 
 
 def complete_checkpoints(directory: str | Path) -> list[Checkpoint]:
@@ -94,10 +117,12 @@ def find_resume_checkpoint(directory: str | Path) -> Checkpoint | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def resolve_resume(resume: str, directory: str | Path) -> Checkpoint | None:
-    """`auto`: the newest complete checkpoint, if any; `none`: start afresh; else a tag directory's path."""
+def resolve_resume(resume: str, directory: str | Path, allowed_globals: tuple[str, ...] = ()) -> Checkpoint | None:
+    """`auto`: the newest complete checkpoint that verifies, if any; `none`: start afresh; else a tag directory's
+    path (which must verify). Damaged checkpoints met by `auto` are logged, renamed and skipped; a checkpoint
+    holding unsafe pickles is refused (UnsafeCheckpoint) rather than skipped: someone planted or replaced it."""
     if resume == "auto":
-        return find_resume_checkpoint(directory)
+        return _newest_verified(Path(directory), allowed_globals)
     if resume == "none":
         existing = find_resume_checkpoint(directory)
         if existing is not None:
@@ -106,7 +131,127 @@ def resolve_resume(resume: str, directory: str | Path) -> Checkpoint | None:
                 "them and prune them: pass --resume auto, or set checkpoint.dir to a new directory"
             )
         return None
-    return read_checkpoint(resume)
+    checkpoint = read_checkpoint(resume)
+    verify_checkpoint(checkpoint, allowed_globals)
+    return checkpoint
+
+
+def _newest_verified(directory: Path, allowed_globals: tuple[str, ...]) -> Checkpoint | None:
+    checkpoints = complete_checkpoints(directory)
+    damaged = []
+    for checkpoint in reversed(checkpoints):
+        try:
+            verify_checkpoint(checkpoint, allowed_globals)
+        except DamagedCheckpoint as error:
+            damaged.append(str(error))
+            aside = checkpoint.path.with_name(f"{checkpoint.tag}.damaged")
+            shutil.rmtree(aside, ignore_errors=True)
+            checkpoint.path.rename(aside)
+            logger.error("checkpoint %s is damaged, moved to %s and skipped: %s", checkpoint.tag, aside, error)
+            continue
+        if damaged:
+            logger.warning("resuming from %s, the newest checkpoint that verifies", checkpoint.path)
+        return checkpoint
+    if damaged:
+        raise DamagedCheckpoint(f"no checkpoint in {directory} verifies: " + "; ".join(damaged))
+    return None
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint's files are missing, truncated or unreadable."""
+
+
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint file's pickle would call something other than tensor rebuilding and allow-listed types."""
+
+
+# Types DeepSpeed ZeRO and our rank state pickle besides tensors (found with
+# torch.serialization.get_unsafe_globals_in_checkpoint); all are plain data whose reconstruction runs no code.
+SAFE_GLOBALS = frozenset(
+    {
+        "deepspeed.runtime.zero.config.ZeroStageEnum",
+        "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+        "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+        "deepspeed.utils.tensor_fragment.fragment_address",
+        "numpy._core.multiarray._reconstruct",
+        "numpy.core.multiarray._reconstruct",
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.dtypes.UInt32DType",
+    }
+)
+
+
+def verify_checkpoint(checkpoint: Checkpoint, allowed_globals: tuple[str, ...] = ()) -> None:
+    """Raise DamagedCheckpoint for a missing or resized file, UnsafeCheckpoint for a pickle that would run code.
+
+    The pickle scan (first, so a planted file is refused rather than skipped as damaged) reads only each file's
+    pickle, not its tensor data; sizes then catch truncation and lost files. `allowed_globals` extends
+    SAFE_GLOBALS (checkpoint.allowed_globals, for types of a newer DeepSpeed).
+    """
+    allowed = SAFE_GLOBALS | set(allowed_globals)
+    for path in sorted(checkpoint.path.rglob("*.pt")):
+        if UNIVERSAL_DIR in path.relative_to(checkpoint.path).parts:
+            continue  # made here from verified files
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception as error:
+            raise DamagedCheckpoint(f"{path} is not a readable torch checkpoint: {_one_line(error)}") from None
+        unsafe = sorted(set(found) - allowed)
+        if unsafe:
+            raise UnsafeCheckpoint(
+                f"refusing to load {path}: its pickle would call {', '.join(unsafe)}, which a checkpoint of this "
+                "trainer never holds (was the file replaced?). If these are plain-data types of a newer DeepSpeed, "
+                "list them in checkpoint.allowed_globals"
+            )
+    for name, size in (checkpoint.files or {}).items():
+        path = checkpoint.path / name
+        if not path.is_file():
+            raise DamagedCheckpoint(f"{path} is missing (saved with {size} bytes)")
+        actual = path.stat().st_size
+        if actual != size:
+            raise DamagedCheckpoint(f"{path} is {actual} bytes, {size} when saved (truncated or replaced)")
+
+
+def check_compatible(checkpoint: Checkpoint, model_config: dict[str, Any], tokenizer_fingerprint: str) -> None:
+    """Refuse, before anything is loaded, a checkpoint of another model shape or vocabulary, naming what differs
+    (instead of DeepSpeed's hundred lines of size mismatches). Execution settings (dropout, attention
+    implementation, recomputation, initialisation) may change on resume."""
+    saved = checkpoint.tokenizer_fingerprint
+    if saved is not None and saved != tokenizer_fingerprint:
+        raise ValueError(
+            f"{checkpoint.path} was trained with tokenizer {saved}, data.tokenizer is {tokenizer_fingerprint}: "
+            "token ids would change meaning; point data.tokenizer at the original vocabulary"
+        )
+    if checkpoint.model_config is None:
+        return
+    differences = [
+        f"{name}={checkpoint.model_config.get(name)!r} (this run: {value!r})"
+        for name, value in json.loads(json.dumps(model_config)).items()
+        if name not in RESUMABLE_MODEL_CHANGES and checkpoint.model_config.get(name) != value
+    ]
+    if differences:
+        raise ValueError(
+            f"cannot resume {checkpoint.path}: its model has {'; '.join(differences)}. Use the run's original "
+            "model.flavor / model.overrides / model.init_from, or start a new checkpoint.dir"
+        )
+
+
+# Model config fields that do not change the saved tensors: they may differ between a checkpoint and its resume.
+RESUMABLE_MODEL_CHANGES = frozenset(
+    {
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "classifier_dropout",
+        "initializer_range",
+        "attn_implementation",
+        "gradient_checkpointing",
+    }
+)
+
+
+class CheckpointNotSaved(RuntimeError):
+    """A save failed on some rank; the partial tag is gone and the previous complete checkpoint is intact."""
 
 
 def save_checkpoint(
@@ -116,22 +261,108 @@ def save_checkpoint(
     client_state: dict[str, Any],
     rank_state: dict[str, Any],
     keep: int,
+    record: dict[str, Any] | None = None,
 ) -> Path:
-    """Collective: every rank calls it. Returns the tag directory once the checkpoint is complete."""
+    """Collective: every rank calls it. Returns the tag directory once the checkpoint is complete.
+
+    `record`: more facts for `complete` (model_config, tokenizer_fingerprint). Raises CheckpointNotSaved on every
+    rank when any rank failed to write (DeepSpeed's save ends in a barrier: a rank whose write raised joins it,
+    so the others are not left waiting for the collective timeout).
+    """
     directory = Path(directory)
     tag = tag_for(step)
     path = directory / tag
-    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
-    (path / RANK_STATE_DIR).mkdir(parents=True, exist_ok=True)
-    torch.save(rank_state, _rank_state_file(path, engine.global_rank))
-    dist.barrier()  # every rank's files are written
+    if engine.global_rank == 0 and path.exists():
+        shutil.rmtree(path)  # leftovers of a crashed or damaged save of this step: never mix files of two saves
+    failure = ""
+    try:
+        engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+    except Exception as error:  # torch.save reports a full disk as RuntimeError, open() as OSError
+        failure = _describe_write_failure(error, path)
+        dist.barrier()  # the barrier that ends DeepSpeed's save, which the healthy ranks are waiting in
+    if not failure:
+        try:
+            (path / RANK_STATE_DIR).mkdir(parents=True, exist_ok=True)
+            torch.save(rank_state, _rank_state_file(path, engine.global_rank))
+        except Exception as error:
+            failure = _describe_write_failure(error, path)
+    failed = torch.tensor([float(bool(failure))])
+    dist.all_reduce(failed)  # every rank's files are written, or some rank failed
+    if failed.item():
+        if failure:
+            logger.error("rank %d: %s", engine.global_rank, failure)
+        if engine.global_rank == 0:
+            shutil.rmtree(path, ignore_errors=True)
+        dist.barrier()
+        previous = find_resume_checkpoint(directory)
+        raise CheckpointNotSaved(
+            f"checkpoint {step} not saved: {failure or 'another rank could not write it'}; the previous complete "
+            f"checkpoint ({previous.path if previous else 'none'}) is kept"
+        )
     if engine.global_rank == 0:
-        _write_atomically(path / COMPLETE_FILE, json.dumps({"step": step, "world_size": dist.get_world_size()}))
+        meta = {"step": step, "world_size": dist.get_world_size(), "files": _file_sizes(path), **(record or {})}
+        _write_atomically(path / COMPLETE_FILE, json.dumps(meta))
         _write_atomically(directory / LATEST_FILE, tag)
         _prune(directory, keep)
         logger.info("checkpoint %s complete", path)
     dist.barrier()  # nobody leaves (or exits) before the checkpoint is marked complete
     return path
+
+
+def check_writable(directory: str | Path, rank: int) -> None:
+    """Create `directory` and write a probe file in it: an unwritable checkpoint directory is found before the
+    first step, not at the first save (ValueError)."""
+    directory = Path(directory)
+    probe = directory / f".write_probe.rank{rank:05d}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"checkpoint.dir {directory} is not writable: {error.strerror or error}") from None
+
+
+def warn_if_short_of_space(directory: str | Path, parameters: int, keep: int) -> None:
+    """Warn when the free space at `directory` is below what `keep` + 1 checkpoints need (about 16 bytes per
+    parameter: weights, fp32 master copy and Adam's two moments)."""
+    needed = (keep + 1) * parameters * CHECKPOINT_BYTES_PER_PARAMETER
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        logger.warning(
+            "checkpoint.dir %s has %.2f GB free; %d checkpoints of %.1fM parameters need about %.2f GB "
+            "(checkpoint.keep=%d plus the one being written): saves may fail with a full disk",
+            directory,
+            free / 1e9,
+            keep + 1,
+            parameters / 1e6,
+            needed / 1e9,
+            keep,
+        )
+
+
+CHECKPOINT_BYTES_PER_PARAMETER = 16
+
+
+def _describe_write_failure(error: Exception, path: Path) -> str:
+    text = _one_line(error)
+    full = getattr(error, "errno", None) == errno.ENOSPC or "No space left" in text
+    with contextlib.suppress(OSError):
+        full = full or shutil.disk_usage(path.parent).free < 1 << 20
+    reason = "disk full" if full else f"{type(error).__name__}: {text}"
+    return f"{reason} at {path}"
+
+
+def _file_sizes(path: Path) -> dict[str, int]:
+    """Every file of a tag directory (but `complete`) with its size, by path relative to the tag."""
+    return {
+        file.relative_to(path).as_posix(): file.stat().st_size
+        for file in sorted(path.rglob("*"))
+        if file.is_file() and file.name != COMPLETE_FILE
+    }
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:400]
 
 
 def load_checkpoint(engine: deepspeed.DeepSpeedEngine, checkpoint: Checkpoint, universal: bool) -> dict[str, Any]:
@@ -150,7 +381,8 @@ def load_checkpoint(engine: deepspeed.DeepSpeedEngine, checkpoint: Checkpoint, u
 
 
 def load_rank_state(checkpoint: Checkpoint, rank: int) -> dict[str, Any]:
-    """A rank's loader position and RNG states as saved (our own file, hence weights_only=False)."""
+    """A rank's loader position and RNG states as saved (verified by `verify_checkpoint`: NumPy's RNG state
+    needs weights_only=False)."""
     return torch.load(_rank_state_file(checkpoint.path, rank), map_location="cpu", weights_only=False)
 
 

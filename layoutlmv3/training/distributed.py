@@ -55,11 +55,31 @@ def init_distributed(collective_timeout_s: float) -> dict[str, str]:
     (`slurm_env.rendezvous_from_slurm`); under torchrun or DeepSpeed's local launcher they are already set.
     """
     from_slurm = rendezvous_from_slurm()
+    if not from_slurm:
+        run_alone_without_launcher()
     timeout = timedelta(seconds=collective_timeout_s)
     set_default_group_timeout(timeout)
     deepspeed.init_distributed(timeout=timeout)
     release_cpu_allreduce_buffer_names()
     return from_slurm
+
+
+MPI_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
+
+
+def run_alone_without_launcher(environ: dict[str, str] | None = None) -> bool:
+    """`python launch/pretrain.py` with no launcher: one process on a free loopback port, rather than
+    DeepSpeed's MPI discovery failing on a missing mpi4py. Returns whether it set anything."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env or any(name in env for name in MPI_RANK_VARIABLES):
+        return False
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    values = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    env.update({**values, "MASTER_PORT": env.get("MASTER_PORT", str(port))})
+    logger.warning("no launcher (RANK unset, not an srun task): running as a single process")
+    return True
 
 
 def set_default_group_timeout(timeout: timedelta) -> None:

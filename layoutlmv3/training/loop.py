@@ -33,12 +33,13 @@ from layoutlmv3.data import ShardLoader
 from layoutlmv3.pretraining.model import PretrainingOutput
 from layoutlmv3.pretraining.step import batch_to_device, pretraining_forward
 
-from .checkpointing import rng_state, save_checkpoint
+from .checkpointing import CheckpointNotSaved, rng_state, save_checkpoint
 from .engine import Training
+from .heartbeat import Heartbeat
 from .metrics import MetricsLogger, estimate_mfu, model_flops_per_sample
 from .run_config import RunConfig
 from .schedule import learning_rate
-from .signals import EXIT_OK, EXIT_PREEMPTED, EXIT_TOO_MANY_BAD_STEPS, StopRequest
+from .signals import EXIT_CHECKPOINT_NOT_SAVED, EXIT_OK, EXIT_PREEMPTED, EXIT_TOO_MANY_BAD_STEPS, StopRequest
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,16 @@ class Run:
 
 def train(run: Run, stop: StopRequest, metrics: MetricsLogger) -> int:
     """Train from `run.state` to train.steps (or train.stop_at_step); returns the process exit code."""
+    try:
+        with Heartbeat(run.config.train.heartbeat_s, run.config.train.collective_timeout_s) as heartbeat:
+            return _train(run, stop, metrics, heartbeat)
+    except CheckpointNotSaved as error:
+        if run.training.rank == 0:
+            logger.error("%s. Stopping: free space (or fix the storage), then resume with --resume auto", error)
+        return EXIT_CHECKPOINT_NOT_SAVED
+
+
+def _train(run: Run, stop: StopRequest, metrics: MetricsLogger, heartbeat: Heartbeat) -> int:
     settings, state = run.config.train, run.state
     last_step = settings.stop_at_step or settings.steps
     if state.step >= last_step:
@@ -101,25 +112,29 @@ def train(run: Run, stop: StopRequest, metrics: MetricsLogger) -> int:
         lr = learning_rate(state.step + 1, settings.steps, settings.lr, settings.warmup_ratio, settings.min_lr_ratio)
         run.training.set_learning_rate(lr)
         try:
-            totals, stop_requested = _optimizer_step(run, batches, stop)
+            totals, stop_requested = _optimizer_step(run, batches, stop, heartbeat)
         except _TooManyBadSteps:
             return EXIT_TOO_MANY_BAD_STEPS
         state.step += 1
         metrics.log_step(state.step, _step_values(run, totals, lr, time.perf_counter() - started))
         if run.val_loader is not None and _due(state.step, run.config.logging.val_every):
+            heartbeat.arrive(f"the validation after step {state.step}")
             values = validate(run)
             if values:
                 metrics.log_validation(state.step, values)
         if stop_requested:
             if run.training.rank == 0:
                 logger.warning("stop requested by a signal: saving a checkpoint at step %d and exiting", state.step)
+            heartbeat.arrive(f"the checkpoint of step {state.step}")
             save(run)
             return EXIT_PREEMPTED
         if _due(state.step, run.config.checkpoint.every):
+            heartbeat.arrive(f"the checkpoint of step {state.step}")
             save(run)
             saved_step = state.step
         started = time.perf_counter()  # validation and checkpoints are not part of the next step's throughput
     if saved_step != state.step:
+        heartbeat.arrive(f"the checkpoint of step {state.step}")
         save(run)
     return EXIT_OK
 
@@ -128,7 +143,9 @@ class _TooManyBadSteps(Exception):
     pass
 
 
-def _optimizer_step(run: Run, batches: Iterator[dict], stop: StopRequest) -> tuple[torch.Tensor, bool]:
+def _optimizer_step(
+    run: Run, batches: Iterator[dict], stop: StopRequest, heartbeat: Heartbeat
+) -> tuple[torch.Tensor, bool]:
     """`accumulation_steps` good micro-batches through the engine, non-finite ones skipped on every rank.
 
     Returns the all-reduced figures summed over the good micro-batches, and whether any rank was asked to stop.
@@ -144,6 +161,8 @@ def _optimizer_step(run: Run, batches: Iterator[dict], stop: StopRequest) -> tup
         loss = output.loss
         if training.rank == 0 and state.batches in settings.debug_nan_batches:
             loss = loss * float("nan")
+        point = f"step {state.step + 1} (micro-batch {state.batches})"
+        heartbeat.arrive(f"the loss all-reduce of {point}")
         reduced = _reduce_micro_batch(run, batch, loss, output, stop.requested)
         state.samples += int(reduced[SAMPLES])
         stop_requested |= bool(reduced[STOP] > 0)
@@ -153,6 +172,7 @@ def _optimizer_step(run: Run, batches: Iterator[dict], stop: StopRequest) -> tup
             if state.bad_steps > settings.max_bad_steps:
                 raise _TooManyBadSteps
             continue
+        heartbeat.arrive(f"the backward of {point}")
         training.engine.backward(loss)
         training.engine.step()
         totals += reduced
@@ -204,7 +224,13 @@ def save(run: Run) -> None:
     """A complete checkpoint of the current step (collective)."""
     rank_state = {"loader": run.loader.state_dict(), "rng": rng_state()}
     section = run.config.checkpoint
-    save_checkpoint(run.training.engine, section.dir, run.state.step, run.client_state(), rank_state, section.keep)
+    record = {
+        "model_config": run.training.engine.module.config.to_dict(),
+        "tokenizer_fingerprint": run.tokenizer_fingerprint,
+    }
+    save_checkpoint(
+        run.training.engine, section.dir, run.state.step, run.client_state(), rank_state, section.keep, record
+    )
 
 
 def _log_bad_step(rank: int, state: TrainState, ranks: int, limit: int) -> None:

@@ -110,6 +110,9 @@ class TrainSection:
     # exits, so a dead node ends the attempt (requeued) instead of idling the job for torch's 30 minutes. Every
     # healthy wait must fit too: checkpoint saves, validation (trade-off in layoutlmv3/training/distributed.py).
     collective_timeout_s: float = 300.0
+    # A rank kept waiting in one step longer than this logs which ranks have not reached it, every heartbeat_s
+    # (layoutlmv3/training/heartbeat.py); 0: off. Below collective_timeout_s, or the attempt ends first.
+    heartbeat_s: float = 60.0
     # Keep the global batch (micro-batch x accumulation x ranks) at this size on any number of ranks: the
     # gradient accumulation becomes global_batch_size / (micro-batch x ranks), which must divide exactly. null:
     # the DeepSpeed JSON's accumulation, so a run resumed on fewer or more ranks changes its global batch (and
@@ -133,6 +136,7 @@ class TrainSection:
         _require(
             self.collective_timeout_s > 0, f"train.collective_timeout_s must be > 0, got {self.collective_timeout_s}"
         )
+        _require(self.heartbeat_s >= 0, f"train.heartbeat_s must be >= 0, got {self.heartbeat_s}")
         _require(
             self.global_batch_size is None or self.global_batch_size >= 1,
             f"train.global_batch_size must be >= 1 or null, got {self.global_batch_size}",
@@ -166,6 +170,9 @@ class CheckpointSection:
     dir: str = "checkpoints/pretrain"
     every: int = 1000  # also at the end, on stop_at_step and on preemption; 0: only then
     keep: int = 3  # complete checkpoints kept; older ones are deleted once a newer one is complete
+    # Extra dotted type names a checkpoint's pickles may reference when resuming (beyond checkpointing's
+    # SAFE_GLOBALS): only for plain-data types of a newer DeepSpeed; a resume refuses anything else.
+    allowed_globals: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _require(bool(self.dir), "checkpoint.dir must not be empty")
@@ -275,6 +282,10 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             except ValueError:
                 continue
         raise ValueError(f"{path}: {value!r} is not any of {options}")
+    if origin is tuple and typing.get_args(hint)[1:] == (Ellipsis,):
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{path}: expected a list, got {value!r}")
+        return tuple(_coerce(typing.get_args(hint)[0], v, f"{path}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         items = typing.get_args(hint)
         if not isinstance(value, list | tuple) or len(value) != len(items):

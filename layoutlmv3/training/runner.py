@@ -24,11 +24,14 @@ from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 from .checkpointing import (
     Checkpoint,
+    check_compatible,
+    check_writable,
     load_checkpoint,
     load_rank_state,
     prepare_universal,
     resolve_resume,
     set_rng_state,
+    warn_if_short_of_space,
 )
 from .distributed import describe_placement, init_distributed, placement_logger
 from .ds_config import load_ds_config, with_global_batch
@@ -67,6 +70,7 @@ def run(config_path: str | Path, overrides: list[str] | None = None, resume: str
         assembled = _assemble(config, ds_values, resume)
     except (OSError, ValueError) as error:
         logger.error("%s", error)
+        dist.destroy_process_group()  # exiting with a live group aborts the interpreter ("terminate called ...")
         return EXIT_BAD_CONFIG
     logging_section = config.logging
     with (
@@ -113,14 +117,19 @@ def _assemble(config: RunConfig, ds_values: dict, resume: str) -> Run:
         check_shards_tokenizer(config.data.val_shards, tokenizer)
     image_tokenizer = ImageTokenizer.from_pretrained(config.objectives.image_tokenizer)
     ds_values = with_global_batch(ds_values, config.train.global_batch_size, world_size)
-    checkpoint = resolve_resume(resume, config.checkpoint.dir)
-    universal = checkpoint is not None and checkpoint.world_size != world_size
-    if universal:
-        prepare_universal(checkpoint, rank)
+    check_writable(config.checkpoint.dir, rank)
+    checkpoint = _choose_checkpoint(resume, config)
 
     torch.manual_seed(config.train.seed)  # the same initial weights on every rank
     model = build_model(config, tokenizer.vocab_size, image_tokenizer.codebook_size)
     parameters, non_embedding = model.num_parameters(), non_embedding_parameters(model)  # before ZeRO-3 partitions
+    if checkpoint is not None:
+        check_compatible(checkpoint, model.config.to_dict(), tokenizer.fingerprint)
+    universal = checkpoint is not None and checkpoint.world_size != world_size
+    if universal:
+        prepare_universal(checkpoint, rank)
+    if rank == 0:
+        warn_if_short_of_space(config.checkpoint.dir, parameters, config.checkpoint.keep)
     training = initialize(model, config.train, ds_values, load_universal=universal)
     image_tokenizer.to(training.device).eval().requires_grad_(False)
     loader, val_loader = build_loaders(
@@ -149,6 +158,21 @@ def _assemble(config: RunConfig, ds_values: dict, resume: str) -> Run:
         non_embedding_params=non_embedding,
         peak_tflops=device_peak_tflops(training.precision, config.logging.peak_tflops),
     )
+
+
+def _choose_checkpoint(resume: str, config: RunConfig) -> Checkpoint | None:
+    """The checkpoint to resume from, chosen and verified by rank 0 (verification reads every file's pickle:
+    once, not once per rank); the other ranks receive the verdict, an error included."""
+    outcome: list[Checkpoint | Exception | None] = [None]
+    if dist.get_rank() == 0:
+        try:
+            outcome[0] = resolve_resume(resume, config.checkpoint.dir, tuple(config.checkpoint.allowed_globals))
+        except (OSError, ValueError) as error:
+            outcome[0] = ValueError(str(error))
+    dist.broadcast_object_list(outcome, src=0)
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
 
 
 def _resume(

@@ -19,6 +19,7 @@ from types import FrameType
 EXIT_OK = 0
 EXIT_BAD_CONFIG = 2  # the run config, DeepSpeed JSON or inputs are unusable (reported before training starts)
 EXIT_TOO_MANY_BAD_STEPS = 3  # NaN/inf losses beyond train.max_bad_steps: requeueing would not help
+EXIT_CHECKPOINT_NOT_SAVED = 4  # a checkpoint could not be written (disk full, quota): fix storage, then resume
 EXIT_PREEMPTED = 42  # stopped on a signal after a complete checkpoint: requeue and resume
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)

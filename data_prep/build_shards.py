@@ -8,6 +8,7 @@ and finally the manifest (manifest.py). Pages that cannot become samples are lis
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -24,14 +25,16 @@ from tqdm import tqdm
 from layoutlmv3.data.sample_format import MANIFEST_FORMAT_VERSION
 from layoutlmv3.tokenizer import CONFIG_FILE, MERGES_FILE, VOCAB_FILE, LayoutLMv3Tokenizer
 
-from .chunks import ChunkBuilder, ShardLimits, chunk_digest, key_collisions, plan_chunks, task_chunks
-from .manifest import make_manifest, output_names, write_outputs
+from .chunk_lock import chunk_locks
+from .chunks import ChunkBuilder, ShardLimits, chunk_digest, key_collisions, lock_path, plan_chunks, task_chunks
+from .manifest import MergeError, check_shards, make_manifest, output_names, write_outputs
 from .ocr import OCR_KINDS, make_ocr
 from .pdf import DEFAULT_PDF_DPI
 from .process import WorkerSetup, WorkItem, init_worker, make_processor, process_in_worker
 from .progress import ProgressMismatch
 from .rejects import Reject
 from .samples import Sample
+from .shard_writer import ShardSizeMismatch
 
 TOKENIZER_ENV = "LAYOUTLMV3_TOKENIZER"
 DEFAULT_MAX_SAMPLES = 5000
@@ -96,15 +99,17 @@ def build(config: BuildConfig) -> dict:
     chunks = plan_chunks(sources, config.files_per_chunk, config.seed)
     settings = _settings(config, tokenizer.fingerprint)
     limits = ShardLimits(config.max_samples_per_shard, config.max_shard_bytes)
-    builders = [
-        ChunkBuilder(config.out, config.prefix, chunk, limits, chunk_digest(settings, chunk))
-        for chunk in task_chunks(chunks, config.task_index, config.num_tasks)
-    ]
-    _write_pending(config, [builder for builder in builders if not builder.done], key_collisions(sources))
-    shards = [shard for builder in builders for shard in builder.progress.shards]
-    rejects = [reject for builder in builders for reject in builder.progress.rejects]
-    manifest = make_manifest(tokenizer.fingerprint, config.seed, shards, rejects)
-    write_outputs(config.out, output_names(config.task_index, config.num_tasks), manifest, rejects)
+    mine = task_chunks(chunks, config.task_index, config.num_tasks)
+    with chunk_locks([lock_path(config.out, config.prefix, chunk.index) for chunk in mine]):
+        builders = [
+            ChunkBuilder(config.out, config.prefix, chunk, limits, chunk_digest(settings, chunk)) for chunk in mine
+        ]
+        _write_pending(config, [builder for builder in builders if not builder.done], key_collisions(sources))
+        shards = [shard for builder in builders for shard in builder.progress.shards]
+        rejects = [reject for builder in builders for reject in builder.progress.rejects]
+        check_shards(config.out, shards)  # the manifest never lists a shard that does not match its record
+        manifest = make_manifest(tokenizer.fingerprint, config.seed, shards, rejects)
+        write_outputs(config.out, output_names(config.task_index, config.num_tasks), manifest, rejects)
     return manifest
 
 
@@ -349,9 +354,10 @@ def parse_config(argv: Sequence[str] | None = None) -> BuildConfig:
 
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         manifest = build(config)
-    except ProgressMismatch as error:
+    except (ProgressMismatch, MergeError, ShardSizeMismatch) as error:
         sys.exit(f"error: {error}")
     rejects = sum(manifest["rejects"].values())
     names = output_names(config.task_index, config.num_tasks)

@@ -26,7 +26,7 @@ from layoutlmv3.data.sample_format import SHARD_PATTERN, sample_key
 from .progress import PROGRESS_DIR, ChunkProgress, load_progress, save_progress
 from .rejects import SAMPLE_TOO_LARGE, Reject
 from .samples import Sample
-from .shard_writer import ShardWriter, encode_members, finished_size, temporary_path
+from .shard_writer import ShardWriter, encode_members, finished_size, temporaries_of
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,15 @@ def chunk_prefix(prefix: str, chunk: int) -> str:
     return f"{prefix}-{chunk:06d}"
 
 
+def progress_path(out: Path, prefix: str, chunk: int) -> Path:
+    return out / PROGRESS_DIR / f"{chunk_prefix(prefix, chunk)}.json"
+
+
+def lock_path(out: Path, prefix: str, chunk: int) -> Path:
+    """The chunk's lock file (chunk_lock.py), beside its progress record."""
+    return progress_path(out, prefix, chunk).with_suffix(".lock")
+
+
 class ChunkBuilder:
     """Writes one chunk's page outcomes, in order, into size-bounded shards, saving progress after each shard."""
 
@@ -95,7 +104,7 @@ class ChunkBuilder:
         self.chunk = chunk
         self.limits = limits
         self.name = chunk_prefix(prefix, chunk.index)
-        self.progress_path = out / PROGRESS_DIR / f"{self.name}.json"
+        self.progress_path = progress_path(out, prefix, chunk.index)
         self.progress = load_progress(self.progress_path, digest)
         if self.progress.done and not self._shards_intact():
             self.progress = ChunkProgress(digest)  # a listed shard vanished or changed: rebuild the chunk
@@ -163,9 +172,10 @@ class ChunkBuilder:
         Parts are written one after another, so the leftovers are the parts from the first unlisted one on.
         """
         part = len(self.progress.shards)
-        while (path := self._part_path(part)).exists() or temporary_path(path).exists():
+        while (path := self._part_path(part)).exists() or temporaries_of(path):
             path.unlink(missing_ok=True)
-            temporary_path(path).unlink(missing_ok=True)
+            for temporary in temporaries_of(path):
+                temporary.unlink(missing_ok=True)
             part += 1
 
     def _part_path(self, part: int) -> Path:

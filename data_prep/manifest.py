@@ -78,7 +78,7 @@ def merge_task_manifests(out: Path) -> dict:
         if len(values) > 1:
             raise MergeError(f"task manifests disagree on {key!r}: {sorted(values)}")
     shards = [ShardRecord.from_json(shard) for manifest in manifests for shard in manifest["shards"]]
-    _check_shards(out, shards)
+    check_shards(out, shards)
     num_tasks = len(tasks)
     rejects = [
         Reject.from_json(json.loads(line))
@@ -107,8 +107,9 @@ def _task_manifest_paths(out: Path) -> list[Path]:
     return [by_task[task] for task in range(num_tasks)]
 
 
-def _check_shards(out: Path, shards: Sequence[ShardRecord]) -> None:
+def check_shards(out: Path, shards: Sequence[ShardRecord]) -> None:
+    """Refuse (MergeError) shards whose file is missing or not the size recorded for it."""
     for shard in shards:
         path = out / shard.name
         if not path.is_file() or path.stat().st_size != shard.bytes:
-            raise MergeError(f"shard {path} is missing or not {shard.bytes} bytes as its task manifest says")
+            raise MergeError(f"shard {path} is missing or not the {shard.bytes} bytes its record says")

@@ -2,7 +2,7 @@
 
 Members are written as ``{key}.{file}`` with constant metadata (mtime 0, uid/gid 0, no user/group names, mode
 0444; PAX headers only where a name needs them), so equal samples give byte-identical shards. The tar is built
-in a hidden temporary file beside the shard (``.NAME.tar.tmp``, which no ``*.tar`` glob or manifest names) and
+in a hidden temporary file beside the shard (``.NAME.tar.HOST.PID.tmp``, which no ``*.tar`` glob or manifest names) and
 renamed into place only once complete and synced, so a killed run never leaves a partial shard under a
 shard's name. Every member's size is known before it is written, which lets the caller keep a shard under a
 byte limit exactly.
@@ -10,7 +10,9 @@ byte limit exactly.
 
 from __future__ import annotations
 
+import glob
 import os
+import socket
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +41,18 @@ class ShardRecord:
 
 
 def temporary_path(path: Path) -> Path:
-    """Where ``path`` is written before it is complete."""
-    return path.with_name(f".{path.name}.tmp")
+    """Where ``path`` is written before it is complete: hidden, and unique to this host and process, so two
+    writers of one name (which the chunk locks prevent, and which would be a bug) can never share a temporary."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def temporaries_of(path: Path) -> list[Path]:
+    """Temporary files of ``path`` left by any process (e.g. one that was killed)."""
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
+class ShardSizeMismatch(RuntimeError):
+    """A shard's file is not the size its record says: it is never renamed into place or listed."""
 
 
 def encode_members(key: str, files: dict[str, bytes]) -> bytes:
@@ -90,7 +102,11 @@ class ShardWriter:
         self._file.write(bytes(size - self._member_bytes))
         self._file.flush()
         os.fsync(self._file.fileno())
+        written = os.fstat(self._file.fileno()).st_size
         self._file.close()
+        if written != size:
+            temporary_path(self.path).unlink(missing_ok=True)
+            raise ShardSizeMismatch(f"{self.path}: wrote {written} bytes, expected {size}; not published")
         os.replace(temporary_path(self.path), self.path)
         _sync_directory(self.path.parent)
         return ShardRecord(self.path.name, self.samples, size)

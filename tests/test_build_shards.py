@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -110,7 +111,10 @@ def read_rejects(out: Path) -> list[dict]:
 
 
 def output_files(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    """Every output file but the chunk locks (which name their last holder)."""
+    return {
+        str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.suffix != ".lock"
+    }
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
@@ -429,7 +433,7 @@ def test_resume_after_a_kill_between_shards(corpus_dir, tokenizer_dir, tmp_path,
         build(config(corpus_dir, out, tokenizer_dir, max_samples_per_shard=2))
     assert not (out / MANIFEST_FILE).exists() and len(list(out.glob("*.tar"))) == 3
     # What a SIGKILL would also leave: the temporary of the shard being written.
-    (out / f".{chunks.chunk_prefix('shard', 1)}-000000.tar.tmp").write_bytes(b"partial")
+    (out / f".{chunks.chunk_prefix('shard', 1)}-000000.tar.otherhost.4242.tmp").write_bytes(b"partial")
     monkeypatch.setattr(ShardWriter, "commit", commit)
     resumed = count_processed_files(monkeypatch)
     build(config(corpus_dir, out, tokenizer_dir, max_samples_per_shard=2))
@@ -500,6 +504,30 @@ def test_resume_after_sigkill_of_the_cli(corpus_dir, tokenizer_dir, tmp_path) ->
     _assert_resumed_equals(out, reference)
 
 
+def test_two_runs_on_one_output_never_publish_a_partial_shard(corpus_dir, tokenizer_dir, tmp_path) -> None:
+    """A requeued task whose first attempt still runs: the second waits for the first's chunk locks; the first is
+    then cancelled (SIGKILL) mid-chunk, and the second finishes the job exactly as one clean run would."""
+    reference = _clean_reference(corpus_dir, tokenizer_dir, tmp_path / "reference")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "data_prep.build_shards", "--input", str(corpus_dir), "--out", str(out)]
+    command += ["--ocr", "funsd", "--tokenizer", str(tokenizer_dir), "--workers", "1", "--quiet"]
+    command += ["--max-samples-per-shard", "2", "--files-per-chunk", "6"]
+    first = subprocess.Popen(command, cwd=REPO_ROOT)
+    deadline = time.monotonic() + 60
+    while not list((out / "progress").glob("*.lock")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    first.send_signal(signal.SIGSTOP)  # a slow first attempt, holding its chunks
+    second = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    waiting = second.stderr.readline()
+    first.send_signal(signal.SIGKILL)  # then cancelled
+    first.wait()
+    _, errors = second.communicate(timeout=120)
+    assert second.returncode == 0, errors
+    assert f"is being written by host {socket.gethostname()} pid {first.pid}: waiting" in waiting
+    _assert_resumed_equals(out, reference)
+    assert not list(out.glob(".*.tmp"))
+
+
 def test_changed_settings_are_refused_on_resume(corpus_dir, tokenizer_dir, tmp_path, capsys) -> None:
     build(config(corpus_dir, tmp_path, tokenizer_dir))
     argv = ["--input", str(corpus_dir), "--out", str(tmp_path), "--ocr", "funsd", "--tokenizer", str(tokenizer_dir)]
@@ -545,7 +573,7 @@ def test_shard_writer_predicts_its_size_and_writes_a_standard_tar(tmp_path) -> N
         expected = writer.size_with(encode_members(key, files))
         writer.add(encode_members(key, files))
         assert writer.size == expected
-    assert list(tmp_path.iterdir()) == [tmp_path / ".x-000000.tar.tmp"]
+    assert list(tmp_path.iterdir()) == [tmp_path / f".x-000000.tar.{socket.gethostname()}.{os.getpid()}.tmp"]
     record = writer.commit()
     assert list(tmp_path.iterdir()) == [tmp_path / "x-000000.tar"]
     assert record.bytes == (tmp_path / "x-000000.tar").stat().st_size and record.samples == 2

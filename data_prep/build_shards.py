@@ -14,7 +14,7 @@ import multiprocessing.pool
 import os
 import shutil
 import sys
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,12 +29,15 @@ from .chunk_lock import chunk_locks
 from .chunks import ChunkBuilder, ShardLimits, chunk_digest, key_collisions, lock_path, plan_chunks, task_chunks
 from .manifest import MergeError, check_shards, make_manifest, output_names, write_outputs
 from .ocr import OCR_KINDS, make_ocr
+from .pages import IMAGE_SUFFIXES, scan_inputs
 from .pdf import DEFAULT_PDF_DPI
 from .process import WorkerSetup, WorkItem, init_worker, make_processor, process_in_worker
 from .progress import ProgressMismatch
 from .rejects import Reject
 from .samples import Sample
 from .shard_writer import ShardSizeMismatch
+
+logger = logging.getLogger(__name__)
 
 TOKENIZER_ENV = "LAYOUTLMV3_TOKENIZER"
 DEFAULT_MAX_SAMPLES = 5000
@@ -95,7 +98,14 @@ def build(config: BuildConfig) -> dict:
     """Build (or resume) this task's shards and write its manifest; returns the manifest."""
     tokenizer = LayoutLMv3Tokenizer.from_pretrained(config.tokenizer_dir)
     config.out.mkdir(parents=True, exist_ok=True)
-    sources = make_ocr(config.ocr, config.ocr_timeout).inputs(config.input)
+    pages, skipped = scan_inputs(config.input)
+    sources = make_ocr(config.ocr, config.ocr_timeout).inputs(pages)
+    _report_skipped(config, skipped, len(pages) - len(sources))
+    if not sources:
+        raise NoInput(
+            f"no page files for --ocr {config.ocr} under {config.input} (read: "
+            f"{' '.join(sorted(IMAGE_SUFFIXES))}{'; FUNSD pages sit in images/' if config.ocr == 'funsd' else ''})"
+        )
     chunks = plan_chunks(sources, config.files_per_chunk, config.seed)
     settings = _settings(config, tokenizer.fingerprint)
     limits = ShardLimits(config.max_samples_per_shard, config.max_shard_bytes)
@@ -111,6 +121,27 @@ def build(config: BuildConfig) -> dict:
         manifest = make_manifest(tokenizer.fingerprint, config.seed, shards, rejects)
         write_outputs(config.out, output_names(config.task_index, config.num_tasks), manifest, rejects)
     return manifest
+
+
+class NoInput(RuntimeError):
+    """The input directory holds nothing this build can read."""
+
+
+def _report_skipped(config: BuildConfig, skipped: Counter[str], unselected: int) -> None:
+    """Say which files under --input this build leaves aside (nothing is skipped silently)."""
+    if skipped:
+        kinds = ", ".join(f"{suffix}: {count}" for suffix, count in sorted(skipped.items()))
+        logger.warning(
+            "skipping %d file(s) under %s that are not page files (%s); pages are read from %s",
+            sum(skipped.values()),
+            config.input,
+            kinds,
+            " ".join(sorted(IMAGE_SUFFIXES)),
+        )
+    if unselected:
+        logger.warning(
+            "skipping %d page file(s) that --ocr %s does not cover (FUNSD: only images/)", unselected, config.ocr
+        )
 
 
 def _settings(config: BuildConfig, tokenizer: str) -> dict[str, object]:
@@ -357,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         manifest = build(config)
-    except (ProgressMismatch, MergeError, ShardSizeMismatch) as error:
+    except (ProgressMismatch, MergeError, ShardSizeMismatch, NoInput) as error:
         sys.exit(f"error: {error}")
     rejects = sum(manifest["rejects"].values())
     names = output_names(config.task_index, config.num_tasks)
@@ -365,6 +396,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"task {config.task_index}/{config.num_tasks}: {manifest['total_samples']} samples in "
         f"{len(manifest['shards'])} shards, {rejects} rejected {manifest['rejects']} -> {config.out / names[0]}"
     )
+    if manifest["total_samples"] == 0 and rejects:
+        sys.exit(f"error: every page of this task was rejected ({manifest['rejects']}): see {config.out / names[1]}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from typing import Any
 
 from PIL import Image
 
-from .pages import find_images
 from .pdf import TextLayerFirst
 from .rejects import OCR_FAILED, OCR_INVALID, OCR_MISSING, OCR_TIMEOUT, PageRejected
 from .words import Ocr, Word  # Word is re-exported: other modules and tests import it from here
@@ -68,8 +67,8 @@ class TesseractOcr:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
 
-    def inputs(self, root: Path) -> list[str]:
-        return find_images(root)
+    def inputs(self, pages: list[str]) -> list[str]:
+        return pages
 
     def read(self, path: Path, page: int, image: Image.Image) -> list[Word]:
         return parse_tsv(run_tesseract(image, self.timeout))
@@ -118,8 +117,8 @@ class JsonOcr:
     def __init__(self) -> None:
         self._cached: tuple[Path, dict[int, list[Word]] | PageRejected] | None = None
 
-    def inputs(self, root: Path) -> list[str]:
-        return find_images(root)
+    def inputs(self, pages: list[str]) -> list[str]:
+        return pages
 
     def read(self, path: Path, page: int, image: Image.Image) -> list[Word]:
         pages = self._pages(path)
@@ -149,7 +148,7 @@ def _load_json_pages(path: Path) -> dict[int, list[Word]] | PageRejected:
             number = _integer(entry["page"])
             if number in pages:
                 raise ValueError(f"page {number} listed twice")
-            pages[number] = [Word(str(w["text"]), _box(w["box"]), _integer(w["line"])) for w in entry["words"]]
+            pages[number] = [Word(_text(w["text"]), _box(w["box"]), _integer(w["line"])) for w in entry["words"]]
         return pages
     except (KeyError, TypeError, ValueError) as error:
         return PageRejected(OCR_INVALID, f"{path.name}: {type(error).__name__}: {error}")
@@ -158,8 +157,8 @@ def _load_json_pages(path: Path) -> dict[int, list[Word]] | PageRejected:
 class FunsdOcr:
     """FUNSD annotations: ``images/NAME.png`` is described by the sibling ``annotations/NAME.json``."""
 
-    def inputs(self, root: Path) -> list[str]:
-        return [source for source in find_images(root) if Path(source).parent.name == "images"]
+    def inputs(self, pages: list[str]) -> list[str]:
+        return [source for source in pages if Path(source).parent.name == "images"]
 
     def read(self, path: Path, page: int, image: Image.Image) -> list[Word]:
         annotation = path.parent.parent / "annotations" / f"{path.stem}.json"
@@ -168,7 +167,7 @@ class FunsdOcr:
         try:
             form = json.loads(annotation.read_text(encoding="utf-8"))["form"]
             return [
-                Word(str(word["text"]), _box(word["box"]), _integer(entity["id"]))
+                Word(_text(word["text"]), _box(word["box"]), _integer(entity["id"]))
                 for entity in form
                 for word in entity["words"]
             ]
@@ -176,6 +175,13 @@ class FunsdOcr:
             raise PageRejected(OCR_MISSING, f"no annotation {annotation.name}") from None
         except (OSError, KeyError, TypeError, ValueError) as error:
             raise PageRejected(OCR_INVALID, f"{annotation.name}: {type(error).__name__}: {error}") from None
+
+
+def _text(value: Any) -> str:
+    """A word's text must be a string: str(None) would train the word "None"."""
+    if not isinstance(value, str):
+        raise ValueError(f"word text must be a string, got {value!r}")
+    return value
 
 
 def _box(value: Any) -> tuple[Any, Any, Any, Any]:

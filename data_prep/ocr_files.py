@@ -25,7 +25,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from .pages import find_images
 from .rejects import OCR_INVALID, OCR_MISSING, PageRejected
 from .words import Word
 
@@ -55,8 +54,8 @@ class _FileOcr:
     def __init__(self) -> None:
         self._cached: tuple[Path, list[ParsedPage] | PageRejected] | None = None
 
-    def inputs(self, root: Path) -> list[str]:
-        return find_images(root)
+    def inputs(self, pages: list[str]) -> list[str]:
+        return pages
 
     def read(self, path: Path, page: int, image: Image.Image) -> list[Word]:
         if self._cached is None or self._cached[0] != path:

@@ -8,6 +8,7 @@ of an exception, so one corrupt scan never stops a run.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,14 +21,31 @@ IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", PDF_SUFFIX
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
+# Files that sit beside page images as their OCR or annotations: not reported as skipped.
+SIDE_FILE_SUFFIXES = frozenset({".json", ".hocr", ".html", ".htm", ".xml"})
+
+
+def scan_inputs(root: Path) -> tuple[list[str], Counter[str]]:
+    """(page files under ``root`` as sorted POSIX paths relative to it, other files counted by suffix).
+
+    Hidden files (temporaries) and OCR side files are neither; the counter is what a build says it skipped.
+    One walk of the tree, which on a corpus of millions of files on a shared filesystem is minutes.
+    """
+    images, skipped = [], Counter()
+    for path in root.rglob("*"):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            images.append(path.relative_to(root).as_posix())
+        elif suffix not in SIDE_FILE_SUFFIXES:
+            skipped[suffix or "(no suffix)"] += 1
+    return sorted(images), skipped
+
+
 def find_images(root: Path) -> list[str]:
-    """Image files under ``root`` as sorted POSIX paths relative to it (hidden files, e.g. temporaries, skipped)."""
-    found = (
-        path.relative_to(root).as_posix()
-        for path in root.rglob("*")
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
-    )
-    return sorted(found)
+    """Page files under ``root`` as sorted POSIX paths relative to it (hidden files, e.g. temporaries, skipped)."""
+    return scan_inputs(root)[0]
 
 
 def read_pages(
@@ -45,13 +63,39 @@ def read_pages(
         return
     try:
         image = Image.open(path)
-        count = getattr(image, "n_frames", 1)
     except Exception as error:
         yield start_page, PageRejected(UNREADABLE_IMAGE, f"{type(error).__name__}: {error}")
         return
     with image:
-        for page in range(start_page, count):
+        try:
+            count = getattr(image, "n_frames", 1)
+        except Exception:  # a broken page directory further on: Pillow cannot count, but the pages before it read
+            count = None
+        if count is not None:
+            for page in range(start_page, count):
+                yield page, _load_page(image, page)
+            return
+    yield from _pages_until_broken(path, start_page)
+
+
+def _pages_until_broken(path: Path, start_page: int) -> Iterator[tuple[int, Image.Image | PageRejected]]:
+    """Pages of a multi-page file whose page count Pillow cannot read: each readable page in turn, then the page
+    whose directory is broken as UNREADABLE_PAGE (the ones after it cannot be located)."""
+    with Image.open(path) as image:
+        page = start_page
+        while True:
+            try:
+                image.seek(page)
+            except EOFError:
+                return
+            except Exception as error:
+                detail = (
+                    f"{type(error).__name__}: {error} (its page directory is broken: later pages cannot be located)"
+                )
+                yield page, PageRejected(UNREADABLE_PAGE, detail)
+                return
             yield page, _load_page(image, page)
+            page += 1
 
 
 def _load_page(image: Image.Image, page: int) -> Image.Image | PageRejected:

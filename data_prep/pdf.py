@@ -104,8 +104,8 @@ class TextLayerFirst:
     def __init__(self, inner: Ocr) -> None:
         self.inner = inner
 
-    def inputs(self, root: Path) -> list[str]:
-        return self.inner.inputs(root)
+    def inputs(self, pages: list[str]) -> list[str]:
+        return self.inner.inputs(pages)
 
     def read(self, path: Path, page: int, image: Image.Image) -> list[Word]:
         if path.suffix.lower() == PDF_SUFFIX:

@@ -21,6 +21,8 @@ class Word:
 class Ocr(Protocol):
     """An OCR source: which input files it covers and the words of one of their pages."""
 
-    def inputs(self, root: Path) -> list[str]: ...
+    def inputs(self, pages: list[str]) -> list[str]:
+        """Which of the page files found under the input root (pages.scan_inputs) this source covers."""
+        ...
 
     def read(self, path: Path, page: int, image: Image.Image) -> list[Word]: ...

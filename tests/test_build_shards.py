@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -249,6 +250,47 @@ def test_multipage_group4_tiff_gives_one_sample_per_page(tokenizer_dir, tmp_path
     assert [(r["source"], r["page"]) for r in read_rejects(tmp_path / "out")] == [("doc.tif", 3)]
 
 
+def test_a_broken_page_directory_keeps_the_pages_before_it(tokenizer_dir, tmp_path) -> None:
+    """Page 3's directory pointer leads past the end of the file: Pillow cannot count the pages, but pages 1-2
+    still read; only page 3 is rejected (it was the whole file)."""
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "doc.tif"
+    words = make_g4_tiff(path, PAGE_TEXTS)
+    data = bytearray(path.read_bytes())
+    order = "<" if data[:2] == b"II" else ">"
+    offset = struct.unpack(f"{order}I", data[4:8])[0]
+    offset = _next_ifd(data, offset, order)[1]  # the second page's directory
+    entries, _ = _next_ifd(data, offset, order)
+    data[offset + 2 + 12 * entries : offset + 6 + 12 * entries] = struct.pack(f"{order}I", len(data) + 4096)
+    path.write_bytes(bytes(data))
+    ocr_pages = [{"page": p, "words": [{"text": t, "box": b, "line": 0} for t, b in words[p]]} for p in range(3)]
+    (tmp_path / "in" / "doc.json").write_text(json.dumps({"pages": ocr_pages}))
+    manifest = build(config(tmp_path / "in", tmp_path / "out", tokenizer_dir, ocr="json"))
+    assert [json.loads(s[META_FILE])["page"] for s in read_dataset(tmp_path / "out")] == [0, 1]
+    assert manifest["rejects"] == {"unreadable_page": 1}
+    (reject,) = read_rejects(tmp_path / "out")
+    assert reject["page"] == 2 and "later pages cannot be located" in reject["detail"]
+
+
+def _next_ifd(data: bytearray, offset: int, order: str) -> tuple[int, int]:
+    """(entry count of the TIFF directory at `offset`, offset of the next directory)."""
+    entries = struct.unpack(f"{order}H", data[offset : offset + 2])[0]
+    return entries, struct.unpack(f"{order}I", data[offset + 2 + 12 * entries : offset + 6 + 12 * entries])[0]
+
+
+def test_files_that_are_not_pages_are_reported_and_no_pages_is_an_error(tokenizer_dir, tmp_path, caplog) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "scan.bmp").write_bytes(b"BM")
+    (tmp_path / "in" / "notes.docx").write_bytes(b"PK")
+    argv = ["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--ocr", "tesseract", "--quiet"]
+    with pytest.raises(SystemExit, match="no page files for --ocr tesseract under"):
+        build_shards.main([*argv, "--tokenizer", str(tokenizer_dir)])
+    assert "skipping 2 file(s) under" in caplog.text and ".bmp: 1, .docx: 1" in caplog.text
+    Image.new("L", (100, 100), 255).save(tmp_path / "in" / "blank.png")  # a page, but without words
+    with pytest.raises(SystemExit, match="every page of this task was rejected"):
+        build_shards.main([*argv, "--tokenizer", str(tokenizer_dir)])
+
+
 @needs_tesseract
 def test_tesseract_reads_each_page_of_a_group4_tiff(tokenizer_dir, tmp_path) -> None:
     (tmp_path / "in").mkdir()
@@ -310,12 +352,16 @@ def test_bad_input_is_rejected_with_reasons_and_counted(synth_dir, tokenizer_dir
 
 def test_json_ocr_errors_are_rejects(tokenizer_dir, tmp_path) -> None:
     (tmp_path / "in").mkdir()
-    for name in ("invalid", "missing", "wrong_shape"):
+    for name in ("invalid", "missing", "wrong_shape", "null_text"):
         Image.new("L", (100, 100), 255).save(tmp_path / "in" / f"{name}.jpg")
     (tmp_path / "in" / "invalid.json").write_text("{not json")
     (tmp_path / "in" / "wrong_shape.json").write_text('{"pages": [{"page": 0, "words": [{"text": "a"}]}]}')
+    null_word = {"text": None, "box": [1, 1, 9, 9], "line": 0}  # str(None) would train the word "None"
+    (tmp_path / "in" / "null_text.json").write_text(json.dumps({"pages": [{"page": 0, "words": [null_word]}]}))
     manifest = build(config(tmp_path / "in", tmp_path / "out", tokenizer_dir, ocr="json"))
-    assert manifest["rejects"] == {"ocr_invalid": 2, "ocr_missing": 1} and manifest["total_samples"] == 0
+    assert manifest["rejects"] == {"ocr_invalid": 3, "ocr_missing": 1} and manifest["total_samples"] == 0
+    details = {r["source"]: r["detail"] for r in read_rejects(tmp_path / "out")}
+    assert "word text must be a string, got None" in details["null_text.jpg"]
     assert manifest["shards"] == []
 
 

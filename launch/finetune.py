@@ -54,10 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides += ["--output.dir", args.out]
     try:
         config = load_finetune_config(args.config, overrides)
-    except (ValueError, FileNotFoundError) as error:
+        results = finetune(config)
+    except (ValueError, OSError) as error:  # bad config, data or model directory: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
-    results = finetune(config)
     print(
         json.dumps({"best_step": results["best_step"], "dev_f1": results["dev_f1"], "test_f1": results["test"]["f1"]})
     )

@@ -80,6 +80,10 @@ class LayoutLMv3Tokenizer:
     def from_pretrained(cls, directory: str | Path) -> LayoutLMv3Tokenizer:
         """Load vocab.json + merges.txt (RoBERTa format), e.g. our own save or a transformers tokenizer dir."""
         directory = Path(directory)
+        missing = [name for name in (VOCAB_FILE, MERGES_FILE) if not (directory / name).is_file()]
+        if missing:
+            where = "does not exist" if not directory.is_dir() else f"lacks {' and '.join(missing)}"
+            raise FileNotFoundError(f"tokenizer directory {directory} {where} (a RoBERTa-format vocabulary is needed)")
         vocab, merges = models.BPE.read_file(str(directory / VOCAB_FILE), str(directory / MERGES_FILE))
         config_path = directory / CONFIG_FILE
         config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}

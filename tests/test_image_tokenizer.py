@@ -6,6 +6,8 @@ import io
 import logging
 import math
 import runpy
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +254,26 @@ def test_shards_yield_tok_png_and_skip_bad_samples(tmp_path: Path, caplog: pytes
     assert pages[0][1].shape == (112, 112, 3) and pages[0][1].dtype == np.uint8 and (pages[0][1] == 200).all()
     assert "nopng_p00000" in caplog.text and "broken_p00000" in caplog.text
     assert isinstance(source, ImageSource) and source.kind == "shards"
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims `width` x `height` 1-bit pixels: Pillow refuses it on opening, before decoding."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_skipped_and_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    Image.new("L", (64, 80), 255).save(tmp_path / "page.png")
+    (tmp_path / "bomb.png").write_bytes(_png_header_only(40_000, 40_000))  # 1.6 G pixels > Pillow's 179 M limit
+    source = image_source(DataConfig(images=str(tmp_path)))
+    with caplog.at_level(logging.WARNING):
+        pages = list(source.read(source.items, 112, lambda key: True))
+    assert [key for key, _ in pages] == ["page"]
+    assert f"skipping image {tmp_path / 'bomb.png'}: too large to decode safely (DecompressionBombError" in caplog.text
 
 
 # ---- configs and command line -------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from torch import nn
 
 from data_prep.build_shards import BuildConfig, build
 from data_prep.synth import write_corpus
+from layoutlmv3.data import build_train_loader
 from layoutlmv3.model import LayoutLMv3Config
 from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
 from layoutlmv3.pretraining.model import LayoutLMv3ForPretraining
@@ -499,7 +500,15 @@ def test_shards_of_another_tokenizer_are_refused(world: Path) -> None:
     other = train_bpe(["another", "vocabulary", "altogether"] * 3, vocab_size=300)
     with pytest.raises(ValueError, match=f"were tokenized with tokenizer .* data.tokenizer is {other.fingerprint}"):
         check_shards_tokenizer(str(world / "shards" / "train"), other)
-    check_shards_tokenizer(str(world / "shards" / "train" / "*.tar"), other)  # a pattern has no manifest to check
+    pattern = str(world / "shards" / "train" / "shard-000000-{000000..000007}.tar")  # no manifest: the samples'
+    check_shards_tokenizer(pattern, LayoutLMv3Tokenizer.from_pretrained(world / "vocab"))
+    with pytest.raises(ValueError, match=f"shard-000000-000000.tar were tokenized .* is {other.fingerprint}"):
+        check_shards_tokenizer(pattern, other)
+    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+        check_shards_tokenizer(str(world / "shards" / "trian"), other)
+    loader = build_train_loader(pattern, batch_size=2, num_workers=0, epoch_length=2, tokenizer=other.fingerprint)
+    with pytest.raises(ValueError, match=f"was tokenized with tokenizer .*, data.tokenizer is {other.fingerprint}"):
+        next(iter(loader))
 
 
 def test_schedule_warms_up_then_decays_linearly() -> None:

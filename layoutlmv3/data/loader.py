@@ -64,6 +64,7 @@ def build_train_loader(
     pin_memory: bool = False,
     prefetch_factor: int = 2,
     length_bucket_batches: int = 0,
+    tokenizer: str | None = None,
 ) -> ShardLoader:
     """Loader for one rank; see the module docstring for the two modes and how resuming works.
 
@@ -73,6 +74,8 @@ def build_train_loader(
     length_bucket_batches: 0 (off) or K >= 2: length bucketing -- each worker sorts K batches' worth of pages by
     token count, cuts them into K batches of similar lengths and hands those out in a seeded random order; with
     `pad_to` "longest" or a multiple, short pages then stop paying for long ones (benchmarks/padding_waste.py).
+    tokenizer: the fingerprint every sample's meta must carry (None: unchecked); a sample tokenized with another
+    vocabulary stops the run (ValueError) rather than train on token ids that mean other words.
     """
     shard_list = list_shards(shards)
     if not shard_list:
@@ -98,6 +101,7 @@ def build_train_loader(
         shuffle_buffer=shuffle_buffer,
         collate_fn=collate_fn or Collator(seed=seed),
         length_bucket_batches=length_bucket_batches,
+        tokenizer=tokenizer,
     )
     dataloader = DataLoader(
         dataset,
@@ -140,6 +144,7 @@ class ShardDataset(IterableDataset):
         shuffle_buffer: int,
         collate_fn: CollateFn,
         length_bucket_batches: int = 0,
+        tokenizer: str | None = None,
     ) -> None:
         super().__init__()
         self.shards, self.batch_size, self.seed = shards, batch_size, seed
@@ -147,6 +152,7 @@ class ShardDataset(IterableDataset):
         self.epoch_length, self.shuffle_buffer, self.collate_fn = epoch_length, shuffle_buffer, collate_fn
         self.logical_workers = max(num_workers, 1)
         self.length_bucket_batches = length_bucket_batches
+        self.tokenizer = tokenizer
         # [epoch, next worker, batches of worker 0..W-1, raw samples of worker 0..W-1]
         self.position = torch.zeros(2 + 2 * self.logical_workers, dtype=torch.int64).share_memory_()
 
@@ -198,6 +204,12 @@ class ShardDataset(IterableDataset):
         return chunks
 
     def _collate(self, pages: list[PageSample], epoch: int, position: tuple[int, int, int]) -> dict:
+        for page in pages:
+            if self.tokenizer is not None and page.meta.get("tokenizer") != self.tokenizer:
+                raise ValueError(
+                    f"sample {page.key} was tokenized with tokenizer {page.meta.get('tokenizer')}, data.tokenizer is "
+                    f"{self.tokenizer}: its token ids mean other words; rebuild its shards or fix data.tokenizer"
+                )
         batch = self.collate_fn(pages, epoch)
         batch[POSITION_KEY] = position
         return batch

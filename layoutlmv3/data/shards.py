@@ -55,8 +55,24 @@ def list_shards(source: ShardSource) -> list[Shard]:
         path = Path(source)
         if path.is_dir() or path.name == MANIFEST_FILE:
             return _manifest_shards(path)
-        return [Shard(url) for url in braceexpand.braceexpand(str(source))]
+        shards = [Shard(url) for url in braceexpand.braceexpand(str(source))]
+        _check_local_files_exist(str(source), shards)
+        return shards
     return [item if isinstance(item, Shard) else Shard(str(item)) for item in source]
+
+
+def _check_local_files_exist(source: str, shards: Sequence[Shard]) -> None:
+    """A pattern of local paths must name existing files (a typo would otherwise surface as an empty epoch);
+    URLs and `pipe:` commands are checked when read."""
+    local = [shard.url for shard in shards if "://" not in shard.url and not shard.url.startswith("pipe:")]
+    missing = [url for url in local if not Path(url).is_file()]
+    if missing and len(missing) == len(shards):
+        raise FileNotFoundError(
+            f"shards {source!r}: no such file or directory (expected a dataset directory with {MANIFEST_FILE}, "
+            "its manifest, or a brace pattern of .tar files)"
+        )
+    if missing:
+        raise FileNotFoundError(f"shards {source!r}: {len(missing)} of {len(shards)} files missing, e.g. {missing[0]}")
 
 
 def total_samples(shards: Sequence[Shard]) -> int | None:

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from layoutlmv3.training.run_config import _require, _set_dotted, build, parse_overrides
+from layoutlmv3.yaml_files import read_yaml
 
 from .funsd import BOX_LEVELS
 
@@ -89,7 +90,7 @@ class FinetuneConfig:
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:
     """YAML (None: defaults) + `--section.key VALUE` overrides, checked; model.path is required."""
-    values: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {} if path is not None else {}
+    values: dict[str, Any] = (read_yaml(path) or {}) if path is not None else {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a fine-tuning config must be a YAML mapping")
     for dotted, raw in parse_overrides(overrides or []):

@@ -15,11 +15,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from data_prep.rejects import PageRejected
 from data_prep.samples import normalize_box
 
 ENTITY_TYPES = ("HEADER", "QUESTION", "ANSWER")
 LABELS = ("O", *(f"{prefix}-{kind}" for kind in ENTITY_TYPES for prefix in ("B", "I")))
 LABEL_IDS = {label: index for index, label in enumerate(LABELS)}
+KNOWN_LABELS = ", ".join(kind.lower() for kind in (*ENTITY_TYPES, "OTHER"))
 BOX_LEVELS = ("word", "segment")
 SPLITS = ("training_data", "testing_data")
 
@@ -53,17 +55,37 @@ def read_page(annotation_path: Path, image_path: Path, boxes: str = "segment") -
     form = json.loads(annotation_path.read_text(encoding="utf-8"))["form"]
     words, word_boxes, labels = [], [], []
     for entity in form:
-        kind = entity.get("label", "other").upper()
+        kind = _entity_kind(entity, annotation_path)
         entity_words = [word for word in entity["words"] if word["text"].strip()]
         for position, word in enumerate(entity_words):
             words.append(word["text"].strip())
             box = entity["box"] if boxes == "segment" else word["box"]
-            word_boxes.append(normalize_box(box, width, height))
+            try:
+                word_boxes.append(normalize_box(box, width, height))
+            except PageRejected as error:
+                raise ValueError(
+                    f"{annotation_path}: entity {entity.get('id')} word {word['text']!r}: {error.detail}"
+                ) from None
             if kind in ENTITY_TYPES:
                 labels.append(LABEL_IDS[f"{'B' if position == 0 else 'I'}-{kind}"])
             else:
                 labels.append(LABEL_IDS["O"])
     return Page(annotation_path.stem, image_path, words, word_boxes, labels)
+
+
+def _entity_kind(entity: dict, annotation_path: Path) -> str:
+    """HEADER, QUESTION, ANSWER or OTHER; an entity without a label, or with another one, is an error naming the
+    file and entity (turning it into O would silently teach the model that it is nothing)."""
+    label = entity.get("label")
+    if not isinstance(label, str):
+        raise ValueError(
+            f"{annotation_path}: entity {entity.get('id')} has no 'label' (expected one of {KNOWN_LABELS})"
+        )
+    if label.upper() not in (*ENTITY_TYPES, "OTHER"):
+        raise ValueError(
+            f"{annotation_path}: entity {entity.get('id')} has label {label!r}, which is not one of {KNOWN_LABELS}"
+        )
+    return label.upper()
 
 
 def _image_for(split_dir: Path, stem: str) -> Path:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,10 @@ class LayoutLMv3Config:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown LayoutLMv3Config fields: {unknown}")
+        hints = typing.get_type_hints(cls)
+        for name, value in values.items():
+            if not _has_type(value, hints[name]):
+                raise ValueError(f"LayoutLMv3Config.{name} must be {_type_name(hints[name])}, got {value!r}")
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
@@ -138,11 +144,35 @@ class LayoutLMv3Config:
 
     @classmethod
     def load(cls, path: str | Path) -> LayoutLMv3Config:
-        values = json.loads(Path(path).read_text())
+        try:
+            values = json.loads(Path(path).read_text())
+        except ValueError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from None
         model_type = values.pop("model_type", MODEL_TYPE)
         if model_type != MODEL_TYPE:
             raise ValueError(f"{path}: model_type {model_type!r} is not {MODEL_TYPE!r}")
-        return cls.from_dict(values)
+        try:
+            return cls.from_dict(values)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether a config.json value fits a field's annotation (bool is not an int here; an int is a float)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_has_type(value, option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    origin = typing.get_origin(hint)
+    return isinstance(value, origin or hint)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint)
 
 
 # Our own config.json carries this marker; transformers' uses model_type "layoutlmv3" (see hf_interop).

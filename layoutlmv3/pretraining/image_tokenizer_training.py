@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from layoutlmv3.data.sample_format import TOKENIZER_IMAGE_FILE
 from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer, ImageTokenizerConfig, ImageTokenizerOutput
+from layoutlmv3.yaml_files import read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class RunConfig:
 
 def load_run_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML run config; unknown or mistyped keys raise ValueError naming the key."""
-    values = yaml.safe_load(Path(path).read_text()) or {}
+    values = read_yaml(path) or {}
     try:
         return run_config_from_dict(values)
     except ValueError as error:
@@ -204,8 +205,8 @@ class ImageSource:
                 try:
                     with Image.open(path) as image:
                         yield key, _to_array(image, size)
-                except (OSError, ValueError) as error:
-                    logger.warning("skipping unreadable image %s: %s", path, error)
+                except Exception as error:  # Pillow's many error types; a decompression bomb among them
+                    _skipped(f"image {path}", error)
 
     def _read_synthetic(self, indices: Iterable[str], size: int, keep: Callable[[str], bool]) -> Iterator[PageImage]:
         from data_prep.synth import generate_page, page_id
@@ -233,10 +234,20 @@ def _read_shards(urls: Iterable[str], size: int, keep: Callable[[str], bool]) ->
         try:
             with Image.open(io.BytesIO(sample[TOKENIZER_IMAGE_FILE])) as image:
                 yield key, _to_array(image, size)
-        except (OSError, ValueError) as error:
-            logger.warning(
-                "skipping sample %s of %s: bad %s: %s", key, sample.get("__url__"), TOKENIZER_IMAGE_FILE, error
-            )
+        except Exception as error:
+            _skipped(f"sample {key} of {sample.get('__url__')} ({TOKENIZER_IMAGE_FILE})", error)
+
+
+_skip_count = itertools.count(1)  # per process (each DataLoader worker counts its own)
+
+
+def _skipped(what: str, error: Exception) -> None:
+    """A page that cannot be decoded (corrupt, or a decompression bomb: more pixels than Pillow's safety limit)
+    costs one page, never the run; each is logged with a running count."""
+    kind = "too large to decode safely" if isinstance(error, Image.DecompressionBombError) else "unreadable"
+    logger.warning(
+        "skipping %s: %s (%s: %s); %d skipped so far", what, kind, type(error).__name__, error, next(_skip_count)
+    )
 
 
 def _to_array(image: Image.Image, size: int) -> np.ndarray:

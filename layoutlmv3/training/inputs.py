@@ -6,10 +6,12 @@ validation reads exact epochs of the held-out shards with deterministic crops an
 
 from __future__ import annotations
 
+import json
+import tarfile
 from pathlib import Path
 
 from layoutlmv3.data import Collator, ShardLoader, build_train_loader, list_shards, read_manifest
-from layoutlmv3.data.sample_format import MANIFEST_FILE
+from layoutlmv3.data.sample_format import MANIFEST_FILE, META_FILE
 from layoutlmv3.pretraining.collator import PretrainingCollator
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
@@ -17,19 +19,36 @@ from .run_config import RunConfig
 
 
 def check_shards_tokenizer(shards: str, tokenizer: LayoutLMv3Tokenizer) -> None:
-    """Refuse shards tokenized with another vocabulary (their manifest records the tokenizer's fingerprint).
-
-    Shards named by a pattern carry no manifest and cannot be checked.
-    """
+    """Refuse shards tokenized with another vocabulary, before training: the manifest records the tokenizer's
+    fingerprint; shards named by a pattern have none, so the first sample of the first shard is read instead
+    (the loader then checks every sample's own fingerprint as it reads it)."""
     path = Path(shards)
-    if not (path.is_dir() or path.name == MANIFEST_FILE):
-        return
-    recorded = read_manifest(path)["tokenizer"]
+    if path.is_dir() or path.name == MANIFEST_FILE:
+        recorded, where = read_manifest(path)["tokenizer"], shards
+    else:
+        first = list_shards(shards)[0].url
+        recorded, where = first_sample_tokenizer(first), first
+        if recorded is None:
+            return  # remote (read when training) or without a readable sample: the loader checks as it reads
     if recorded != tokenizer.fingerprint:
         raise ValueError(
-            f"{shards} were tokenized with tokenizer {recorded}, but data.tokenizer is {tokenizer.fingerprint}: "
+            f"{where} were tokenized with tokenizer {recorded}, but data.tokenizer is {tokenizer.fingerprint}: "
             "rebuild the shards or point data.tokenizer at the vocabulary they were built with"
         )
+
+
+def first_sample_tokenizer(shard: str) -> str | None:
+    """The tokenizer fingerprint in the first meta.json of a local shard (None if remote or unreadable)."""
+    if "://" in shard or shard.startswith("pipe:"):
+        return None
+    try:
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if member.name.endswith(f".{META_FILE}"):
+                    return json.loads(tar.extractfile(member).read())["tokenizer"]
+    except (OSError, tarfile.TarError, ValueError, KeyError):
+        return None
+    return None
 
 
 def build_collator(
@@ -68,6 +87,7 @@ def build_loaders(
         collate_fn=build_collator(config, tokenizer, patches_per_side, crop="random"),
         pin_memory=pin_memory,
         length_bucket_batches=data.length_bucket_batches,
+        tokenizer=tokenizer.fingerprint,
     )
     if data.val_shards is None:
         return train, None
@@ -85,5 +105,6 @@ def build_loaders(
         resampled=False,
         collate_fn=build_collator(config, tokenizer, patches_per_side, crop="start"),
         pin_memory=pin_memory,
+        tokenizer=tokenizer.fingerprint,
     )
     return train, val

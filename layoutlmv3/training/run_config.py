@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from layoutlmv3.pretraining.collator import MaskingConfig
+from layoutlmv3.yaml_files import read_yaml
 
 
 @dataclass
@@ -210,7 +211,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     for types, value ranges and the required paths."""
     values: dict[str, Any] = {}
     if path is not None:
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        values = read_yaml(path) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a run config must be a YAML mapping")
     for dotted, raw in parse_overrides(overrides or []):

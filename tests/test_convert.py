@@ -45,7 +45,12 @@ for stage in (1, 2, 3):
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
     run = {"model": {"flavor": "tiny", "overrides": {}, "init_from": None}, "data": {"tokenizer": tokenizer}}
     client = {"layoutlmv3": {"config": run, "tokenizer_fingerprint": fingerprint}}
-    save_checkpoint(engine, f"{root}/zero{stage}", 5, client, {}, keep=1)
+    record = {"model_config": config.to_dict(), "tokenizer_fingerprint": fingerprint}
+    save_checkpoint(engine, f"{root}/zero{stage}", 5, client, {}, keep=1, record=record)
+    if stage == 1:  # a run that started from a model directory since deleted (the shape lives in the record)
+        run = {"model": {"flavor": "base", "overrides": {}, "init_from": f"{root}/gone"}, "data": run["data"]}
+        client = {"layoutlmv3": {"config": run, "tokenizer_fingerprint": fingerprint}}
+        save_checkpoint(engine, f"{root}/init_from_gone", 5, client, {}, keep=1, record=record)
 """
 
 
@@ -89,6 +94,14 @@ def test_every_zero_stage_converts_to_a_loadable_model(checkpoints: Path, tmp_pa
     assert any(key.startswith("mim_head.") for key in saved)  # the pretraining heads are kept by default
     tokenizer = LayoutLMv3Tokenizer.from_pretrained(out)
     assert tokenizer.fingerprint == LayoutLMv3Tokenizer.from_pretrained(checkpoints / "vocab").fingerprint
+
+
+def test_a_checkpoint_converts_after_its_init_from_directory_is_gone(checkpoints: Path, tmp_path: Path) -> None:
+    """The model shape comes from the model config recorded in the checkpoint, not from re-reading the run's
+    `model.init_from` directory (which may have moved since) or re-deriving it from flavor and overrides."""
+    assert not (checkpoints / "gone").exists()
+    out = convert_checkpoint(resolve_tag(checkpoints / "init_from_gone"), tmp_path / "model")
+    assert LayoutLMv3Config.load(out / "config.json").hidden_size == LayoutLMv3Config.from_flavor("tiny").hidden_size
 
 
 def test_drop_pretraining_heads_keeps_only_the_backbone(checkpoints: Path, tmp_path: Path) -> None:

@@ -392,6 +392,15 @@ def test_a_checkpoint_of_another_shape_or_vocabulary_is_refused_before_loading(z
         resolve_resume("auto", planted)
 
 
+def test_resuming_with_another_model_shape_names_the_setting(world: Path, zero2_run: Launch, tmp_path: Path) -> None:
+    """Instead of DeepSpeed's hundred lines of `size mismatch`."""
+    _copy_checkpoint(zero2_run, STEPS, tmp_path)
+    result = launch(world, tmp_path, "--model.overrides", "{num_hidden_layers: 3}", "--train.steps", "22", ranks=1)
+    assert result.returncode == EXIT_BAD_CONFIG, result.output[-5000:]
+    assert "its model has num_hidden_layers=2 (this run: 3)" in result.output
+    assert "size mismatch" not in result.output
+
+
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint_and_stops(world: Path, tmp_path: Path) -> None:
     """A 7 MB filesystem holds one tiny-model checkpoint (about 5 MB with one rank), not two."""
     small = tmp_path / "small"

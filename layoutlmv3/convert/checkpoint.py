@@ -1,9 +1,9 @@
 """A DeepSpeed pretraining checkpoint (ZeRO 1, 2 or 3) -> a self-contained model directory.
 
 DeepSpeed's `get_fp32_state_dict_from_zero_checkpoint` consolidates the fp32 master weights of every rank. The
-model shape is rebuilt from the run config saved in the checkpoint's client state (flavor + overrides, or the
-`model.init_from` directory), with the vocabulary and MIM-codebook sizes read off the weights; the tokenizer is
-copied from the run's `data.tokenizer` directory, checked against the fingerprint the checkpoint recorded.
+model shape is the model config recorded in the checkpoint's `complete` file at save time (older checkpoints:
+rebuilt from the run config in the client state); the tokenizer is copied from the run's `data.tokenizer`
+directory, checked against the fingerprint the checkpoint recorded.
 """
 
 from __future__ import annotations
@@ -79,7 +79,12 @@ def convert_checkpoint(
             f"the tokenizer has fingerprint {tokenizer.fingerprint}, the checkpoint was trained with {expected}"
         )
     weights = consolidate(checkpoint)
-    config = _explicit_config(Path(config_path)) if config_path else _run_model_config(client["config"], weights)
+    if config_path:
+        config = _explicit_config(Path(config_path))
+    elif checkpoint.model_config is not None:
+        config = LayoutLMv3Config.from_dict(checkpoint.model_config)  # recorded at save: the one source
+    else:  # checkpoints written before the record held the model config
+        config = _run_model_config(client["config"], weights)
     model = _build(config, weights, backbone_only=drop_pretraining_heads or to == "hf", source=str(checkpoint.path))
     out = Path(out)
     model.save_pretrained(out, format=to)
@@ -116,7 +121,8 @@ def consolidate(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
 
 
 def _run_model_config(run_config: dict[str, Any], weights: dict[str, torch.Tensor]) -> LayoutLMv3Config:
-    """What `training.engine.build_model` built: flavor + overrides, or the init_from directory's config."""
+    """For checkpoints without a recorded model config: what `training.engine.build_model` built (flavor +
+    overrides, or the init_from directory's config, which must still exist)."""
     section = run_config["model"]
     sizes = {}
     if WORD_EMBEDDINGS in weights:

@@ -14,11 +14,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from layoutlmv3.page_layout import to_sample_mode
+
 from .pdf import DEFAULT_PDF_DPI, PDF_SUFFIX, read_pdf_pages
 from .rejects import UNREADABLE_IMAGE, UNREADABLE_PAGE, PageRejected
 
 IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", PDF_SUFFIX})
-GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
 # Files that sit beside page images as their OCR or annotations: not reported as skipped.
@@ -105,10 +106,3 @@ def _load_page(image: Image.Image, page: int) -> Image.Image | PageRejected:
         return to_sample_mode(image)
     except Exception as error:
         return PageRejected(UNREADABLE_PAGE, f"{type(error).__name__}: {error}")
-
-
-def to_sample_mode(image: Image.Image) -> Image.Image:
-    """A decoded copy in "L" (bilevel/grayscale sources) or "RGB" (everything else), keeping ``info`` (dpi)."""
-    converted = image.convert("L" if image.mode in GRAY_MODES else "RGB")
-    converted.info = dict(image.info)
-    return converted

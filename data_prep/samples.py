@@ -1,8 +1,7 @@
 """One page and its OCR words -> one training sample: the files of ``layoutlmv3.data.sample_format``.
 
-Boxes are normalised to 0..1000 by the page size (``int(1000 * x / size)``, as LayoutLMv3's processor does) and
-clipped; inverted boxes are reordered. A box that is not 4 finite numbers, or that reaches more than
-BOX_MARGIN of the page beyond its edges, means the OCR does not fit this page (wrong page, wrong scale), so the
+Boxes are normalised by ``layoutlmv3.page_layout.normalize_box`` (the one definition, shared with fine-tuning and
+prediction); a box that cannot belong to the page means the OCR does not fit it (wrong page, wrong scale), so the
 page is rejected rather than trained on with wrong positions. Every encoding here is byte-deterministic.
 """
 
@@ -10,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from layoutlmv3 import page_layout
 from layoutlmv3.data.sample_format import (
     IMAGE_FILE,
     IMAGE_SIZE,
@@ -27,12 +26,12 @@ from layoutlmv3.data.sample_format import (
     TOKENS_FILE,
     sample_key,
 )
-from layoutlmv3.tokenizer import MAX_COORD, LayoutLMv3Tokenizer
+from layoutlmv3.page_layout import line_layout
+from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 from .ocr import Word
 from .rejects import ABSURD_BOX, NO_WORDS, PageRejected
 
-BOX_MARGIN = 0.1  # fraction of the page a box may overhang an edge before it is absurd (beyond that: rejected)
 PNG_COMPRESS_LEVEL = 6
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # constant member timestamps make tokens.npz reproducible
 
@@ -83,48 +82,11 @@ def build_sample(
 
 
 def normalize_box(box: Sequence[object], width: int, height: int) -> list[int]:
-    """Pixel box -> [x0, y0, x1, y1] in 0..1000; raises PageRejected(absurd_box) for boxes that cannot be fixed."""
+    """`layoutlmv3.page_layout.normalize_box`, a box that cannot belong to the page rejecting the page."""
     try:
-        x0, y0, x1, y1 = (float(value) for value in box)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise PageRejected(ABSURD_BOX, f"box {box!r} is not 4 numbers") from None
-    if not all(math.isfinite(value) for value in (x0, y0, x1, y1)):
-        raise PageRejected(ABSURD_BOX, f"box {box!r} has a non-finite coordinate")
-    x0, x1 = sorted((x0, x1))
-    y0, y1 = sorted((y0, y1))
-    if (
-        x0 < -BOX_MARGIN * width
-        or y0 < -BOX_MARGIN * height
-        or x1 > (1 + BOX_MARGIN) * width
-        or y1 > (1 + BOX_MARGIN) * height
-    ):
-        raise PageRejected(ABSURD_BOX, f"box {list(box)} lies outside the {width}x{height} page")
-    return [_scale(x0, width), _scale(y0, height), _scale(x1, width), _scale(y1, height)]
-
-
-def _scale(value: float, size: int) -> int:
-    return min(max(int(MAX_COORD * value / size), 0), MAX_COORD)
-
-
-def line_layout(lines: Sequence[int], boxes: Sequence[Sequence[int]]) -> tuple[list[int], list[list[int]]]:
-    """Dense line ids (0, 1, ... by first appearance) per word, and each line's box: the union of its word boxes."""
-    dense: dict[int, int] = {}
-    line_boxes: list[list[int]] = []
-    line_ids = []
-    for line, box in zip(lines, boxes):
-        index = dense.setdefault(line, len(dense))
-        if index == len(line_boxes):
-            line_boxes.append(list(box))
-        else:
-            union = line_boxes[index]
-            line_boxes[index] = [
-                min(union[0], box[0]),
-                min(union[1], box[1]),
-                max(union[2], box[2]),
-                max(union[3], box[3]),
-            ]
-        line_ids.append(index)
-    return line_ids, line_boxes
+        return page_layout.normalize_box(box, width, height)
+    except page_layout.BadBox as error:
+        raise PageRejected(ABSURD_BOX, str(error)) from None
 
 
 def encode_png(image: Image.Image, size: int) -> bytes:

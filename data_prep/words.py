@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from PIL import Image
 
-
-@dataclass(frozen=True)
-class Word:
-    """One OCR word: its text, its box [x0, y0, x1, y1] in pixels of the page, and its line id."""
-
-    text: str
-    box: tuple[Any, Any, Any, Any]  # as given; samples.normalize_box validates and normalises it
-    line: int
+from layoutlmv3.page_layout import Word  # the one definition, shared with prediction
 
 
 class Ocr(Protocol):

@@ -16,7 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from layoutlmv3.finetune.config import load_finetune_config  # noqa: E402
+from data_prep.synth import write_corpus  # noqa: E402
+from layoutlmv3.finetune.config import (
+    FinetuneConfig,  # noqa: E402
+    load_finetune_config,  # noqa: E402
+)
+from layoutlmv3.finetune.funsd import SPLITS  # noqa: E402
 from layoutlmv3.finetune.train import finetune  # noqa: E402
 
 EPILOG = """\
@@ -44,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def write_synthetic_forms(config: FinetuneConfig) -> Path:
+    """FUNSD-format synthetic forms under output.dir/synthetic (written once; the same seed gives the same forms)."""
+    root = Path(config.output.dir) / "synthetic"
+    seed = config.train.seed
+    write_corpus(root / SPLITS[0], config.data.synthetic_train_pages, seed=seed)
+    write_corpus(root / SPLITS[1], config.data.synthetic_test_pages, seed=seed + 1)
+    return root
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -54,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides += ["--output.dir", args.out]
     try:
         config = load_finetune_config(args.config, overrides)
+        if not config.data.dir:
+            config.data.dir = str(write_synthetic_forms(config))
         results = finetune(config)
     except (ValueError, OSError) as error:  # bad config, data or model directory: one line, no traceback
         print(f"error: {error}", file=sys.stderr)

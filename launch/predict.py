@@ -16,12 +16,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data_prep.ocr import Word  # noqa: E402
+from data_prep.ocr import Word, parse_tsv, run_tesseract  # noqa: E402
 from data_prep.pages import find_images, read_pages  # noqa: E402
 from data_prep.rejects import PageRejected  # noqa: E402
 from layoutlmv3.finetune.predict import Predictor, draw, read_words  # noqa: E402
+from layoutlmv3.page_layout import BadBox, to_sample_mode  # noqa: E402
+
+OCR_TIMEOUT = 120.0  # seconds of Tesseract per page
 
 EPILOG = """\
 examples:
@@ -59,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _batch(predictor, args.image, args.out, args.viz)
         words = read_words(args.words) if args.words else None
         _page(predictor, args.image, args.page, words, args.out, args.viz)
-    except (ValueError, FileNotFoundError, PageRejected) as error:
+    except (ValueError, FileNotFoundError, PageRejected) as error:  # BadBox is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}")
@@ -70,7 +74,7 @@ def _page(predictor: Predictor, path: Path, page: int, words: list[Word] | None,
     for number, image in read_pages(path, page):
         if isinstance(image, PageRejected):
             raise image
-        prediction = predictor.predict(image, words, name=str(path), page=number)
+        prediction = predictor.predict(image, _ocr(image) if words is None else words, name=str(path), page=number)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(prediction.to_json(), encoding="utf-8")
         if viz:
@@ -90,8 +94,8 @@ def _batch(predictor: Predictor, root: Path, out: Path, viz: Path | None) -> int
             try:
                 if isinstance(image, PageRejected):
                     raise image
-                prediction = predictor.predict(image, name=relative, page=number)
-            except PageRejected as error:
+                prediction = predictor.predict(image, _ocr(image), name=relative, page=number)
+            except (PageRejected, BadBox) as error:
                 print(f"skipped {relative} page {number}: {error}", file=sys.stderr)
                 failed += 1
                 continue
@@ -102,6 +106,11 @@ def _batch(predictor: Predictor, root: Path, out: Path, viz: Path | None) -> int
                 draw(image, prediction).save((viz / name).with_suffix(".png"))
     print(f"wrote {out}" + (f" ({failed} page(s) skipped)" if failed else ""))
     return 1 if failed else 0
+
+
+def _ocr(image: Image.Image) -> list[Word]:
+    """Tesseract's words of a page (a failure or time-out raises PageRejected)."""
+    return parse_tsv(run_tesseract(to_sample_mode(image), OCR_TIMEOUT))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data_prep.synth import generate_page, page_id  # noqa: E402
 from layoutlmv3.pretraining.image_tokenizer_training import RunConfig, load_run_config, train  # noqa: E402
 
 EPILOG = """\
@@ -65,6 +66,22 @@ def apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
     return dataclasses.replace(config, data=data, training=training)
 
 
+def with_synthetic_folder(config: RunConfig) -> RunConfig:
+    """The config training on data.synthetic_pages data_prep.synth pages, written once as PNG files named by page
+    id under the run directory (the same keys, hence the same held-out split, as generating them in memory)."""
+    data = config.data
+    folder = Path(config.training.out_dir) / "synthetic_pages"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(data.synthetic_pages):
+        path = folder / f"{page_id(data.synthetic_seed, index)}.png"
+        if not path.is_file():  # written under a temporary name: a killed run leaves no half page
+            temporary = path.with_name(f".{path.name}.tmp")
+            generate_page(data.synthetic_seed, index).image.save(temporary, format="PNG", compress_level=1)
+            temporary.replace(path)
+    data = dataclasses.replace(data, images=str(folder), synthetic_pages=0)
+    return dataclasses.replace(config, data=data)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -73,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = apply_overrides(load_run_config(args.config), args)
     except (OSError, ValueError) as error:
         parser.error(str(error))
+    if config.data.synthetic_pages > 0:
+        config = with_synthetic_folder(config)
     metrics = train(config, progress=not args.quiet)
     print(", ".join(f"{name} {value:.4g}" for name, value in metrics.items()))
 

@@ -15,8 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import webdataset as wds
+import yaml
 from PIL import Image
 
+from data_prep.synth import page_id
 from layoutlmv3.pretraining.image_tokenizer import (
     ImageTokenizer,
     ImageTokenizerConfig,
@@ -310,3 +312,18 @@ def test_launch_script_trains_from_an_image_folder(page_folder: Path, tmp_path: 
     assert model.codebook_size == 512
     metrics = (tmp_path / "eval_metrics.json").read_text()
     assert '"step": 3' in metrics and math.isfinite(float(metrics.split('"psnr": ')[1].split(",")[0]))
+
+
+def test_launch_script_writes_synthetic_pages_to_a_folder_first(tmp_path: Path) -> None:
+    """The library reads pages; synthetic ones are made by data_prep, through the launcher, once."""
+    values = yaml.safe_load((REPO_ROOT / "configs" / "image_tokenizer" / "tiny.yaml").read_text())
+    values["data"]["synthetic_pages"] = 6
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(values))
+    args = ["--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--steps", "2", "--quiet"]
+    runpy.run_path(str(REPO_ROOT / "launch" / "train_image_tokenizer.py"))["main"](args)
+    seed = values["data"]["synthetic_seed"]
+    written = sorted(path.name for path in (tmp_path / "run" / "synthetic_pages").iterdir())
+    assert written == sorted(f"{page_id(seed, index)}.png" for index in range(6))
+    assert ImageTokenizer.from_pretrained(tmp_path / "run").codebook_size == 512
+    with pytest.raises(ValueError, match="synthetic pages are made by data_prep"):
+        image_source(DataConfig(synthetic_pages=6))

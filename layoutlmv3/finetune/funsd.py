@@ -15,8 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from data_prep.rejects import PageRejected
-from data_prep.samples import normalize_box
+from layoutlmv3.page_layout import BadBox, normalize_box
 
 ENTITY_TYPES = ("HEADER", "QUESTION", "ANSWER")
 LABELS = ("O", *(f"{prefix}-{kind}" for kind in ENTITY_TYPES for prefix in ("B", "I")))
@@ -62,9 +61,9 @@ def read_page(annotation_path: Path, image_path: Path, boxes: str = "segment") -
             box = entity["box"] if boxes == "segment" else word["box"]
             try:
                 word_boxes.append(normalize_box(box, width, height))
-            except PageRejected as error:
+            except BadBox as error:
                 raise ValueError(
-                    f"{annotation_path}: entity {entity.get('id')} word {word['text']!r}: {error.detail}"
+                    f"{annotation_path}: entity {entity.get('id')} word {word['text']!r}: {error}"
                 ) from None
             if kind in ENTITY_TYPES:
                 labels.append(LABEL_IDS[f"{'B' if position == 0 else 'I'}-{kind}"])

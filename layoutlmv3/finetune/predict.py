@@ -1,8 +1,9 @@
 """A fine-tuned model on new pages: image (+ OCR words) -> labelled words and grouped entities, and a picture.
 
-Words come from Tesseract (data_prep.ocr) unless given as JSON: ``{"words": [{"text": "Date:", "box": [x0, y0,
-x1, y1], "line": 3}, ...]}`` with pixel boxes (``line`` optional). The layout position of a word is its line's box
-by default (`boxes="segment"`: the union of the words of one OCR line, `data_prep.samples.line_layout`), the
+The caller brings the words: `launch/predict.py` runs Tesseract (data_prep.ocr) unless they are given as JSON:
+``{"words": [{"text": "Date:", "box": [x0, y0, x1, y1], "line": 3}, ...]}`` with pixel boxes (``line`` optional).
+The layout position of a word is its line's box by default (`boxes="segment"`: the union of the words of one OCR
+line, `page_layout.line_layout`), the
 nearest thing raw OCR has to the annotated segments the model was fine-tuned on; `boxes="word"` uses word boxes.
 Entities are maximal BIO spans (seqeval's grouping); an entity's confidence is the mean of its words'.
 """
@@ -18,10 +19,8 @@ import torch
 from PIL import Image, ImageDraw
 from seqeval.metrics.sequence_labeling import get_entities
 
-from data_prep.ocr import Word, parse_tsv, run_tesseract
-from data_prep.pages import to_sample_mode
-from data_prep.samples import line_layout, normalize_box
 from layoutlmv3.model import LayoutLMv3ForTokenClassification
+from layoutlmv3.page_layout import Word, line_layout, normalize_box, to_sample_mode
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 from .dataset import MODEL_INPUTS, make_windows, page_pixels
@@ -30,7 +29,6 @@ from .funsd import BOX_LEVELS
 
 COLORS = {"HEADER": (31, 119, 180), "QUESTION": (44, 160, 44), "ANSWER": (255, 127, 14)}
 OTHER_COLOR = (148, 103, 189)
-OCR_TIMEOUT = 120.0
 
 
 @dataclass
@@ -84,13 +82,9 @@ class Predictor:
         self.device, self.max_length, self.stride, self.boxes = torch.device(device), max_length, stride, boxes
 
     @torch.no_grad()
-    def predict(
-        self, image: Image.Image, words: Sequence[Word] | None = None, name: str = "", page: int = 0
-    ) -> PagePrediction:
-        """Labelled words and entities of one page; `words` None runs Tesseract on it."""
+    def predict(self, image: Image.Image, words: Sequence[Word], name: str = "", page: int = 0) -> PagePrediction:
+        """Labelled words and entities of one page from its OCR words (pixel boxes; a bad box raises BadBox)."""
         image = to_sample_mode(image)
-        if words is None:
-            words = parse_tsv(run_tesseract(image, OCR_TIMEOUT))
         words = [word for word in words if word.text.strip()]
         width, height = image.size
         pixel_boxes = [normalize_box(word.box, width, height) for word in words]

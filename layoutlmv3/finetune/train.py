@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from data_prep.synth import write_corpus
 from layoutlmv3.model import LayoutLMv3ForTokenClassification
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 from layoutlmv3.training.schedule import learning_rate
@@ -43,14 +42,11 @@ def split_dev(pages: list[Page], fraction: float, seed: int) -> tuple[list[Page]
 
 
 def data_root(config: FinetuneConfig) -> Path:
-    """The FUNSD root of data.dir, or synthetic forms written (once) under output.dir/synthetic."""
-    if config.data.dir:
-        return Path(config.data.dir)
-    root = Path(config.output.dir) / "synthetic"
-    seed = config.train.seed
-    write_corpus(root / SPLITS[0], config.data.synthetic_train_pages, seed=seed)
-    write_corpus(root / SPLITS[1], config.data.synthetic_test_pages, seed=seed + 1)
-    return root
+    """The FUNSD-format root data.dir (launch/finetune.py writes synthetic forms there when --data is not given:
+    the library reads data, data_prep makes it)."""
+    if not config.data.dir:
+        raise ValueError("data.dir is not set: a FUNSD-format root with training_data/ and testing_data/")
+    return Path(config.data.dir)
 
 
 def pick_device(name: str) -> torch.device:

@@ -3,7 +3,7 @@
 Data: an endless stream of 112x112 RGB pages from one of
   (a) a folder of page images (PNG/JPEG/TIFF, searched recursively; the first frame of a multi-page TIFF),
   (b) webdataset shards (the `tok.png` member of each sample, see `layoutlmv3.data.sample_format`), or
-  (c) pages generated on the fly by `data_prep.synth` (self-contained smoke runs).
+  (c) data_prep.synth pages, written to a folder by launch/train_image_tokenizer.py (self-contained smoke runs).
 Pages are converted to RGB and resized to 112x112 (bilinear and without keeping the aspect ratio, as the shard
 writer makes `tok.png`) and reach the model as float tensors [B, 3, 112, 112] with values in 0..1 (pixels / 255). Unreadable files and
 samples are skipped with a logged warning.
@@ -61,7 +61,7 @@ class DataConfig:
 
     images: str | None = None  # folder of page images
     shards: str | None = None  # directory of *.tar shards, a brace pattern (data-{000000..000009}.tar) or a glob
-    synthetic_pages: int = 0  # generate this many pages with data_prep.synth
+    synthetic_pages: int = 0  # this many data_prep.synth pages, written to a folder by launch/train_image_tokenizer.py
     synthetic_seed: int = 0
     eval_fraction: float = 0.1  # share of pages held out for evaluation (by a hash of the page key)
     eval_images: int = 64  # evaluate on at most this many held-out pages
@@ -186,16 +186,15 @@ PageImage = tuple[str, np.ndarray]  # (page key, uint8 [S, S, 3])
 
 @dataclass(frozen=True)
 class ImageSource:
-    """A list of items (image files, shard URLs or synthetic page indices) and how to read pages from them."""
+    """A list of items (image files or shard URLs) and how to read pages from them."""
 
-    kind: str  # "folder", "shards" or "synthetic"
+    kind: str  # "folder" or "shards"
     items: tuple[str, ...]
     root: str = ""  # folder: keys are paths relative to it
-    seed: int = 0  # synthetic: corpus seed
 
     def read(self, items: Iterable[str], size: int, keep: Callable[[str], bool]) -> Iterator[PageImage]:
         """Pages of `items` whose key passes `keep`, resized to `size`; the key is tested before decoding."""
-        readers = {"folder": self._read_folder, "shards": _read_shards, "synthetic": self._read_synthetic}
+        readers = {"folder": self._read_folder, "shards": _read_shards}
         return readers[self.kind](items, size, keep)
 
     def _read_folder(self, paths: Iterable[str], size: int, keep: Callable[[str], bool]) -> Iterator[PageImage]:
@@ -207,14 +206,6 @@ class ImageSource:
                         yield key, _to_array(image, size)
                 except Exception as error:  # Pillow's many error types; a decompression bomb among them
                     _skipped(f"image {path}", error)
-
-    def _read_synthetic(self, indices: Iterable[str], size: int, keep: Callable[[str], bool]) -> Iterator[PageImage]:
-        from data_prep.synth import generate_page, page_id
-
-        for index in indices:
-            key = page_id(self.seed, int(index))
-            if keep(key):
-                yield key, _to_array(generate_page(self.seed, int(index)).image, size)
 
 
 def _read_shards(urls: Iterable[str], size: int, keep: Callable[[str], bool]) -> Iterator[PageImage]:
@@ -271,7 +262,10 @@ def image_source(data: DataConfig) -> ImageSource:
         if not urls:
             raise FileNotFoundError(f"no shards match {data.shards}")
         return ImageSource("shards", tuple(urls))
-    return ImageSource("synthetic", tuple(str(i) for i in range(data.synthetic_pages)), seed=data.synthetic_seed)
+    raise ValueError(
+        "data.synthetic_pages: synthetic pages are made by data_prep, not the library; launch/train_image_tokenizer.py "
+        "writes them to a folder and trains on it (data.images)"
+    )
 
 
 def shard_urls(spec: str) -> list[str]:

@@ -31,16 +31,21 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from layoutlmv3.model.config import IGNORE_INDEX
+
 # RoBERTa's special tokens. In the RoBERTa/LayoutLMv3 vocabulary their ids are 0, 1, 2, 3 and 50264 (<mask>, the
 # last id); in a vocabulary made by `train_bpe` they are 0..4 in this order, so <mask> is TRAINED_MASK_ID.
 CLS_TOKEN, PAD_TOKEN, SEP_TOKEN, UNK_TOKEN, MASK_TOKEN = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
 SPECIAL_TOKENS = (CLS_TOKEN, PAD_TOKEN, SEP_TOKEN, UNK_TOKEN, MASK_TOKEN)
 TRAINED_MASK_ID = 4
+# <s>, <pad>, </s> have these ids in every vocabulary this package accepts (checked on load): the collator pads
+# with them and the model config names them (pad/bos/eos_token_id), checked against the tokenizer at start-up.
+CLS_ID, PAD_ID, SEP_ID = 0, 1, 2
 MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256  # the specials plus one symbol per byte
 
 MAX_COORD = 1000
 SPECIAL_BOX = (0, 0, 0, 0)
-IGNORE_LABEL = -100  # CrossEntropyLoss' default ignore_index
+IGNORE_LABEL = IGNORE_INDEX  # labels the loss skips (the model's one definition)
 DEFAULT_MODEL_MAX_LENGTH = 512
 
 VOCAB_FILE, MERGES_FILE, CONFIG_FILE = "vocab.json", "merges.txt", "tokenizer_config.json"
@@ -310,6 +315,10 @@ def _check_vocab(vocab: dict[str, int]) -> None:
     missing = [token for token in SPECIAL_TOKENS if token not in vocab]
     if missing:
         raise ValueError(f"vocabulary lacks the special tokens {missing}")
+    fixed = {CLS_TOKEN: CLS_ID, PAD_TOKEN: PAD_ID, SEP_TOKEN: SEP_ID}
+    moved = {token: vocab[token] for token, expected in fixed.items() if vocab[token] != expected}
+    if moved:
+        raise ValueError(f"vocabulary puts {moved}; RoBERTa-format vocabularies have <s>=0, <pad>=1, </s>=2")
 
 
 def _fingerprint(vocab: dict[str, int], merges: list[tuple[str, str]]) -> str:

@@ -87,3 +87,20 @@ def test_broken_yaml_names_its_file_line_and_column(tmp_path) -> None:
         load_run_config(path)
     with pytest.raises(FileNotFoundError, match=f"config file {tmp_path / 'missing.yaml'} does not exist"):
         load_run_config(tmp_path / "missing.yaml")
+
+
+def test_special_ids_and_the_patch_grid_have_one_source_each() -> None:
+    """The tokenizer fixes <s>/<pad>/</s> (refusing a vocabulary that moves them); the engine refuses a model config
+    that disagrees with it, or whose patch grid is not the image tokenizer's code grid."""
+    from layoutlmv3.training.engine import check_inputs_fit
+
+    tokenizer = train_bpe(["Date", "Total"] * 5, vocab_size=300)
+    ids = {"pad": tokenizer.pad_token_id, "cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id}
+    check_inputs_fit(LayoutLMv3Config.from_flavor("tiny"), ids, image_grid=14)
+    with pytest.raises(ValueError, match=r"pad_token_id=7 \(tokenizer: 1\)"):
+        check_inputs_fit(LayoutLMv3Config.from_flavor("tiny", pad_token_id=7), ids, image_grid=14)
+    with pytest.raises(ValueError, match="28x28 patch grid, the image tokenizer codes a 14x14 grid"):
+        check_inputs_fit(LayoutLMv3Config.from_flavor("tiny", input_size=448), ids, image_grid=14)
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
+    with pytest.raises(ValueError, match="RoBERTa-format vocabularies have <s>=0, <pad>=1, </s>=2"):
+        LayoutLMv3Tokenizer(vocab, [])

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 
 from layoutlmv3.data.decode import PageSample
+from layoutlmv3.tokenizer import CLS_ID, PAD_ID, SEP_ID  # fixed by the tokenizer, which checks them on load
 
-# Ids of <s>, <pad>, </s>: the same in RoBERTa's vocabulary and in one made by layoutlmv3.tokenizer.train_bpe.
-CLS_ID, PAD_ID, SEP_ID = 0, 1, 2
 NO_WORD = -1  # word id of specials and padding
 # LayoutLMv3ImageProcessor: rescale by 1/255, then normalise with IMAGENET_STANDARD_MEAN/STD = 0.5/0.5.
 IMAGE_MEAN, IMAGE_STD = 0.5, 0.5

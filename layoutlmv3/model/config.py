@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flex")
+IGNORE_INDEX = -100  # label value the losses skip (CrossEntropyLoss' default): the one definition
 CLASSIFIER_HEADS = ("linear", "mlp")
 
 

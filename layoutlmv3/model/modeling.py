@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import hf_interop, weights_io
-from .config import LayoutLMv3Config
+from .config import IGNORE_INDEX, LayoutLMv3Config
 from .embeddings import TextEmbeddings, VisualEmbeddings, check_boxes, patch_grid_boxes
 from .encoder import Encoder, EncoderLayer
 from .heads import MaskedLMHead, TokenClassificationHead
@@ -322,7 +322,7 @@ class LayoutLMv3ForMaskedLM(LayoutLMv3PreTrainedModel):
         text = hidden[:, : input_ids.shape[1]]
         if labels is None:
             return MaskedLMOutput(logits=self.mlm_head(text), last_hidden_state=hidden)
-        selected = labels != -100
+        selected = labels != IGNORE_INDEX
         logits = self.mlm_head(text[selected])
         loss = nn.functional.cross_entropy(logits.float(), labels[selected])
         return MaskedLMOutput(logits=logits, loss=loss, last_hidden_state=hidden)

@@ -10,7 +10,9 @@ import math
 
 import numpy as np
 
-IGNORE = -100
+from layoutlmv3.model.config import IGNORE_INDEX
+
+IGNORE = IGNORE_INDEX  # the model's one definition
 ALIGNED, UNALIGNED = 0, 1
 
 

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3Model, LayoutLMv3PreTrainedModel
+from layoutlmv3.model.config import IGNORE_INDEX
 from layoutlmv3.model.heads import MaskedImageHead, MaskedLMHead, WordPatchAlignmentHead
 from layoutlmv3.model.hf_interop import BASE_PREFIX
 
-IGNORE = -100
+IGNORE = IGNORE_INDEX  # the model's one definition
 
 
 @dataclass

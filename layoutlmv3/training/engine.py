@@ -64,6 +64,27 @@ def build_model(config: RunConfig, vocab_size: int, codebook_size: int) -> Layou
     return model
 
 
+def check_inputs_fit(model_config: LayoutLMv3Config, special_ids: dict[str, int], image_grid: int) -> None:
+    """Refuse at start-up a model whose special-token ids differ from the tokenizer's (`special_ids`: the
+    tokenizer's pad/cls/sep ids) or whose patch grid differs from the image tokenizer's code grid (the MIM labels
+    would address other patches)."""
+    named = {"pad_token_id": "pad", "bos_token_id": "cls", "eos_token_id": "sep"}
+    wrong = [
+        f"{field}={getattr(model_config, field)} (tokenizer: {special_ids[kind]})"
+        for field, kind in named.items()
+        if getattr(model_config, field) != special_ids[kind]
+    ]
+    if wrong:
+        raise ValueError(f"the model config's special ids differ from the tokenizer's: {', '.join(wrong)}")
+    if model_config.patches_per_side != image_grid:
+        raise ValueError(
+            f"the model cuts {model_config.input_size} px pages into a {model_config.patches_per_side}x"
+            f"{model_config.patches_per_side} patch grid, the image tokenizer codes a {image_grid}x{image_grid} grid: "
+            "MIM labels would not match the patches (change model.overrides input_size/patch_size or the image "
+            "tokenizer)"
+        )
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two AdamW groups: decayed weights, and biases, norm gains and token/position embeddings without decay."""
     norm_params = {id(p) for module in model.modules() if isinstance(module, nn.LayerNorm) for p in module.parameters()}

@@ -70,24 +70,26 @@ class ObjectiveSection:
     mlm_weight: float = 1.0
     mim_weight: float = 1.0
     wpa_weight: float = 1.0
-    text_mask_ratio: float = 0.30
-    span_lambda: float = 3.0
-    mask_token_share: float = 0.8
-    random_token_share: float = 0.1
-    image_mask_ratio: float = 0.40
-    min_block_patches: int = 16
+    # Masking: the defaults (the paper's) and the rules live in MaskingConfig; these fields mirror its own.
+    text_mask_ratio: float = MaskingConfig.text_mask_ratio
+    span_lambda: float = MaskingConfig.span_lambda
+    mask_token_share: float = MaskingConfig.mask_token_share
+    random_token_share: float = MaskingConfig.random_token_share
+    image_mask_ratio: float = MaskingConfig.image_mask_ratio
+    min_block_patches: int = MaskingConfig.min_block_patches
     image_tokenizer: str = ""  # a trained image tokenizer directory (frozen)
 
     def __post_init__(self) -> None:
         for name in ("mlm_weight", "mim_weight", "wpa_weight"):
             _require(getattr(self, name) >= 0, f"objectives.{name} must be >= 0, got {getattr(self, name)}")
         try:
-            self.masking()  # MaskingConfig owns the rules for the masking fields
+            self.masking(MaskingConfig.patches_per_side)  # MaskingConfig owns the rules for the masking fields
         except ValueError as error:
             raise ValueError(f"objectives.{error}") from None
 
-    def masking(self, patches_per_side: int = 14) -> MaskingConfig:
-        """The collator's masking settings: the fields of this section that MaskingConfig has."""
+    def masking(self, patches_per_side: int) -> MaskingConfig:
+        """The collator's masking settings: the fields of this section that MaskingConfig has, on the model's
+        patch grid (the model config is the grid's one source)."""
         names = {f.name for f in dataclasses.fields(MaskingConfig)} - {"patches_per_side"}
         return MaskingConfig(**{name: getattr(self, name) for name in names}, patches_per_side=patches_per_side)
 

@@ -35,7 +35,7 @@ from .checkpointing import (
 )
 from .distributed import describe_placement, init_distributed, placement_logger
 from .ds_config import load_ds_config, with_global_batch
-from .engine import Training, build_model, initialize, non_embedding_parameters
+from .engine import Training, build_model, check_inputs_fit, initialize, non_embedding_parameters
 from .extensions import check_build_locks
 from .inputs import build_loaders, check_shards_tokenizer
 from .loop import Run, TrainState, train
@@ -122,6 +122,8 @@ def _assemble(config: RunConfig, ds_values: dict, resume: str) -> Run:
 
     torch.manual_seed(config.train.seed)  # the same initial weights on every rank
     model = build_model(config, tokenizer.vocab_size, image_tokenizer.codebook_size)
+    special_ids = {"pad": tokenizer.pad_token_id, "cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id}
+    check_inputs_fit(model.config, special_ids, image_tokenizer.config.grid_size)
     parameters, non_embedding = model.num_parameters(), non_embedding_parameters(model)  # before ZeRO-3 partitions
     if checkpoint is not None:
         check_compatible(checkpoint, model.config.to_dict(), tokenizer.fingerprint)

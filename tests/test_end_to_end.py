@@ -99,7 +99,9 @@ def test_pretrain_convert_finetune_predict(tmp_path: Path) -> None:
     command += ["--data.synthetic_train_pages", "4", "--data.synthetic_test_pages", "2"]
     _run(command)
     results = json.loads((finetuned / "results.json").read_text())
-    assert 0 <= results["test"]["f1"] <= 1
+    best = max(results["dev_history"], key=lambda entry: entry["dev_f1"])
+    assert [entry["step"] for entry in results["dev_history"]] == [3, 6]
+    assert (results["best_step"], results["dev_f1"]) == (best["step"], best["dev_f1"])
 
     page = sorted((finetuned / "synthetic" / "testing_data" / "images").glob("*.png"))[0]
     out = tmp_path / "prediction.json"

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
+from data_prep.synth import write_corpus
 from launch.finetune import main as finetune_main
 from layoutlmv3.finetune.config import load_finetune_config
-from layoutlmv3.finetune.dataset import NO_WORD, make_windows
-from layoutlmv3.finetune.evaluate import entity_scores, merge_windows
+from layoutlmv3.finetune.dataset import NO_WORD, WindowDataset, make_windows
+from layoutlmv3.finetune.evaluate import entity_scores, evaluate, merge_windows
 from layoutlmv3.finetune.funsd import LABEL_IDS, LABELS, read_page, read_split
 from layoutlmv3.finetune.train import BEST_DIR, RESULTS_FILE, split_dev
 from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3ForTokenClassification, LayoutLMv3Model
-from layoutlmv3.tokenizer import train_bpe
+from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["Date", "Total", "Name", "Amount", "Signature", "Remarks", "approved", "received", "1998", "John"]
@@ -144,22 +147,45 @@ def test_random_init_keeps_the_architecture_and_draws_fresh_weights(tmp_path: Pa
     assert not torch.equal(fresh_weights["text_embeddings.word.weight"], loaded_weights["text_embeddings.word.weight"])
 
 
-def test_tiny_finetune_saves_the_best_model(tmp_path: Path) -> None:
-    """Synthetic forms, a tiny random model: trains, selects on dev, scores on test, saves a loadable model."""
-    tokenizer = train_bpe(WORDS * 3, vocab_size=400)
+def test_fine_tuning_learns_and_keeps_the_best_dev_model(tmp_path: Path) -> None:
+    """A tiny random model fine-tuned 100 steps on synthetic forms: entity F1 on unseen forms far above what a
+    labeller without the model gets (the same label frequencies, drawn at random), the kept model is the one with
+    the best dev F1 of the recorded history, and it reproduces the reported test score when reloaded."""
+    write_corpus(tmp_path / "data" / "training_data", 24, seed=0)
+    write_corpus(tmp_path / "data" / "testing_data", 8, seed=1)
+    words = [word for page in read_split(tmp_path / "data" / "training_data") for word in page.words]
+    tokenizer = train_bpe(words, vocab_size=800)
+    tokenizer.save_pretrained(tmp_path / "model")
+    torch.manual_seed(0)
     LayoutLMv3Model(LayoutLMv3Config.from_flavor("tiny", vocab_size=tokenizer.vocab_size)).save_pretrained(
         tmp_path / "model"
     )
-    tokenizer.save_pretrained(tmp_path / "model")
     argv = ["--config", str(REPO_ROOT / "configs" / "finetune" / "tiny.yaml"), "--model", str(tmp_path / "model")]
-    argv += ["--out", str(tmp_path / "out"), "--train.steps", "4", "--train.eval_every", "2", "--output.progress"]
-    argv += ["false", "--data.synthetic_train_pages", "4", "--data.synthetic_test_pages", "2"]
+    argv += ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--train.steps", "100"]
+    argv += ["--train.eval_every", "25", "--train.lr", "2e-3", "--output.progress", "false"]
     assert finetune_main(argv) == 0
     results = json.loads((tmp_path / "out" / RESULTS_FILE).read_text())
-    assert results["best_step"] in (2, 4) and 0 <= results["test"]["f1"] <= 1
-    best = LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "out" / BEST_DIR)
-    assert best.config.id2label == dict(enumerate(LABELS))
-    assert (tmp_path / "out" / BEST_DIR / "vocab.json").is_file()
+
+    test_pages = read_split(tmp_path / "data" / "testing_data")
+    gold = [[LABELS[label] for label in page.labels] for page in test_pages]
+    frequencies = [label for page in read_split(tmp_path / "data" / "training_data") for label in page.labels]
+    rng = random.Random(0)
+    guessed = [[LABELS[rng.choice(frequencies)] for _ in page] for page in gold]
+    chance = entity_scores(gold, guessed)["f1"]
+    assert chance < 0.25 and results["test"]["f1"] > max(0.4, 2.5 * chance), (results["test"]["f1"], chance)
+
+    history = results["dev_history"]
+    assert [entry["step"] for entry in history] == [25, 50, 75, 100]
+    best = max(history, key=lambda entry: entry["dev_f1"])  # the first of equal scores, as training keeps
+    assert (results["best_step"], results["dev_f1"]) == (best["step"], best["dev_f1"])
+    assert history[-1]["loss"] < history[0]["loss"] or best["dev_f1"] > history[0]["dev_f1"]
+
+    model = LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "out" / BEST_DIR)
+    assert model.config.id2label == dict(enumerate(LABELS))
+    tokenizer = LayoutLMv3Tokenizer.from_pretrained(tmp_path / "out" / BEST_DIR)
+    dataset = WindowDataset(test_pages, tokenizer, 128, 32, model.config.input_size)
+    rescored = evaluate(model.eval(), DataLoader(dataset, batch_size=4), test_pages, LABELS)
+    assert rescored["f1"] == pytest.approx(results["test"]["f1"], abs=1e-9)
     assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
 
 

@@ -42,7 +42,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _check(result: dict, width: int, height: int) -> None:
     assert (result["width"], result["height"]) == (width, height)
     assert result["words"]
-    assert all(word["label"] in LABELS and 0 <= word["confidence"] <= 1 for word in result["words"])
+    assert all(word["label"] in LABELS and 1 / len(LABELS) <= word["confidence"] <= 1 for word in result["words"])
     kinds = {label.split("-", 1)[-1] for label in LABELS}
     for entity in result["entities"]:
         assert entity["label"] in kinds and entity["text"] and len(entity["box"]) == 4

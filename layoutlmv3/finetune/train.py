@@ -95,7 +95,7 @@ def finetune(config: FinetuneConfig) -> dict:
     writer = SummaryWriter(out / "tensorboard")
     (out / "finetune_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
-    best_f1, best_step = -1.0, 0
+    best_f1, best_step, history = -1.0, 0, []
     batches = _endless(train_loader)
     for step in tqdm(range(1, settings.steps + 1), desc="fine-tune", disable=not config.output.progress):
         model.train()
@@ -116,6 +116,7 @@ def finetune(config: FinetuneConfig) -> dict:
             for name in ("precision", "recall", "f1"):
                 writer.add_scalar(f"dev/{name}", scores[name], step)
             logger.info("step %d | loss %.4f | dev F1 %.4f", step, loss.item(), scores["f1"])
+            history.append({"step": step, "loss": loss.item(), "dev_f1": scores["f1"]})
             if scores["f1"] > best_f1:
                 best_f1, best_step = scores["f1"], step
                 model.save_pretrained(out / BEST_DIR)
@@ -125,7 +126,7 @@ def finetune(config: FinetuneConfig) -> dict:
     test = evaluate(best, test_loader, test_pages, LABELS)
     writer.add_scalar("test/f1", test["f1"], best_step)
     writer.close()
-    results = {"best_step": best_step, "dev_f1": best_f1, "test": test}
+    results = {"best_step": best_step, "dev_f1": best_f1, "test": test, "dev_history": history}
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     logger.info(
         "best dev F1 %.4f at step %d; test F1 %.4f (P %.4f, R %.4f)",

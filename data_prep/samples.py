@@ -27,6 +27,7 @@ from layoutlmv3.data.sample_format import (
     sample_key,
 )
 from layoutlmv3.page_layout import line_layout
+from layoutlmv3.processing import resize_page
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 from .ocr import Word
@@ -91,7 +92,7 @@ def normalize_box(box: Sequence[object], width: int, height: int) -> list[int]:
 
 def encode_png(image: Image.Image, size: int) -> bytes:
     """The page squashed to size x size (bilinear with antialiasing, as LayoutLMv3's processor), as PNG."""
-    resized = image.resize((size, size), Image.Resampling.BILINEAR)
+    resized = resize_page(image, size).copy()  # the page processor's one filter (copy: info is reset below)
     resized.info = {}  # no ICC profile, dpi or transparency carried over from the scan: same bytes for same pixels
     buffer = io.BytesIO()
     resized.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)

@@ -11,9 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from layoutlmv3.convert import convert_checkpoint, convert_from_hf, resolve_tag  # noqa: E402
+from layoutlmv3.convert import convert_checkpoint, convert_from_hf, resolve_tag
 
 EPILOG = """\
 examples:

@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_prep.synth import LABELS, generate_page  # noqa: E402
-from layoutlmv3 import LayoutLMv3Config, LayoutLMv3ForTokenClassification  # noqa: E402
-from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe  # noqa: E402
+from data_prep.synth import LABELS, generate_page
+from layoutlmv3 import LayoutLMv3Config, LayoutLMv3ForTokenClassification
+from layoutlmv3.processing import LayoutLMv3Processor
+from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
 
 BIO_LABELS = ["O"] + [f"{prefix}-{label.upper()}" for label in LABELS if label != "other" for prefix in "BI"]
 
@@ -38,26 +37,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def page_inputs(page, tokenizer: LayoutLMv3Tokenizer) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Model inputs for one page: words with 0..1000 boxes, labels in BIO form, the image at 224x224."""
-    width, height = page.image.size
+    """Model inputs for one page through the page processor (pixel boxes -> 0..1000, the image at 224x224), the
+    first window of the page, with BIO labels."""
     words, boxes, labels = [], [], []
     for entity in page.entities:
         for position, word in enumerate(entity.words):
-            x0, y0, x1, y1 = word.box
             words.append(word.text)
-            boxes.append([min(1000, 1000 * x0 // width), min(1000, 1000 * y0 // height),
-                          min(1000, 1000 * x1 // width), min(1000, 1000 * y1 // height)])  # fmt: skip
+            boxes.append(word.box)
             tag = "O" if entity.label == "other" else f"{'B' if position == 0 else 'I'}-{entity.label.upper()}"
             labels.append(BIO_LABELS.index(tag))
-    encoding = tokenizer.encode(words, boxes, labels, max_length=512)
-    image = np.asarray(page.image.convert("RGB").resize((224, 224)), dtype=np.float32) / 255.0
-    inputs = {
-        "input_ids": torch.tensor([encoding.input_ids]),
-        "bbox": torch.tensor([encoding.bbox]),
-        "attention_mask": torch.tensor([encoding.attention_mask]),
-        "pixel_values": (torch.from_numpy(image).permute(2, 0, 1)[None] - 0.5) / 0.5,
-        "labels": torch.tensor([encoding.labels]),
-    }
+    processed = LayoutLMv3Processor(tokenizer)(page.image, words, boxes, labels)
+    inputs = {name: value[:1] for name, value in processed.model_inputs().items()}
+    inputs["labels"] = processed.labels[:1]
     return inputs, words
 
 

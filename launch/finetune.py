@@ -14,15 +14,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_prep.synth import write_corpus  # noqa: E402
+from data_prep.synth import write_corpus
 from layoutlmv3.finetune.config import (
-    FinetuneConfig,  # noqa: E402
-    load_finetune_config,  # noqa: E402
+    FinetuneConfig,
+    load_finetune_config,
 )
-from layoutlmv3.finetune.funsd import SPLITS  # noqa: E402
-from layoutlmv3.finetune.train import finetune  # noqa: E402
+from layoutlmv3.finetune.funsd import SPLITS
+from layoutlmv3.finetune.train import finetune
 
 EPILOG = """\
 examples:

@@ -14,16 +14,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from PIL import Image
+from tqdm import tqdm
 
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from data_prep.ocr import Word, parse_tsv, run_tesseract  # noqa: E402
-from data_prep.pages import find_images, read_pages  # noqa: E402
-from data_prep.rejects import PageRejected  # noqa: E402
-from layoutlmv3.finetune.predict import Predictor, draw, read_words  # noqa: E402
-from layoutlmv3.page_layout import BadBox, to_sample_mode  # noqa: E402
+from data_prep.ocr import Word, parse_tsv, run_tesseract
+from data_prep.pages import find_images, read_pages
+from data_prep.rejects import PageRejected
+from layoutlmv3.finetune.predict import Predictor, draw, read_words
+from layoutlmv3.page_layout import BadBox, to_sample_mode
 
 OCR_TIMEOUT = 120.0  # seconds of Tesseract per page
 

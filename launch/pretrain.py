@@ -13,9 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from layoutlmv3.training import run  # noqa: E402
+from layoutlmv3.training import run
 
 EPILOG = """\
 examples:

@@ -12,14 +12,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_prep.synth import generate_page, page_id  # noqa: E402
-from layoutlmv3.pretraining.image_tokenizer_training import RunConfig, load_run_config, train  # noqa: E402
+from data_prep.synth import generate_page, page_id
+from layoutlmv3.pretraining.image_tokenizer_training import RunConfig, load_run_config, train
 
 EPILOG = """\
 examples:

@@ -16,11 +16,10 @@ import numpy as np
 import torch
 
 from layoutlmv3.data.decode import PageSample
+from layoutlmv3.processing import IMAGE_MEAN, IMAGE_STD  # the page processor's normalisation
 from layoutlmv3.tokenizer import CLS_ID, PAD_ID, SEP_ID  # fixed by the tokenizer, which checks them on load
 
 NO_WORD = -1  # word id of specials and padding
-# LayoutLMv3ImageProcessor: rescale by 1/255, then normalise with IMAGENET_STANDARD_MEAN/STD = 0.5/0.5.
-IMAGE_MEAN, IMAGE_STD = 0.5, 0.5
 
 PadTo = Literal["max_length", "longest"] | int
 Crop = Literal["random", "start"]

@@ -11,22 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from layoutlmv3.data.collate import IMAGE_MEAN, IMAGE_STD
+from layoutlmv3.processing import LayoutLMv3Processor, page_pixels
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 NO_WORD = -1  # word id of specials and padding in tensors
 MODEL_INPUTS = ("input_ids", "bbox", "attention_mask", "pixel_values")
-
-
-def page_pixels(image: Image.Image, size: int = 224) -> torch.Tensor:
-    """[3, size, size] float32: squashed to a square (bilinear, as LayoutLMv3's processor) and normalised with
-    the pretraining data's IMAGE_MEAN/STD."""
-    resized = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
-    return torch.from_numpy((resized / 255.0 - IMAGE_MEAN) / IMAGE_STD).permute(2, 0, 1).contiguous()
 
 
 def load_pixels(path: Path, size: int = 224) -> torch.Tensor:
@@ -56,7 +48,7 @@ def make_windows(
     stride: int,
 ) -> list[Window]:
     """All windows of one page, padded to `max_length` (fixed shapes: plain stacking makes a batch)."""
-    encodings = tokenizer.encode_windows(words, boxes, labels, max_length=max_length, stride=stride, pad_to=max_length)
+    encodings = LayoutLMv3Processor(tokenizer, max_length=max_length, stride=stride).encode(words, boxes, labels)
     return [
         Window(
             page=page,

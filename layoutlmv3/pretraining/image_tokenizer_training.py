@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from layoutlmv3.data.sample_format import TOKENIZER_IMAGE_FILE
 from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer, ImageTokenizerConfig, ImageTokenizerOutput
+from layoutlmv3.processing import resize_page
 from layoutlmv3.yaml_files import read_yaml
 
 logger = logging.getLogger(__name__)
@@ -243,10 +244,7 @@ def _skipped(what: str, error: Exception) -> None:
 
 def _to_array(image: Image.Image, size: int) -> np.ndarray:
     """Any PIL page -> uint8 RGB [size, size, 3], resized like data_prep's tok.png."""
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.array(image, dtype=np.uint8)
+    return np.array(resize_page(image.convert("RGB"), size), dtype=np.uint8)
 
 
 def image_source(data: DataConfig) -> ImageSource:

@@ -109,3 +109,18 @@ def test_help() -> None:
     with pytest.raises(SystemExit) as exit_info:
         predict_main(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_the_picture_colours_each_entity_by_class_with_a_legend() -> None:
+    from layoutlmv3.finetune.predict import COLORS, Entity, PagePrediction, draw
+
+    page = Image.new("L", (400, 300), 255)
+    entity = Entity("QUESTION", "Date:", [20, 150, 120, 180], 0.9, [0])
+    picture = draw(page, PagePrediction("p", 0, 400, 300, [], [entity]))
+    inside, outside = picture.getpixel((70, 165)), picture.getpixel((70, 250))
+    assert outside == (255, 255, 255)
+    green = COLORS["QUESTION"]
+    assert inside != outside and inside[1] - inside[0] > 10  # a green tint over the question
+    legend = [picture.getpixel((x, y)) for x in range(300, 400) for y in range(0, 60)]
+    assert {tuple(COLORS[name]) for name in COLORS} <= set(legend)  # a swatch of every class
+    assert green in legend

@@ -142,14 +142,30 @@ def read_words(path: str | Path) -> list[Word]:
 
 
 def draw(image: Image.Image, prediction: PagePrediction) -> Image.Image:
-    """The page in RGB with one coloured, labelled rectangle per entity."""
-    canvas = image.convert("RGB")
-    pen = ImageDraw.Draw(canvas)
+    """The page in RGB with each entity (a run of words of one class) as one translucent box in its class's colour,
+    and a legend of the classes: the grouping the model found, readable at a glance."""
+    canvas = image.convert("RGBA")
+    overlay = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    pen = ImageDraw.Draw(overlay)
     for entity in prediction.entities:
         color = COLORS.get(entity.label, OTHER_COLOR)
-        pen.rectangle(entity.box, outline=color, width=2)
-        pen.text((entity.box[0], max(entity.box[1] - 10, 0)), entity.label, fill=color)
-    return canvas
+        pen.rectangle(entity.box, fill=(*color, 60), outline=(*color, 255), width=2)
+    _legend(pen, canvas.size, sorted({entity.label for entity in prediction.entities} | set(COLORS)))
+    return Image.alpha_composite(canvas, overlay).convert("RGB")
+
+
+def _legend(pen: ImageDraw.ImageDraw, size: tuple[int, int], labels: list[str]) -> None:
+    """Colour swatches and class names in the top-right corner, on white."""
+    row, swatch, margin = 14, 10, 6
+    width = margin * 3 + swatch + 7 * max(len(label) for label in labels)
+    left, top = size[0] - width - margin, margin
+    pen.rectangle([left, top, left + width, top + row * len(labels) + margin], fill=(255, 255, 255, 230))
+    for index, label in enumerate(labels):
+        y = top + margin // 2 + index * row
+        pen.rectangle(
+            [left + margin, y + 2, left + margin + swatch, y + 2 + swatch], fill=(*COLORS.get(label, OTHER_COLOR), 255)
+        )
+        pen.text((left + 2 * margin + swatch, y), label.lower(), fill=(0, 0, 0, 255))
 
 
 def _union(boxes: list[list[int]]) -> list[int]:

@@ -32,3 +32,23 @@ def test_the_model_imports_nothing_of_training_data_or_pretraining() -> None:
     for path in sorted((LIBRARY / "model").rglob("*.py")):
         above = {n for n in _imports(path) if n.startswith(("layoutlmv3.training", "layoutlmv3.data", "deepspeed"))}
         assert not above, f"{path} imports {sorted(above)}"
+
+
+def test_entry_points_run_as_modules_and_console_scripts(tmp_path: Path) -> None:
+    """`python -m launch.NAME` from any directory, and the console scripts setup.py declares (installed by
+    `pip install -e .`, which `make venv` runs)."""
+    import subprocess
+    import sys
+
+    env = {"DS_ACCELERATOR": "cpu", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.convert", "--help"], cwd=tmp_path, capture_output=True, env=env
+    )
+    assert done.returncode == 0 and b"--checkpoint" in done.stdout
+    scripts = Path(sys.executable).parent
+    declared = (LIBRARY.parent / "setup.py").read_text()
+    for name in ("layoutlmv3-pretrain", "layoutlmv3-convert", "layoutlmv3-finetune", "layoutlmv3-build-shards"):
+        assert f'"{name} = ' in declared
+        assert (scripts / name).is_file(), f"{name} is not installed: run `pip install -e .` (make venv does)"
+    done = subprocess.run([str(scripts / "layoutlmv3-build-shards"), "--help"], capture_output=True, env=env)
+    assert done.returncode == 0 and b"--ocr" in done.stdout

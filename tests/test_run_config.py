@@ -152,7 +152,7 @@ def test_missing_required_paths_are_named() -> None:
 def test_a_run_config_must_be_a_mapping(tmp_path: Path) -> None:
     path = tmp_path / "list.yaml"
     path.write_text(yaml.safe_dump([1, 2]))
-    with pytest.raises(ValueError, match="a run config must be a YAML mapping"):
+    with pytest.raises(ValueError, match="a config file must be a YAML mapping"):
         load_run_config(path)
 
 

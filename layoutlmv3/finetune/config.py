@@ -8,10 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from layoutlmv3.training.run_config import _require, _set_dotted, build, parse_overrides
-from layoutlmv3.yaml_files import read_yaml
+from layoutlmv3.config_loading import load_config, require
 
 from .funsd import BOX_LEVELS
 
@@ -28,13 +25,13 @@ class FinetuneData:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.boxes in BOX_LEVELS, f"data.boxes must be one of {BOX_LEVELS}, got {self.boxes!r}")
-        _require(self.max_length >= 3, f"data.max_length must be >= 3, got {self.max_length}")
-        _require(0 <= self.stride < self.max_length - 2, f"data.stride must lie in 0..max_length-3, got {self.stride}")
-        _require(0 < self.dev_fraction < 1, f"data.dev_fraction must lie in (0, 1), got {self.dev_fraction}")
-        _require(self.synthetic_train_pages >= 2, "data.synthetic_train_pages must be >= 2 (train + dev)")
-        _require(self.synthetic_test_pages >= 1, "data.synthetic_test_pages must be >= 1")
-        _require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+        require(self.boxes in BOX_LEVELS, f"data.boxes must be one of {BOX_LEVELS}, got {self.boxes!r}")
+        require(self.max_length >= 3, f"data.max_length must be >= 3, got {self.max_length}")
+        require(0 <= self.stride < self.max_length - 2, f"data.stride must lie in 0..max_length-3, got {self.stride}")
+        require(0 < self.dev_fraction < 1, f"data.dev_fraction must lie in (0, 1), got {self.dev_fraction}")
+        require(self.synthetic_train_pages >= 2, "data.synthetic_train_pages must be >= 2 (train + dev)")
+        require(self.synthetic_test_pages >= 1, "data.synthetic_test_pages must be >= 1")
+        require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
 
 
 INITS = ("pretrained", "random")
@@ -47,7 +44,7 @@ class FinetuneModel:
     init: str = "pretrained"  # pretrained: the directory's weights; random: its architecture, fresh weights
 
     def __post_init__(self) -> None:
-        _require(self.init in INITS, f"model.init must be one of {INITS}, got {self.init!r}")
+        require(self.init in INITS, f"model.init must be one of {INITS}, got {self.init!r}")
 
 
 @dataclass
@@ -63,12 +60,12 @@ class FinetuneTrain:
     device: str = "auto"  # auto: cuda if available, else cpu
 
     def __post_init__(self) -> None:
-        _require(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
-        _require(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        _require(self.lr >= 0, f"train.lr must be >= 0, got {self.lr}")
-        _require(0 <= self.warmup_ratio <= 1, f"train.warmup_ratio must lie in [0, 1], got {self.warmup_ratio}")
-        _require(self.grad_clip > 0, f"train.grad_clip must be > 0, got {self.grad_clip}")
-        _require(self.eval_every >= 1, f"train.eval_every must be >= 1, got {self.eval_every}")
+        require(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
+        require(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        require(self.lr >= 0, f"train.lr must be >= 0, got {self.lr}")
+        require(0 <= self.warmup_ratio <= 1, f"train.warmup_ratio must lie in [0, 1], got {self.warmup_ratio}")
+        require(self.grad_clip > 0, f"train.grad_clip must be > 0, got {self.grad_clip}")
+        require(self.eval_every >= 1, f"train.eval_every must be >= 1, got {self.eval_every}")
 
 
 @dataclass
@@ -90,11 +87,6 @@ class FinetuneConfig:
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:
     """YAML (None: defaults) + `--section.key VALUE` overrides, checked; model.path is required."""
-    values: dict[str, Any] = (read_yaml(path) or {}) if path is not None else {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: a fine-tuning config must be a YAML mapping")
-    for dotted, raw in parse_overrides(overrides or []):
-        _set_dotted(values, dotted, yaml.safe_load(raw))
-    config = build(FinetuneConfig, values, "config")
-    _require(bool(config.model.path), "missing required setting: model.path (--model DIR)")
+    config = load_config(FinetuneConfig, path, overrides)
+    require(bool(config.model.path), "missing required setting: model.path (--model DIR)")
     return config

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from layoutlmv3.config_loading import build, coerce
 from layoutlmv3.data.sample_format import TOKENIZER_IMAGE_FILE
 from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer, ImageTokenizerConfig, ImageTokenizerOutput
 from layoutlmv3.processing import resize_page
@@ -138,6 +139,8 @@ def load_run_config(path: str | Path) -> RunConfig:
 
 
 def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """The run config from a mapping, by the shared config system (layoutlmv3.config_loading); `model` is a
+    flavor plus ImageTokenizerConfig overrides, each checked against the field's type."""
     if not isinstance(values, dict):
         raise ValueError("a run config must be a mapping with sections model, data, training")
     unknown = sorted(set(values) - {"model", "data", "training"})
@@ -145,40 +148,14 @@ def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
         raise ValueError(f"unknown top-level keys {unknown}; the sections are model, data, training")
     model = dict(values.get("model") or {})
     flavor = model.pop("flavor", "base")
-    _check_types(ImageTokenizerConfig, model, "model")
-    data = _section(DataConfig, values.get("data") or {}, "data")
-    training = _section(TrainingConfig, values.get("training") or {}, "training")
-    return RunConfig(ImageTokenizerConfig.from_flavor(flavor, **model), data, training)
-
-
-def _section(cls: type, values: dict[str, Any], name: str) -> Any:
-    """Build and validate one dataclass section, rejecting unknown keys and values of the wrong type."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    hints = typing.get_type_hints(ImageTokenizerConfig)
+    unknown = sorted(set(model) - set(hints))
     if unknown:
-        raise ValueError(f"unknown {name} keys {unknown}; known: {sorted(known)}")
-    section = cls(**_check_types(cls, values, name))
-    section.validate()
-    return section
-
-
-def _check_types(cls: type, values: dict[str, Any], name: str) -> dict[str, Any]:
-    """Check values against the dataclass annotations (ints are accepted as floats) and return them."""
-    hints = typing.get_type_hints(cls)
-    checked = {}
-    for key, value in values.items():
-        if key not in hints:  # unknown keys are reported by the caller, with the list of known ones
-            checked[key] = value
-            continue
-        allowed = typing.get_args(hints[key]) or (hints[key],)
-        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if float in allowed and isinstance(value, str) else ""
-            raise ValueError(f"{name}.{key} must be {names}, got {value!r} ({type(value).__name__}){hint}")
-        checked[key] = value
-    return checked
+        raise ValueError(f"unknown model keys {unknown}; known: {sorted(hints)}")
+    model = {key: coerce(hints[key], value, f"model.{key}") for key, value in model.items()}
+    data = build(DataConfig, values.get("data") or {}, "data")
+    training = build(TrainingConfig, values.get("training") or {}, "training")
+    return RunConfig(ImageTokenizerConfig.from_flavor(flavor, **model), data, training)
 
 
 # ---- data ---------------------------------------------------------------------------------------------------

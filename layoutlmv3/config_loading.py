@@ -93,13 +93,18 @@ def coerce(hint: Any, value: Any, path: str) -> Any:
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
+        errors = []
         for option in options:
             if option is type(None):
                 continue
             try:
                 return coerce(option, value, path)
-            except ValueError:
-                continue
+            except ValueError as error:
+                errors.append((option, error))
+        # The option of the value's own kind (a list for a list, ...) explains best what is wrong inside it.
+        same_kind = [error for option, error in errors if isinstance(value, typing.get_origin(option) or option)]
+        if len(same_kind) == 1:
+            raise same_kind[0]
         raise ValueError(f"{path}: {value!r} is not any of {options}")
     if origin is tuple and typing.get_args(hint)[1:] == (Ellipsis,):
         if not isinstance(value, list | tuple):

@@ -14,7 +14,15 @@ import webdataset as wds
 from PIL import Image
 
 import layoutlmv3.data.loader as loader_module
-from layoutlmv3.data import Collator, PageSample, build_train_loader, decode_sample, list_shards, read_manifest
+from layoutlmv3.data import (
+    Collator,
+    PageSample,
+    WeightedShards,
+    build_train_loader,
+    decode_sample,
+    list_shards,
+    read_manifest,
+)
 from layoutlmv3.data.collate import CLS_ID, PAD_ID, SEP_ID
 from layoutlmv3.data.sample_format import (
     IMAGE_FILE,
@@ -79,7 +87,7 @@ def _page(rng: np.random.Generator, key: str, length: int, mode: str = "L") -> d
     }
 
 
-def _write_dataset(root: Path, counts: tuple[int, ...], bad_key: str | None = None) -> list[str]:
+def _write_dataset(root: Path, counts: tuple[int, ...], bad_key: str | None = None, source: str = "doc") -> list[str]:
     """Shards + manifest as data_prep writes them; returns the keys of the decodable samples."""
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
@@ -88,7 +96,7 @@ def _write_dataset(root: Path, counts: tuple[int, ...], bad_key: str | None = No
         name = SHARD_PATTERN.format(prefix="train", index=index)
         with wds.TarWriter(str(root / name)) as writer:
             for page in range(count):
-                key = sample_key(f"doc/{index}.pdf", page)
+                key = sample_key(f"{source}/{index}.pdf", page)
                 sample = _page(rng, key, int(rng.integers(1, 700)), mode="RGB" if page % 3 == 0 else "L")
                 if key == bad_key:
                     sample[IMAGE_FILE] = b"\x89PNG not really"
@@ -354,6 +362,48 @@ def test_resume_continues_with_the_exact_same_batches(
         else:
             _assert_same_batches(rest, epochs[0][stop:])
             _assert_same_batches(list(resumed), epochs[1])
+
+
+@pytest.fixture(scope="module")
+def two_corpora(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A corpus of 3 big shards (20 samples each) and one of 5 small shards (2 samples each)."""
+    big, small = tmp_path_factory.mktemp("big"), tmp_path_factory.mktemp("small")
+    _write_dataset(big, (20, 20, 20), source="big")
+    _write_dataset(small, (2, 2, 2, 2, 2), source="small")
+    return big, small
+
+
+def test_a_mixture_follows_its_weights_whatever_the_shard_sizes(two_corpora: tuple[Path, Path]) -> None:
+    """Samples, not shards, are drawn by weight: 75% from the small-shard corpus (drawing shards by weight would
+    give it about 14% of the samples here, its shards being ten times smaller)."""
+    big, small = two_corpora
+    mixture = [WeightedShards(big, 1.0), WeightedShards(small, 3.0)]
+    loader = build_train_loader(mixture, batch_size=4, num_workers=0, seed=1, epoch_length=60, shuffle_buffer=0)
+    keys = _keys(list(loader))
+    share = sum(key.startswith("small") for key in keys) / len(keys)
+    assert len(keys) == 240 and abs(share - 0.75) < 0.09, share  # 3.2 binomial standard deviations
+    with pytest.raises(ValueError, match="resampled mode"):
+        build_train_loader(mixture, batch_size=4, resampled=False)
+    with pytest.raises(ValueError, match="weights must be > 0"):
+        build_train_loader([WeightedShards(big, 1.0), WeightedShards(small, 0.0)], batch_size=4)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_mixture_resumes_with_the_exact_same_batches(two_corpora: tuple[Path, Path], num_workers: int) -> None:
+    big, small = two_corpora
+    mixture = [WeightedShards(big, 0.8), WeightedShards(small, 0.2)]
+    kwargs = dict(rank=1, world_size=2, num_workers=num_workers, seed=5, shuffle_buffer=6, epoch_length=6)
+    reference = list(build_train_loader(mixture, 2, **kwargs))
+    original = build_train_loader(mixture, 2, **kwargs)
+    iterator = iter(original)
+    for _ in range(4):
+        next(iterator)
+    resumed = build_train_loader(mixture, 2, **kwargs)
+    resumed.load_state_dict(original.state_dict())
+    _assert_same_batches(list(resumed), reference[4:])
+    reweighted = build_train_loader([WeightedShards(big, 0.5), WeightedShards(small, 0.5)], 2, **kwargs)
+    with pytest.raises(ValueError, match="cannot resume: state has weights=\\[0.8, 0.2\\]"):
+        reweighted.load_state_dict(original.state_dict())
 
 
 def test_resume_skips_consumed_samples_without_decoding_them(

@@ -581,3 +581,29 @@ def test_stop_request_records_signals_and_restores_handlers() -> None:
         os.kill(os.getpid(), signal.SIGUSR1)
         assert stop.requested and stop.signal == signal.SIGUSR1
     assert signal.getsignal(signal.SIGUSR1) == before
+
+
+def test_a_mixture_of_corpora_is_configured_and_each_corpus_checked(world: Path, tmp_path: Path) -> None:
+    from layoutlmv3.training.inputs import check_train_shards_tokenizer, train_sources
+    from layoutlmv3.training.run_config import load_run_config
+
+    corpora = (
+        f"[{{shards: {world / 'shards' / 'train'}, weight: 0.8}}, {{shards: {world / 'shards' / 'val'}, weight: 0.2}}]"
+    )
+    config = load_run_config(world / "run.yaml", ["--data.train_shards", corpora])
+    sources = train_sources(config)
+    assert [(str(source.shards), source.weight) for source in sources] == [
+        (str(world / "shards" / "train"), 0.8),
+        (str(world / "shards" / "val"), 0.2),
+    ]
+    check_train_shards_tokenizer(config, LayoutLMv3Tokenizer.from_pretrained(world / "vocab"))
+    other = tmp_path / "other"
+    shutil.copytree(world / "shards" / "val", other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "tokenizer": "0123456789abcdef"}))
+    mixed = f"[{{shards: {world / 'shards' / 'train'}}}, {{shards: {other}, weight: 0.5}}]"
+    config = load_run_config(world / "run.yaml", ["--data.train_shards", mixed])
+    with pytest.raises(ValueError, match=f"{other} were tokenized with tokenizer 0123456789abcdef"):
+        check_train_shards_tokenizer(config, LayoutLMv3Tokenizer.from_pretrained(world / "vocab"))
+    with pytest.raises(ValueError, match="weight must be > 0"):
+        load_run_config(world / "run.yaml", ["--data.train_shards", f"[{{shards: {other}, weight: 0}}]"])

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from layoutlmv3.data.collate import Collator
 from layoutlmv3.data.decode import PageSample, decode_sample
-from layoutlmv3.data.shards import Shard, ShardSource, list_shards, total_samples
+from layoutlmv3.data.shards import Shard, ShardSource, WeightedShards, list_shards, total_samples
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +46,13 @@ CollateFn = Callable[[Sequence[PageSample], int], dict]
 POSITION_KEY = "__position__"  # (logical worker, its batches so far, its raw samples so far); the loader pops it
 MAX_EMPTY_SHARDS = 100  # consecutive shards without a single sample: the data is unreadable, stop drawing
 _LAYOUT_FIELDS = (
-    "seed", "rank", "world_size", "num_workers", "batch_size", "resampled", "epoch_length", "length_bucket_batches"
+    "seed", "rank", "world_size", "num_workers", "batch_size", "resampled", "epoch_length", "length_bucket_batches",
+    "weights",
 )  # fmt: skip
 
 
 def build_train_loader(
-    shards: ShardSource,
+    shards: ShardSource | Sequence[WeightedShards],
     batch_size: int,
     rank: int = 0,
     world_size: int = 1,
@@ -76,10 +77,14 @@ def build_train_loader(
     `pad_to` "longest" or a multiple, short pages then stop paying for long ones (benchmarks/padding_waste.py).
     tokenizer: the fingerprint every sample's meta must carry (None: unchecked); a sample tokenized with another
     vocabulary stops the run (ValueError) rather than train on token ids that mean other words.
+    shards as a list of WeightedShards: a mixture (resampled mode only). Each logical worker reads an endless
+    resampled stream per corpus and draws the corpus of every sample by weight from its own seeded generator, so
+    the samples follow the weights whatever the shard sizes, and a resumed loader repeats the mixture exactly.
     """
-    shard_list = list_shards(shards)
-    if not shard_list:
-        raise ValueError("no shards")
+    sources, weights = _sources(shards)
+    if len(sources) > 1 and not resampled:
+        raise ValueError("a weighted mixture of corpora is read in resampled mode (training), not as exact epochs")
+    shard_list = [shard for source in sources for shard in source]
     if batch_size < 1 or num_workers < 0 or shuffle_buffer < 0 or seed < 0:
         raise ValueError("batch_size must be >= 1; num_workers, shuffle_buffer and seed >= 0")
     if length_bucket_batches < 0 or length_bucket_batches == 1:
@@ -91,7 +96,7 @@ def build_train_loader(
     elif epoch_length is not None:
         raise ValueError("epoch_length applies to resampled=True; an exact epoch is one pass over the shards")
     dataset = ShardDataset(
-        shard_list,
+        sources,
         batch_size=batch_size,
         rank=rank,
         world_size=world_size,
@@ -102,6 +107,7 @@ def build_train_loader(
         collate_fn=collate_fn or Collator(seed=seed),
         length_bucket_batches=length_bucket_batches,
         tokenizer=tokenizer,
+        weights=weights,
     )
     dataloader = DataLoader(
         dataset,
@@ -112,6 +118,23 @@ def build_train_loader(
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
     )
     return ShardLoader(dataset, dataloader)
+
+
+def _sources(shards: ShardSource | Sequence[WeightedShards]) -> tuple[list[list[Shard]], list[float]]:
+    """The corpora (each a non-empty shard list) and their weights; a plain source is one corpus of weight 1."""
+    if isinstance(shards, list | tuple) and shards and all(isinstance(item, WeightedShards) for item in shards):
+        sources = [list_shards(item.shards) for item in shards]
+        weights = [float(item.weight) for item in shards]
+        empty = [str(item.shards) for item, source in zip(shards, sources, strict=True) if not source]
+        if empty:
+            raise ValueError(f"no shards in {empty}")
+        if any(weight <= 0 for weight in weights):
+            raise ValueError(f"mixture weights must be > 0, got {weights}")
+        return sources, weights
+    source = list_shards(shards)
+    if not source:
+        raise ValueError("no shards")
+    return [source], [1.0]
 
 
 def _resampled_epoch_length(shards: list[Shard], batch_size: int, world_size: int, epoch_length: int | None) -> int:
@@ -134,7 +157,7 @@ class ShardDataset(IterableDataset):
 
     def __init__(
         self,
-        shards: list[Shard],
+        sources: list[list[Shard]],
         batch_size: int,
         rank: int,
         world_size: int,
@@ -145,9 +168,12 @@ class ShardDataset(IterableDataset):
         collate_fn: CollateFn,
         length_bucket_batches: int = 0,
         tokenizer: str | None = None,
+        weights: list[float] | None = None,
     ) -> None:
         super().__init__()
-        self.shards, self.batch_size, self.seed = shards, batch_size, seed
+        self.sources, self.weights = sources, weights or [1.0] * len(sources)
+        self.shards = [shard for source in sources for shard in source]
+        self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.epoch_length, self.shuffle_buffer, self.collate_fn = epoch_length, shuffle_buffer, collate_fn
         self.logical_workers = max(num_workers, 1)
@@ -222,8 +248,11 @@ class ShardDataset(IterableDataset):
 
     def _raw_samples(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
         """The logical worker's undecoded samples, in their deterministic (shuffled) order."""
-        urls = self._resampled_urls(epoch, worker) if self.resampled else iter(self.worker_shards(epoch, worker))
-        samples = _read_shards(urls)
+        if len(self.sources) > 1:
+            samples = self._mixed_samples(epoch, worker)
+        else:
+            urls = self._resampled_urls(epoch, worker) if self.resampled else iter(self.worker_shards(epoch, worker))
+            samples = _read_shards(urls)
         if self.shuffle_buffer > 1:
             seed = _derive_seed(self.seed, epoch, self.rank, worker, 1)
             samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=seed)(samples)
@@ -237,10 +266,22 @@ class ShardDataset(IterableDataset):
         mine = order[self.rank :: self.world_size][worker :: self.logical_workers]
         return [self.shards[index].url for index in mine]
 
-    def _resampled_urls(self, epoch: int, worker: int) -> Iterator[str]:
-        rng = random.Random(_derive_seed(self.seed, epoch, self.rank, worker, 0))
+    def _resampled_urls(self, epoch: int, worker: int, source: int | None = None) -> Iterator[str]:
+        """Shards drawn with replacement (of one corpus of a mixture, or of all shards) from a seeded generator."""
+        shards = self.shards if source is None else self.sources[source]
+        numbers = (self.seed, epoch, self.rank, worker, 0) + (() if source is None else (3, source))
+        rng = random.Random(_derive_seed(*numbers))
         while True:
-            yield self.shards[rng.randrange(len(self.shards))].url
+            yield shards[rng.randrange(len(shards))].url
+
+    def _mixed_samples(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
+        """Samples of a mixture: each one's corpus drawn by weight, then the next sample of that corpus's stream."""
+        streams = [_read_shards(self._resampled_urls(epoch, worker, index)) for index in range(len(self.sources))]
+        rng = random.Random(_derive_seed(self.seed, epoch, self.rank, worker, 4))
+        corpora = range(len(streams))
+        while True:
+            (index,) = rng.choices(corpora, weights=self.weights)
+            yield next(streams[index])
 
 
 def _page_groups(raw: Iterator[dict[str, Any]], samples: int, size: int) -> Iterator[tuple[list[PageSample], int]]:
@@ -354,7 +395,7 @@ class ShardLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`; the loader must have been built with the same seed, rank and layout."""
-        state = {"length_bucket_batches": 0, **state}  # states saved before bucketing existed
+        state = {"length_bucket_batches": 0, "weights": [1.0], **state}  # states saved before bucketing / mixing
         for name in _LAYOUT_FIELDS:
             if state[name] != getattr(self.dataset, name):
                 raise ValueError(

@@ -29,6 +29,15 @@ class Shard:
 ShardSource = str | Path | Sequence[str | Path | Shard]
 
 
+@dataclass(frozen=True)
+class WeightedShards:
+    """One corpus of a training mixture: its shards (anything `list_shards` takes) and its share of the samples
+    (weights are relative: 0.8 and 0.2, or 4 and 1)."""
+
+    shards: ShardSource
+    weight: float
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """Load a `manifest.json` (or the one inside a directory), refusing formats this reader does not understand."""
     path = Path(path)

@@ -10,12 +10,29 @@ import json
 import tarfile
 from pathlib import Path
 
-from layoutlmv3.data import Collator, ShardLoader, build_train_loader, list_shards, read_manifest
+from layoutlmv3.data import Collator, ShardLoader, WeightedShards, build_train_loader, list_shards, read_manifest
 from layoutlmv3.data.sample_format import MANIFEST_FILE, META_FILE
 from layoutlmv3.pretraining.collator import PretrainingCollator
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 from .run_config import RunConfig
+
+
+def train_sources(config: RunConfig) -> str | list[WeightedShards]:
+    """data.train_shards as the loader takes it: one source, or the weighted corpora of a mixture."""
+    shards = config.data.train_shards
+    if isinstance(shards, str):
+        return shards
+    return [WeightedShards(corpus.shards, corpus.weight) for corpus in shards]
+
+
+def check_train_shards_tokenizer(config: RunConfig, tokenizer: LayoutLMv3Tokenizer) -> None:
+    """Every training corpus (and the held-out shards) was tokenized with data.tokenizer."""
+    sources = train_sources(config)
+    for source in [sources] if isinstance(sources, str) else [corpus.shards for corpus in sources]:
+        check_shards_tokenizer(source, tokenizer)
+    if config.data.val_shards is not None:
+        check_shards_tokenizer(config.data.val_shards, tokenizer)
 
 
 def check_shards_tokenizer(shards: str, tokenizer: LayoutLMv3Tokenizer) -> None:
@@ -75,7 +92,7 @@ def build_loaders(
     """This rank's train loader and, with data.val_shards, its validation loader."""
     data = config.data
     train = build_train_loader(
-        data.train_shards,
+        train_sources(config),
         batch_size=batch_size,
         rank=rank,
         world_size=world_size,

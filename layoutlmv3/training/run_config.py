@@ -26,8 +26,22 @@ class ModelSection:
 
 
 @dataclass
+class CorpusSection:
+    """One corpus of a training mixture (data.train_shards as a list of these)."""
+
+    shards: str  # a shard directory with manifest.json, its manifest, or a brace pattern
+    weight: float = 1.0  # share of the training samples, relative to the other corpora's weights
+
+    def __post_init__(self) -> None:
+        require(bool(self.shards), "data.train_shards[].shards must not be empty")
+        require(self.weight > 0, f"data.train_shards[].weight must be > 0, got {self.weight}")
+
+
+@dataclass
 class DataSection:
-    train_shards: str = ""  # a shard directory with manifest.json, or a brace pattern
+    # A shard directory with manifest.json (or the manifest, or a brace pattern); or several corpora mixed by
+    # weight: [{shards: /data/iit-cdip, weight: 0.8}, {shards: /data/forms, weight: 0.2}]
+    train_shards: str | list[CorpusSection] = ""
     val_shards: str | None = None
     tokenizer: str = ""  # vocab.json + merges.txt directory; its fingerprint must match the shards'
     max_length: int = 512

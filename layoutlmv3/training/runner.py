@@ -37,7 +37,7 @@ from .distributed import describe_placement, init_distributed, placement_logger
 from .ds_config import load_ds_config, with_global_batch
 from .engine import Training, build_model, check_inputs_fit, initialize, non_embedding_parameters
 from .extensions import check_build_locks
-from .inputs import build_loaders, check_shards_tokenizer
+from .inputs import build_loaders, check_train_shards_tokenizer
 from .loop import Run, TrainState, train
 from .metrics import MetricsLogger, device_peak_tflops
 from .run_config import RunConfig, load_run_config
@@ -112,9 +112,7 @@ def _assemble(config: RunConfig, ds_values: dict, resume: str) -> Run:
     """Everything the loop needs, the checkpoint (if any) loaded."""
     rank, world_size = dist.get_rank(), dist.get_world_size()
     tokenizer = LayoutLMv3Tokenizer.from_pretrained(config.data.tokenizer)
-    check_shards_tokenizer(config.data.train_shards, tokenizer)
-    if config.data.val_shards is not None:
-        check_shards_tokenizer(config.data.val_shards, tokenizer)
+    check_train_shards_tokenizer(config, tokenizer)
     image_tokenizer = ImageTokenizer.from_pretrained(config.objectives.image_tokenizer)
     ds_values = with_global_batch(ds_values, config.train.global_batch_size, world_size)
     check_writable(config.checkpoint.dir, rank)

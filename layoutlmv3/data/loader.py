@@ -24,7 +24,6 @@ decoding them, so the next batches are exactly those an uninterrupted run would 
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from layoutlmv3.data.collate import Collator
 from layoutlmv3.data.decode import PageSample, decode_sample
+from layoutlmv3.data.remote import DEFAULT_RETRY, RetryPolicy, shard_samples
 from layoutlmv3.data.shards import Shard, ShardSource, WeightedShards, list_shards, total_samples
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def build_train_loader(
     prefetch_factor: int = 2,
     length_bucket_batches: int = 0,
     tokenizer: str | None = None,
+    retry: RetryPolicy = DEFAULT_RETRY,
 ) -> ShardLoader:
     """Loader for one rank; see the module docstring for the two modes and how resuming works.
 
@@ -77,6 +78,7 @@ def build_train_loader(
     `pad_to` "longest" or a multiple, short pages then stop paying for long ones (benchmarks/padding_waste.py).
     tokenizer: the fingerprint every sample's meta must carry (None: unchecked); a sample tokenized with another
     vocabulary stops the run (ValueError) rather than train on token ids that mean other words.
+    retry: attempts and back-off for shards at http(s):// URLs or `pipe:` commands (remote.py).
     shards as a list of WeightedShards: a mixture (resampled mode only). Each logical worker reads an endless
     resampled stream per corpus and draws the corpus of every sample by weight from its own seeded generator, so
     the samples follow the weights whatever the shard sizes, and a resumed loader repeats the mixture exactly.
@@ -108,6 +110,7 @@ def build_train_loader(
         length_bucket_batches=length_bucket_batches,
         tokenizer=tokenizer,
         weights=weights,
+        retry=retry,
     )
     dataloader = DataLoader(
         dataset,
@@ -169,9 +172,10 @@ class ShardDataset(IterableDataset):
         length_bucket_batches: int = 0,
         tokenizer: str | None = None,
         weights: list[float] | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         super().__init__()
-        self.sources, self.weights = sources, weights or [1.0] * len(sources)
+        self.sources, self.weights, self.retry = sources, weights or [1.0] * len(sources), retry
         self.shards = [shard for source in sources for shard in source]
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
@@ -252,7 +256,7 @@ class ShardDataset(IterableDataset):
             samples = self._mixed_samples(epoch, worker)
         else:
             urls = self._resampled_urls(epoch, worker) if self.resampled else iter(self.worker_shards(epoch, worker))
-            samples = _read_shards(urls)
+            samples = _read_shards(urls, self.retry)
         if self.shuffle_buffer > 1:
             seed = _derive_seed(self.seed, epoch, self.rank, worker, 1)
             samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=seed)(samples)
@@ -276,7 +280,9 @@ class ShardDataset(IterableDataset):
 
     def _mixed_samples(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
         """Samples of a mixture: each one's corpus drawn by weight, then the next sample of that corpus's stream."""
-        streams = [_read_shards(self._resampled_urls(epoch, worker, index)) for index in range(len(self.sources))]
+        streams = [
+            _read_shards(self._resampled_urls(epoch, worker, index), self.retry) for index in range(len(self.sources))
+        ]
         rng = random.Random(_derive_seed(self.seed, epoch, self.rank, worker, 4))
         corpora = range(len(streams))
         while True:
@@ -300,22 +306,18 @@ def _page_groups(raw: Iterator[dict[str, Any]], samples: int, size: int) -> Iter
         yield pages, samples
 
 
-def _read_shards(urls: Iterator[str]) -> Iterator[dict[str, Any]]:
-    """Raw samples of the shards in turn; an unreadable shard (or its unreadable rest) is logged and skipped."""
+def _read_shards(urls: Iterator[str], retry: RetryPolicy) -> Iterator[dict[str, Any]]:
+    """Raw samples of the shards in turn (remote ones retried, see remote.py); an unreadable shard or its
+    unreadable rest is logged and skipped."""
     empty_run = 0
     for url in urls:
         count = 0
-        for sample in wds.tarfile_samples([{"url": url}], handler=functools.partial(_log_shard_error, url)):
+        for sample in shard_samples(url, retry):
             count += 1
             yield sample
         empty_run = 0 if count else empty_run + 1
         if empty_run == MAX_EMPTY_SHARDS:
             raise RuntimeError(f"{MAX_EMPTY_SHARDS} shards in a row held no readable sample (last: {url})")
-
-
-def _log_shard_error(url: str, exn: Exception) -> bool:
-    logger.warning("skipping unreadable data in shard %s: %s", url, exn)
-    return True  # continue with the next member / shard
 
 
 def _decode_or_none(sample: dict[str, Any]) -> PageSample | None:

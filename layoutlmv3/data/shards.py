@@ -10,6 +10,7 @@ from typing import Any
 
 import braceexpand
 
+from layoutlmv3.data.remote import is_remote, read_json
 from layoutlmv3.data.sample_format import (
     IMAGE_SIZE,
     MANIFEST_FILE,
@@ -39,11 +40,15 @@ class WeightedShards:
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Load a `manifest.json` (or the one inside a directory), refusing formats this reader does not understand."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST_FILE
-    manifest = json.loads(path.read_text())
+    """Load a `manifest.json` (or the one inside a directory; or at an http(s)/pipe: URL), refusing formats this
+    reader does not understand."""
+    if isinstance(path, str) and is_remote(path):
+        manifest = read_json(path)
+    else:
+        path = Path(path)
+        if path.is_dir():
+            path = path / MANIFEST_FILE
+        manifest = json.loads(path.read_text())
     expected = {
         "format_version": MANIFEST_FORMAT_VERSION,
         "image_size": IMAGE_SIZE,
@@ -60,6 +65,9 @@ def list_shards(source: ShardSource) -> list[Shard]:
 
     A directory or `manifest.json` gives sample counts; a pattern or plain paths give none (`samples` is None).
     """
+    if isinstance(source, str) and is_remote(source) and source.endswith(f"/{MANIFEST_FILE}"):
+        base = source[: -len(MANIFEST_FILE)]
+        return _listed_shards(source, read_manifest(source), lambda name: base + name)
     if isinstance(source, str | Path):
         path = Path(source)
         if path.is_dir() or path.name == MANIFEST_FILE:
@@ -73,7 +81,7 @@ def list_shards(source: ShardSource) -> list[Shard]:
 def _check_local_files_exist(source: str, shards: Sequence[Shard]) -> None:
     """A pattern of local paths must name existing files (a typo would otherwise surface as an empty epoch);
     URLs and `pipe:` commands are checked when read."""
-    local = [shard.url for shard in shards if "://" not in shard.url and not shard.url.startswith("pipe:")]
+    local = [shard.url for shard in shards if not is_remote(shard.url)]
     missing = [url for url in local if not Path(url).is_file()]
     if missing and len(missing) == len(shards):
         raise FileNotFoundError(
@@ -92,8 +100,11 @@ def total_samples(shards: Sequence[Shard]) -> int | None:
 
 def _manifest_shards(path: Path) -> list[Shard]:
     root = path if path.is_dir() else path.parent
-    manifest = read_manifest(path)
-    shards = [Shard(str(root / entry["name"]), int(entry["samples"])) for entry in manifest["shards"]]
+    return _listed_shards(str(path), read_manifest(path), lambda name: str(root / name))
+
+
+def _listed_shards(where: str, manifest: dict[str, Any], locate: Any) -> list[Shard]:
+    shards = [Shard(locate(entry["name"]), int(entry["samples"])) for entry in manifest["shards"]]
     if not shards:
-        raise ValueError(f"{path}: the manifest lists no shards")
+        raise ValueError(f"{where}: the manifest lists no shards")
     return shards

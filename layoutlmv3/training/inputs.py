@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 from layoutlmv3.data import Collator, ShardLoader, WeightedShards, build_train_loader, list_shards, read_manifest
+from layoutlmv3.data.remote import RetryPolicy
 from layoutlmv3.data.sample_format import MANIFEST_FILE, META_FILE
 from layoutlmv3.pretraining.collator import PretrainingCollator
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
@@ -41,7 +42,7 @@ def check_shards_tokenizer(shards: str, tokenizer: LayoutLMv3Tokenizer) -> None:
     (the loader then checks every sample's own fingerprint as it reads it)."""
     path = Path(shards)
     if path.is_dir() or path.name == MANIFEST_FILE:
-        recorded, where = read_manifest(path)["tokenizer"], shards
+        recorded, where = read_manifest(shards)["tokenizer"], shards  # the str: it may be an http(s) URL
     else:
         first = list_shards(shards)[0].url
         recorded, where = first_sample_tokenizer(first), first
@@ -91,6 +92,7 @@ def build_loaders(
 ) -> tuple[ShardLoader, ShardLoader | None]:
     """This rank's train loader and, with data.val_shards, its validation loader."""
     data = config.data
+    retry = RetryPolicy(data.remote_attempts, data.remote_retry_s)
     train = build_train_loader(
         train_sources(config),
         batch_size=batch_size,
@@ -105,6 +107,7 @@ def build_loaders(
         pin_memory=pin_memory,
         length_bucket_batches=data.length_bucket_batches,
         tokenizer=tokenizer.fingerprint,
+        retry=retry,
     )
     if data.val_shards is None:
         return train, None
@@ -123,5 +126,6 @@ def build_loaders(
         collate_fn=build_collator(config, tokenizer, patches_per_side, crop="start"),
         pin_memory=pin_memory,
         tokenizer=tokenizer.fingerprint,
+        retry=retry,
     )
     return train, val

@@ -54,8 +54,14 @@ class DataSection:
     # Length bucketing: 0 (off) or K >= 2 -- each loader worker sorts K micro-batches' worth of pages by length;
     # pays with pad_to "longest" or 64 on corpora of short pages (forms); see benchmarks/padding_waste.py.
     length_bucket_batches: int = 0
+    # Shards at http(s):// URLs or `pipe:` commands: attempts per shard, and the first back-off (doubled after
+    # each failure) before a shard that keeps failing is skipped with a warning (layoutlmv3/data/remote.py).
+    remote_attempts: int = 5
+    remote_retry_s: float = 2.0
 
     def __post_init__(self) -> None:
+        require(self.remote_attempts >= 1, f"data.remote_attempts must be >= 1, got {self.remote_attempts}")
+        require(self.remote_retry_s >= 0, f"data.remote_retry_s must be >= 0, got {self.remote_retry_s}")
         require(self.max_length >= 3, f"data.max_length must be >= 3, got {self.max_length}")
         require(
             self.pad_to in ("max_length", "longest") or (isinstance(self.pad_to, int) and self.pad_to > 0),

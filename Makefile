@@ -6,14 +6,15 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-SYSTEM_PACKAGES := tesseract-ocr fonts-dejavu-core slurmctld slurmd munge slurm-client shellcheck iproute2
+SYSTEM_PACKAGES := tesseract-ocr fonts-dejavu-core slurmctld slurmd munge slurm-client shellcheck iproute2 \
+	libtesseract-dev libleptonica-dev pkg-config
 export PYTHONUNBUFFERED := 1
 # DeepSpeed compiles its CPU ops (shared-memory all-reduce, Adam) on first use. Keep them with the virtualenv they
 # were built against, built once by `venv` below, so a fresh clone never inherits another tree's cache or a lock
 # left in it by a killed build (which makes every DeepSpeed run wait forever).
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
-.PHONY: demo smoke test lint format system-deps venv clean
+.PHONY: demo smoke test lint format system-deps venv ocr-engine clean
 
 venv: $(VENV)/.installed
 
@@ -29,13 +30,22 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
 
 # Debian packages the tests and the data pipeline use: Tesseract OCR, DejaVu fonts for the synthetic corpus, a
 # real Slurm (controller, node daemons, munge) that tests start as a 3-host cluster in network namespaces (iproute2),
-# shellcheck for the Slurm scripts.
+# shellcheck for the Slurm scripts, Tesseract's headers to build the in-process OCR engine.
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# Tesseract kept in the process (data_prep/tesseract_engine.py): tesserocr compiled against the system's Tesseract,
+# so its words are the command's (PyPI's wheel bundles another release). Optional: without it the command runs.
+ocr-engine: $(VENV)/.tesserocr
+
+$(VENV)/.tesserocr: $(VENV)/.installed
+	$(MAKE) system-deps
+	$(PY) -m pip install -q --no-binary tesserocr tesserocr==2.13.0
+	touch $@
 
 demo: venv system-deps
 	bash launch/demo_chain.sh
@@ -49,7 +59,7 @@ lint: venv system-deps
 	$(VENV)/bin/ruff format --check .
 	shellcheck slurm/*.sbatch slurm/local/*.sh launch/*.sh benchmarks/*.sh
 
-test: venv system-deps lint
+test: venv system-deps ocr-engine lint
 	$(PY) -m pytest -q
 
 format: venv

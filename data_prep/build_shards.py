@@ -36,6 +36,7 @@ from .progress import ProgressMismatch
 from .rejects import Reject
 from .samples import Sample
 from .shard_writer import ShardSizeMismatch
+from .tesseract_engine import persistent_engine_problem, worker_environment
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ TOKENIZER_ENV = "LAYOUTLMV3_TOKENIZER"
 DEFAULT_MAX_SAMPLES = 5000
 DEFAULT_MAX_BYTES = 1_000_000_000
 DEFAULT_OCR_TIMEOUT = 300.0
+PERSISTENT_OCR_MIN_FILES = 8  # fewer files do not repay starting a worker process for in-process Tesseract
 RESULTS_IN_FLIGHT_PER_WORKER = 4  # bounds memory when one slow page holds back the ordered results
 
 EPILOG = """\
@@ -190,13 +192,19 @@ def _write_pending(config: BuildConfig, builders: Sequence[ChunkBuilder], collis
 def _results_in_order(
     setup: WorkerSetup, items: Sequence[WorkItem], workers: int
 ) -> Iterator[Iterator[tuple[WorkItem, list[Sample | Reject]]]]:
-    """(item, outcomes) for every item, in item order, computed here (1 worker) or by a spawned process pool."""
-    if workers <= 1 or len(items) <= 1:
+    """(item, outcomes) for every item, in item order, computed here (1 worker) or by a spawned process pool.
+
+    Tesseract in-process (tesseract_engine.py) runs only in pool workers started with one OpenMP thread (the limit
+    is read when the runtime loads, before any of our code runs there), so then even one worker is a pool.
+    """
+    persistent = setup.ocr == "tesseract" and len(items) >= PERSISTENT_OCR_MIN_FILES
+    persistent = persistent and persistent_engine_problem() is None
+    if ((workers <= 1 or len(items) <= 1) and not persistent) or not items:
         processor = make_processor(setup)
         yield ((item, processor.process(item)) for item in items)
         return
     context = multiprocessing.get_context("spawn")  # no fork: the parent may hold threads (tqdm, tokenizers)
-    with context.Pool(min(workers, len(items)), initializer=init_worker, initargs=(setup,)) as pool:
+    with worker_environment(), context.Pool(min(workers, len(items)), init_worker, (setup,)) as pool:
         yield _bounded_ordered_map(pool, items, RESULTS_IN_FLIGHT_PER_WORKER * workers)
 
 

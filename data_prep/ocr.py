@@ -37,6 +37,7 @@ from PIL import Image
 
 from .pdf import TextLayerFirst
 from .rejects import OCR_FAILED, OCR_INVALID, OCR_MISSING, OCR_TIMEOUT, PageRejected
+from .tesseract_engine import PersistentTesseract, use_persistent_engine
 from .words import Ocr, Word  # Word is re-exported: other modules and tests import it from here
 
 __all__ = ["OCR_KINDS", "Ocr", "Word", "make_ocr", "parse_tsv", "run_tesseract"]
@@ -62,15 +63,24 @@ def make_ocr(kind: str, timeout: float) -> Ocr:
 
 
 class TesseractOcr:
-    """Real Tesseract, fed the decoded page as PNM on stdin (works for any page of a multi-page TIFF)."""
+    """Real Tesseract: kept in the process when tesserocr is built against the same Tesseract as the command
+    (identical words, no process start per page: tesseract_engine.py), else the command, fed the decoded page as
+    PNM on stdin (works for any page of a multi-page TIFF)."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
+        self._engine: PersistentTesseract | None = None
+        self._chosen = False
 
     def inputs(self, pages: list[str]) -> list[str]:
         return pages
 
     def read(self, path: Path, page: int, image: Image.Image) -> list[Word]:
+        if not self._chosen:  # in the worker process that reads the pages
+            self._engine = PersistentTesseract() if use_persistent_engine() else None
+            self._chosen = True
+        if self._engine is not None:
+            return parse_tsv(self._engine.tsv(image, self.timeout))
         return parse_tsv(run_tesseract(image, self.timeout))
 
 

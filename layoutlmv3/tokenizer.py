@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from layoutlmv3.model.config import IGNORE_INDEX
+from layoutlmv3.constants import IGNORE_INDEX
 
 # RoBERTa's special tokens. In the RoBERTa/LayoutLMv3 vocabulary their ids are 0, 1, 2, 3 and 50264 (<mask>, the
 # last id); in a vocabulary made by `train_bpe` they are 0..4 in this order, so <mask> is TRAINED_MASK_ID.

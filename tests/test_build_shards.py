@@ -33,6 +33,7 @@ from data_prep.rejects import PageRejected
 from data_prep.samples import encode_npz, line_layout, normalize_box
 from data_prep.shard_writer import ShardWriter, encode_members
 from data_prep.synth import write_corpus
+from data_prep.tesseract_engine import ENGINE_ENV
 from layoutlmv3.data.sample_format import (
     IMAGE_FILE,
     IMAGE_SIZE,
@@ -378,12 +379,36 @@ def test_tesseract_errors_and_timeouts_are_rejects(tokenizer_dir, tmp_path, monk
     fake.write_text(f"#!/bin/sh\n{script}\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv(ENGINE_ENV, "cli")  # the command's failures are the subject here
     (tmp_path / "in").mkdir()
     Image.new("L", (200, 100), 255).save(tmp_path / "in" / "page.png")
     manifest = build(config(tmp_path / "in", tmp_path / "out", tokenizer_dir, ocr="tesseract", ocr_timeout=0.3))
     assert manifest["rejects"] == {reason: 1}
     (rejected,) = read_rejects(tmp_path / "out")
     assert rejected["source"] == "page.png" and detail in rejected["detail"]
+
+
+@needs_tesseract
+def test_the_in_process_engine_writes_the_commands_shards_byte_for_byte(tokenizer_dir, tmp_path, monkeypatch) -> None:
+    """tesserocr built against the system's Tesseract (make test builds it) gives the command's words and boxes:
+    the shards of a multi-page Group 4 TIFF and a synthetic PNG page are byte-identical either way."""
+    pytest.importorskip("tesserocr", reason="`make test` builds tesserocr against the system's Tesseract")
+    (tmp_path / "in").mkdir()
+    make_g4_tiff(tmp_path / "in" / "doc.tiff", PAGE_TEXTS)
+    write_corpus(tmp_path / "synth", 1, seed=4)
+    shutil.copy(next((tmp_path / "synth" / "images").glob("*.png")), tmp_path / "in" / "form.png")
+    outputs = {}
+    for engine in ("cli", "api"):
+        monkeypatch.setenv(ENGINE_ENV, engine)
+        build(config(tmp_path / "in", tmp_path / engine, tokenizer_dir, ocr="tesseract"))
+        outputs[engine] = output_files(tmp_path / engine)
+    assert outputs["api"] == outputs["cli"]
+    # As data prep runs it by default: one spawned worker with one OpenMP thread, the engine chosen there.
+    monkeypatch.delenv(ENGINE_ENV)
+    monkeypatch.setattr(build_shards, "PERSISTENT_OCR_MIN_FILES", 1)
+    build(config(tmp_path / "in", tmp_path / "auto", tokenizer_dir, ocr="tesseract"))
+    assert output_files(tmp_path / "auto") == outputs["cli"]
+    assert len([name for name in outputs["cli"] if name.endswith(".tar")]) >= 1
 
 
 def test_an_unexpected_error_rejects_the_page_and_the_run_goes_on(synth_dir, tokenizer, capsys) -> None:

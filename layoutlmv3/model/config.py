@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from layoutlmv3.constants import IGNORE_INDEX  # noqa: F401 (re-exported: the model's losses skip it)
+
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flex")
-IGNORE_INDEX = -100  # label value the losses skip (CrossEntropyLoss' default): the one definition
 CLASSIFIER_HEADS = ("linear", "mlp")
 
 

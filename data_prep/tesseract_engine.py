@@ -1,0 +1,105 @@
+"""Tesseract kept in the process through the tesserocr binding: what `--ocr tesseract` uses when tesserocr is
+installed and built against the same Tesseract as the `tesseract` command (then words and boxes are identical:
+tested; and a page costs ~0.6 of the command's time, no process start: BENCHMARKS.md). Otherwise, or with
+LAYOUTLMV3_OCR_ENGINE=cli, the command runs per page as before.
+
+tesserocr's PyPI wheel bundles another Tesseract release whose words differ; build it against the system's
+instead: `apt-get install libtesseract-dev libleptonica-dev pkg-config` then
+`pip install --no-binary tesserocr tesserocr` (`make test` does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from functools import cache
+
+from PIL import Image
+
+from .rejects import OCR_FAILED, OCR_TIMEOUT, PageRejected
+
+logger = logging.getLogger(__name__)
+
+ENGINE_ENV = "LAYOUTLMV3_OCR_ENGINE"  # auto (default) | cli | api
+WORKER_ENV = "LAYOUTLMV3_OCR_WORKER"  # set in the environment of data prep's spawned workers
+TSV_HEADER = "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext\n"
+
+
+def persistent_engine_problem() -> str | None:
+    """Why the in-process engine cannot stand in for the command (None: it can)."""
+    return _problem(os.environ.get(ENGINE_ENV, "auto"), os.environ.get("PATH", ""))
+
+
+@cache
+def _problem(engine: str, path: str) -> str | None:
+    if engine == "cli":
+        return f"{ENGINE_ENV}=cli"
+    try:
+        import tesserocr
+    except ImportError:
+        return "tesserocr is not installed"
+    library = tesserocr.tesseract_version().split()[1]
+    try:
+        command = subprocess.run(["tesseract", "--version"], capture_output=True, text=True).stdout.split()[1]
+    except (OSError, IndexError):
+        return "the tesseract command is missing"
+    if library != command:
+        return f"tesserocr uses Tesseract {library}, the command {command}: their words differ"
+    return None
+
+
+def use_persistent_engine() -> bool:
+    """Whether `--ocr tesseract` runs in-process here: in data prep's pool workers, started with one OpenMP thread
+    (see worker_environment), or anywhere with LAYOUTLMV3_OCR_ENGINE=api (which insists, failing loudly)."""
+    problem = persistent_engine_problem()
+    if os.environ.get(ENGINE_ENV) == "api":
+        if problem:
+            raise RuntimeError(f"{ENGINE_ENV}=api, but {problem}")
+        return True
+    return problem is None and os.environ.get(WORKER_ENV) == "1"
+
+
+@contextlib.contextmanager
+def worker_environment() -> Iterator[None]:
+    """Environment for spawning OCR workers: OpenMP limited to one thread from the start (libgomp reads the limit
+    once, when it loads; a worker that inherited more threads oversubscribes the cores: 4x slower per page,
+    measured), and the mark that lets them run Tesseract in-process."""
+    saved = {name: os.environ.get(name) for name in (WORKER_ENV, "OMP_THREAD_LIMIT")}
+    os.environ.update({WORKER_ENV: "1", "OMP_THREAD_LIMIT": "1"})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class PersistentTesseract:
+    """One Tesseract engine for the life of the process; Tesseract's TSV of a page, as the command prints it."""
+
+    def __init__(self) -> None:
+        import tesserocr
+
+        self._api = tesserocr.PyTessBaseAPI(lang="eng")
+
+    def tsv(self, image: Image.Image, timeout: float) -> str:
+        # Raw pixels, as the command's PNM on stdin: no resolution unless --dpi would be passed (SetImage would hand
+        # Tesseract a BMP that claims 96 dpi, and its words would differ on pages without one).
+        if image.mode not in ("L", "RGB"):
+            image = image.convert("RGB")
+        channels = 1 if image.mode == "L" else 3
+        self._api.SetImageBytes(image.tobytes(), image.width, image.height, channels, channels * image.width)
+        dpi = image.info.get("dpi")
+        if dpi and round(float(dpi[0])) >= 50:  # as run_tesseract passes --dpi
+            self._api.SetSourceResolution(round(float(dpi[0])))
+        if not self._api.Recognize(int(timeout * 1000)):
+            raise PageRejected(OCR_TIMEOUT, f"tesseract ran over {timeout:g} s (or failed)")
+        text = self._api.GetTSVText(0)
+        if text is None:
+            raise PageRejected(OCR_FAILED, "tesseract gave no TSV")
+        return TSV_HEADER + text

@@ -123,3 +123,33 @@ def test_the_tokenizer_of_a_remote_manifest_is_checked(server) -> None:
     url, _ = server
     with pytest.raises(ValueError, match=f"{url}/manifest.json were tokenized with tokenizer test"):
         check_shards_tokenizer(f"{url}/manifest.json", train_bpe(["a", "b"] * 5, vocab_size=300))
+
+
+def test_https_with_the_servers_certificate_trusted(server, tmp_path: Path, monkeypatch) -> None:
+    """The same shards over TLS (a self-signed certificate for 127.0.0.1, trusted through SSL_CERT_FILE), with one
+    dropped connection on the way."""
+    import shutil as _shutil
+    import ssl
+    import subprocess
+
+    if _shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+    command += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run(command, check=True, capture_output=True)
+    _, root = server
+    handler = functools.partial(_FlakyHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        url = f"https://127.0.0.1:{httpd.server_address[1]}"
+        _FlakyHandler.drop_first.update({list_shards(root)[1].url.rsplit("/", 1)[-1]: 1})
+        _assert_same_batches(list(_exact(f"{url}/manifest.json")), list(_exact(root)))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import http.server
 import logging
+import tarfile
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ class _FlakyHandler(http.server.SimpleHTTPRequestHandler):
 
     drop_first: Counter = Counter()
     always_drop: set[str] = set()
+    cut_at: dict[str, int] = {}  # path -> byte offset the first response of it stops at
     requests: Counter = Counter()
 
     def log_message(self, *args: object) -> None:  # quiet
@@ -36,10 +38,10 @@ class _FlakyHandler(http.server.SimpleHTTPRequestHandler):
     def copyfile(self, source, outputfile) -> None:
         name = self.path.rsplit("/", 1)[-1]
         type(self).requests[name] += 1
-        if name in self.always_drop or self.drop_first[name] > 0:
+        if name in self.always_drop or self.drop_first[name] > 0 or name in self.cut_at:
             self.drop_first[name] -= 1
             data = source.read()
-            outputfile.write(data[: len(data) // 2])
+            outputfile.write(data[: self.cut_at.pop(name, len(data) // 2)])
             outputfile.flush()
             self.close_connection = True
             self.connection.shutdown(2)  # the peer sees the body end early
@@ -52,6 +54,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "shards"
     _write_dataset(root, COUNTS, source="web")
     _FlakyHandler.drop_first, _FlakyHandler.always_drop, _FlakyHandler.requests = Counter(), set(), Counter()
+    _FlakyHandler.cut_at = {}
     handler = functools.partial(_FlakyHandler, directory=str(root))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -79,6 +82,32 @@ def test_a_manifest_and_shards_over_http_survive_dropped_connections(server, cap
     _assert_same_batches(over_http, list(_exact(root)))
     assert _FlakyHandler.requests[names[0]] == 2 and _FlakyHandler.requests[names[2]] == 3
     assert caplog.text.count("failed (attempt") == 3 and "skipping" not in caplog.text
+
+
+def test_a_connection_cut_between_tar_members_is_not_taken_for_the_end(server, caplog) -> None:
+    """Cut exactly at a member's header: to a tar reader that looks like a clean end. The missing body bytes (and
+    the manifest's sample count) say otherwise: the shard is read again, nothing is lost."""
+    url, root = server
+    shard = list_shards(root)[2]
+    with tarfile.open(shard.url) as tar:
+        boundary = tar.getmembers()[len(tar.getmembers()) // 2].offset
+    _FlakyHandler.cut_at[shard.url.rsplit("/", 1)[-1]] = boundary
+    with caplog.at_level(logging.WARNING):
+        over_http = list(_exact(f"{url}/manifest.json"))
+    _assert_same_batches(over_http, list(_exact(root)))
+    assert "IncompleteRead" in caplog.text and "skipping" not in caplog.text
+
+
+def test_a_consumer_that_stops_early_ends_the_read_without_a_retry(tmp_path: Path, caplog) -> None:
+    from layoutlmv3.data.remote import shard_samples
+
+    root = tmp_path / "shards"
+    _write_dataset(root, (6,), source="early")
+    samples = shard_samples(f"pipe:cat {list_shards(root)[0].url}", FAST_RETRY)
+    with caplog.at_level(logging.WARNING):
+        next(samples)
+        samples.close()  # what a loader does at the end of a resampled epoch
+    assert "failed (attempt" not in caplog.text
 
 
 def test_resume_over_http_continues_with_the_same_batches(server) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
-import multiprocessing.pool
 import os
 import shutil
 import sys
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,21 +205,26 @@ def _results_in_order(
         yield ((item, processor.process(item)) for item in items)
         return
     context = multiprocessing.get_context("spawn")  # no fork: the parent may hold threads (tqdm, tokenizers)
-    with worker_environment(), context.Pool(min(workers, len(items)), init_worker, (setup,)) as pool:
+    # An executor, not multiprocessing.Pool: a worker that dies (Tesseract crashing in-process) raises
+    # BrokenProcessPool here instead of leaving its task's result to be waited for forever.
+    with (
+        worker_environment(),
+        ProcessPoolExecutor(min(workers, len(items)), context, initializer=init_worker, initargs=(setup,)) as pool,
+    ):
         yield _bounded_ordered_map(pool, items, RESULTS_IN_FLIGHT_PER_WORKER * workers)
 
 
 def _bounded_ordered_map(
-    pool: multiprocessing.pool.Pool, items: Sequence[WorkItem], window: int
+    pool: ProcessPoolExecutor, items: Sequence[WorkItem], window: int
 ) -> Iterator[tuple[WorkItem, list[Sample | Reject]]]:
-    """Like ``pool.imap`` (ordered), but with at most ``window`` items submitted and not yet consumed."""
+    """Like ``pool.map`` (ordered), but with at most ``window`` items submitted and not yet consumed."""
     in_flight: deque = deque()
     for item in items:
-        in_flight.append(pool.apply_async(process_in_worker, (item,)))
+        in_flight.append(pool.submit(process_in_worker, item))
         if len(in_flight) >= window:
-            yield in_flight.popleft().get()
+            yield in_flight.popleft().result()
     while in_flight:
-        yield in_flight.popleft().get()
+        yield in_flight.popleft().result()
 
 
 def _progress_bar(config: BuildConfig) -> tqdm:
@@ -398,6 +404,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         manifest = build(config)
     except (ProgressMismatch, MergeError, ShardSizeMismatch, NoInput) as error:
         sys.exit(f"error: {error}")
+    except BrokenProcessPool as error:
+        sys.exit(
+            f"error: a worker process died ({error}); finished shards are kept, rerun to resume. If Tesseract "
+            f"crashed in-process, LAYOUTLMV3_OCR_ENGINE=cli runs it as a command, which rejects such a page instead"
+        )
     rejects = sum(manifest["rejects"].values())
     names = output_names(config.task_index, config.num_tasks)
     print(

@@ -75,10 +75,15 @@ class TesseractOcr:
     def inputs(self, pages: list[str]) -> list[str]:
         return pages
 
-    def read(self, path: Path, page: int, image: Image.Image) -> list[Word]:
-        if not self._chosen:  # in the worker process that reads the pages
+    def prepare(self) -> None:
+        """Choose and start the engine, in the process that will read the pages: a failure to start stops the
+        run here rather than rejecting every page as an internal error."""
+        if not self._chosen:
             self._engine = PersistentTesseract() if use_persistent_engine() else None
             self._chosen = True
+
+    def read(self, path: Path, page: int, image: Image.Image) -> list[Word]:
+        self.prepare()
         if self._engine is not None:
             return parse_tsv(self._engine.tsv(image, self.timeout))
         return parse_tsv(run_tesseract(image, self.timeout))

@@ -104,6 +104,10 @@ class TextLayerFirst:
     def __init__(self, inner: Ocr) -> None:
         self.inner = inner
 
+    def prepare(self) -> None:
+        if hasattr(self.inner, "prepare"):
+            self.inner.prepare()
+
     def inputs(self, pages: list[str]) -> list[str]:
         return self.inner.inputs(pages)
 

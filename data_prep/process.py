@@ -89,6 +89,8 @@ def init_worker(setup: WorkerSetup) -> None:
     """Pool initializer: build the worker's processor once (tokenizer loading is not free)."""
     global _processor
     _processor = make_processor(setup)
+    if hasattr(_processor.ocr, "prepare"):
+        _processor.ocr.prepare()  # an engine that cannot start breaks the pool: the run stops with the reason
 
 
 def process_in_worker(item: WorkItem) -> tuple[WorkItem, list[Sample | Reject]]:

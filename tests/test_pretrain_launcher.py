@@ -366,12 +366,14 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(
     assert chosen is not None and chosen.step == 10
     assert str(truncated.name) in caplog.text and "damaged" in caplog.text
     assert not (tmp_path / "checkpoints" / tag_for(STEPS)).exists()  # renamed aside: a new save cannot mix with it
-    assert (tmp_path / "checkpoints" / f"{tag_for(STEPS)}.damaged").is_dir()
+    assert len(list((tmp_path / "checkpoints").glob(f"{tag_for(STEPS)}.damaged-*"))) == 1
     # A lost file is named too (sizes recorded at save), and an explicit path is refused rather than replaced.
     (chosen.path / "rank_state" / "rank00001.pt").unlink()
     with pytest.raises(DamagedCheckpoint, match="rank00001.pt is missing"):
         resolve_resume(str(chosen.path), tmp_path / "checkpoints")
     with pytest.raises(DamagedCheckpoint, match="no checkpoint .* verifies"):
+        resolve_resume("auto", tmp_path / "checkpoints")
+    with pytest.raises(DamagedCheckpoint, match="holds only damaged checkpoints"):  # never a silent fresh start
         resolve_resume("auto", tmp_path / "checkpoints")
 
 
@@ -450,7 +452,7 @@ def _rank_processes(launcher: int) -> dict[int, psutil.Process]:
 def test_a_stopped_rank_is_named_and_the_attempt_ends(world: Path, tmp_path: Path) -> None:
     """SIGSTOP on rank 1: rank 0 names it in a heartbeat line, then gives up at the collective timeout (a crash's
     exit code, which slurm/pretrain.sbatch requeues)."""
-    overrides = ["--train.collective_timeout_s", "12", "--train.heartbeat_s", "2", "--logging.every", "1"]
+    overrides = ["--train.collective_timeout_s", "20", "--train.heartbeat_s", "2", "--logging.every", "1"]
     started = _start(world, tmp_path, *overrides)
     deadline = time.monotonic() + RUN_TIMEOUT
     try:
@@ -472,7 +474,7 @@ def test_a_stopped_rank_is_named_and_the_attempt_ends(world: Path, tmp_path: Pat
     assert re.search(
         r"waited \d+ s at the .* of step \d+ .*: rank\(s\) \[1\] (not responding|have not arrived)", result.output
     )
-    assert "train.collective_timeout_s=12" in result.output
+    assert "train.collective_timeout_s=20" in result.output
 
 
 # ---------------------------------------------------------------- the pieces

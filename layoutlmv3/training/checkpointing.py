@@ -108,7 +108,13 @@ def complete_checkpoints(directory: str | Path) -> list[Checkpoint]:
     if not directory.is_dir():
         return []
     tags = [p for p in directory.iterdir() if TAG_PATTERN.fullmatch(p.name) and (p / COMPLETE_FILE).is_file()]
-    return sorted((read_checkpoint(p) for p in tags), key=lambda c: c.step)
+    checkpoints = []
+    for path in tags:
+        try:
+            checkpoints.append(read_checkpoint(path))
+        except (ValueError, KeyError, TypeError) as error:  # a marker cut short or edited: not a complete save
+            logger.warning("ignoring %s: its %s marker is unreadable (%s)", path, COMPLETE_FILE, error)
+    return sorted(checkpoints, key=lambda c: c.step)
 
 
 def find_resume_checkpoint(directory: str | Path) -> Checkpoint | None:
@@ -144,9 +150,8 @@ def _newest_verified(directory: Path, allowed_globals: tuple[str, ...]) -> Check
             verify_checkpoint(checkpoint, allowed_globals)
         except DamagedCheckpoint as error:
             damaged.append(str(error))
-            aside = checkpoint.path.with_name(f"{checkpoint.tag}.damaged")
-            shutil.rmtree(aside, ignore_errors=True)
-            checkpoint.path.rename(aside)
+            aside = checkpoint.path.with_name(f"{checkpoint.tag}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+            checkpoint.path.rename(aside)  # kept as evidence (a rename: instant, whatever its size)
             logger.error("checkpoint %s is damaged, moved to %s and skipped: %s", checkpoint.tag, aside, error)
             continue
         if damaged:
@@ -154,7 +159,16 @@ def _newest_verified(directory: Path, allowed_globals: tuple[str, ...]) -> Check
         return checkpoint
     if damaged:
         raise DamagedCheckpoint(f"no checkpoint in {directory} verifies: " + "; ".join(damaged))
+    set_aside = sorted(path.name for path in directory.glob("step*.damaged*")) if directory.is_dir() else []
+    if set_aside:
+        raise DamagedCheckpoint(
+            f"{directory} holds only damaged checkpoints ({', '.join(set_aside)}): a fresh start would lose the run; "
+            "repair or move them away, or pass --resume PATH"
+        )
     return None
+
+
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.EACCES, errno.EPERM, errno.EAGAIN, errno.ETIMEDOUT})
 
 
 class DamagedCheckpoint(ValueError):
@@ -191,10 +205,14 @@ def verify_checkpoint(checkpoint: Checkpoint, allowed_globals: tuple[str, ...] =
     """
     allowed = SAFE_GLOBALS | set(allowed_globals)
     for path in sorted(checkpoint.path.rglob("*.pt")):
-        if UNIVERSAL_DIR in path.relative_to(checkpoint.path).parts:
-            continue  # made here from verified files
+        if f"{UNIVERSAL_DIR}.partial" in path.relative_to(checkpoint.path).parts:
+            continue  # an interrupted conversion: deleted and redone before use
         try:
             found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except OSError as error:
+            if error.errno in TRANSIENT_ERRNOS:  # the storage, not the file: do not set a good checkpoint aside
+                raise ValueError(f"cannot read {path} now ({error.strerror}); retry when the storage is back") from None
+            raise DamagedCheckpoint(f"{path} is not a readable torch checkpoint: {_one_line(error)}") from None
         except Exception as error:
             raise DamagedCheckpoint(f"{path} is not a readable torch checkpoint: {_one_line(error)}") from None
         unsafe = sorted(set(found) - allowed)
@@ -228,7 +246,9 @@ def check_compatible(checkpoint: Checkpoint, model_config: dict[str, Any], token
     differences = [
         f"{name}={checkpoint.model_config.get(name)!r} (this run: {value!r})"
         for name, value in json.loads(json.dumps(model_config)).items()
-        if name not in RESUMABLE_MODEL_CHANGES and checkpoint.model_config.get(name) != value
+        if name not in RESUMABLE_MODEL_CHANGES
+        and name in checkpoint.model_config
+        and checkpoint.model_config[name] != value
     ]
     if differences:
         raise ValueError(
@@ -267,13 +287,17 @@ def save_checkpoint(
 
     `record`: more facts for `complete` (model_config, tokenizer_fingerprint). Raises CheckpointNotSaved on every
     rank when any rank failed to write (DeepSpeed's save ends in a barrier: a rank whose write raised joins it,
-    so the others are not left waiting for the collective timeout).
+    so the others are not left waiting for the collective timeout). Under ZeRO-3 DeepSpeed all-gathers after the
+    writes, which a failed rank skips: the others then wait for the collective timeout and the attempt ends as a
+    crash (requeued up to MAX_CRASHES) instead of exit 4.
     """
     directory = Path(directory)
     tag = tag_for(step)
     path = directory / tag
-    if engine.global_rank == 0 and path.exists():
-        shutil.rmtree(path)  # leftovers of a crashed or damaged save of this step: never mix files of two saves
+    if engine.global_rank == 0 and path.exists():  # leftovers of a crashed save of this step: never mix two saves
+        stale = path.with_name(f".{tag}.stale-{time.time_ns()}")
+        path.rename(stale)  # a rename cannot half-fail like a removal on NFS (.nfsXXXX files)
+        shutil.rmtree(stale, ignore_errors=True)
     failure = ""
     try:
         engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
@@ -286,7 +310,7 @@ def save_checkpoint(
             torch.save(rank_state, _rank_state_file(path, engine.global_rank))
         except Exception as error:
             failure = _describe_write_failure(error, path)
-    failed = torch.tensor([float(bool(failure))])
+    failed = torch.tensor([float(bool(failure))], device=engine.device)  # NCCL takes device tensors only
     dist.all_reduce(failed)  # every rank's files are written, or some rank failed
     if failed.item():
         if failure:

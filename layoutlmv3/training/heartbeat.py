@@ -45,6 +45,7 @@ class Heartbeat:
         self._store = dist.distributed_c10d._get_default_store() if self.enabled else None
         self._arrivals, self._where, self._since = 0, "the start", time.monotonic()
         self._beats: dict[int, tuple[str, float]] = {}  # rank -> (last beat seen, when it last changed)
+        self._store_failed = False
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="heartbeat", daemon=True)
 
@@ -60,7 +61,12 @@ class Heartbeat:
         """This rank arrives at the next point of the loop, `where` saying which (posted for the others)."""
         self._arrivals, self._where, self._since = self._arrivals + 1, where, time.monotonic()
         if self.enabled:
-            self._store.set(ARRIVAL_KEY.format(rank=self.rank), f"{self._arrivals} {where}")
+            try:
+                self._store.set(ARRIVAL_KEY.format(rank=self.rank), f"{self._arrivals} {where}")
+            except Exception as error:  # the heartbeat is a diagnosis: it must never be what stops training
+                if not self._store_failed:
+                    logger.warning("heartbeat: cannot post to the rendezvous store (%s); peers may misreport", error)
+                self._store_failed = True
 
     def late_ranks(self) -> tuple[dict[int, str], list[int]]:
         """(ranks that arrived at fewer points than this one -> where they were last seen, ranks whose beat has

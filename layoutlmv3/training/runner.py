@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import yaml
+from deepspeed.accelerator import get_accelerator
 
 from layoutlmv3.data import ShardLoader
 from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer
@@ -64,6 +66,9 @@ def run(config_path: str | Path, overrides: list[str] | None = None, resume: str
         logger.error("%s", error)
         return EXIT_BAD_CONFIG
     from_slurm = init_distributed(config.train.collective_timeout_s)
+    # Before any collective of ours: NCCL puts object collectives' tensors on the current device, which must be
+    # this rank's (DeepSpeed binds it only later, in initialize).
+    get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", "0")))
     _configure_logging(dist.get_rank())
     placement_logger.info("%s%s", describe_placement(), " (rank variables from Slurm)" if from_slurm else "")
     try:
@@ -115,7 +120,7 @@ def _assemble(config: RunConfig, ds_values: dict, resume: str) -> Run:
     check_train_shards_tokenizer(config, tokenizer)
     image_tokenizer = ImageTokenizer.from_pretrained(config.objectives.image_tokenizer)
     ds_values = with_global_batch(ds_values, config.train.global_batch_size, world_size)
-    check_writable(config.checkpoint.dir, rank)
+    _agreed(lambda: check_writable(config.checkpoint.dir, rank))
     checkpoint = _choose_checkpoint(resume, config)
 
     torch.manual_seed(config.train.seed)  # the same initial weights on every rank
@@ -160,6 +165,22 @@ def _assemble(config: RunConfig, ds_values: dict, resume: str) -> Run:
     )
 
 
+def _agreed(check) -> None:
+    """Run a start-up check on every rank and raise on all of them if it failed on any (a rank that returned alone
+    would leave the others waiting in the next collective until the timeout)."""
+    try:
+        check()
+        problem = ""
+    except (OSError, ValueError) as error:
+        problem = str(error)
+    problems: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)
+    failed = [(rank, text) for rank, text in enumerate(problems) if text]
+    if failed:
+        rank, text = failed[0]
+        raise ValueError(f"{text} (on rank {rank}{f' and {len(failed) - 1} more' if len(failed) > 1 else ''})")
+
+
 def _choose_checkpoint(resume: str, config: RunConfig) -> Checkpoint | None:
     """The checkpoint to resume from, chosen and verified by rank 0 (verification reads every file's pickle:
     once, not once per rank); the other ranks receive the verdict, an error included."""
@@ -167,8 +188,8 @@ def _choose_checkpoint(resume: str, config: RunConfig) -> Checkpoint | None:
     if dist.get_rank() == 0:
         try:
             outcome[0] = resolve_resume(resume, config.checkpoint.dir, tuple(config.checkpoint.allowed_globals))
-        except (OSError, ValueError) as error:
-            outcome[0] = ValueError(str(error))
+        except Exception as error:  # any error: the other ranks are waiting for the verdict
+            outcome[0] = ValueError(str(error) if isinstance(error, OSError | ValueError) else repr(error))
     dist.broadcast_object_list(outcome, src=0)
     if isinstance(outcome[0], Exception):
         raise outcome[0]

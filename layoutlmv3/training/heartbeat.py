@@ -20,6 +20,7 @@ per micro-batch and one per interval; peers' keys are read only by a rank that h
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -78,8 +79,10 @@ class Heartbeat:
             if int(count) < self._arrivals:
                 behind[rank] = where
         now = time.monotonic()
-        for rank, beat in self._read(BEAT_KEY).items():
-            if self._beats.get(rank, ("", 0.0))[0] != beat:
+        beats = self._read(BEAT_KEY)
+        for rank in range(self.world_size):
+            beat = beats.get(rank, "none yet")  # a rank stopped before its first beat is as silent as any
+            if rank not in self._beats or self._beats[rank][0] != beat:
                 self._beats[rank] = (beat, now)
         silent = [
             rank
@@ -96,6 +99,8 @@ class Heartbeat:
 
     def _watch(self) -> None:
         beat = 0
+        with contextlib.suppress(Exception):
+            self._store.set(BEAT_KEY.format(rank=self.rank), str(beat))  # at once: peers see this rank alive
         while not self._stopped.wait(self.every_s):
             try:
                 beat += 1

@@ -559,12 +559,17 @@ def test_resume_after_a_kill_between_rename_and_record(corpus_dir, tokenizer_dir
     assert 0 < len(resumed) < SYNTH_PAGES
 
 
+def _cli_command(corpus_dir: Path, tokenizer_dir: Path, out: Path) -> list[str]:
+    """The data-prep command line of the CLI tests: one worker, 2-sample shards, 6-file chunks."""
+    command = [sys.executable, "-m", "data_prep.build_shards", "--input", str(corpus_dir), "--out", str(out)]
+    command += ["--ocr", "funsd", "--tokenizer", str(tokenizer_dir), "--workers", "1", "--quiet"]
+    return command + ["--max-samples-per-shard", "2", "--files-per-chunk", "6"]
+
+
 def test_resume_after_sigkill_of_the_cli(corpus_dir, tokenizer_dir, tmp_path) -> None:
     reference = _clean_reference(corpus_dir, tokenizer_dir, tmp_path / "reference")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "data_prep.build_shards", "--input", str(corpus_dir), "--out", str(out)]
-    command += ["--ocr", "funsd", "--tokenizer", str(tokenizer_dir), "--workers", "1", "--quiet"]
-    command += ["--max-samples-per-shard", "2", "--files-per-chunk", "6"]
+    command = _cli_command(corpus_dir, tokenizer_dir, out)
     process = subprocess.Popen(command, cwd=REPO_ROOT)
     deadline = time.monotonic() + 30
     while process.poll() is None and not list(out.glob("*.tar")) and time.monotonic() < deadline:
@@ -580,9 +585,7 @@ def test_two_runs_on_one_output_never_publish_a_partial_shard(corpus_dir, tokeni
     then cancelled (SIGKILL) mid-chunk, and the second finishes the job exactly as one clean run would."""
     reference = _clean_reference(corpus_dir, tokenizer_dir, tmp_path / "reference")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "data_prep.build_shards", "--input", str(corpus_dir), "--out", str(out)]
-    command += ["--ocr", "funsd", "--tokenizer", str(tokenizer_dir), "--workers", "1", "--quiet"]
-    command += ["--max-samples-per-shard", "2", "--files-per-chunk", "6"]
+    command = _cli_command(corpus_dir, tokenizer_dir, out)
     first = subprocess.Popen(command, cwd=REPO_ROOT)
     deadline = time.monotonic() + 60
     while not list((out / "progress").glob("*.lock")) and time.monotonic() < deadline:

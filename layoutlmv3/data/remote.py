@@ -172,9 +172,9 @@ def shard_samples(
                 given += 1
                 yield held
             return
-        except Exception as error:  # dropped connections raise http.client/tarfile/OS errors alike
-            if isinstance(stream, _PipeStream):
-                error = OSError(stream.exit_problem()) if stream.exit_problem() else error
+        except Exception as caught:  # dropped connections raise http.client/tarfile/OS errors alike
+            problem = stream.exit_problem() if isinstance(stream, _PipeStream) else None
+            error = OSError(problem) if problem else caught  # a command's own failure explains a broken read better
             if stream is not None:
                 _abandon(stream)
             if not is_remote(url):

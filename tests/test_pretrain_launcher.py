@@ -46,7 +46,7 @@ from layoutlmv3.training.checkpointing import (
 from layoutlmv3.training.engine import parameter_groups
 from layoutlmv3.training.inputs import check_shards_tokenizer
 from layoutlmv3.training.metrics import METRICS_FILE, device_peak_tflops, estimate_mfu, model_flops_per_sample
-from layoutlmv3.training.runner import run
+from layoutlmv3.training.pretraining_job import run
 from layoutlmv3.training.schedule import learning_rate, warmup_steps
 from layoutlmv3.training.signals import (
     EXIT_BAD_CONFIG,

@@ -10,7 +10,7 @@ import importlib
 
 def __getattr__(name: str):
     if name == "run":
-        return importlib.import_module("layoutlmv3.training.runner").run
+        return importlib.import_module("layoutlmv3.training.pretraining_job").run
     raise AttributeError(f"module 'layoutlmv3.training' has no attribute {name!r}")
 
 

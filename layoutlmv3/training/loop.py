@@ -1,4 +1,4 @@
-"""The train loop: optimizer steps of `accumulation_steps` good micro-batches, validation, checkpoints, signals.
+"""The one train loop (pretraining, fine-tuning): optimizer steps of `accumulation_steps` good micro-batches, validation, checkpoints, signals.
 
 A step is one optimizer step. DeepSpeed accumulates: every good micro-batch gets `engine.backward` and
 `engine.step()`, and the engine updates the weights on every `accumulation_steps`-th. Checkpoints are taken
@@ -12,8 +12,11 @@ the step is completed by the next micro-batch. Skips are counted (`bad_steps`, k
 `train.max_bad_steps` the run stops with EXIT_TOO_MANY_BAD_STEPS.
 
 Determinism (what makes a resumed run repeat the uninterrupted one): dropout is reseeded before every
-micro-batch from (seed, rank, micro-batches drawn), the loader resumes its exact position, the collator seeds
-masks by (seed, epoch, sample key), and the learning rate is a function of the step.
+micro-batch from (seed, rank, micro-batches drawn), the loader resumes its exact position, the task's own state
+(e.g. the best dev score) comes back with it, pretraining's collator seeds masks by (seed, epoch, sample key),
+and the learning rate is a function of the step.
+
+What differs between jobs is the `Task` (training.task): its batches, forward pass, validation and finish.
 """
 
 from __future__ import annotations
@@ -21,30 +24,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
-
-from layoutlmv3.data import ShardLoader
-from layoutlmv3.pretraining.model import PretrainingOutput
-from layoutlmv3.pretraining.step import batch_to_device, pretraining_forward
 
 from .checkpointing import CheckpointNotSaved, rng_state, save_checkpoint
 from .engine import Training
 from .heartbeat import Heartbeat
-from .metrics import MetricsLogger, estimate_mfu, model_flops_per_sample
-from .run_config import RunConfig
+from .metrics import MetricsLogger, estimate_mfu
 from .schedule import learning_rate
 from .signals import EXIT_CHECKPOINT_NOT_SAVED, EXIT_OK, EXIT_PREEMPTED, EXIT_TOO_MANY_BAD_STEPS, StopRequest
+from .task import JobConfig, Task
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVE_METRICS = tuple(field.name for field in dataclasses.fields(PretrainingOutput))  # loss first
-# Layout of the tensor all-reduced after every forward pass: counters, then the objectives' metrics.
+# Layout of the tensor all-reduced after every forward pass: counters, then the task's metrics.
 BAD, STOP, SAMPLES, TOKENS, FLOPS = range(5)
 FIRST_METRIC = 5
 
@@ -63,15 +60,11 @@ class TrainState:
 class Run:
     """Everything the loop needs, assembled by `runner.run`."""
 
-    config: RunConfig
+    config: JobConfig
     training: Training
-    image_tokenizer: nn.Module
-    loader: ShardLoader
-    val_loader: ShardLoader | None
-    val_start: dict | None  # the validation loader's initial position: every validation sees the same batches
+    task: Task
     state: TrainState
     tokenizer_fingerprint: str
-    non_embedding_params: int
     peak_tflops: float | None
 
     def client_state(self) -> dict:
@@ -83,6 +76,7 @@ class Run:
                 "global_batch": self.training.global_batch,
                 "config": self.config.to_dict(),
                 "tokenizer_fingerprint": self.tokenizer_fingerprint,
+                "task": self.task.state_dict(),
             }
         }
 
@@ -103,8 +97,10 @@ def _train(run: Run, stop: StopRequest, metrics: MetricsLogger, heartbeat: Heart
     last_step = settings.stop_at_step or settings.steps
     if state.step >= last_step:
         logger.info("nothing to do: the run is at step %d of %d", state.step, last_step)
+        if state.step >= settings.steps:
+            run.task.finish()
         return EXIT_OK
-    batches = _endless(run.loader)
+    batches = _endless(run.task.loader)
     saved_step = state.step  # resumed from a checkpoint of this step (0: none needed)
     run.training.engine.train()
     started = time.perf_counter()
@@ -117,9 +113,10 @@ def _train(run: Run, stop: StopRequest, metrics: MetricsLogger, heartbeat: Heart
             return EXIT_TOO_MANY_BAD_STEPS
         state.step += 1
         metrics.log_step(state.step, _step_values(run, totals, lr, time.perf_counter() - started))
-        if run.val_loader is not None and _due(state.step, run.config.logging.val_every):
+        val_every = run.config.logging.val_every
+        if _due(state.step, val_every) or (val_every and state.step == settings.steps):
             heartbeat.arrive(f"the validation after step {state.step}")
-            values = validate(run)
+            values = run.task.validate(state.step)
             if values:
                 metrics.log_validation(state.step, values)
         if stop_requested:
@@ -136,6 +133,9 @@ def _train(run: Run, stop: StopRequest, metrics: MetricsLogger, heartbeat: Heart
     if saved_step != state.step:
         heartbeat.arrive(f"the checkpoint of step {state.step}")
         save(run)
+    if state.step >= settings.steps:
+        heartbeat.arrive("the task's finish")
+        run.task.finish()
     return EXIT_OK
 
 
@@ -151,19 +151,19 @@ def _optimizer_step(
     Returns the all-reduced figures summed over the good micro-batches, and whether any rank was asked to stop.
     """
     settings, state, training = run.config.train, run.state, run.training
-    totals = torch.zeros(FIRST_METRIC + len(OBJECTIVE_METRICS), dtype=torch.float64)
+    totals = torch.zeros(FIRST_METRIC + len(run.task.metric_names), dtype=torch.float64)
     stop_requested, good = False, 0
     while good < training.accumulation_steps:
         batch = next(batches)
         state.batches += 1
         torch.manual_seed(_derive_seed(settings.seed, training.rank, state.batches))
-        output = forward(run, batch)
-        loss = output.loss
+        metrics = run.task.forward(batch)
+        loss = metrics[0]
         if training.rank == 0 and state.batches in settings.debug_nan_batches:
             loss = loss * float("nan")
         point = f"step {state.step + 1} (micro-batch {state.batches})"
         heartbeat.arrive(f"the loss all-reduce of {point}")
-        reduced = _reduce_micro_batch(run, batch, loss, output, stop.requested)
+        reduced = _reduce_micro_batch(run, batch, loss, metrics[1:], stop.requested)
         state.samples += int(reduced[SAMPLES])
         stop_requested |= bool(reduced[STOP] > 0)
         if reduced[BAD] > 0:
@@ -184,45 +184,9 @@ def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
-def forward(run: Run, batch: dict) -> PretrainingOutput:
-    """The pretraining forward pass of a collated batch on the engine's device (inputs in the engine's dtype)."""
-    inputs = batch_to_device(batch, run.training.device)
-    inputs["pixel_values"] = inputs["pixel_values"].to(run.training.dtype)
-    return pretraining_forward(run.training.engine, run.image_tokenizer, inputs)
-
-
-def validate(run: Run) -> dict[str, float] | None:
-    """Mean metrics over up to data.val_batches held-out micro-batches per rank (the same ones every time).
-
-    Ranks stop together as soon as one runs out of batches: under ZeRO-3 a forward pass is a collective.
-    """
-    engine, device = run.training.engine, run.training.device
-    engine.eval()
-    run.val_loader.load_state_dict(run.val_start)
-    sums = torch.zeros(len(OBJECTIVE_METRICS) + 1, dtype=torch.float64, device=device)
-    batches = iter(run.val_loader)
-    with torch.no_grad():
-        for _ in range(run.config.data.val_batches):
-            batch = next(batches, None)
-            present = torch.tensor([float(batch is not None)], device=device)
-            dist.all_reduce(present, op=dist.ReduceOp.MIN)
-            if not present.item():
-                break
-            output = forward(run, batch)
-            values = [getattr(output, name).detach().double() for name in OBJECTIVE_METRICS]
-            sums += torch.stack([*values, torch.ones((), dtype=torch.float64, device=device)])
-    dist.all_reduce(sums)
-    engine.train()
-    count = sums[-1].item()
-    if not count:
-        logger.warning("validation found no held-out batches")
-        return None
-    return {f"val/{name}": sums[index].item() / count for index, name in enumerate(OBJECTIVE_METRICS)}
-
-
 def save(run: Run) -> None:
     """A complete checkpoint of the current step (collective)."""
-    rank_state = {"loader": run.loader.state_dict(), "rng": rng_state()}
+    rank_state = {"loader": run.task.loader.state_dict(), "rng": rng_state()}
     section = run.config.checkpoint
     record = {
         "model_config": run.training.engine.module.config.to_dict(),
@@ -253,28 +217,22 @@ def _log_bad_step(rank: int, state: TrainState, ranks: int, limit: int) -> None:
         )
 
 
-def _endless(loader: ShardLoader) -> Iterator[dict]:
+def _endless(loader: Iterable[dict]) -> Iterator[dict]:
     """Batches epoch after epoch (each `iter` of the loader continues from its position)."""
     while True:
         yield from loader
 
 
 def _reduce_micro_batch(
-    run: Run, batch: dict, loss: torch.Tensor, output: PretrainingOutput, stop: bool
+    run: Run, batch: dict, loss: torch.Tensor, others: Sequence[torch.Tensor], stop: bool
 ) -> torch.Tensor:
     """One all-reduce (sum over ranks) of: non-finite flag, stop flag, samples, tokens, FLOPs, metrics."""
-    config = run.training.engine.module.config
-    size, text_length = batch["input_ids"].shape
-    visual = config.num_visual_tokens
-    flops = size * model_flops_per_sample(
-        run.non_embedding_params, config.num_hidden_layers, config.hidden_size, text_length, visual
-    )
-    tokens = int(batch["attention_mask"].sum()) + size * visual
+    samples, tokens, flops = run.task.work(batch)
     device = run.training.device
-    counters = torch.tensor([float(stop), size, tokens, flops], dtype=torch.float64, device=device)
+    counters = torch.tensor([float(stop), samples, tokens, flops], dtype=torch.float64, device=device)
     loss = loss.detach()
     bad = (~torch.isfinite(loss)).double().reshape(1)
-    metrics = [loss.double(), *(getattr(output, name).detach().double() for name in OBJECTIVE_METRICS[1:])]
+    metrics = [loss.double(), *(value.detach().double().to(device) for value in others)]
     packed = torch.cat([bad, counters, torch.stack(metrics)])
     dist.all_reduce(packed)
     return packed.cpu()
@@ -286,7 +244,7 @@ def _step_values(run: Run, totals: torch.Tensor, lr: float, seconds: float) -> d
     contributions = training.accumulation_steps * training.world_size
     values = {
         f"train/{name}": totals[FIRST_METRIC + index].item() / contributions
-        for index, name in enumerate(OBJECTIVE_METRICS)
+        for index, name in enumerate(run.task.metric_names)
     }
     values["train/lr"] = lr
     values["train/samples"] = float(run.state.samples)

@@ -40,6 +40,17 @@ def model_flops_per_sample(
     return 6.0 * non_embedding_params * tokens + 12.0 * num_layers * hidden_size * tokens**2
 
 
+def encoder_work(model_config, non_embedding_params: int, batch: dict) -> tuple[float, float, float]:
+    """(samples, tokens, FLOPs) of a micro-batch of LayoutLMv3 inputs: text tokens that are not padding plus the
+    visual tokens, and `model_flops_per_sample` for every sample (padding is computed, so it counts)."""
+    size, text_length = batch["input_ids"].shape
+    visual = model_config.num_visual_tokens
+    flops = size * model_flops_per_sample(
+        non_embedding_params, model_config.num_hidden_layers, model_config.hidden_size, text_length, visual
+    )
+    return float(size), float(batch["attention_mask"].sum()) + size * visual, flops
+
+
 def device_peak_tflops(precision: str, configured: float | None) -> float | None:
     """Per-device peak for MFU: `configured` if given, else the table for bf16/fp16 on a known GPU, else None."""
     if configured is not None:
@@ -125,7 +136,9 @@ class MetricsLogger:
 def _summary(means: dict[str, float]) -> str:
     """The concise line: total and per-objective losses, then optimisation and throughput figures."""
     parts = [f"loss {means['train/loss']:.4f}"]
-    parts.append(" ".join(f"{name} {means[f'train/{name}_loss']:.3f}" for name in ("mlm", "mim", "wpa")))
+    objectives = [name for name in means if name.startswith("train/") and name.endswith("_loss")]
+    if objectives:  # pretraining: mlm, mim, wpa
+        parts.append(" ".join(f"{name[6:-5]} {means[name]:.3f}" for name in objectives))
     parts.append(f"lr {means['train/lr']:.3g}")
     formats = {
         "train/grad_norm": "gnorm {:.3g}",

@@ -1,5 +1,6 @@
-"""One pretraining run, assembled: config -> distributed set-up -> tokenizers, model, engine, loaders -> resume
--> the train loop. `launch/pretrain.py` calls `run` and exits with what it returns (see `signals` for the codes).
+"""One training run of any job, assembled: the job (config, tokenizers, data, model) -> distributed set-up ->
+engine -> the job's task -> resume -> the train loop. Pretraining (`training.pretraining_job.run`) and
+fine-tuning (`finetune.train.finetune`) both call `run_job`, which returns the exit code (see `signals`).
 
 Resuming on another world size goes through DeepSpeed's universal checkpoint: weights and optimizer state carry
 over exactly, but a loader position belongs to one (rank, world size) split and cannot be mapped onto another;
@@ -13,16 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 import yaml
 from deepspeed.accelerator import get_accelerator
-
-from layoutlmv3.data import ShardLoader
-from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer
-from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 from .checkpointing import (
     Checkpoint,
@@ -37,28 +34,28 @@ from .checkpointing import (
 )
 from .distributed import describe_placement, init_distributed, placement_logger
 from .ds_config import load_ds_config, with_global_batch
-from .engine import Training, build_model, check_inputs_fit, initialize, non_embedding_parameters
+from .engine import Training, initialize, non_embedding_parameters
 from .extensions import check_build_locks
-from .inputs import build_loaders, check_train_shards_tokenizer
 from .loop import Run, TrainState, train
 from .metrics import MetricsLogger, device_peak_tflops
-from .run_config import RunConfig, load_run_config
 from .signals import EXIT_BAD_CONFIG, StopRequest
+from .task import Job, JobConfig, ResumableBatches, Task
 
 logger = logging.getLogger(__name__)
 
 RESOLVED_CONFIG_FILE = "run_config.yaml"
 
 
-def run(config_path: str | Path, overrides: list[str] | None = None, resume: str = "auto") -> int:
-    """Train as the run config says; `resume` is "auto" (newest complete checkpoint), "none" or a tag directory.
+def run_job(prepare: Callable[[], Job], resume: str = "auto") -> int:
+    """Prepare the job, then train it; `resume` is "auto" (newest complete checkpoint), "none" or a tag directory.
 
-    Returns the exit code. Configuration problems found before training (bad values, missing files, a tokenizer
-    that does not match the shards or the checkpoint, a stale op build lock) are logged as one clear line and give
-    EXIT_BAD_CONFIG.
+    Returns the exit code. Problems found before training (bad values, missing files, a tokenizer that does not
+    match the data or the checkpoint, a stale op build lock) are logged as one clear line and give
+    EXIT_BAD_CONFIG. `prepare` runs before the process group exists, so its errors cost no rendezvous.
     """
     try:
-        config = load_run_config(config_path, overrides)
+        job = prepare()
+        config = job.config
         ds_values = load_ds_config(config.deepspeed)
         check_build_locks()  # a lock left by a killed op build would hang init_distributed without a word
     except (OSError, ValueError) as error:
@@ -72,7 +69,7 @@ def run(config_path: str | Path, overrides: list[str] | None = None, resume: str
     _configure_logging(dist.get_rank())
     placement_logger.info("%s%s", describe_placement(), " (rank variables from Slurm)" if from_slurm else "")
     try:
-        assembled = _assemble(config, ds_values, resume)
+        assembled = _assemble(job, ds_values, resume)
     except (OSError, ValueError) as error:
         logger.error("%s", error)
         dist.destroy_process_group()  # exiting with a live group aborts the interpreter ("terminate called ...")
@@ -113,54 +110,34 @@ def _log_failure(error: Exception, timeout_s: float) -> None:
         logger.error("training failed: %s: %s", type(error).__name__, message)
 
 
-def _assemble(config: RunConfig, ds_values: dict, resume: str) -> Run:
+def _assemble(job: Job, ds_values: dict, resume: str) -> Run:
     """Everything the loop needs, the checkpoint (if any) loaded."""
+    config, model = job.config, job.model
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    tokenizer = LayoutLMv3Tokenizer.from_pretrained(config.data.tokenizer)
-    check_train_shards_tokenizer(config, tokenizer)
-    image_tokenizer = ImageTokenizer.from_pretrained(config.objectives.image_tokenizer)
     ds_values = with_global_batch(ds_values, config.train.global_batch_size, world_size)
     _agreed(lambda: check_writable(config.checkpoint.dir, rank))
     checkpoint = _choose_checkpoint(resume, config)
-
-    torch.manual_seed(config.train.seed)  # the same initial weights on every rank
-    model = build_model(config, tokenizer.vocab_size, image_tokenizer.codebook_size)
-    special_ids = {"pad": tokenizer.pad_token_id, "cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id}
-    check_inputs_fit(model.config, special_ids, image_tokenizer.config.grid_size)
     parameters, non_embedding = model.num_parameters(), non_embedding_parameters(model)  # before ZeRO-3 partitions
     if checkpoint is not None:
-        check_compatible(checkpoint, model.config.to_dict(), tokenizer.fingerprint)
+        check_compatible(checkpoint, model.config.to_dict(), job.tokenizer_fingerprint)
     universal = checkpoint is not None and checkpoint.world_size != world_size
     if universal:
         prepare_universal(checkpoint, rank)
     if rank == 0:
         warn_if_short_of_space(config.checkpoint.dir, parameters, config.checkpoint.keep)
     training = initialize(model, config.train, ds_values, load_universal=universal)
-    image_tokenizer.to(training.device).eval().requires_grad_(False)
-    loader, val_loader = build_loaders(
-        config,
-        tokenizer,
-        model.config.patches_per_side,
-        training.micro_batch_size,
-        training.rank,
-        training.world_size,
-        pin_memory=training.device.type == "cuda",
-    )
+    task = job.make_task(training)
     state = TrainState()
     if checkpoint is not None:
-        state = _resume(training, checkpoint, universal, loader, tokenizer.fingerprint, config)
+        state = _resume(training, checkpoint, universal, task, job.tokenizer_fingerprint, config)
     if rank == 0:
-        _describe(config, training, parameters, non_embedding)
+        _describe(job.description, config, training, parameters, non_embedding)
     return Run(
         config=config,
         training=training,
-        image_tokenizer=image_tokenizer,
-        loader=loader,
-        val_loader=val_loader,
-        val_start=val_loader.state_dict() if val_loader is not None else None,
+        task=task,
         state=state,
-        tokenizer_fingerprint=tokenizer.fingerprint,
-        non_embedding_params=non_embedding,
+        tokenizer_fingerprint=job.tokenizer_fingerprint,
         peak_tflops=device_peak_tflops(training.precision, config.logging.peak_tflops),
     )
 
@@ -181,7 +158,7 @@ def _agreed(check) -> None:
         raise ValueError(f"{text} (on rank {rank}{f' and {len(failed) - 1} more' if len(failed) > 1 else ''})")
 
 
-def _choose_checkpoint(resume: str, config: RunConfig) -> Checkpoint | None:
+def _choose_checkpoint(resume: str, config: JobConfig) -> Checkpoint | None:
     """The checkpoint to resume from, chosen and verified by rank 0 (verification reads every file's pickle:
     once, not once per rank); the other ranks receive the verdict, an error included."""
     outcome: list[Checkpoint | Exception | None] = [None]
@@ -200,9 +177,9 @@ def _resume(
     training: Training,
     checkpoint: Checkpoint,
     universal: bool,
-    loader: ShardLoader,
+    task: Task,
     fingerprint: str,
-    config: RunConfig,
+    config: JobConfig,
 ) -> TrainState:
     """Load `checkpoint` into the engine and loader; returns the restored train state."""
     saved = load_checkpoint(training.engine, checkpoint, universal).get("layoutlmv3")
@@ -213,6 +190,8 @@ def _resume(
             f"{checkpoint.path} was trained with tokenizer {saved['tokenizer_fingerprint']}, data.tokenizer is "
             f"{fingerprint}: token ids would change meaning; use the original vocabulary"
         )
+    loader: ResumableBatches = task.loader
+    task.load_state_dict(saved.get("task", {}))
     if universal:
         position = loader.state_dict()
         position["epoch"] = load_rank_state(checkpoint, 0)["loader"]["epoch"] + 1
@@ -257,12 +236,12 @@ def _check_global_batch(saved: int | None, training: Training, checkpoint: Check
     )
 
 
-def _describe(config: RunConfig, training: Training, parameters: int, non_embedding: int) -> None:
+def _describe(name: str, config: JobConfig, training: Training, parameters: int, non_embedding: int) -> None:
     """Log the resolved set-up and keep the resolved config beside the metrics (rank 0)."""
     logger.info(
         "model %s: %.1fM parameters (%.1fM non-embedding) | %s, ZeRO-%d | micro-batch %d x accumulation %d x %d "
         "ranks = global batch %d | %d steps",
-        config.model.init_from or config.model.flavor,
+        name,
         parameters / 1e6,
         non_embedding / 1e6,
         training.precision,

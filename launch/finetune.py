@@ -1,15 +1,19 @@
 """Fine-tune LayoutLMv3 on FUNSD-format forms (entity labelling: HEADER / QUESTION / ANSWER, BIO tags).
 
-One process on CPU or one GPU. The YAML config (configs/finetune/*.yaml) sets windows, boxes, optimizer and
-schedule; any of its settings can be overridden as --section.key VALUE. The best model by dev F1 is saved to
-OUTPUT/best (model + tokenizer, loadable by launch/predict.py); OUTPUT/results.json has the test scores.
+Runs on the same DeepSpeed trainer as pretraining: one process, or N ranks under `deepspeed`/`torchrun`/`srun`.
+The YAML config (configs/finetune/*.yaml) sets windows, boxes, optimizer and schedule; its `deepspeed` key names
+the JSON with micro-batch, precision and ZeRO; any setting can be overridden as --section.key VALUE. The best
+model by dev F1 is saved to OUTPUT/best (model + tokenizer, loadable by launch/predict.py); OUTPUT/results.json
+has the test scores. An interrupted run resumes from OUTPUT/checkpoints (--resume auto, the default).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,15 +24,22 @@ from layoutlmv3.finetune.config import (
     load_finetune_config,
 )
 from layoutlmv3.finetune.funsd import SPLITS
-from layoutlmv3.finetune.train import finetune
+from layoutlmv3.finetune.train import RESULTS_FILE, finetune
+from layoutlmv3.training.signals import EXIT_BAD_CONFIG, EXIT_OK
 
 EPILOG = """\
 examples:
   python launch/finetune.py --config configs/finetune/funsd.yaml --data /data/funsd --model outputs/models/base
   python launch/finetune.py --config configs/finetune/tiny.yaml --model outputs/models/tiny --train.steps 5
+  deepspeed --num_gpus 4 launch/finetune.py --config configs/finetune/funsd.yaml --data /data/funsd \
+      --model outputs/models/base          # global batch 16 kept through accumulation on any rank count
+  DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/finetune.py --config configs/finetune/tiny.yaml --model M
   (no --data: synthetic FUNSD-format forms are generated under OUTPUT/synthetic)
   python launch/finetune.py --config configs/finetune/funsd.yaml --data /data/funsd --model outputs/models/base \\
       --model.init random --out outputs/finetune/scratch   # same architecture and vocabulary, fresh weights
+
+exit codes: as launch/pretrain.py -- 0 done, 2 unusable config or data, 4 a checkpoint could not be written,
+42 stopped by SIGUSR1/SIGTERM after saving a checkpoint (run again to resume), 1 anything else.
 """
 
 
@@ -44,15 +55,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="model directory with tokenizer files (launch/convert.py)")
     parser.add_argument("--data", help="FUNSD root with training_data/ and testing_data/ (default: synthetic forms)")
     parser.add_argument("--out", help="output directory (overrides output.dir)")
+    parser.add_argument(
+        "--resume",
+        default="auto",
+        metavar="{auto,none,PATH}",
+        help="auto: continue from the newest complete checkpoint in OUTPUT/checkpoints if any (default); none: "
+        "start afresh (refused while checkpoints exist); PATH: a checkpoint tag directory",
+    )
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     return parser
 
 
 def write_synthetic_forms(config: FinetuneConfig) -> Path:
-    """FUNSD-format synthetic forms under output.dir/synthetic (written once; the same seed gives the same forms)."""
+    """FUNSD-format synthetic forms under output.dir/synthetic, written once: the ranks of a node start together,
+    so the first takes a lock and writes while the others wait, then find them complete."""
     root = Path(config.output.dir) / "synthetic"
-    seed = config.train.seed
-    write_corpus(root / SPLITS[0], config.data.synthetic_train_pages, seed=seed)
-    write_corpus(root / SPLITS[1], config.data.synthetic_test_pages, seed=seed + 1)
+    root.mkdir(parents=True, exist_ok=True)
+    done = (
+        root / f".complete-{config.data.synthetic_train_pages}-{config.data.synthetic_test_pages}-{config.train.seed}"
+    )
+    with open(root / ".lock", "w") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            seed = config.train.seed
+            write_corpus(root / SPLITS[0], config.data.synthetic_train_pages, seed=seed)
+            write_corpus(root / SPLITS[1], config.data.synthetic_test_pages, seed=seed + 1)
+            done.touch()
     return root
 
 
@@ -68,14 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_finetune_config(args.config, overrides)
         if not config.data.dir:
             config.data.dir = str(write_synthetic_forms(config))
-        results = finetune(config)
-    except (ValueError, OSError) as error:  # bad config, data or model directory: one line, no traceback
+    except (ValueError, OSError) as error:  # bad config or output directory: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(
-        json.dumps({"best_step": results["best_step"], "dev_f1": results["dev_f1"], "test_f1": results["test"]["f1"]})
-    )
-    return 0
+        return EXIT_BAD_CONFIG
+    code = finetune(config, args.resume)
+    results_file = Path(config.output.dir) / RESULTS_FILE
+    if code == EXIT_OK and os.environ.get("RANK", "0") == "0" and results_file.is_file():
+        results = json.loads(results_file.read_text())
+        summary = {"best_step": results["best_step"], "dev_f1": results["dev_f1"], "test_f1": results["test"]["f1"]}
+        print(json.dumps(summary))
+    return code
 
 
 if __name__ == "__main__":

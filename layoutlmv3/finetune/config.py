@@ -1,5 +1,7 @@
-"""The fine-tuning config: dataclasses read from YAML with dotted overrides, validated by the run-config
-machinery of pretraining (`training.run_config.build`), so typos and wrong types fail at start-up."""
+"""The fine-tuning config: dataclasses read from YAML with dotted overrides (`layoutlmv3.config_loading`), so
+typos and wrong types fail at start-up. The optimizer, schedule, fault-handling, logging and checkpoint sections
+are the trainer's own (`training.sections`), with fine-tuning defaults; micro-batch, precision and ZeRO come
+from the DeepSpeed JSON, as in pretraining, and `train.global_batch_size` keeps the batch on any rank count."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from layoutlmv3.config_loading import load_config, require
+from layoutlmv3.training.sections import CheckpointSection, LoggingSection, TrainSection
 
 from .funsd import BOX_LEVELS
 
@@ -22,7 +25,6 @@ class FinetuneData:
     dev_fraction: float = 0.1  # of training_data, held out (deterministically, by seed) for model selection
     synthetic_train_pages: int = 64  # with no data.dir: forms written by data_prep.synth into output.dir
     synthetic_test_pages: int = 16
-    num_workers: int = 0
 
     def __post_init__(self) -> None:
         require(self.boxes in BOX_LEVELS, f"data.boxes must be one of {BOX_LEVELS}, got {self.boxes!r}")
@@ -31,10 +33,18 @@ class FinetuneData:
         require(0 < self.dev_fraction < 1, f"data.dev_fraction must lie in (0, 1), got {self.dev_fraction}")
         require(self.synthetic_train_pages >= 2, "data.synthetic_train_pages must be >= 2 (train + dev)")
         require(self.synthetic_test_pages >= 1, "data.synthetic_test_pages must be >= 1")
-        require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
 
 
 INITS = ("pretrained", "random")
+# Settings of the one-process fine-tuner, now the trainer's (named in the error when an old config uses them).
+MOVED_SETTINGS = {
+    "train.batch_size": "train.global_batch_size (the micro-batch is the DeepSpeed JSON's)",
+    "train.eval_every": "logging.val_every",
+    "train.grad_clip": "gradient_clipping in the DeepSpeed JSON",
+    "train.device": "the accelerator (DS_ACCELERATOR=cpu for CPU)",
+    "output.progress": "logging.progress",
+    "data.num_workers": "(removed: windows are made once, in memory)",
+}
 
 
 @dataclass
@@ -48,30 +58,34 @@ class FinetuneModel:
 
 
 @dataclass
-class FinetuneTrain:
+class FinetuneTrain(TrainSection):
+    """The trainer's train section with the paper's FUNSD settings as defaults (AdamW's usual betas and eps)."""
+
     steps: int = 1000
-    batch_size: int = 16
     lr: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
-    grad_clip: float = 1.0
-    eval_every: int = 100  # dev evaluation (and best-model save) every N steps, and at the end
-    seed: int = 42
-    device: str = "auto"  # auto: cuda if available, else cpu
+    global_batch_size: int | None = 16  # windows per optimizer step over all ranks (accumulation fills it)
 
-    def __post_init__(self) -> None:
-        require(self.steps >= 1, f"train.steps must be >= 1, got {self.steps}")
-        require(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        require(self.lr >= 0, f"train.lr must be >= 0, got {self.lr}")
-        require(0 <= self.warmup_ratio <= 1, f"train.warmup_ratio must lie in [0, 1], got {self.warmup_ratio}")
-        require(self.grad_clip > 0, f"train.grad_clip must be > 0, got {self.grad_clip}")
-        require(self.eval_every >= 1, f"train.eval_every must be >= 1, got {self.eval_every}")
+
+@dataclass
+class FinetuneLogging(LoggingSection):
+    dir: str = ""  # "": output.dir (metrics.jsonl, TensorBoard)
+    val_every: int = 100  # dev evaluation (and best-model selection) every N steps, and at the last step
+
+
+@dataclass
+class FinetuneCheckpoint(CheckpointSection):
+    dir: str = ""  # "": output.dir/checkpoints (DeepSpeed checkpoints for resume; the selected model is best/)
+    every: int = 0  # 0: at the end and on preemption only
+    keep: int = 1
 
 
 @dataclass
 class FinetuneOutput:
-    dir: str = "outputs/finetune/funsd"  # best/ (the selected model), tensorboard/, results.json
-    progress: bool = True
+    dir: str = "outputs/finetune/funsd"  # best/ (the selected model), results.json, metrics, checkpoints/
 
 
 @dataclass
@@ -79,7 +93,15 @@ class FinetuneConfig:
     model: FinetuneModel = field(default_factory=FinetuneModel)
     data: FinetuneData = field(default_factory=FinetuneData)
     train: FinetuneTrain = field(default_factory=FinetuneTrain)
+    logging: FinetuneLogging = field(default_factory=FinetuneLogging)
+    checkpoint: FinetuneCheckpoint = field(default_factory=FinetuneCheckpoint)
     output: FinetuneOutput = field(default_factory=FinetuneOutput)
+    deepspeed: str = "ds_configs/finetune_bf16.json"  # micro-batch, precision, ZeRO (ds_configs/finetune_*.json)
+
+    def __post_init__(self) -> None:
+        require(bool(self.output.dir), "output.dir must not be empty")
+        self.logging.dir = self.logging.dir or self.output.dir
+        self.checkpoint.dir = self.checkpoint.dir or str(Path(self.output.dir) / "checkpoints")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,6 +109,10 @@ class FinetuneConfig:
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:
     """YAML (None: defaults) + `--section.key VALUE` overrides, checked; model.path is required."""
-    config = load_config(FinetuneConfig, path, overrides)
+    try:
+        config = load_config(FinetuneConfig, path, overrides)
+    except ValueError as error:
+        moved = [f"{old} -> {new}" for old, new in MOVED_SETTINGS.items() if repr(old.split(".")[1]) in str(error)]
+        raise ValueError(f"{error}{'; moved: ' + ', '.join(moved) if moved else ''}") from None
     require(bool(config.model.path), "missing required setting: model.path (--model DIR)")
     return config

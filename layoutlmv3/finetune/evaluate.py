@@ -56,20 +56,35 @@ def merge_windows(
     return WordPredictions(labels, confidences)
 
 
+WindowRow = tuple[int, torch.Tensor, torch.Tensor]  # (page index, word_ids [T], probabilities [T, labels])
+
+
+@torch.no_grad()
+def window_rows(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[WindowRow]:
+    """One batch of windows through `model`: a row per window with its class probabilities (on the CPU)."""
+    parameter = next(model.parameters())  # where the model runs, and its floating dtype (bf16 under DeepSpeed's)
+    inputs = {name: batch[name].to(parameter.device) for name in MODEL_INPUTS}
+    inputs["pixel_values"] = inputs["pixel_values"].to(parameter.dtype)
+    logits = model(**inputs).logits
+    probabilities = logits.float().softmax(-1).cpu()
+    return [(page, batch["word_ids"][row], probabilities[row]) for row, page in enumerate(batch["page"].tolist())]
+
+
+def merge_pages(words_per_page: Sequence[int], rows: Iterable[WindowRow]) -> list[WordPredictions]:
+    """Window rows in dataset order (the windows of a page consecutive, in page order) -> words of every page."""
+    per_page: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = [[] for _ in words_per_page]
+    for page, word_ids, probabilities in rows:
+        per_page[page].append((len(per_page[page]), word_ids, probabilities))
+    return [merge_windows(count, windows) for count, windows in zip(words_per_page, per_page, strict=True)]
+
+
 @torch.no_grad()
 def predict_pages(
     model: torch.nn.Module, loader: Iterable[dict[str, torch.Tensor]], words_per_page: Sequence[int]
 ) -> list[WordPredictions]:
     """Run `model` over a loader of windows (dataset order: windows of one page are consecutive) and merge."""
     model.eval()
-    device = next(model.parameters()).device
-    per_page: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = [[] for _ in words_per_page]
-    for batch in loader:
-        logits = model(**{name: batch[name].to(device) for name in MODEL_INPUTS}).logits
-        probabilities = logits.float().softmax(-1).cpu()
-        for row, page in enumerate(batch["page"].tolist()):
-            per_page[page].append((len(per_page[page]), batch["word_ids"][row], probabilities[row]))
-    return [merge_windows(count, windows) for count, windows in zip(words_per_page, per_page, strict=True)]
+    return merge_pages(words_per_page, (row for batch in loader for row in window_rows(model, batch)))
 
 
 def entity_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict:
@@ -92,7 +107,11 @@ def evaluate(
     label_names: Sequence[str],
 ) -> dict:
     """Scores of `model` on `pages` (objects with `.words` and `.labels`), windows from `loader`."""
-    predictions = predict_pages(model, loader, [len(page.words) for page in pages])
+    return score_pages(predict_pages(model, loader, [len(page.words) for page in pages]), pages, label_names)
+
+
+def score_pages(predictions: Sequence[WordPredictions], pages: Sequence, label_names: Sequence[str]) -> dict:
+    """Entity scores of per-word predictions against the pages' gold labels."""
     gold = [[label_names[label] for label in page.labels] for page in pages]
     predicted = [[label_names[label] for label in words.labels] for words in predictions]
     return entity_scores(gold, predicted)

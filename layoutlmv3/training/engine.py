@@ -64,10 +64,9 @@ def build_model(config: RunConfig, vocab_size: int, codebook_size: int) -> Layou
     return model
 
 
-def check_inputs_fit(model_config: LayoutLMv3Config, special_ids: dict[str, int], image_grid: int) -> None:
+def check_special_ids(model_config: LayoutLMv3Config, special_ids: dict[str, int]) -> None:
     """Refuse at start-up a model whose special-token ids differ from the tokenizer's (`special_ids`: the
-    tokenizer's pad/cls/sep ids) or whose patch grid differs from the image tokenizer's code grid (the MIM labels
-    would address other patches)."""
+    tokenizer's pad/cls/sep ids, its one source)."""
     named = {"pad_token_id": "pad", "bos_token_id": "cls", "eos_token_id": "sep"}
     wrong = [
         f"{field}={getattr(model_config, field)} (tokenizer: {special_ids[kind]})"
@@ -76,6 +75,12 @@ def check_inputs_fit(model_config: LayoutLMv3Config, special_ids: dict[str, int]
     ]
     if wrong:
         raise ValueError(f"the model config's special ids differ from the tokenizer's: {', '.join(wrong)}")
+
+
+def check_inputs_fit(model_config: LayoutLMv3Config, special_ids: dict[str, int], image_grid: int) -> None:
+    """`check_special_ids`, and refuse a patch grid that differs from the image tokenizer's code grid (the MIM
+    labels would address other patches)."""
+    check_special_ids(model_config, special_ids)
     if model_config.patches_per_side != image_grid:
         raise ValueError(
             f"the model cuts {model_config.input_size} px pages into a {model_config.patches_per_side}x"

@@ -140,6 +140,7 @@ class RunConfig:
             "data.tokenizer": self.data.tokenizer,
             "objectives.image_tokenizer": self.objectives.image_tokenizer,
             "deepspeed": self.deepspeed,
+            "checkpoint.dir": self.checkpoint.dir,
         }
         missing = [name for name, value in required.items() if not value]
         require(not missing, f"missing required setting(s): {missing}")

@@ -94,6 +94,5 @@ class CheckpointSection:
     allowed_globals: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        require(bool(self.dir), "checkpoint.dir must not be empty")
         require(self.every >= 0, f"checkpoint.every must be >= 0, got {self.every}")
         require(self.keep >= 1, f"checkpoint.keep must be >= 1, got {self.keep}")

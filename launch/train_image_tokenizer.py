@@ -1,36 +1,54 @@
 """Train the discrete image tokenizer (VQ-VAE) whose codes LayoutLMv3's masked image modeling predicts.
 
-The YAML file has three sections: `model` (a flavor plus ImageTokenizerConfig fields), `data` (one source: page
-images, webdataset shards or synthetic pages, and the held-out split) and `training` (optimiser, schedule, logging,
-output); see configs/image_tokenizer/*.yaml and layoutlmv3/pretraining/image_tokenizer_training.py. The run
-directory receives the tokenizer (config.json + model.safetensors), checkpoints, TensorBoard logs,
-eval_metrics.json and reconstructions.png.
+Runs on the same DeepSpeed trainer as pretraining and fine-tuning: one process, or N ranks under
+`deepspeed`/`torchrun`/`srun`, resumable from output.dir/checkpoints. The YAML file has the sections `model`
+(a flavor plus ImageTokenizerConfig overrides), `data` (page images, webdataset shards or synthetic pages, and
+the held-out split), `train`, `logging`, `checkpoint`, `output` and `deepspeed` (configs/image_tokenizer/*.yaml,
+layoutlmv3/training/image_tokenizer_job.py); any setting can be overridden as --section.key VALUE. The output
+directory receives the tokenizer (config.json + model.safetensors), eval_metrics.json and reconstructions.png.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import fcntl
+import json
 import logging
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from data_prep.synth import generate_page, page_id
-from layoutlmv3.pretraining.image_tokenizer_training import RunConfig, load_run_config, train
+from layoutlmv3.training.image_tokenizer_job import (
+    METRICS_FILE,
+    ImageTokenizerRunConfig,
+    load_image_tokenizer_config,
+    run,
+)
+from layoutlmv3.training.signals import EXIT_BAD_CONFIG, EXIT_OK
 
 EPILOG = """\
 examples:
   python launch/train_image_tokenizer.py --config configs/image_tokenizer/tiny.yaml
   python launch/train_image_tokenizer.py --config configs/image_tokenizer/tiny.yaml --images data/synth/images
-  python launch/train_image_tokenizer.py --config configs/image_tokenizer/base.yaml --shards 'data/shards/train-{000000..000099}.tar'
+  deepspeed --num_gpus 8 launch/train_image_tokenizer.py --config configs/image_tokenizer/base.yaml \\
+      --shards 'data/shards/train-{000000..000099}.tar'
+
+exit codes: as launch/pretrain.py -- 0 done, 2 unusable config or data, 4 a checkpoint could not be written,
+42 stopped by SIGUSR1/SIGTERM after saving a checkpoint (run again to resume), 1 anything else.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        usage="%(prog)s --config YAML [--images DIR | --shards PATTERN] [--out DIR] [--steps N] [--section.key VALUE]",
     )
-    parser.add_argument("--config", required=True, type=Path, help="YAML run config (sections model, data, training)")
+    parser.add_argument("--config", required=True, type=Path, help="YAML run config (configs/image_tokenizer/*.yaml)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--images",
@@ -43,55 +61,70 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR_OR_PATTERN",
         help="train on webdataset shards (their tok.png) instead: a directory of *.tar, a brace pattern or a glob",
     )
-    parser.add_argument("--out", metavar="DIR", help="run directory (overrides training.out_dir)")
-    parser.add_argument("--steps", metavar="N", type=int, help="training steps (overrides training.steps)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--out", metavar="DIR", help="output directory (overrides output.dir)")
+    parser.add_argument("--steps", metavar="N", type=int, help="training steps (overrides train.steps)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (logging.progress false)")
+    parser.add_argument(
+        "--resume",
+        default="auto",
+        metavar="{auto,none,PATH}",
+        help="auto: continue from the newest complete checkpoint in output.dir/checkpoints if any (default); "
+        "none: start afresh (refused while checkpoints exist); PATH: a checkpoint tag directory",
+    )
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     return parser
 
 
-def apply_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
-    """The config with the command line's data source, output directory and step count, validated again."""
-    data, training = config.data, config.training
+def command_line_overrides(args: argparse.Namespace) -> list[str]:
+    """The shorthand options as dotted overrides (a source option replaces the config's source)."""
+    overrides = []
     if args.images or args.shards:
-        data = dataclasses.replace(data, images=args.images, shards=args.shards, synthetic_pages=0)
+        chosen, other = ("images", "shards") if args.images else ("shards", "images")
+        overrides += ["--data.synthetic_pages", "0", f"--data.{chosen}", args.images or args.shards]
+        overrides += [f"--data.{other}", "null"]
     if args.out:
-        training = dataclasses.replace(training, out_dir=args.out)
+        overrides += ["--output.dir", args.out]
     if args.steps is not None:
-        training = dataclasses.replace(training, steps=args.steps)
-    data.validate()
-    training.validate()
-    return dataclasses.replace(config, data=data, training=training)
+        overrides += ["--train.steps", str(args.steps)]
+    if args.quiet:
+        overrides += ["--logging.progress", "false"]
+    return overrides
 
 
-def with_synthetic_folder(config: RunConfig) -> RunConfig:
+def with_synthetic_folder(config: ImageTokenizerRunConfig) -> ImageTokenizerRunConfig:
     """The config training on data.synthetic_pages data_prep.synth pages, written once as PNG files named by page
-    id under the run directory (the same keys, hence the same held-out split, as generating them in memory)."""
+    id under the output directory (the ranks of a node start together: the first writes under a lock)."""
     data = config.data
-    folder = Path(config.training.out_dir) / "synthetic_pages"
+    folder = Path(config.output.dir) / "synthetic_pages"
     folder.mkdir(parents=True, exist_ok=True)
-    for index in range(data.synthetic_pages):
-        path = folder / f"{page_id(data.synthetic_seed, index)}.png"
-        if not path.is_file():  # written under a temporary name: a killed run leaves no half page
-            temporary = path.with_name(f".{path.name}.tmp")
-            generate_page(data.synthetic_seed, index).image.save(temporary, format="PNG", compress_level=1)
-            temporary.replace(path)
-    data = dataclasses.replace(data, images=str(folder), synthetic_pages=0)
-    return dataclasses.replace(config, data=data)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        for index in range(data.synthetic_pages):
+            path = folder / f"{page_id(data.synthetic_seed, index)}.png"
+            if not path.is_file():  # written under a temporary name: a killed run leaves no half page
+                temporary = path.with_name(f".{path.name}.tmp")
+                generate_page(data.synthetic_seed, index).image.save(temporary, format="PNG", compress_level=1)
+                temporary.replace(path)
+    data.images, data.synthetic_pages = str(folder), 0
+    return config
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = apply_overrides(load_run_config(args.config), args)
-    except (OSError, ValueError) as error:
-        parser.error(str(error))
-    if config.data.synthetic_pages > 0:
-        config = with_synthetic_folder(config)
-    metrics = train(config, progress=not args.quiet)
-    print(", ".join(f"{name} {value:.4g}" for name, value in metrics.items()))
+        config = load_image_tokenizer_config(args.config, [*overrides, *command_line_overrides(args)])
+        if config.data.synthetic_pages > 0:
+            config = with_synthetic_folder(config)
+    except (OSError, ValueError) as error:  # bad config or output directory: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    code = run(config, args.resume)
+    metrics_file = Path(config.output.dir) / METRICS_FILE
+    if code == EXIT_OK and os.environ.get("RANK", "0") == "0" and metrics_file.is_file():
+        print(json.dumps(json.loads(metrics_file.read_text())))
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

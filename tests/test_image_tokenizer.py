@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
-import runpy
+import os
+import socket
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -19,25 +23,23 @@ import yaml
 from PIL import Image
 
 from data_prep.synth import page_id
+from launch.train_image_tokenizer import main as train_main
 from layoutlmv3.pretraining.image_tokenizer import (
     ImageTokenizer,
     ImageTokenizerConfig,
     VectorQuantizer,
     VisualTokenizer,
 )
-from layoutlmv3.pretraining.image_tokenizer_training import (
+from layoutlmv3.pretraining.image_tokenizer_data import (
     DataConfig,
     ImageSource,
-    RunConfig,
-    TrainingConfig,
+    PageBatches,
     evaluate,
     held_out_images,
     image_source,
     is_held_out,
-    load_run_config,
-    run_config_from_dict,
-    train,
 )
+from layoutlmv3.training.image_tokenizer_job import load_image_tokenizer_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRID = 14
@@ -79,25 +81,26 @@ def page_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(page_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ImageTokenizer, dict, dict, Path]:
-    """A tiny tokenizer trained for a few hundred steps; (model, metrics before, metrics after, run directory)."""
-    torch.manual_seed(0)
+    """A tiny tokenizer trained 300 steps by the launcher (the DeepSpeed trainer, one process); (model, metrics
+    before, metrics after, output directory)."""
     out = tmp_path_factory.mktemp("run")
-    config = RunConfig(
-        model=ImageTokenizerConfig.from_flavor("tiny"),
-        data=DataConfig(images=str(page_folder), eval_fraction=0.15, eval_images=16, cache_in_memory=True),
-        training=TrainingConfig(
-            out_dir=str(out), steps=300, batch_size=16, learning_rate=3e-3, warmup_steps=20, eval_every=1000,
-            grid_images=4, device="cpu",
-        ),
+    config = REPO_ROOT / "configs" / "image_tokenizer" / "tiny.yaml"
+    arguments = ["--config", str(config), "--images", str(page_folder), "--out", str(out), "--steps", "300"]
+    arguments += ["--quiet", "--data.eval_fraction", "0.15", "--data.eval_images", "16", "--train.warmup_ratio"]
+    arguments += ["0.067", "--output.grid_images", "4", "--logging.val_every", "1000"]
+    # One thread: on a busy 2-core machine, 2 threads ran these small convolutions ~5x slower.
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.train_image_tokenizer", *arguments],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    eval_images = held_out_images(image_source(config.data), config.data, 112)
-    before = evaluate(ImageTokenizer(config.model), eval_images, 16, "fp32")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on a busy 2-core machine, 2 threads ran these small convolutions ~5x slower
-    try:
-        after = train(config, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = DataConfig(images=str(page_folder), eval_fraction=0.15, eval_images=16)
+    eval_images = held_out_images(image_source(data), data, 112)
+    torch.manual_seed(0)
+    before = evaluate(ImageTokenizer(ImageTokenizerConfig.from_flavor("tiny")), eval_images, 16, "fp32")
+    after = json.loads((out / "eval_metrics.json").read_text())
+    assert after.pop("step") == 300
     return ImageTokenizer.from_pretrained(out), before, after, out
 
 
@@ -228,8 +231,8 @@ def test_training_reduces_reconstruction_error_and_uses_the_codebook(trained) ->
     assert after["perplexity"] > 16
     for name in ("config.json", "model.safetensors", "eval_metrics.json", "run_config.yaml", "reconstructions.png"):
         assert (out / name).is_file(), name
-    assert list((out / "tensorboard").iterdir())
-    assert load_run_config(out / "run_config.yaml").training.out_dir == str(out)  # the run can be repeated
+    assert list(out.glob("events.out.tfevents.*")) and (out / "metrics.jsonl").is_file()
+    assert load_image_tokenizer_config(out / "run_config.yaml").output.dir == str(out)  # the run can be repeated
     with Image.open(out / "reconstructions.png") as grid:
         assert grid.size == (4 * 114 + 2, 2 * 112 + 6)
 
@@ -281,50 +284,153 @@ def test_a_decompression_bomb_is_skipped_and_named(tmp_path: Path, caplog: pytes
 # ---- configs and command line -------------------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "codes"), [("tiny", 512), ("base", 8192)])
 def test_shipped_configs_load_and_validate(name: str, codes: int) -> None:
-    config = load_run_config(REPO_ROOT / "configs" / "image_tokenizer" / f"{name}.yaml")
-    assert config.model.codebook_size == codes and config.model.num_tokens == 196
+    config = load_image_tokenizer_config(REPO_ROOT / "configs" / "image_tokenizer" / f"{name}.yaml")
+    assert config.model.build().codebook_size == codes and config.model.build().num_tokens == 196
+    assert config.checkpoint.dir == str(Path(config.output.dir) / "checkpoints")
 
 
 @pytest.mark.parametrize(
-    ("values", "message"),
+    ("overrides", "message"),
     [
-        ({"trainig": {}}, "unknown top-level keys"),
-        ({"training": {"stpes": 3}}, r"unknown key\(s\) in training: \['stpes'\]"),
-        ({"model": {"flavor": "tiny", "codebook": 3}}, r"unknown model keys \['codebook'\]"),
-        ({"model": {"flavor": "tiny", "codebook_size": "big"}}, "model.codebook_size: expected int, got 'big'"),
-        ({"training": {"learning_rate": "fast"}}, "training.learning_rate: expected a number, got 'fast'"),
-        ({"training": {"steps": 1.5}}, "training.steps: expected int, got 1.5"),
-        ({"training": {"lr_schedule": "linear"}}, "lr_schedule"),
-        ({"data": {"images": "a", "shards": "b"}}, "exactly one"),
-        ({"data": {"synthetic_pages": 0}}, "exactly one"),
+        (["--trainig.steps", "3"], r"unknown key\(s\) in config: \['trainig'\]"),
+        (["--train.stpes", "3"], r"unknown key\(s\) in config.train: \['stpes'\]"),
+        (["--model.overrides", "{codebook: 3}"], "codebook"),
+        (["--model.flavor", "huge"], "unknown image tokenizer flavor"),
+        (["--train.lr", "fast"], "train.lr"),
+        (["--train.steps", "1.5"], "train.steps"),
+        (["--train.decay", "step"], "train.decay must be one of"),
+        (["--train.autocast", "fp16"], "train.autocast must be one of"),
+        (["--data.images", "a", "--data.shards", "b"], "exactly one"),
+        (["--data.synthetic_pages", "0"], "exactly one"),
     ],
 )
-def test_bad_run_configs_raise(values: dict, message: str) -> None:
-    values = {"data": {"synthetic_pages": 4}, **values}
+def test_bad_run_configs_raise(overrides: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        run_config_from_dict(values)
+        load_image_tokenizer_config(REPO_ROOT / "configs" / "image_tokenizer" / "tiny.yaml", overrides)
+
+
+def test_a_16_bit_engine_is_refused(page_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """bf16 in the DeepSpeed JSON would cast the codebook statistics; the job says what to use instead."""
+    config = REPO_ROOT / "configs" / "image_tokenizer" / "tiny.yaml"
+    arguments = ["--config", str(config), "--images", str(page_folder), "--out", str(tmp_path)]
+    assert train_main([*arguments, "--deepspeed", "ds_configs/zero2_bf16.json"]) == 2
+    assert "train.autocast: bf16" in caplog.text
 
 
 def test_launch_script_trains_from_an_image_folder(page_folder: Path, tmp_path: Path) -> None:
     config = REPO_ROOT / "configs" / "image_tokenizer" / "tiny.yaml"
     args = ["--config", str(config), "--images", str(page_folder), "--out", str(tmp_path), "--steps", "3", "--quiet"]
-    runpy.run_path(str(REPO_ROOT / "launch" / "train_image_tokenizer.py"))["main"](args)
+    assert _launch(args) == 0
     model = ImageTokenizer.from_pretrained(tmp_path)
     assert model.codebook_size == 512
-    metrics = (tmp_path / "eval_metrics.json").read_text()
-    assert '"step": 3' in metrics and math.isfinite(float(metrics.split('"psnr": ')[1].split(",")[0]))
+    metrics = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert metrics["step"] == 3 and math.isfinite(metrics["psnr"])
 
 
-def test_launch_script_writes_synthetic_pages_to_a_folder_first(tmp_path: Path) -> None:
-    """The library reads pages; synthetic ones are made by data_prep, through the launcher, once."""
+def _launch(arguments: list[str], ranks: int = 1) -> int:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    if ranks == 1:
+        command = [sys.executable, "-m", "launch.train_image_tokenizer", *arguments]
+    else:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port"]
+        command += [str(port), "launch/train_image_tokenizer.py", *arguments]
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, timeout=600).returncode
+
+
+def test_launch_script_writes_synthetic_pages_to_a_folder_first_and_trains_on_two_ranks(tmp_path: Path) -> None:
+    """The library reads pages; synthetic ones are made by data_prep, through the launcher, once (by the first
+    of the ranks). Two ranks train the same codebook (the quantiser all-reduces its statistics)."""
     values = yaml.safe_load((REPO_ROOT / "configs" / "image_tokenizer" / "tiny.yaml").read_text())
     values["data"]["synthetic_pages"] = 6
+    values["train"]["global_batch_size"] = 4
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(values))
     args = ["--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--steps", "2", "--quiet"]
-    runpy.run_path(str(REPO_ROOT / "launch" / "train_image_tokenizer.py"))["main"](args)
+    assert _launch([*args, "--deepspeed", str(tmp_path / "ds.json")], ranks=2) == 2  # no such JSON: refused
+    ds = json.loads((REPO_ROOT / "ds_configs" / "image_tokenizer_fp32.json").read_text())
+    (tmp_path / "ds.json").write_text(json.dumps({**ds, "train_micro_batch_size_per_gpu": 2}))
+    assert _launch([*args, "--deepspeed", str(tmp_path / "ds.json")], ranks=2) == 0
     seed = values["data"]["synthetic_seed"]
-    written = sorted(path.name for path in (tmp_path / "run" / "synthetic_pages").iterdir())
+    written = sorted(path.name for path in (tmp_path / "run" / "synthetic_pages").glob("*.png"))
     assert written == sorted(f"{page_id(seed, index)}.png" for index in range(6))
     assert ImageTokenizer.from_pretrained(tmp_path / "run").codebook_size == 512
     with pytest.raises(ValueError, match="synthetic pages are made by data_prep"):
         image_source(DataConfig(synthetic_pages=6))
+
+
+_QUANTIZER_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from layoutlmv3.pretraining.image_tokenizer import ImageTokenizerConfig, VectorQuantizer
+rank, port, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+torch.manual_seed(rank)  # without rank 0's broadcast, restarts would pick different vectors on each rank
+quantizer = VectorQuantizer(ImageTokenizerConfig.from_flavor("tiny", codebook_size=16, code_dim=4))
+start = torch.load(f"{folder}/start.pt")
+quantizer.load_state_dict(start["state"])
+quantizer.threshold = start["threshold"]
+for step in range(3):
+    quantizer(start["vectors"][step, rank], update=True)
+torch.save(quantizer.state_dict(), f"{folder}/rank{rank}.pt")
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_two_ranks_keep_one_codebook(threshold: float, tmp_path: Path) -> None:
+    """Each of two ranks quantises its half of every batch: both end with the same codebook (statistics
+    all-reduced, restarts broadcast from rank 0); without dead codes (threshold 0) it is the codebook one
+    process gets from the whole batches."""
+    config = ImageTokenizerConfig.from_flavor("tiny", codebook_size=16, code_dim=4)
+    torch.manual_seed(0)
+    start = VectorQuantizer(config).state_dict()
+    vectors = torch.randn(3, 2, 40, 4)
+    torch.save({"state": start, "threshold": threshold, "vectors": vectors}, tmp_path / "start.pt")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    ranks = [
+        subprocess.Popen([sys.executable, "-c", _QUANTIZER_SCRIPT, str(rank), port, str(tmp_path)], cwd=REPO_ROOT)
+        for rank in range(2)
+    ]
+    assert [process.wait(timeout=120) for process in ranks] == [0, 0]
+    states = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
+    whole = VectorQuantizer(config)
+    whole.load_state_dict(start)
+    whole.threshold = threshold
+    for step in range(3):
+        whole(vectors[step].reshape(-1, 4), update=True)
+    if threshold == 0.0:
+        for name, tensor in whole.state_dict().items():
+            torch.testing.assert_close(states[0][name], tensor, atol=1e-6, rtol=1e-5)
+    else:  # codes died and were restarted (else this case tests nothing new)
+        assert not torch.allclose(states[0]["codebook"], whole.state_dict()["codebook"])
+
+
+def test_a_resumed_page_stream_continues_with_the_same_batches(page_folder: Path) -> None:
+    """The position (epoch, entries consumed) restores the stream exactly, across an epoch end, on each rank."""
+    data = DataConfig(images=str(page_folder), eval_fraction=0.15, shuffle_buffer=8, num_workers=2)
+    source = image_source(data)
+
+    def stream(rank: int) -> PageBatches:
+        return PageBatches(source, data, 112, 4, rank=rank, world_size=2, seed=5)
+
+    for rank in range(2):
+        whole = stream(rank)
+        expected = [batch for _ in range(3) for batch in whole][:14]
+        first = stream(rank)
+        taken = []
+        for batch in first:  # 5 batches into the first epoch
+            taken.append(batch)
+            if len(taken) == 5:
+                break
+        resumed = stream(rank)
+        resumed.load_state_dict(first.state_dict())
+        taken += [batch for _ in range(3) for batch in resumed][: 14 - 5]
+        assert len(expected) == 14 and all(torch.equal(a, b) for a, b in zip(taken, expected, strict=True))
+    other = [next(iter(stream(rank))) for rank in range(2)]
+    assert not torch.equal(other[0], other[1])  # the ranks read different pages
+    with pytest.raises(ValueError, match="saved on 2 ranks"):
+        PageBatches(source, data, 112, 4, rank=0, world_size=1, seed=5).load_state_dict(first.state_dict())

@@ -3,7 +3,7 @@
 LayoutLMv3's MIM objective predicts, for each masked 16x16 patch of the 224x224 page, the discrete token a frozen
 image tokenizer gives that patch. The paper uses DiT's dVAE (8192 codes, a 112x112 image -> 14x14 tokens); those
 weights cannot be downloaded here, so `ImageTokenizer` is a VQ-VAE trained on document pages
-(`image_tokenizer_training`): an encoder turns each 8x8 pixel patch of the 112 px page into one vector (14x14
+(`training.image_tokenizer_job`): an encoder turns each 8x8 pixel patch of the 112 px page into one vector (14x14
 vectors), a vector quantiser maps each vector to its nearest code, and a convolutional decoder reconstructs the
 page from the 14x14 codes.
 
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -241,8 +242,15 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update(self, vectors: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> None:
-        """Move each code to the moving average of its assigned vectors; restart codes that fell out of use."""
+        """Move each code to the moving average of its assigned vectors; restart codes that fell out of use.
+
+        Trained on several ranks, the statistics are summed over all of them first (an all-reduce), so every
+        rank applies the update of the global batch and the codebooks never drift apart."""
         sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, vectors)
+        if _distributed():
+            counts = counts.clone()
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         self.codebook.copy_(F.normalize(self.embed_sum, dim=1))
@@ -254,9 +262,16 @@ class VectorQuantizer(nn.Module):
         """Put dead codes onto batch vectors drawn with probability proportional to their quantisation error."""
         error = (vectors - self.codebook[codes]).pow(2).sum(dim=1) + 1e-6
         picks = torch.multinomial(error, len(dead), replacement=len(dead) > len(vectors))
-        self.codebook[dead] = vectors[picks]
-        self.embed_sum[dead] = vectors[picks] * self.threshold
+        chosen = vectors[picks].contiguous()
+        if _distributed():  # the same dead codes on every rank (synchronised statistics): rank 0's picks for all
+            dist.broadcast(chosen, src=0)
+        self.codebook[dead] = chosen
+        self.embed_sum[dead] = chosen * self.threshold
         self.cluster_size[dead] = self.threshold
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class ImageTokenizer(nn.Module):

@@ -105,7 +105,9 @@ def _train(run: Run, stop: StopRequest, metrics: MetricsLogger, heartbeat: Heart
     run.training.engine.train()
     started = time.perf_counter()
     while state.step < last_step:
-        lr = learning_rate(state.step + 1, settings.steps, settings.lr, settings.warmup_ratio, settings.min_lr_ratio)
+        lr = learning_rate(
+            state.step + 1, settings.steps, settings.lr, settings.warmup_ratio, settings.min_lr_ratio, settings.decay
+        )
         run.training.set_learning_rate(lr)
         try:
             totals, stop_requested = _optimizer_step(run, batches, stop, heartbeat)
@@ -256,7 +258,7 @@ def _step_values(run: Run, totals: torch.Tensor, lr: float, seconds: float) -> d
         values["train/loss_scale"] = loss_scale
     values["perf/samples_per_s"] = totals[SAMPLES].item() / seconds
     values["perf/tokens_per_s"] = totals[TOKENS].item() / seconds
-    if run.peak_tflops is not None:
+    if run.peak_tflops is not None and totals[FLOPS].item() > 0:  # a task that counts no FLOPs has no MFU
         values["perf/mfu"] = estimate_mfu(totals[FLOPS].item(), seconds, training.world_size, run.peak_tflops)
     if training.device.type == "cuda":
         values["perf/gpu_memory_gb"] = torch.cuda.max_memory_allocated(training.device) / 2**30

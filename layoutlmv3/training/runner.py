@@ -117,7 +117,8 @@ def _assemble(job: Job, ds_values: dict, resume: str) -> Run:
     ds_values = with_global_batch(ds_values, config.train.global_batch_size, world_size)
     _agreed(lambda: check_writable(config.checkpoint.dir, rank))
     checkpoint = _choose_checkpoint(resume, config)
-    parameters, non_embedding = model.num_parameters(), non_embedding_parameters(model)  # before ZeRO-3 partitions
+    parameters = sum(parameter.numel() for parameter in model.parameters())  # before ZeRO-3 partitions them
+    non_embedding = non_embedding_parameters(model)
     if checkpoint is not None:
         check_compatible(checkpoint, model.config.to_dict(), job.tokenizer_fingerprint)
     universal = checkpoint is not None and checkpoint.world_size != world_size

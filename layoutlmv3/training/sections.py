@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from layoutlmv3.config_loading import require
 
+from .schedule import DECAYS
+
 
 @dataclass
 class TrainSection:
@@ -19,6 +21,7 @@ class TrainSection:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.048
     min_lr_ratio: float = 0.0
+    decay: str = "linear"  # after warmup, down to lr * min_lr_ratio: linear (the paper's), cosine, or constant
     seed: int = 42
     max_bad_steps: int = 20  # non-finite losses tolerated (each micro-batch skipped) before the run stops
     # Stop (checkpoint, exit 0) after this step while the schedule still spans `steps`: splits a run into jobs.
@@ -45,6 +48,7 @@ class TrainSection:
         require(self.eps > 0, f"train.eps must be > 0, got {self.eps}")
         require(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         require(0 <= self.warmup_ratio <= 1, f"train.warmup_ratio must lie in [0, 1], got {self.warmup_ratio}")
+        require(self.decay in DECAYS, f"train.decay must be one of {DECAYS}, got {self.decay!r}")
         require(0 <= self.min_lr_ratio <= 1, f"train.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
         require(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
         require(self.max_bad_steps >= 0, f"train.max_bad_steps must be >= 0, got {self.max_bad_steps}")

@@ -26,6 +26,7 @@ IMAGE_TOKENIZER_STEPS=${IMAGE_TOKENIZER_STEPS:-4000}
 FINETUNE_STEPS=${FINETUNE_STEPS:-1000}
 FINETUNE_LR=${FINETUNE_LR:-5e-4}
 FINETUNE_BATCH=${FINETUNE_BATCH:-16}
+FINETUNE_DS=${FINETUNE_DS:-ds_configs/finetune_cpu_fp32.json}  # ds_configs/finetune_bf16.json on a GPU
 NUM_GPUS=${NUM_GPUS:-2}
 export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 
@@ -72,8 +73,8 @@ for init in pretrained random; do
     step "fine-tuning on FUNSD from $init weights: $FINETUNE_STEPS steps, batch $FINETUNE_BATCH, lr $FINETUNE_LR"
     "$PYTHON" launch/finetune.py --config configs/finetune/funsd.yaml --data "$FUNSD" --model "$OUT/model" \
         --model.init "$init" --out "$OUT/finetune/$init" --data.max_length "$MAX_LENGTH" --data.stride 64 \
-        --train.steps "$FINETUNE_STEPS" --train.batch_size "$FINETUNE_BATCH" --train.lr "$FINETUNE_LR" \
-        --train.warmup_ratio 0.1 --train.eval_every 100
+        --train.steps "$FINETUNE_STEPS" --train.global_batch_size "$FINETUNE_BATCH" --train.lr "$FINETUNE_LR" \
+        --train.warmup_ratio 0.1 --logging.val_every 100 --deepspeed "$FINETUNE_DS"
 done
 
 for init in pretrained random; do

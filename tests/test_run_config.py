@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from layoutlmv3.finetune.config import load_finetune_config
 from layoutlmv3.training.ds_config import load_ds_config, validate_ds_config
+from layoutlmv3.training.image_tokenizer_job import load_image_tokenizer_config
 from layoutlmv3.training.run_config import RunConfig, load_run_config, parse_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +33,27 @@ def test_the_expected_files_are_shipped() -> None:
     expected = {
         f"{zero}_{precision}" for zero in ("zero1", "zero2", "zero3", "zero3_offload") for precision in ("bf16", "fp16")
     }
-    assert {path.stem for path in DS_CONFIGS} == expected | {"cpu_fp32", "cpu_zero3_fp32"}
+    jobs = set(JOB_DS_STAGES)  # fine-tuning's and the image tokenizer's
+    assert {path.stem for path in DS_CONFIGS} == expected | {"cpu_fp32", "cpu_zero3_fp32"} | jobs
+
+
+# Stages of the DeepSpeed files named after a job rather than a stage: fine-tuning replicates a 125M model (ZeRO-1
+# on GPU shards only the optimizer state; ZeRO-0 on CPU), the image tokenizer is small (ZeRO-0, fp32 engine).
+JOB_DS_STAGES = {"finetune_bf16": 1, "finetune_cpu_fp32": 0, "image_tokenizer_fp32": 0}
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs" / "finetune").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_finetune_config_validates_with_its_deepspeed_config(path: Path) -> None:
+    config = load_finetune_config(path, ["--model.path", "m"])
+    load_ds_config(REPO_ROOT / config.deepspeed)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO_ROOT / "configs" / "image_tokenizer").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_shipped_image_tokenizer_config_validates_with_its_deepspeed_config(path: Path) -> None:
+    config = load_image_tokenizer_config(path)
+    load_ds_config(REPO_ROOT / config.deepspeed)
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda path: path.stem)
@@ -46,7 +68,8 @@ def test_shipped_deepspeed_config_validates(path: Path) -> None:
     values = load_ds_config(path)
     name = path.stem
     stage = values["zero_optimization"]["stage"]
-    assert stage == (3 if "zero3" in name else int(name[4]) if name.startswith("zero") else 2)
+    expected_stage = JOB_DS_STAGES.get(name, 3 if "zero3" in name else int(name[4]) if name.startswith("zero") else 2)
+    assert stage == expected_stage
     assert values.get("bf16", {}).get("enabled", False) == name.endswith("bf16")
     fp16 = values.get("fp16", {})
     assert fp16.get("enabled", False) == name.endswith("fp16")

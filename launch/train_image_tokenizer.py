@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--shards",
         metavar="DIR_OR_PATTERN",
-        help="train on webdataset shards (their tok.png) instead: a directory of *.tar, a brace pattern or a glob",
+        help="train on webdataset shards (their tok.png) instead: a data_prep shard directory, its manifest.json, a "
+        "brace pattern of .tar files or http(s):// / pipe: URLs",
     )
     parser.add_argument("--out", metavar="DIR", help="output directory (overrides output.dir)")
     parser.add_argument("--steps", metavar="N", type=int, help="training steps (overrides train.steps)")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from data_prep.synth import write_corpus
@@ -301,3 +302,24 @@ def test_help() -> None:
     with pytest.raises(SystemExit) as exit_info:
         finetune_main(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_bf16_fine_tuning_runs_and_exports_what_it_evaluated(forms: Path, tmp_path: Path) -> None:
+    """The GPU default is a bf16 engine; DeepSpeed runs bf16 on CPU too, so the dtype paths (pixel values cast to
+    the engine's dtype in training and evaluation, the exported weights, test scoring of the kept model) run
+    here: the kept weights are the engine's bf16 ones and rescore to the reported test F1."""
+    ds = json.loads((REPO_ROOT / "ds_configs" / "finetune_cpu_fp32.json").read_text())
+    ds = {**ds, "bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}
+    (tmp_path / "bf16.json").write_text(json.dumps(ds))
+    out = tmp_path / "out"
+    overrides = ("--train.steps", "4", "--logging.val_every", "2", "--deepspeed", str(tmp_path / "bf16.json"))
+    run = _run(_finetune_command(forms, out, 1, *overrides), out)
+    assert run.code == 0, run.log[-3000:]
+    assert "bf16, ZeRO-1" in run.log and [entry["step"] for entry in run.results["dev_history"]] == [2, 4]
+    weights = load_file(out / BEST_DIR / "model.safetensors")
+    assert {tensor.dtype for tensor in weights.values()} == {torch.bfloat16}
+    model = LayoutLMv3ForTokenClassification.from_pretrained(out / BEST_DIR).eval()  # fp32, as the test scoring
+    test_pages = read_split(forms / "data" / "testing_data")
+    dataset = WindowDataset(test_pages, LayoutLMv3Tokenizer.from_pretrained(out / BEST_DIR), 128, 32)
+    rescored = evaluate(model, DataLoader(dataset, batch_size=2), test_pages, LABELS)
+    assert rescored["f1"] == pytest.approx(run.results["test"]["f1"], abs=1e-9)

@@ -252,7 +252,7 @@ def test_shards_yield_tok_png_and_skip_bad_samples(tmp_path: Path, caplog: pytes
         sink.write({"__key__": "good_p00000", "tok.png": buffer.getvalue(), "meta.json": b"{}"})
         sink.write({"__key__": "nopng_p00000", "meta.json": b"{}"})
         sink.write({"__key__": "broken_p00000", "tok.png": b"not a png"})
-    source = image_source(DataConfig(shards=str(tmp_path)))
+    source = image_source(DataConfig(shards=str(tmp_path / "train-{000000..000000}.tar")))
     with caplog.at_level(logging.WARNING):
         pages = list(source.read(source.items, 112, lambda key: True))
     assert [key for key, _ in pages] == ["good_p00000"]

@@ -18,7 +18,6 @@ skips what it had consumed without decoding it and continues with exactly the ba
 
 from __future__ import annotations
 
-import glob
 import io
 import itertools
 import logging
@@ -31,13 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import braceexpand
 import numpy as np
 import torch
 from PIL import Image
 
 from layoutlmv3.config_loading import require
+from layoutlmv3.data.remote import shard_samples
 from layoutlmv3.data.sample_format import TOKENIZER_IMAGE_FILE
+from layoutlmv3.data.shards import list_shards
 from layoutlmv3.processing import resize_page
 
 from .image_tokenizer import ImageTokenizer
@@ -52,7 +52,7 @@ class DataConfig:
     """Where pages come from (exactly one of `images`, `shards`, `synthetic_pages`) and the held-out split."""
 
     images: str | None = None  # folder of page images
-    shards: str | None = None  # directory of *.tar shards, a brace pattern (data-{000000..000009}.tar) or a glob
+    shards: str | None = None  # as pretraining's data.train_shards: a dataset directory, its manifest, a brace pattern
     synthetic_pages: int = 0  # this many data_prep.synth pages, written to a folder by launch/train_image_tokenizer.py
     synthetic_seed: int = 0
     eval_fraction: float = 0.1  # share of pages held out for evaluation (by a hash of the page key)
@@ -102,16 +102,13 @@ class ImageSource:
 
 
 def _raw_shards(urls: Iterable[str], keep: Callable[[str], bool]) -> Iterator[RawPage]:
-    import webdataset as wds
-
-    samples = wds.WebDataset(
-        list(urls), shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False,
-        handler=wds.warn_and_continue,
-    )  # fmt: skip
-    for sample in samples:
-        key = sample["__key__"]
-        if keep(key):
-            yield key, sample.get(TOKENIZER_IMAGE_FILE), f"sample {key} of {sample.get('__url__')}"
+    """Shards read as pretraining reads them (`data.remote`: local, http(s)://, pipe:, retried; an unreadable
+    shard logged and skipped)."""
+    for url in urls:
+        for sample in shard_samples(url):
+            key = sample["__key__"]
+            if keep(key):
+                yield key, sample.get(TOKENIZER_IMAGE_FILE), f"sample {key} of {url}"
 
 
 def decode_page(raw: RawPage, size: int) -> np.ndarray | None:
@@ -149,7 +146,7 @@ def image_source(data: DataConfig) -> ImageSource:
             raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {root}")
         return ImageSource("folder", tuple(files), root=str(root))
     if data.shards is not None:
-        urls = shard_urls(data.shards)
+        urls = [shard.url for shard in list_shards(data.shards)]  # pretraining's one reading of a shard source
         if not urls:
             raise FileNotFoundError(f"no shards match {data.shards}")
         return ImageSource("shards", tuple(urls))
@@ -157,14 +154,6 @@ def image_source(data: DataConfig) -> ImageSource:
         "data.synthetic_pages: synthetic pages are made by data_prep, not the library; launch/train_image_tokenizer.py "
         "writes them to a folder and trains on it (data.images)"
     )
-
-
-def shard_urls(spec: str) -> list[str]:
-    """A directory (its *.tar), a brace pattern, a glob, or one path -> sorted shard paths."""
-    if Path(spec).is_dir():
-        return sorted(str(p) for p in Path(spec).glob("*.tar"))
-    expanded = list(braceexpand.braceexpand(spec))
-    return sorted({match for pattern in expanded for match in glob.glob(pattern)})
 
 
 def is_held_out(key: str, fraction: float) -> bool:

@@ -110,7 +110,7 @@ def _train(run: Run, stop: StopRequest, metrics: MetricsLogger, heartbeat: Heart
         )
         run.training.set_learning_rate(lr)
         try:
-            totals, stop_requested = _optimizer_step(run, batches, stop, heartbeat)
+            totals, stop_requested = train_step(run, batches, stop, heartbeat)
         except _TooManyBadSteps:
             return EXIT_TOO_MANY_BAD_STEPS
         state.step += 1
@@ -145,7 +145,7 @@ class _TooManyBadSteps(Exception):
     pass
 
 
-def _optimizer_step(
+def train_step(
     run: Run, batches: Iterator[dict], stop: StopRequest, heartbeat: Heartbeat
 ) -> tuple[torch.Tensor, bool]:
     """`accumulation_steps` good micro-batches through the engine, non-finite ones skipped on every rank.

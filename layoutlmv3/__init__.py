@@ -14,6 +14,8 @@ _EXPORTS = {
     "LayoutLMv3Config": "layoutlmv3.model",
     "LayoutLMv3Model": "layoutlmv3.model",
     "LayoutLMv3ForTokenClassification": "layoutlmv3.model",
+    "LayoutLMv3ForSequenceClassification": "layoutlmv3.model",
+    "LayoutLMv3ForQuestionAnswering": "layoutlmv3.model",
     "LayoutLMv3ForMaskedLM": "layoutlmv3.model",
     "LayoutLMv3Tokenizer": "layoutlmv3.tokenizer",
 }

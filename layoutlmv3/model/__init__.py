@@ -3,11 +3,18 @@
 from .config import FLAVORS, LayoutLMv3Config
 from .modeling import (
     LayoutLMv3ForMaskedLM,
+    LayoutLMv3ForQuestionAnswering,
+    LayoutLMv3ForSequenceClassification,
     LayoutLMv3ForTokenClassification,
     LayoutLMv3Model,
-    LayoutLMv3ModelOutput,
     LayoutLMv3PreTrainedModel,
+)
+from .outputs import (
+    LayoutLMv3ModelOutput,
     MaskedLMOutput,
+    ModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
     TokenClassifierOutput,
 )
 
@@ -15,10 +22,15 @@ __all__ = [
     "FLAVORS",
     "LayoutLMv3Config",
     "LayoutLMv3ForMaskedLM",
+    "LayoutLMv3ForQuestionAnswering",
+    "LayoutLMv3ForSequenceClassification",
     "LayoutLMv3ForTokenClassification",
     "LayoutLMv3Model",
     "LayoutLMv3ModelOutput",
     "LayoutLMv3PreTrainedModel",
     "MaskedLMOutput",
+    "ModelOutput",
+    "QuestionAnsweringModelOutput",
+    "SequenceClassifierOutput",
     "TokenClassifierOutput",
 ]

@@ -61,24 +61,34 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, bias: AttentionBias) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, bias: AttentionBias, return_probs: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(output, attention probabilities [batch, heads, T, T] if `return_probs`, else None). Only the eager
+        path materialises the probabilities; the fused ones are asked for them in vain (ValueError)."""
         batch, length, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, T, head_dim]
         dropout_p = self.dropout_p if self.training else 0.0
         implementation = self.config.attn_implementation
+        if return_probs and implementation != "eager":
+            raise ValueError(
+                f"output_attentions needs attn_implementation='eager': {implementation} never materialises the "
+                "attention probabilities (model.set_attn_implementation('eager') switches, same weights)"
+            )
+        probs = None
         if implementation == "sdpa":
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.dense, dropout_p=dropout_p)
         elif implementation == "flex":
             context = _flex_attention(query, key, value, bias.score_mod)
         else:
-            context = self._eager(query, key, value, bias.dense, dropout_p)
-        return self.out(context.transpose(1, 2).reshape(batch, length, -1))
+            context, probs = self._eager(query, key, value, bias.dense, dropout_p)
+        return self.out(context.transpose(1, 2).reshape(batch, length, -1)), probs if return_probs else None
 
-    def _eager(self, query, key, value, dense_bias, dropout_p: float) -> torch.Tensor:
+    def _eager(self, query, key, value, dense_bias, dropout_p: float) -> tuple[torch.Tensor, torch.Tensor]:
         # Scale q before the product (Q(K/sqrt(d)) ordering from CogView) to keep fp16 in range.
         scores = torch.matmul(query / math.sqrt(self.head_dim), key.transpose(-1, -2))
         if dense_bias is not None:
             scores = scores + dense_bias
         probs = F.dropout(pb_relax_softmax(scores), p=dropout_p)
-        return torch.matmul(probs.to(value.dtype), value)
+        return torch.matmul(probs.to(value.dtype), value), probs

@@ -30,10 +30,14 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, bias: AttentionBias) -> torch.Tensor:
-        hidden_states = self.attn_norm(hidden_states + self.dropout(self.attention(hidden_states, bias)))
+    def forward(
+        self, hidden_states: torch.Tensor, bias: AttentionBias, return_probs: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the layer's output, its attention probabilities if `return_probs`)."""
+        attended, probs = self.attention(hidden_states, bias, return_probs)
+        hidden_states = self.attn_norm(hidden_states + self.dropout(attended))
         ffn = self.ffn_down(self.activation(self.ffn_up(hidden_states)))
-        return self.ffn_norm(hidden_states + self.dropout(ffn))
+        return self.ffn_norm(hidden_states + self.dropout(ffn)), probs
 
 
 class Encoder(nn.Module):
@@ -65,13 +69,26 @@ class Encoder(nn.Module):
         position_ids: torch.Tensor,
         bbox: torch.Tensor | None,
         key_valid: torch.Tensor,
-    ) -> torch.Tensor:
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """(last hidden state, the input and every layer's output if asked, every layer's attention
+        probabilities if asked) -- transformers' `hidden_states` and `attentions`."""
         device_type = hidden_states.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden_states.dtype
         bias = self.attention_bias(position_ids, bbox, key_valid, dtype)
+        states, attentions = [hidden_states], []
         for layer in self.layers:
             if self.config.gradient_checkpointing and self.training:
-                hidden_states = checkpoint(layer, hidden_states, bias, use_reentrant=False)
+                hidden_states, probs = checkpoint(layer, hidden_states, bias, output_attentions, use_reentrant=False)
             else:
-                hidden_states = layer(hidden_states, bias)
-        return hidden_states
+                hidden_states, probs = layer(hidden_states, bias, output_attentions)
+            if output_hidden_states:  # kept only when asked: inference holds one layer's activations at a time
+                states.append(hidden_states)
+            if output_attentions:
+                attentions.append(probs)
+        return (
+            hidden_states,
+            tuple(states) if output_hidden_states else None,
+            tuple(attentions) if output_attentions else None,
+        )

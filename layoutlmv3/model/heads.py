@@ -8,19 +8,23 @@ from torch import nn
 from .config import LayoutLMv3Config
 
 
-class TokenClassificationHead(nn.Module):
-    """Dropout + linear layer (the paper's FUNSD head); `mlp` adds transformers' dense+tanh layer for >= 10 labels."""
+class ClassificationHead(nn.Module):
+    """Dropout + linear (`kind="linear"`: the paper's FUNSD head), or transformers' RoBERTa-style head (`"mlp"`:
+    dropout -> dense -> tanh -> dropout -> out_proj), which its token classifier uses from 10 labels on and its
+    sequence classifier and question answering always. `kind` defaults to the config's `classifier_head`,
+    `outputs` to its `num_labels`."""
 
-    def __init__(self, config: LayoutLMv3Config) -> None:
+    def __init__(self, config: LayoutLMv3Config, kind: str | None = None, outputs: int | None = None) -> None:
         super().__init__()
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
-        self.kind = config.classifier_head
+        self.kind = kind or config.classifier_head
+        outputs = outputs or config.num_labels
         if self.kind == "mlp":
             self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-            self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+            self.out_proj = nn.Linear(config.hidden_size, outputs)
         else:
-            self.linear = nn.Linear(config.hidden_size, config.num_labels)
+            self.linear = nn.Linear(config.hidden_size, outputs)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.dropout(hidden_states)

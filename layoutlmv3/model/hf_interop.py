@@ -51,7 +51,7 @@ _LAYER_RENAMES = {
 _QKV = ("query", "key", "value")
 # Token-classification head: transformers' linear head is `classifier`, ours `classifier.linear`.
 _HEAD_RENAMES = {"classifier.weight": "classifier.linear.weight", "classifier.bias": "classifier.linear.bias"}
-_HEAD_SAME = re.compile(r"classifier\.(dense|out_proj)\.(weight|bias)$")
+_HEAD_SAME = re.compile(r"(classifier|qa_outputs)\.(dense|out_proj)\.(weight|bias)$")  # transformers' MLP heads
 # Buffers some transformers checkpoints carry; derived from the config, never loaded.
 _HF_BUFFERS = re.compile(r"(embeddings\.position_ids|visual_bbox)$")
 _HF_LAYER = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")

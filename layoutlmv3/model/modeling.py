@@ -8,7 +8,6 @@ FlexAttention, and Q/K/V are one fused projection.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,33 +18,16 @@ from . import hf_interop, weights_io
 from .config import IGNORE_INDEX, LayoutLMv3Config
 from .embeddings import TextEmbeddings, VisualEmbeddings, check_boxes, patch_grid_boxes
 from .encoder import Encoder, EncoderLayer
-from .heads import MaskedLMHead, TokenClassificationHead
+from .heads import ClassificationHead, MaskedLMHead
+from .outputs import (
+    LayoutLMv3ModelOutput,
+    MaskedLMOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class LayoutLMv3ModelOutput:
-    """`last_hidden_state`: [batch, text tokens + visual tokens, hidden]; text positions come first."""
-
-    last_hidden_state: torch.Tensor
-
-
-@dataclass
-class TokenClassifierOutput:
-    logits: torch.Tensor
-    loss: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
-
-
-@dataclass
-class MaskedLMOutput:
-    """With labels, `logits` are only those of the labelled positions ([n_labelled, vocab]): the full
-    [batch, T, vocab] tensor is never built in training."""
-
-    logits: torch.Tensor
-    loss: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
 
 
 class LayoutLMv3PreTrainedModel(nn.Module):
@@ -95,8 +77,14 @@ class LayoutLMv3PreTrainedModel(nn.Module):
             if isinstance(module, EncoderLayer):
                 module.compile(**compile_options)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameter count, as transformers' `num_parameters` (its Trainer calls it with exclude_embeddings)."""
+        excluded = set()
+        if exclude_embeddings:
+            excluded = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        return sum(
+            p.numel() for p in self.parameters() if id(p) not in excluded and (p.requires_grad or not only_trainable)
+        )
 
     # ---- saving -------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, format: str = "native") -> None:
@@ -221,9 +209,12 @@ class LayoutLMv3Model(LayoutLMv3PreTrainedModel):
         position_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         patch_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> LayoutLMv3ModelOutput:
         """input_ids/bbox/attention_mask: [batch, T] / [batch, T, 4] (0..1000) / [batch, T];
-        pixel_values: [batch, 3, 224, 224]; patch_mask: [batch, 196] bool (MIM). Either or both modalities."""
+        pixel_values: [batch, 3, 224, 224]; patch_mask: [batch, 196] bool (MIM). Either or both modalities.
+        `output_attentions` needs the eager attention (the fused ones never form the probabilities)."""
         if input_ids is None and pixel_values is None:
             raise ValueError("give input_ids, pixel_values, or both")
         pieces, boxes, key_valid, positions = [], [], [], []
@@ -257,13 +248,15 @@ class LayoutLMv3Model(LayoutLMv3PreTrainedModel):
         if pixel_values is not None:
             hidden = self.embedding_dropout(self.embedding_norm(hidden))
         # The 1D bias uses plain token order (0..T-1 for text, 0..196 for the image), as transformers does.
-        hidden = self.encoder(
+        hidden, states, attentions = self.encoder(
             hidden,
             position_ids=torch.cat(positions)[None],
             bbox=torch.cat(boxes, dim=1),
             key_valid=torch.cat(key_valid, dim=1),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
-        return LayoutLMv3ModelOutput(last_hidden_state=hidden)
+        return LayoutLMv3ModelOutput(last_hidden_state=hidden, hidden_states=states, attentions=attentions)
 
 
 class LayoutLMv3ForTokenClassification(LayoutLMv3PreTrainedModel):
@@ -275,7 +268,7 @@ class LayoutLMv3ForTokenClassification(LayoutLMv3PreTrainedModel):
     def __init__(self, config: LayoutLMv3Config) -> None:
         super().__init__(config)
         self.layoutlmv3 = LayoutLMv3Model(config)
-        self.classifier = TokenClassificationHead(config)
+        self.classifier = ClassificationHead(config)
         self.init_weights()
 
     def forward(
@@ -287,14 +280,111 @@ class LayoutLMv3ForTokenClassification(LayoutLMv3PreTrainedModel):
         position_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> TokenClassifierOutput:
         """labels: [batch, T] with -100 where no loss is taken (specials, padding, later sub-tokens)."""
-        hidden = self.layoutlmv3(input_ids, bbox, attention_mask, token_type_ids, position_ids, pixel_values)
+        hidden = self.layoutlmv3(
+            input_ids, bbox, attention_mask, token_type_ids, position_ids, pixel_values,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )  # fmt: skip
         logits = self.classifier(hidden.last_hidden_state[:, : input_ids.shape[1]])
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-        return TokenClassifierOutput(logits=logits, loss=loss, last_hidden_state=hidden.last_hidden_state)
+        return TokenClassifierOutput(loss, logits, hidden.hidden_states, hidden.attentions)
+
+
+class LayoutLMv3ForSequenceClassification(LayoutLMv3PreTrainedModel):
+    """A classifier of the whole page from the first text token's state (<s>), transformers' head: document
+    classification (RVL-CDIP). Loss as transformers infers it: one label -> regression (MSE); integer labels ->
+    cross-entropy; float labels [batch, labels] -> multi-label binary cross-entropy."""
+
+    base_prefix = hf_interop.BASE_PREFIX
+    hf_architecture = "LayoutLMv3ForSequenceClassification"
+
+    def __init__(self, config: LayoutLMv3Config) -> None:
+        super().__init__(config)
+        self.layoutlmv3 = LayoutLMv3Model(config)
+        self.classifier = ClassificationHead(config, kind="mlp")
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        bbox: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> SequenceClassifierOutput:
+        hidden = self.layoutlmv3(
+            input_ids, bbox, attention_mask, token_type_ids, position_ids, pixel_values,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )  # fmt: skip
+        logits = self.classifier(hidden.last_hidden_state[:, 0])
+        loss = None
+        if labels is not None:
+            if self.config.num_labels == 1:
+                loss = nn.functional.mse_loss(logits.squeeze().float(), labels.squeeze().float())
+            elif not labels.is_floating_point():
+                loss = nn.functional.cross_entropy(logits.float(), labels.view(-1))
+            else:
+                loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return SequenceClassifierOutput(loss, logits, hidden.hidden_states, hidden.attentions)
+
+
+class LayoutLMv3ForQuestionAnswering(LayoutLMv3PreTrainedModel):
+    """Extractive question answering (DocVQA): start and end logits over every position, transformers' head.
+    Positions outside the sequence (>= T, e.g. an answer cut off by the window) are left out of the loss."""
+
+    base_prefix = hf_interop.BASE_PREFIX
+    hf_architecture = "LayoutLMv3ForQuestionAnswering"
+
+    def __init__(self, config: LayoutLMv3Config) -> None:
+        if config.num_labels != 2:
+            raise ValueError(
+                f"question answering predicts a start and an end: num_labels must be 2, got {config.num_labels}"
+            )
+        super().__init__(config)
+        self.layoutlmv3 = LayoutLMv3Model(config)
+        self.qa_outputs = ClassificationHead(config, kind="mlp", outputs=2)
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        bbox: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> QuestionAnsweringModelOutput:
+        hidden = self.layoutlmv3(
+            input_ids, bbox, attention_mask, token_type_ids, position_ids, pixel_values,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )  # fmt: skip
+        start_logits, end_logits = self.qa_outputs(hidden.last_hidden_state).unbind(-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = start_logits.shape[1]
+            losses = [
+                nn.functional.cross_entropy(
+                    logits.float(), positions.reshape(-1).clamp(0, ignored), ignore_index=ignored
+                )
+                for logits, positions in ((start_logits, start_positions), (end_logits, end_positions))
+            ]
+            loss = (losses[0] + losses[1]) / 2
+        return QuestionAnsweringModelOutput(
+            loss, start_logits.contiguous(), end_logits.contiguous(), hidden.hidden_states, hidden.attentions
+        )
 
 
 class LayoutLMv3ForMaskedLM(LayoutLMv3PreTrainedModel):

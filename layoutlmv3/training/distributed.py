@@ -78,7 +78,7 @@ def run_alone_without_launcher(environ: dict[str, str] | None = None) -> bool:
         port = probe.getsockname()[1]
     values = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
     env.update({**values, "MASTER_PORT": env.get("MASTER_PORT", str(port))})
-    logger.warning("no launcher (RANK unset, not an srun task): running as a single process")
+    logger.info("no launcher (RANK unset, not an srun task): running as a single process")
     return True
 
 

@@ -145,9 +145,7 @@ class _TooManyBadSteps(Exception):
     pass
 
 
-def train_step(
-    run: Run, batches: Iterator[dict], stop: StopRequest, heartbeat: Heartbeat
-) -> tuple[torch.Tensor, bool]:
+def train_step(run: Run, batches: Iterator[dict], stop: StopRequest, heartbeat: Heartbeat) -> tuple[torch.Tensor, bool]:
     """`accumulation_steps` good micro-batches through the engine, non-finite ones skipped on every rank.
 
     Returns the all-reduced figures summed over the good micro-batches, and whether any rank was asked to stop.

@@ -87,11 +87,12 @@ def write_synthetic_forms(config: FinetuneConfig) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = [*overrides, "--model.path", args.model]
+    # Paths as quoted YAML: a directory named 2024 or {a,b} stays a string.
+    overrides = [*overrides, "--model.path", json.dumps(args.model)]
     if args.data:
-        overrides += ["--data.dir", args.data]
+        overrides += ["--data.dir", json.dumps(args.data)]
     if args.out:
-        overrides += ["--output.dir", args.out]
+        overrides += ["--output.dir", json.dumps(args.out)]
     try:
         config = load_finetune_config(args.config, overrides)
         if not config.data.dir:

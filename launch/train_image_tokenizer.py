@@ -78,13 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command_line_overrides(args: argparse.Namespace) -> list[str]:
     """The shorthand options as dotted overrides (a source option replaces the config's source)."""
-    overrides = []
+    overrides = []  # paths as quoted YAML: a folder named 2024 or a pattern {a,b} stays a string
     if args.images or args.shards:
         chosen, other = ("images", "shards") if args.images else ("shards", "images")
-        overrides += ["--data.synthetic_pages", "0", f"--data.{chosen}", args.images or args.shards]
+        overrides += ["--data.synthetic_pages", "0", f"--data.{chosen}", json.dumps(args.images or args.shards)]
         overrides += [f"--data.{other}", "null"]
     if args.out:
-        overrides += ["--output.dir", args.out]
+        overrides += ["--output.dir", json.dumps(args.out)]
     if args.steps is not None:
         overrides += ["--train.steps", str(args.steps)]
     if args.quiet:

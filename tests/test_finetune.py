@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from layoutlmv3.finetune.config import load_finetune_config
 from layoutlmv3.finetune.dataset import NO_WORD, WindowDataset, make_windows
 from layoutlmv3.finetune.evaluate import entity_scores, evaluate, merge_windows
 from layoutlmv3.finetune.funsd import LABEL_IDS, LABELS, read_page, read_split
+from layoutlmv3.finetune.loader import WindowLoader
 from layoutlmv3.finetune.train import BEST_DIR, RESULTS_FILE, split_dev
 from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3ForTokenClassification, LayoutLMv3Model
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
@@ -323,3 +325,37 @@ def test_bf16_fine_tuning_runs_and_exports_what_it_evaluated(forms: Path, tmp_pa
     dataset = WindowDataset(test_pages, LayoutLMv3Tokenizer.from_pretrained(out / BEST_DIR), 128, 32)
     rescored = evaluate(model, DataLoader(dataset, batch_size=2), test_pages, LABELS)
     assert rescored["f1"] == pytest.approx(run.results["test"]["f1"], abs=1e-9)
+
+
+def test_fine_tuning_resumes_on_another_number_of_ranks(forms: Path, one_rank: FineTuned, tmp_path: Path) -> None:
+    """One rank's final checkpoint (ZeRO-0: the optimizer state is whole) continues on two ranks for 10 more
+    steps: the window position cannot map onto another split, so the next epoch starts; the dev history goes on."""
+    shutil.copytree(one_rank.out / "checkpoints", tmp_path / "checkpoints")
+    run = _run(_finetune_command(forms, tmp_path, 2, "--train.steps", "110", "--logging.val_every", "110"), tmp_path)
+    assert run.code == 0, run.log[-3000:]
+    assert "(world size 1) on 2 ranks: the data starts at epoch" in run.log
+    steps = [entry["step"] for entry in run.results["dev_history"]]
+    assert steps == [25, 50, 75, 100, 110]
+
+
+def test_config_refuses_no_dev_selection_and_names_moved_settings_only() -> None:
+    with pytest.raises(ValueError, match="logging.val_every must be >= 1"):
+        load_finetune_config(None, ["--model.path", "m", "--logging.val_every", "0"])
+    with pytest.raises(ValueError) as error:
+        load_finetune_config(None, ["--model.path", "m", "--logging.foo", "1"])
+    assert "moved" not in str(error.value)  # 'progress' is a known key here, not a moved one
+
+
+def test_window_position_of_another_batching_starts_the_next_epoch_and_other_data_is_refused() -> None:
+    windows = [{"x": torch.tensor(index)} for index in range(16)]
+    first = WindowLoader(windows, 4, rank=0, world_size=1, seed=3)
+    batches = iter(first)
+    next(batches), next(batches)
+    same = WindowLoader(windows, 4, rank=0, world_size=1, seed=3)
+    same.load_state_dict(first.state_dict())
+    assert (same.epoch, same.drawn) == (0, 2)
+    smaller = WindowLoader(windows, 2, rank=0, world_size=1, seed=3)  # a smaller micro-batch, same global batch
+    smaller.load_state_dict(first.state_dict())
+    assert (smaller.epoch, smaller.drawn) == (1, 0)  # never windows 0..7 again in epoch 0
+    with pytest.raises(ValueError, match="the training data or split changed"):
+        WindowLoader(windows[:8], 4, rank=0, world_size=1, seed=3).load_state_dict(first.state_dict())

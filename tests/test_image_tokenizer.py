@@ -434,3 +434,26 @@ def test_a_resumed_page_stream_continues_with_the_same_batches(page_folder: Path
     assert not torch.equal(other[0], other[1])  # the ranks read different pages
     with pytest.raises(ValueError, match="saved on 2 ranks"):
         PageBatches(source, data, 112, 4, rank=0, world_size=1, seed=5).load_state_dict(first.state_dict())
+
+
+def test_a_non_finite_batch_leaves_the_codebook_alone() -> None:
+    """The trainer skips a micro-batch whose loss is not finite; the codebook update inside the forward pass
+    must not have taken it in first (nor crash drawing restarts from it)."""
+    quantizer = VectorQuantizer(ImageTokenizerConfig.from_flavor("tiny", codebook_size=16, code_dim=4))
+    before = {name: tensor.clone() for name, tensor in quantizer.state_dict().items()}
+    vectors = torch.randn(40, 4)
+    vectors[3, 1] = float("inf")
+    quantizer(vectors, update=True)
+    assert all(torch.equal(before[name], tensor) for name, tensor in quantizer.state_dict().items())
+
+
+def test_command_line_paths_stay_strings_and_old_configs_are_pointed_at_the_new_keys(tmp_path: Path) -> None:
+    from launch.train_image_tokenizer import build_parser, command_line_overrides
+
+    config = REPO_ROOT / "configs" / "image_tokenizer" / "tiny.yaml"
+    args = build_parser().parse_args(["--config", str(config), "--out", "2024", "--shards", "a-{000..001}.tar"])
+    loaded = load_image_tokenizer_config(config, command_line_overrides(args))
+    assert (loaded.output.dir, loaded.data.shards, loaded.data.images) == ("2024", "a-{000..001}.tar", None)
+    (tmp_path / "old.yaml").write_text("data: {synthetic_pages: 4}\ntraining: {learning_rate: 0.1}\n")
+    with pytest.raises(ValueError, match="learning_rate -> train.lr"):
+        load_image_tokenizer_config(tmp_path / "old.yaml")

@@ -75,6 +75,13 @@ class FinetuneLogging(LoggingSection):
     dir: str = ""  # "": output.dir (metrics.jsonl, TensorBoard)
     val_every: int = 100  # dev evaluation (and best-model selection) every N steps, and at the last step
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self.val_every >= 1,
+            f"logging.val_every must be >= 1 (the dev split selects the model), got {self.val_every}",
+        )
+
 
 @dataclass
 class FinetuneCheckpoint(CheckpointSection):
@@ -112,7 +119,14 @@ def load_finetune_config(path: str | Path | None, overrides: list[str] | None = 
     try:
         config = load_config(FinetuneConfig, path, overrides)
     except ValueError as error:
-        moved = [f"{old} -> {new}" for old, new in MOVED_SETTINGS.items() if repr(old.split(".")[1]) in str(error)]
+        moved = [f"{old} -> {new}" for old, new in MOVED_SETTINGS.items() if _unknown_key(str(error), old)]
         raise ValueError(f"{error}{'; moved: ' + ', '.join(moved) if moved else ''}") from None
     require(bool(config.model.path), "missing required setting: model.path (--model DIR)")
     return config
+
+
+def _unknown_key(message: str, dotted: str) -> bool:
+    """Whether a config error names `dotted` (section.key) among the unknown keys of its section."""
+    section, key = dotted.split(".")
+    prefix = f"unknown key(s) in config.{section}: "
+    return prefix in message and repr(key) in message.split(prefix, 1)[1].split("; known:")[0]

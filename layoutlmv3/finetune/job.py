@@ -28,6 +28,7 @@ from torch.utils.data import default_collate
 
 from layoutlmv3.model import LayoutLMv3ForTokenClassification
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+from layoutlmv3.training.checkpointing import on_rank_zero
 from layoutlmv3.training.engine import Training, check_special_ids, non_embedding_parameters
 from layoutlmv3.training.metrics import encoder_work
 
@@ -129,13 +130,26 @@ class TokenClassificationTask:
 
     def finish(self) -> None:
         """The kept model on the test pages, once; rank 0 writes OUTPUT/results.json."""
-        if self.best_step == 0:
-            raise ValueError("no model was selected: set logging.val_every > 0 so the dev pages are scored")
+        kept = _selection(self.out / BEST_DIR)
+        if kept.get("step") != self.best_step and "step" in kept:
+            # Exported by an interrupted attempt after its last checkpoint and not beaten on the replay (GPU
+            # replays are not bit-exact): what best/ holds is reported, with its own step and dev score.
+            logger.warning(
+                "%s holds the model of step %d (dev F1 %.4f), exported after the checkpoint this run resumed from "
+                "and not beaten since: it is the one scored",
+                self.out / BEST_DIR,
+                kept["step"],
+                kept["dev_f1"],
+            )
+            self.best_step, self.best_f1 = kept["step"], kept["dev_f1"]
         best = LayoutLMv3ForTokenClassification.from_pretrained(self.out / BEST_DIR).to(self.training.device).eval()
         test = self._score(best, "test", lockstep=False)
         results = {"best_step": self.best_step, "dev_f1": self.best_f1, "test": test, "dev_history": self.history}
+        on_rank_zero(
+            lambda: (self.out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n"),
+            f"{self.out / RESULTS_FILE} not written",
+        )
         if self.training.rank == 0:
-            (self.out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
             logger.info(
                 "best dev F1 %.4f at step %d; test F1 %.4f (P %.4f, R %.4f): %s",
                 self.best_f1,
@@ -152,17 +166,6 @@ class TokenClassificationTask:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_f1, self.best_step = state.get("best_f1", -1.0), state.get("best_step", 0)
         self.history = list(state.get("history", []))
-        kept = _selection(self.out / BEST_DIR)
-        if self.best_step and kept.get("step") != self.best_step:
-            # A model exported after the checkpoint by the interrupted attempt: the next dev score replaces it,
-            # so best/ and the record of its step agree again.
-            logger.warning(
-                "%s holds the model of step %s, the checkpoint's record step %d: the next evaluation replaces it",
-                self.out / BEST_DIR,
-                kept.get("step"),
-                self.best_step,
-            )
-            self.best_f1 = -1.0
 
     def _score(self, model: torch.nn.Module, split: str, lockstep: bool) -> dict:
         rows = sharded_rows(model, self.job.datasets[split], self.training.micro_batch_size, lockstep)
@@ -170,21 +173,24 @@ class TokenClassificationTask:
         return score_pages(merge_pages([len(page.words) for page in pages], rows), pages, LABELS)
 
     def _export_best(self, step: int) -> None:
-        """The live weights (gathered under ZeRO-3) in the `from_pretrained` format, swapped in by rank 0."""
+        """The live weights (gathered under ZeRO-3) in the `from_pretrained` format, written by rank 0 beside
+        best/ and swapped in; a failed write stops every rank with exit 4 (checkpointing.on_rank_zero)."""
         module = self.training.engine.module
+
+        def write() -> None:
+            best, staged, previous = (self.out / name for name in (BEST_DIR, f"{BEST_DIR}.new", f"{BEST_DIR}.old"))
+            shutil.rmtree(staged, ignore_errors=True)
+            module.save_pretrained(staged)
+            self.job.tokenizer.save_pretrained(staged)
+            (staged / SELECTION_FILE).write_text(json.dumps({"step": step, "dev_f1": self.best_f1}) + "\n")
+            shutil.rmtree(previous, ignore_errors=True)
+            if best.exists():
+                best.rename(previous)
+            staged.rename(best)
+            shutil.rmtree(previous, ignore_errors=True)
+
         with deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=self.training.zero_stage == 3):
-            if self.training.rank == 0:
-                best, staged, previous = (self.out / name for name in (BEST_DIR, f"{BEST_DIR}.new", f"{BEST_DIR}.old"))
-                shutil.rmtree(staged, ignore_errors=True)
-                module.save_pretrained(staged)
-                self.job.tokenizer.save_pretrained(staged)
-                (staged / SELECTION_FILE).write_text(json.dumps({"step": step, "dev_f1": self.best_f1}) + "\n")
-                shutil.rmtree(previous, ignore_errors=True)
-                if best.exists():
-                    best.rename(previous)
-                staged.rename(best)
-                shutil.rmtree(previous, ignore_errors=True)
-        dist.barrier()
+            on_rank_zero(write, f"the model of step {step} not exported to {self.out / BEST_DIR}")
 
 
 def _selection(directory: Path) -> dict:

@@ -9,12 +9,15 @@ rank count, and the trainer's universal resume starts the next epoch instead (tr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
+
+logger = logging.getLogger(__name__)
 
 
 class WindowLoader:
@@ -62,21 +65,26 @@ class WindowLoader:
             "drawn": self.drawn,
             "windows": len(self.dataset),
             "world_size": self.world_size,
+            "micro_batch": self.micro_batch,
             "seed": self.seed,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from `state`; a position of other data or another split is refused (the stream would
-        silently differ), except the epoch alone, which a resume on another rank count sets."""
-        same = (state.get("windows"), state.get("world_size"), state.get("seed")) == (
-            len(self.dataset),
-            self.world_size,
-            self.seed,
-        )
-        if not same:
+        """Continue from `state`. A position of other windows or another seed is refused (the stream would
+        silently differ); one of another rank count or micro-batch cannot be mapped, so the next epoch starts."""
+        saved = {key: state.get(key) for key in ("windows", "seed", "world_size", "micro_batch")}
+        current = {"windows": len(self.dataset), "seed": self.seed, "world_size": self.world_size}
+        current["micro_batch"] = self.micro_batch
+        if (saved["windows"], saved["seed"]) != (current["windows"], current["seed"]):
             raise ValueError(
-                f"the loader position was saved for {state.get('windows')} windows on {state.get('world_size')} "
-                f"ranks with seed {state.get('seed')}; this run has {len(self.dataset)} windows on "
-                f"{self.world_size} ranks with seed {self.seed}: the training data or split changed"
+                f"the loader position was saved for {saved['windows']} windows with seed {saved['seed']}; this run "
+                f"has {current['windows']} windows with seed {current['seed']}: the training data or split changed"
             )
+        if saved != current:  # another split of the same windows: the position cannot be mapped onto it
+            logger.warning(
+                "the loader position was saved on %s ranks with micro-batch %s (now %d, %d): starting epoch %d",
+                saved["world_size"], saved["micro_batch"], self.world_size, self.micro_batch, int(state["epoch"]) + 1,
+            )  # fmt: skip
+            self.epoch, self.drawn = int(state["epoch"]) + 1, 0
+            return
         self.epoch, self.drawn = int(state["epoch"]), int(state["drawn"])

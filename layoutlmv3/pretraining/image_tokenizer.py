@@ -251,6 +251,8 @@ class VectorQuantizer(nn.Module):
             counts = counts.clone()
             dist.all_reduce(counts)
             dist.all_reduce(sums)
+        if not torch.isfinite(sums).all():  # a non-finite encoder output (on any rank): leave the codebook as it
+            return  # is, as the trainer skips the micro-batch (the all-reduced sums agree on every rank)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         self.codebook.copy_(F.normalize(self.embed_sum, dim=1))

@@ -41,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,6 +334,21 @@ def save_checkpoint(
     return path
 
 
+def on_rank_zero(write: Callable[[], None], what: str) -> None:
+    """Collective: rank 0 writes (a model export, results), every rank learns whether it worked. A failed write
+    raises CheckpointNotSaved on all ranks (exit 4, as a failed checkpoint) instead of leaving the others waiting
+    in the next collective until the timeout."""
+    problem = [""]
+    if dist.get_rank() == 0:
+        try:
+            write()
+        except OSError as error:
+            problem[0] = f"{what}: {_one_line(error)}"
+    dist.broadcast_object_list(problem, src=0)
+    if problem[0]:
+        raise CheckpointNotSaved(problem[0])
+
+
 def check_writable(directory: str | Path, rank: int) -> None:
     """Create `directory` and write a probe file in it: an unwritable checkpoint directory is found before the
     first step, not at the first save (ValueError)."""
@@ -410,6 +426,12 @@ def load_rank_state(checkpoint: Checkpoint, rank: int) -> dict[str, Any]:
     return torch.load(_rank_state_file(checkpoint.path, rank), map_location="cpu", weights_only=False)
 
 
+def has_partitioned_optimizer(checkpoint: Checkpoint) -> bool:
+    """Whether the optimizer state is split over the ranks (ZeRO 1-3: *_optim_states.pt files), so another world
+    size needs the universal form; a ZeRO-0 checkpoint holds it whole and loads on any number of ranks."""
+    return any(checkpoint.path.glob("*optim_states.pt"))
+
+
 def prepare_universal(checkpoint: Checkpoint, rank: int) -> None:
     """Collective: convert `checkpoint` to DeepSpeed's universal form (once, by rank 0; the others wait).
 
@@ -434,12 +456,12 @@ def prepare_universal(checkpoint: Checkpoint, rank: int) -> None:
         if result.returncode != 0:
             message = f"ds_to_universal failed on {checkpoint.path}:\n{result.stdout}\n{result.stderr}"
             failed.write_text(message)
-            raise RuntimeError(message)
+            raise ValueError(message)
         (checkpoint.path / "latest_universal").unlink(missing_ok=True)  # names the partial folder; unused
         partial.rename(target)
     while not target.is_dir():
         if failed.exists():
-            raise RuntimeError(f"rank 0 could not convert {checkpoint.path}: see {failed}")
+            raise ValueError(f"rank 0 could not convert {checkpoint.path}: see {failed}")
         time.sleep(UNIVERSAL_POLL_S)
     dist.barrier()
 

@@ -23,6 +23,7 @@ from deepspeed.checkpoint.constants import (
 from torch import nn
 
 from layoutlmv3.model import LayoutLMv3Config
+from layoutlmv3.model.roberta_init import init_text_from_roberta
 from layoutlmv3.pretraining.model import LayoutLMv3ForPretraining, LossWeights
 
 from .ds_config import offloads_optimizer
@@ -50,6 +51,10 @@ def build_model(config: RunConfig, vocab_size: int, codebook_size: int) -> Layou
     else:
         shape = {"vocab_size": vocab_size, "visual_codebook_size": codebook_size, **section.overrides}
         model = LayoutLMv3ForPretraining(LayoutLMv3Config.from_flavor(section.flavor, **shape), weights)
+    if section.init_text_from:
+        if section.init_from:
+            raise ValueError("model.init_text_from starts a fresh model from RoBERTa; model.init_from continues one")
+        init_text_from_roberta(model.layoutlmv3, section.init_text_from, section.init_text_parts)
     if model.config.vocab_size < vocab_size:
         raise ValueError(f"the model has {model.config.vocab_size} token ids, the tokenizer {vocab_size}")
     if model.config.visual_codebook_size != codebook_size:
@@ -59,8 +64,6 @@ def build_model(config: RunConfig, vocab_size: int, codebook_size: int) -> Layou
         )
     if section.compile_layers:
         model.compile_layers()
-    # Lets DeepSpeed's ds_to_universal convert our checkpoints (resuming on another number of ranks).
-    setattr(model, UNIVERSAL_CHECKPOINT_INFO, {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE})
     return model
 
 
@@ -183,6 +186,8 @@ def initialize(
     model: nn.Module, train: TrainSection, ds_values: dict[str, Any], load_universal: bool = False
 ) -> Training:
     """`deepspeed.initialize` with our optimizer; `load_universal` for resuming on another world size."""
+    # Lets DeepSpeed's ds_to_universal convert the checkpoints of every job (resuming on another number of ranks).
+    setattr(model, UNIVERSAL_CHECKPOINT_INFO, {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE})
     optimizer = build_optimizer(model, train, ds_values)
     values = copy.deepcopy(ds_values)
     if load_universal:

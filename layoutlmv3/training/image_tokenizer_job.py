@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from layoutlmv3.config_loading import load_config, require
 from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
@@ -36,6 +35,7 @@ from layoutlmv3.pretraining.image_tokenizer_data import (
     save_reconstruction_grid,
 )
 
+from .checkpointing import on_rank_zero
 from .engine import Training
 from .runner import run_job
 from .sections import CheckpointSection, LoggingSection, TrainSection
@@ -122,7 +122,21 @@ class ImageTokenizerRunConfig:
 
 def load_image_tokenizer_config(path: str | Path | None, overrides: list[str] | None = None) -> ImageTokenizerRunConfig:
     """YAML (None: defaults) + `--section.key VALUE` overrides, checked (layoutlmv3.config_loading)."""
-    return load_config(ImageTokenizerRunConfig, path, overrides)
+    try:
+        return load_config(ImageTokenizerRunConfig, path, overrides)
+    except ValueError as error:
+        if "unknown key(s) in config: ['training']" in str(error):
+            raise ValueError(f"{error}; the old `training` section was split: {OLD_TRAINING_KEYS}") from None
+        raise
+
+
+# Where the settings of the former one-process trainer's `training` section live now.
+OLD_TRAINING_KEYS = (
+    "out_dir -> output.dir, steps -> train.steps, batch_size -> train.global_batch_size, learning_rate -> "
+    "train.lr, lr_schedule -> train.decay, warmup_steps -> train.warmup_ratio, grad_clip -> gradient_clipping in "
+    "the DeepSpeed JSON, log_every -> logging.every, eval_every -> logging.val_every, checkpoint_every -> "
+    "checkpoint.every, grid_images -> output.grid_images, precision -> train.autocast, device -> the accelerator"
+)
 
 
 def run(config: ImageTokenizerRunConfig, resume: str = "auto") -> int:
@@ -139,9 +153,15 @@ class ImageTokenizerJob:
         self.source = image_source(config.data)
         torch.manual_seed(config.train.seed)  # the same weights and codebook on every rank
         self.model = ImageTokenizer(config.model.build()).train()
+        # Read on every rank before the process group exists: a source without held-out pages stops all ranks
+        # alike (rank 0 alone measures them later).
+        self.eval_images = held_out_images(self.source, config.data, self.model.config.image_size)
         self.tokenizer_fingerprint = NO_TEXT_TOKENIZER
         self.description = f"image tokenizer ({config.model.flavor}, {self.model.codebook_size} codes)"
-        logger.info("%d %s items", len(self.source.items), self.source.kind)
+        logger.info(
+            "%d %s items; %d held-out pages for evaluation", len(self.source.items), self.source.kind,
+            len(self.eval_images),
+        )  # fmt: skip
 
     def make_task(self, training: Training) -> ImageTokenizerTask:
         if training.zero_stage == 3:
@@ -161,9 +181,7 @@ class ImageTokenizerTask:
             job.source, self.config.data, size, training.micro_batch_size, training.rank, training.world_size,
             self.config.train.seed,
         )  # fmt: skip
-        self.eval_images = held_out_images(job.source, self.config.data, size) if training.rank == 0 else None
-        if self.eval_images is not None:
-            logger.info("%d held-out pages for evaluation", len(self.eval_images))
+        self.eval_images = job.eval_images if training.rank == 0 else None
         self.last_eval: dict[str, float] = {}
 
     def forward(self, batch: torch.Tensor) -> list[torch.Tensor]:
@@ -188,15 +206,17 @@ class ImageTokenizerTask:
 
     def finish(self) -> None:
         """Rank 0 writes the tokenizer, the last held-out figures and the reconstruction grid to output.dir."""
-        if self.training.rank == 0:
-            out, module = Path(self.config.output.dir), self.training.engine.module
-            module.save_pretrained(out)
-            if not self.last_eval:
-                self.validate(self.config.train.steps)
-            (out / METRICS_FILE).write_text(json.dumps(self.last_eval, indent=2) + "\n")
-            save_reconstruction_grid(module, self.eval_images[: self.config.output.grid_images], out / GRID_FILE)
-            logger.info("image tokenizer written to %s: %s", out, _format(self.last_eval))
-        dist.barrier()
+        out = Path(self.config.output.dir)
+        on_rank_zero(self._write, f"the image tokenizer not written to {out}")
+        logger.info("image tokenizer written to %s: %s", out, _format(self.last_eval))
+
+    def _write(self) -> None:
+        out, module = Path(self.config.output.dir), self.training.engine.module
+        module.save_pretrained(out)
+        if not self.last_eval:
+            self.validate(self.config.train.steps)
+        (out / METRICS_FILE).write_text(json.dumps(self.last_eval, indent=2) + "\n")
+        save_reconstruction_grid(module, self.eval_images[: self.config.output.grid_images], out / GRID_FILE)
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_eval": self.last_eval}
@@ -211,7 +231,8 @@ def _check_fp32_engine(path: str) -> None:
         values = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return  # the trainer reports an unreadable JSON with its own message
-    enabled = [kind for kind in ("bf16", "fp16") if values.get(kind, {}).get("enabled")]
+    sections = {kind: values.get(kind) for kind in ("bf16", "fp16")} if isinstance(values, dict) else {}
+    enabled = [kind for kind, section in sections.items() if isinstance(section, dict) and section.get("enabled")]
     if enabled:
         raise ValueError(
             f"{path} enables {enabled[0]}: the image tokenizer trains on an fp32 engine (its codebook statistics "

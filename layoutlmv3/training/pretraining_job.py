@@ -41,6 +41,7 @@ class PretrainingJob:
         self.config = config
         self.tokenizer = LayoutLMv3Tokenizer.from_pretrained(config.data.tokenizer)
         check_train_shards_tokenizer(config, self.tokenizer)
+        _check_roberta_vocabulary(config.model.init_text_from, self.tokenizer)
         self.image_tokenizer = ImageTokenizer.from_pretrained(config.objectives.image_tokenizer)
         torch.manual_seed(config.train.seed)  # the same initial weights on every rank
         self.model = build_model(config, self.tokenizer.vocab_size, self.image_tokenizer.codebook_size)
@@ -143,3 +144,16 @@ class PretrainingTask:
 
     def finish(self) -> None:
         pass
+
+
+def _check_roberta_vocabulary(directory: str | None, tokenizer: LayoutLMv3Tokenizer) -> None:
+    """The RoBERTa directory's own vocab.json + merges.txt, when it has them, must be data.tokenizer's: same size
+    is not enough (another BPE of 50265 tokens would give every copied row another word)."""
+    if not directory or not (Path(directory) / "vocab.json").is_file():
+        return
+    theirs = LayoutLMv3Tokenizer.from_pretrained(directory).fingerprint
+    if theirs != tokenizer.fingerprint:
+        raise ValueError(
+            f"{directory} has another vocabulary (tokenizer {theirs}) than data.tokenizer ({tokenizer.fingerprint}): "
+            "its word embeddings would not match the token ids; tokenize the shards with RoBERTa's vocabulary"
+        )

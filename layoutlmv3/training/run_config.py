@@ -32,6 +32,10 @@ class ModelSection:
     flavor: str = "base"
     overrides: dict[str, Any] = field(default_factory=dict)  # LayoutLMv3Config fields, e.g. attn_implementation
     init_from: str | None = None  # a model directory (ours or transformers') to continue pretraining from
+    # The paper's start: a transformers RoBERTa directory (e.g. roberta-base) whose word embeddings (and, with
+    # init_text_parts, 1D positions and encoder layers) the fresh model copies; its vocabulary must be data.tokenizer.
+    init_text_from: str | None = None
+    init_text_parts: list[str] = field(default_factory=lambda: ["words"])  # some of: words, positions, layers
     compile_layers: bool = False  # torch.compile each encoder layer (GPU fast path; ZeRO-1/2)
 
 

@@ -25,6 +25,7 @@ from .checkpointing import (
     Checkpoint,
     check_compatible,
     check_writable,
+    has_partitioned_optimizer,
     load_checkpoint,
     load_rank_state,
     prepare_universal,
@@ -121,7 +122,8 @@ def _assemble(job: Job, ds_values: dict, resume: str) -> Run:
     non_embedding = non_embedding_parameters(model)
     if checkpoint is not None:
         check_compatible(checkpoint, model.config.to_dict(), job.tokenizer_fingerprint)
-    universal = checkpoint is not None and checkpoint.world_size != world_size
+    resized = checkpoint is not None and checkpoint.world_size != world_size
+    universal = resized and has_partitioned_optimizer(checkpoint)
     if universal:
         prepare_universal(checkpoint, rank)
     if rank == 0:
@@ -130,7 +132,7 @@ def _assemble(job: Job, ds_values: dict, resume: str) -> Run:
     task = job.make_task(training)
     state = TrainState()
     if checkpoint is not None:
-        state = _resume(training, checkpoint, universal, task, job.tokenizer_fingerprint, config)
+        state = _resume(training, checkpoint, universal, resized, task, job.tokenizer_fingerprint, config)
     if rank == 0:
         _describe(job.description, config, training, parameters, non_embedding)
     return Run(
@@ -178,6 +180,7 @@ def _resume(
     training: Training,
     checkpoint: Checkpoint,
     universal: bool,
+    resized: bool,
     task: Task,
     fingerprint: str,
     config: JobConfig,
@@ -193,15 +196,17 @@ def _resume(
         )
     loader: ResumableBatches = task.loader
     task.load_state_dict(saved.get("task", {}))
-    if universal:
-        position = loader.state_dict()
-        position["epoch"] = load_rank_state(checkpoint, 0)["loader"]["epoch"] + 1
+    if resized:
+        position = loader.state_dict()  # ranks may be in different epochs: start after the furthest
+        old_epochs = [load_rank_state(checkpoint, rank)["loader"]["epoch"] for rank in range(checkpoint.world_size)]
+        position["epoch"] = max(old_epochs) + 1
         loader.load_state_dict(position)
         logger.warning(
-            "resumed %s (world size %d) on %d ranks via a universal checkpoint: the data starts at epoch %d",
+            "resumed %s (world size %d) on %d ranks%s: the data starts at epoch %d",
             checkpoint.path,
             checkpoint.world_size,
             training.world_size,
+            " via a universal checkpoint" if universal else "",
             position["epoch"],
         )
     else:

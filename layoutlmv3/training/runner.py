@@ -63,6 +63,7 @@ def run_job(prepare: Callable[[], Job], resume: str = "auto") -> int:
         logging.basicConfig(level=logging.INFO)
         logger.error("%s", error)
         return EXIT_BAD_CONFIG
+    _configure_logging(int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))))  # the set-up's own lines
     from_slurm = init_distributed(config.train.collective_timeout_s)
     # Before any collective of ours: NCCL puts object collectives' tensors on the current device, which must be
     # this rank's (DeepSpeed binds it only later, in initialize).

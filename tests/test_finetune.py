@@ -25,7 +25,7 @@ from launch.finetune import main as finetune_main
 from layoutlmv3.finetune.config import load_finetune_config
 from layoutlmv3.finetune.dataset import NO_WORD, WindowDataset, make_windows
 from layoutlmv3.finetune.evaluate import entity_scores, evaluate, merge_windows
-from layoutlmv3.finetune.funsd import LABEL_IDS, LABELS, read_page, read_split
+from layoutlmv3.finetune.funsd import LABEL_IDS, LABELS, entity_types, read_page, read_split
 from layoutlmv3.finetune.loader import WindowLoader
 from layoutlmv3.finetune.train import BEST_DIR, RESULTS_FILE, split_dev
 from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3ForTokenClassification, LayoutLMv3Model
@@ -359,3 +359,40 @@ def test_window_position_of_another_batching_starts_the_next_epoch_and_other_dat
     assert (smaller.epoch, smaller.drawn) == (1, 0)  # never windows 0..7 again in epoch 0
     with pytest.raises(ValueError, match="the training data or split changed"):
         WindowLoader(windows[:8], 4, rank=0, world_size=1, seed=3).load_state_dict(first.state_dict())
+
+
+def _typed_forms(root: Path, types: dict[str, str]) -> Path:
+    """Synthetic forms with their entity types renamed (a user's own FUNSD-format forms)."""
+    for split, count, seed in (("training_data", 6, 0), ("testing_data", 2, 1)):
+        write_corpus(root / split, count, seed=seed)
+        for path in (root / split / "annotations").glob("*.json"):
+            form = json.loads(path.read_text())
+            for entity in form["form"]:
+                entity["label"] = types.get(entity["label"], entity["label"])
+            path.write_text(json.dumps(form))
+    return root
+
+
+def test_the_label_set_comes_from_the_data_and_travels_with_the_model(forms: Path, tmp_path: Path) -> None:
+    """Forms whose entities are `field` and `value` (not FUNSD's types): the BIO labels are read from the training
+    annotations, become the model's id2label, and label every sub-token when asked (B-X -> I-X after the first)."""
+    from layoutlmv3.finetune.config import load_finetune_config
+    from layoutlmv3.finetune.job import FinetuneJob
+
+    data = _typed_forms(tmp_path / "data", {"question": "field", "answer": "value"})
+    assert entity_types(data / "training_data") == ("HEADER", "FIELD", "VALUE", "OTHER")  # FUNSD's first
+    overrides = ["--model.path", str(forms / "model"), "--data.dir", str(data), "--output.dir", str(tmp_path / "o")]
+    job = FinetuneJob(load_finetune_config(REPO_ROOT / "configs" / "finetune" / "tiny.yaml", overrides))
+    assert job.labels == ("O", "B-HEADER", "I-HEADER", "B-FIELD", "I-FIELD", "B-VALUE", "I-VALUE")
+    assert job.model.config.id2label == dict(enumerate(job.labels)) and job.model.config.num_labels == 7
+    tiny = REPO_ROOT / "configs" / "finetune" / "tiny.yaml"
+    every = FinetuneJob(load_finetune_config(tiny, [*overrides, "--data.sub_tokens", "all"])).datasets["train"]
+    for window, first in zip(every.windows, job.datasets["train"].windows, strict=True):
+        words, starts = window.word_ids != NO_WORD, first.labels != -100
+        assert (window.labels[words] != -100).all() and (window.labels[~words] == -100).all()
+        assert torch.equal(window.labels[starts], first.labels[starts])  # first sub-tokens as before
+        later = window.labels[words & ~starts].tolist()
+        assert later and all(not job.labels[label].startswith("B-") for label in later)
+    only = load_finetune_config(tiny, [*overrides, "--data.entity_types", "[header, field]"])
+    with pytest.raises(ValueError, match="has label 'value', which is not one of header, field, other"):
+        FinetuneJob(only)

@@ -25,6 +25,10 @@ class FinetuneData:
     dev_fraction: float = 0.1  # of training_data, held out (deterministically, by seed) for model selection
     synthetic_train_pages: int = 64  # with no data.dir: forms written by data_prep.synth into output.dir
     synthetic_test_pages: int = 16
+    # The entity types to tag (BIO), e.g. [header, question, answer]; null: those the training annotations use.
+    # An entity of another type in any split is an error naming the file (never silently O).
+    entity_types: list[str] | None = None
+    sub_tokens: str = "first"  # which sub-tokens of a word carry its label in training: first, or all (B-X -> I-X)
 
     def __post_init__(self) -> None:
         require(self.boxes in BOX_LEVELS, f"data.boxes must be one of {BOX_LEVELS}, got {self.boxes!r}")
@@ -33,9 +37,15 @@ class FinetuneData:
         require(0 < self.dev_fraction < 1, f"data.dev_fraction must lie in (0, 1), got {self.dev_fraction}")
         require(self.synthetic_train_pages >= 2, "data.synthetic_train_pages must be >= 2 (train + dev)")
         require(self.synthetic_test_pages >= 1, "data.synthetic_test_pages must be >= 1")
+        require(self.sub_tokens in SUB_TOKENS, f"data.sub_tokens must be one of {SUB_TOKENS}, got {self.sub_tokens!r}")
+        require(
+            self.entity_types is None or len(self.entity_types) >= 1,
+            "data.entity_types must name at least one type, or be null (the training annotations' types)",
+        )
 
 
 INITS = ("pretrained", "random")
+SUB_TOKENS = ("first", "all")
 # Settings of the one-process fine-tuner, now the trainer's (named in the error when an old config uses them).
 MOVED_SETTINGS = {
     "train.batch_size": "train.global_batch_size (the micro-batch is the DeepSpeed JSON's)",

@@ -2,7 +2,9 @@
 
 A page longer than `max_length` tokens becomes several windows that overlap by `stride` tokens
 (`LayoutLMv3Tokenizer.encode_windows`), so every word is seen; word ids stay page word indices, which is how
-`evaluate.merge_windows` maps predictions back onto words. Labels sit on each word's first sub-token.
+`evaluate.merge_windows` maps predictions back onto words. Labels sit on each word's first sub-token, or with a
+`continuation` map on every sub-token (later ones get the word's continuation label: B-X -> I-X); evaluation
+reads first sub-tokens either way.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from layoutlmv3.constants import IGNORE_INDEX
 from layoutlmv3.processing import LayoutLMv3Processor, page_pixels
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
@@ -46,33 +49,51 @@ def make_windows(
     labels: Sequence[int] | None,
     max_length: int,
     stride: int,
+    continuation: Sequence[int] | None = None,
 ) -> list[Window]:
-    """All windows of one page, padded to `max_length` (fixed shapes: plain stacking makes a batch)."""
+    """All windows of one page, padded to `max_length` (fixed shapes: plain stacking makes a batch).
+    `continuation[label]`: the label of a word's later sub-tokens (None: they carry none)."""
     encodings = LayoutLMv3Processor(tokenizer, max_length=max_length, stride=stride).encode(words, boxes, labels)
-    return [
-        Window(
-            page=page,
-            input_ids=torch.tensor(encoding.input_ids),
-            bbox=torch.tensor(encoding.bbox),
-            attention_mask=torch.tensor(encoding.attention_mask),
-            word_ids=torch.tensor([NO_WORD if w is None else w for w in encoding.word_ids]),
-            labels=None if encoding.labels is None else torch.tensor(encoding.labels),
+    windows = []
+    for encoding in encodings:
+        token_labels = encoding.labels
+        if token_labels is not None and continuation is not None:
+            token_labels = [
+                continuation[labels[word]] if label == IGNORE_INDEX and word is not None else label
+                for label, word in zip(token_labels, encoding.word_ids, strict=True)
+            ]
+        windows.append(
+            Window(
+                page=page,
+                input_ids=torch.tensor(encoding.input_ids),
+                bbox=torch.tensor(encoding.bbox),
+                attention_mask=torch.tensor(encoding.attention_mask),
+                word_ids=torch.tensor([NO_WORD if w is None else w for w in encoding.word_ids]),
+                labels=None if token_labels is None else torch.tensor(token_labels),
+            )
         )
-        for encoding in encodings
-    ]
+    return windows
 
 
 class WindowDataset(torch.utils.data.Dataset):
     """Windows of labelled pages; page images are decoded once and kept in memory (FUNSD: ~200 pages)."""
 
     def __init__(
-        self, pages: Sequence, tokenizer: LayoutLMv3Tokenizer, max_length: int, stride: int, image_size: int = 224
+        self,
+        pages: Sequence,
+        tokenizer: LayoutLMv3Tokenizer,
+        max_length: int,
+        stride: int,
+        image_size: int = 224,
+        continuation: Sequence[int] | None = None,
     ) -> None:
         self.pages = list(pages)
         self.windows = [
             window
             for index, page in enumerate(self.pages)
-            for window in make_windows(tokenizer, index, page.words, page.boxes, page.labels, max_length, stride)
+            for window in make_windows(
+                tokenizer, index, page.words, page.boxes, page.labels, max_length, stride, continuation
+            )
         ]
         self.pixels = [load_pixels(page.image_path, image_size) for page in self.pages]
 

@@ -1,6 +1,8 @@
 """FUNSD-format pages (`images/NAME.png` + `annotations/NAME.json`) -> words, 0..1000 boxes and BIO labels.
 
-Entities labelled header/question/answer become B-X on their first word and I-X on the rest; `other` is O.
+The entity types come from the data (`entity_types`: FUNSD's header/question/answer, or a user's own forms with
+other types); an entity of type X becomes B-X on its first word and I-X on the rest; `other` is O. The label list
+(`bio_labels`) is saved with the fine-tuned model as its id2label, so prediction needs nothing else.
 Boxes are word-level or segment-level; segment boxes are each entity's annotated box, i.e. the annotated
 grouping of words into entities, which is what the LayoutLMv3 paper fine-tuned on (a model applied to raw OCR
 needs a segmenter that makes comparable groups). Words whose text is empty or blank are dropped: the tokenizer
@@ -10,6 +12,7 @@ would give them no token, so they could neither be labelled nor predicted.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +20,19 @@ from PIL import Image
 
 from layoutlmv3.page_layout import BadBox, normalize_box
 
-ENTITY_TYPES = ("HEADER", "QUESTION", "ANSWER")
-LABELS = ("O", *(f"{prefix}-{kind}" for kind in ENTITY_TYPES for prefix in ("B", "I")))
+ENTITY_TYPES = ("HEADER", "QUESTION", "ANSWER")  # FUNSD's, in the order its label ids have always had
+OUTSIDE = "OTHER"  # the entity type that is no entity (O)
+
+
+def bio_labels(entity_types: Sequence[str]) -> tuple[str, ...]:
+    """O, then B-X and I-X for each type: FUNSD's three first in FUNSD's order, any others sorted."""
+    types = {kind.upper() for kind in entity_types} - {OUTSIDE}
+    ordered = [kind for kind in ENTITY_TYPES if kind in types] + sorted(types - set(ENTITY_TYPES))
+    return ("O", *(f"{prefix}-{kind}" for kind in ordered for prefix in ("B", "I")))
+
+
+LABELS = bio_labels(ENTITY_TYPES)  # FUNSD's seven
 LABEL_IDS = {label: index for index, label in enumerate(LABELS)}
-KNOWN_LABELS = ", ".join(kind.lower() for kind in (*ENTITY_TYPES, "OTHER"))
 BOX_LEVELS = ("word", "segment")
 SPLITS = ("training_data", "testing_data")
 
@@ -36,25 +48,41 @@ class Page:
     labels: list[int]
 
 
-def read_split(split_dir: str | Path, boxes: str = "segment") -> list[Page]:
-    """Every page of one split directory (holding images/ and annotations/), sorted by name."""
+def entity_types(split_dir: str | Path) -> tuple[str, ...]:
+    """The entity types the annotations of a split use (upper case, OTHER included), in `bio_labels` order."""
+    found = set()
+    for path in _annotations(Path(split_dir)):
+        for entity in json.loads(path.read_text(encoding="utf-8"))["form"]:
+            found.add(_entity_kind(entity, path, None))
+    return tuple(label.split("-", 1)[1] for label in bio_labels(found)[1::2]) + ((OUTSIDE,) if OUTSIDE in found else ())
+
+
+def read_split(split_dir: str | Path, boxes: str = "segment", labels: Sequence[str] = LABELS) -> list[Page]:
+    """Every page of one split directory (holding images/ and annotations/), sorted by name; `labels` indexes
+    the BIO tags (an entity type outside them is an error naming the file)."""
     split_dir = Path(split_dir)
+    return [read_page(path, _image_for(split_dir, path.stem), boxes, labels) for path in _annotations(split_dir)]
+
+
+def _annotations(split_dir: Path) -> list[Path]:
     annotations = sorted((split_dir / "annotations").glob("*.json"))
     if not annotations:
         raise FileNotFoundError(f"{split_dir} has no annotations/*.json (expected the FUNSD layout)")
-    return [read_page(path, _image_for(split_dir, path.stem), boxes) for path in annotations]
+    return annotations
 
 
-def read_page(annotation_path: Path, image_path: Path, boxes: str = "segment") -> Page:
+def read_page(annotation_path: Path, image_path: Path, boxes: str = "segment", labels: Sequence[str] = LABELS) -> Page:
     """Words in annotation order (entity by entity), the way FUNSD readers order them."""
     if boxes not in BOX_LEVELS:
         raise ValueError(f"boxes must be one of {BOX_LEVELS}, got {boxes!r}")
     with Image.open(image_path) as image:
         width, height = image.size
     form = json.loads(annotation_path.read_text(encoding="utf-8"))["form"]
-    words, word_boxes, labels = [], [], []
+    label_ids = {label: index for index, label in enumerate(labels)}
+    known = tuple(label[2:] for label in labels if label.startswith("B-"))
+    words, word_boxes, word_labels = [], [], []
     for entity in form:
-        kind = _entity_kind(entity, annotation_path)
+        kind = _entity_kind(entity, annotation_path, known)
         entity_words = [word for word in entity["words"] if word["text"].strip()]
         for position, word in enumerate(entity_words):
             words.append(word["text"].strip())
@@ -65,26 +93,25 @@ def read_page(annotation_path: Path, image_path: Path, boxes: str = "segment") -
                 raise ValueError(
                     f"{annotation_path}: entity {entity.get('id')} word {word['text']!r}: {error}"
                 ) from None
-            if kind in ENTITY_TYPES:
-                labels.append(LABEL_IDS[f"{'B' if position == 0 else 'I'}-{kind}"])
-            else:
-                labels.append(LABEL_IDS["O"])
-    return Page(annotation_path.stem, image_path, words, word_boxes, labels)
+            tag = "O" if kind == OUTSIDE else f"{'B' if position == 0 else 'I'}-{kind}"
+            word_labels.append(label_ids[tag])
+    return Page(annotation_path.stem, image_path, words, word_boxes, word_labels)
 
 
-def _entity_kind(entity: dict, annotation_path: Path) -> str:
-    """HEADER, QUESTION, ANSWER or OTHER; an entity without a label, or with another one, is an error naming the
-    file and entity (turning it into O would silently teach the model that it is nothing)."""
+def _entity_kind(entity: dict, annotation_path: Path, known: Sequence[str] | None) -> str:
+    """The entity's type in upper case; an entity without a label, or (with `known` types) one of another type,
+    is an error naming the file and entity (turning it into O would silently teach the model that it is
+    nothing)."""
     label = entity.get("label")
-    if not isinstance(label, str):
+    expected = ", ".join(kind.lower() for kind in (*(known or ()), OUTSIDE))
+    if not isinstance(label, str) or not label.strip():
+        raise ValueError(f"{annotation_path}: entity {entity.get('id')} has no 'label' (expected one of {expected})")
+    kind = label.strip().upper()
+    if known is not None and kind not in (*known, OUTSIDE):
         raise ValueError(
-            f"{annotation_path}: entity {entity.get('id')} has no 'label' (expected one of {KNOWN_LABELS})"
+            f"{annotation_path}: entity {entity.get('id')} has label {label!r}, which is not one of {expected}"
         )
-    if label.upper() not in (*ENTITY_TYPES, "OTHER"):
-        raise ValueError(
-            f"{annotation_path}: entity {entity.get('id')} has label {label!r}, which is not one of {KNOWN_LABELS}"
-        )
-    return label.upper()
+    return kind
 
 
 def _image_for(split_dir: Path, stem: str) -> Path:

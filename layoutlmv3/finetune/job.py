@@ -35,7 +35,7 @@ from layoutlmv3.training.metrics import encoder_work
 from .config import FinetuneConfig
 from .dataset import MODEL_INPUTS, WindowDataset
 from .evaluate import WindowRow, merge_pages, score_pages, window_rows
-from .funsd import LABELS, SPLITS, Page, read_split
+from .funsd import SPLITS, Page, bio_labels, entity_types, read_split
 from .loader import WindowLoader
 
 logger = logging.getLogger(__name__)
@@ -61,9 +61,14 @@ class FinetuneJob:
         if not config.data.dir:
             raise ValueError("data.dir is not set: a FUNSD-format root with training_data/ and testing_data/")
         root, data, seed = Path(config.data.dir), config.data, config.train.seed
-        train_pages, dev_pages = split_dev(read_split(root / SPLITS[0], data.boxes), data.dev_fraction, seed)
-        self.pages = {"train": train_pages, "dev": dev_pages, "test": read_split(root / SPLITS[1], data.boxes)}
+        self.labels = bio_labels(data.entity_types or entity_types(root / SPLITS[0]))
+        train_pages, dev_pages = split_dev(
+            read_split(root / SPLITS[0], data.boxes, self.labels), data.dev_fraction, seed
+        )
+        test_pages = read_split(root / SPLITS[1], data.boxes, self.labels)
+        self.pages = {"train": train_pages, "dev": dev_pages, "test": test_pages}
         logger.info("pages: %s", ", ".join(f"{len(pages)} {name}" for name, pages in self.pages.items()))
+        logger.info("labels (%d): %s", len(self.labels), " ".join(self.labels))
         self.tokenizer = LayoutLMv3Tokenizer.from_pretrained(config.model.path)
         load = (
             LayoutLMv3ForTokenClassification.from_pretrained
@@ -72,7 +77,10 @@ class FinetuneJob:
         )
         torch.manual_seed(seed)  # a fresh head (or a random init) equal on every rank
         self.model = load(
-            config.model.path, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), **config.model.overrides
+            config.model.path,
+            num_labels=len(self.labels),
+            id2label=dict(enumerate(self.labels)),
+            **config.model.overrides,
         )
         check_special_ids(
             self.model.config,
@@ -83,10 +91,14 @@ class FinetuneJob:
             },
         )
         self.non_embedding = non_embedding_parameters(self.model)  # before ZeRO-3 partitions the weights
+        continuation = [self.labels.index(label.replace("B-", "I-", 1)) for label in self.labels]
         self.datasets = {
-            name: WindowDataset(pages, self.tokenizer, data.max_length, data.stride, self.model.config.input_size)
+            name: WindowDataset(
+                pages, self.tokenizer, data.max_length, data.stride, self.model.config.input_size,
+                continuation if data.sub_tokens == "all" and name == "train" else None,
+            )
             for name, pages in self.pages.items()
-        }
+        }  # fmt: skip
         self.tokenizer_fingerprint = self.tokenizer.fingerprint
         self.description = f"{config.model.path} ({config.model.init} weights)"
 
@@ -170,7 +182,7 @@ class TokenClassificationTask:
     def _score(self, model: torch.nn.Module, split: str, lockstep: bool) -> dict:
         rows = sharded_rows(model, self.job.datasets[split], self.training.micro_batch_size, lockstep)
         pages = self.job.pages[split]
-        return score_pages(merge_pages([len(page.words) for page in pages], rows), pages, LABELS)
+        return score_pages(merge_pages([len(page.words) for page in pages], rows), pages, self.job.labels)
 
     def _export_best(self, step: int) -> None:
         """The live weights (gathered under ZeRO-3) in the `from_pretrained` format, written by rank 0 beside

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_prep.synth import write_corpus
+from data_prep.synth import write_cord_split, write_corpus
 from layoutlmv3.finetune.config import (
     FinetuneConfig,
     load_finetune_config,
@@ -67,19 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_synthetic_forms(config: FinetuneConfig) -> Path:
-    """FUNSD-format synthetic forms under output.dir/synthetic, written once: the ranks of a node start together,
-    so the first takes a lock and writes while the others wait, then find them complete."""
+    """Synthetic pages under output.dir/synthetic in data.format's layout (FUNSD forms, or CORD-layout receipts
+    with train/dev/test), written once: the ranks of a node start together, so the first takes a lock and writes
+    while the others wait, then find them complete."""
     root = Path(config.output.dir) / "synthetic"
     root.mkdir(parents=True, exist_ok=True)
-    done = (
-        root / f".complete-{config.data.synthetic_train_pages}-{config.data.synthetic_test_pages}-{config.train.seed}"
-    )
+    data, seed = config.data, config.train.seed
+    done = root / f".complete-{data.format}-{data.synthetic_train_pages}-{data.synthetic_test_pages}-{seed}"
     with open(root / ".lock", "w") as lock:
         fcntl.lockf(lock, fcntl.LOCK_EX)
         if not done.exists():
-            seed = config.train.seed
-            write_corpus(root / SPLITS[0], config.data.synthetic_train_pages, seed=seed)
-            write_corpus(root / SPLITS[1], config.data.synthetic_test_pages, seed=seed + 1)
+            if data.format == "cord":
+                dev_pages = max(1, round(data.synthetic_train_pages * data.dev_fraction))
+                write_cord_split(root / "train", data.synthetic_train_pages - dev_pages, seed=seed)
+                write_cord_split(root / "dev", dev_pages, seed=seed + 2)
+                write_cord_split(root / "test", data.synthetic_test_pages, seed=seed + 1)
+            else:
+                write_corpus(root / SPLITS[0], data.synthetic_train_pages, seed=seed)
+                write_corpus(root / SPLITS[1], data.synthetic_test_pages, seed=seed + 1)
             done.touch()
     return root
 

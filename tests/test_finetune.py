@@ -396,3 +396,35 @@ def test_the_label_set_comes_from_the_data_and_travels_with_the_model(forms: Pat
     only = load_finetune_config(tiny, [*overrides, "--data.entity_types", "[header, field]"])
     with pytest.raises(ValueError, match="has label 'value', which is not one of header, field, other"):
         FinetuneJob(only)
+
+
+def test_cord_receipts_are_read_with_their_own_fields_and_dev_split(forms: Path, tmp_path: Path) -> None:
+    """CORD's layout (train/dev/test with image/ and json/), written by data_prep from synthetic pages: each
+    valid_line is an entity of its category; the dev split is CORD's own; word boxes are quad extents clamped to
+    the page (CORD has quads with corners out of order and past the edge)."""
+    from data_prep.synth import write_cord_split
+    from layoutlmv3.finetune.config import load_finetune_config
+    from layoutlmv3.finetune.cord import read_cord_page
+    from layoutlmv3.finetune.job import FinetuneJob
+
+    for split, count, seed in (("train", 4, 0), ("dev", 1, 2), ("test", 1, 1)):
+        write_cord_split(tmp_path / "cord" / split, count, seed=seed)
+    config = REPO_ROOT / "configs" / "finetune" / "cord.yaml"
+    overrides = ["--model.path", str(forms / "model"), "--data.dir", str(tmp_path / "cord"), "--data.max_length", "128"]
+    overrides += ["--data.stride", "32"]
+    job = FinetuneJob(load_finetune_config(config, [*overrides, "--output.dir", str(tmp_path / "out")]))
+    assert [len(job.pages[name]) for name in ("train", "dev", "test")] == [4, 1, 1]
+    assert job.labels[:3] == ("O", "B-MENU.ETC", "I-MENU.ETC") and "B-TOTAL.TOTAL_ETC" in job.labels
+    assert job.model.config.id2label == dict(enumerate(job.labels)) and "O" not in job.labels[1:]
+    path = next((tmp_path / "cord" / "test" / "json").glob("*.json"))
+    receipt = json.loads(path.read_text())
+    quad = receipt["valid_line"][0]["words"][0]["quad"]
+    quad.update(x1=quad["x3"], x3=quad["x1"], y1=-40)  # corners swapped, a corner above the page
+    path.write_text(json.dumps(receipt))
+    image = next((tmp_path / "cord" / "test" / "image").glob(f"{path.stem}.*"))
+    page = read_cord_page(path, image, "word", job.labels)
+    assert page.boxes[0][1] == 0 and page.boxes[0][0] < page.boxes[0][2]
+    receipt["valid_line"][0]["category"] = "store.name"
+    path.write_text(json.dumps(receipt))
+    with pytest.raises(ValueError, match="has category 'store.name', which is not one of"):
+        read_cord_page(path, image, "word", job.labels)

@@ -4,6 +4,7 @@
 writes many in FUNSD format. The same (seed, index) always gives the same bytes.
 """
 
+from .cord_format import to_cord, write_cord_split
 from .corpus import CorpusResult, write_corpus
 from .document import LABELS, SynthEntity, SynthPage, SynthWord
 from .funsd_format import to_funsd, write_page
@@ -18,7 +19,9 @@ __all__ = [
     "generate_page",
     "page_id",
     "render_clean",
+    "to_cord",
     "to_funsd",
+    "write_cord_split",
     "write_corpus",
     "write_page",
 ]

@@ -18,11 +18,14 @@ from .funsd import BOX_LEVELS
 
 @dataclass
 class FinetuneData:
-    dir: str | None = None  # FUNSD root (training_data/, testing_data/); None: synthetic forms
+    dir: str | None = (
+        None  # FUNSD root (training_data/, testing_data/) or CORD root (train/ dev/ test/); None: synthetic
+    )
+    format: str = "funsd"  # funsd, or cord (clovaai/cord's layout: image/ + json/ per split, its own dev split)
     boxes: str = "segment"  # segment: the annotated entity boxes, as the paper; word: each word's own box
     max_length: int = 512
     stride: int = 128  # tokens shared by consecutive windows of a long page
-    dev_fraction: float = 0.1  # of training_data, held out (deterministically, by seed) for model selection
+    dev_fraction: float = 0.1  # FUNSD: of training_data, held out (deterministically, by seed) for model selection
     synthetic_train_pages: int = 64  # with no data.dir: forms written by data_prep.synth into output.dir
     synthetic_test_pages: int = 16
     # The entity types to tag (BIO), e.g. [header, question, answer]; null: those the training annotations use.
@@ -31,6 +34,7 @@ class FinetuneData:
     sub_tokens: str = "first"  # which sub-tokens of a word carry its label in training: first, or all (B-X -> I-X)
 
     def __post_init__(self) -> None:
+        require(self.format in ("funsd", "cord"), f"data.format must be funsd or cord, got {self.format!r}")
         require(self.boxes in BOX_LEVELS, f"data.boxes must be one of {BOX_LEVELS}, got {self.boxes!r}")
         require(self.max_length >= 3, f"data.max_length must be >= 3, got {self.max_length}")
         require(0 <= self.stride < self.max_length - 2, f"data.stride must lie in 0..max_length-3, got {self.stride}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
 from itertools import chain
 from pathlib import Path
@@ -35,8 +34,8 @@ from layoutlmv3.training.metrics import encoder_work
 from .config import FinetuneConfig
 from .dataset import MODEL_INPUTS, WindowDataset
 from .evaluate import WindowRow, merge_pages, score_pages, window_rows
-from .funsd import SPLITS, Page, bio_labels, entity_types, read_split
 from .loader import WindowLoader
+from .splits import read_splits
 
 logger = logging.getLogger(__name__)
 
@@ -45,28 +44,13 @@ RESULTS_FILE = "results.json"
 SELECTION_FILE = "selection.json"  # in best/: the step and dev F1 it was kept for
 
 
-def split_dev(pages: list[Page], fraction: float, seed: int) -> tuple[list[Page], list[Page]]:
-    """(train, dev): a seeded shuffle of the page ids, the first `fraction` (at least one page) held out."""
-    ids = sorted(page.id for page in pages)
-    random.Random(seed).shuffle(ids)
-    dev_ids = set(ids[: max(1, round(len(ids) * fraction))])
-    return [p for p in pages if p.id not in dev_ids], [p for p in pages if p.id in dev_ids]
-
-
 class FinetuneJob:
     """The pages of the three splits as windows, the tokenizer, the classifier (the same weights on every rank)."""
 
     def __init__(self, config: FinetuneConfig) -> None:
         self.config = config
-        if not config.data.dir:
-            raise ValueError("data.dir is not set: a FUNSD-format root with training_data/ and testing_data/")
-        root, data, seed = Path(config.data.dir), config.data, config.train.seed
-        self.labels = bio_labels(data.entity_types or entity_types(root / SPLITS[0]))
-        train_pages, dev_pages = split_dev(
-            read_split(root / SPLITS[0], data.boxes, self.labels), data.dev_fraction, seed
-        )
-        test_pages = read_split(root / SPLITS[1], data.boxes, self.labels)
-        self.pages = {"train": train_pages, "dev": dev_pages, "test": test_pages}
+        data, seed = config.data, config.train.seed
+        self.labels, self.pages = read_splits(data, seed)
         logger.info("pages: %s", ", ".join(f"{len(pages)} {name}" for name, pages in self.pages.items()))
         logger.info("labels (%d): %s", len(self.labels), " ".join(self.labels))
         self.tokenizer = LayoutLMv3Tokenizer.from_pretrained(config.model.path)

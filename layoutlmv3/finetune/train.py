@@ -6,7 +6,8 @@ from __future__ import annotations
 from layoutlmv3.training.runner import run_job
 
 from .config import FinetuneConfig
-from .job import BEST_DIR, RESULTS_FILE, FinetuneJob, split_dev
+from .job import BEST_DIR, RESULTS_FILE, FinetuneJob
+from .splits import split_dev
 
 __all__ = ["BEST_DIR", "RESULTS_FILE", "finetune", "split_dev"]
 

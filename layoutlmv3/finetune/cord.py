@@ -1,0 +1,94 @@
+"""CORD-format receipts (clovaai/cord: ``{train,dev,test}/image/NAME.png`` + ``{split}/json/NAME.json``) -> the
+same `Page` as FUNSD's reader, so fine-tuning, evaluation and prediction take either.
+
+Each ``valid_line`` is an entity whose ``category`` is its type (CORD v2's 30 fields: menu.nm, menu.price,
+total.total_price, ...); its words are tagged B-/I- like FUNSD's entities. Word boxes are the extent of the
+annotated quads (some CORD quads list their corners out of order or reach past the image: the extent, clamped to
+the page, is taken); a segment box is the union of the line's words, the counterpart of FUNSD's entity box.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from layoutlmv3.page_layout import BadBox, normalize_box
+
+from .funsd import BOX_LEVELS, Page, bio_labels
+
+CORD_SPLITS = ("train", "dev", "test")
+
+
+def cord_entity_types(split_dir: str | Path) -> tuple[str, ...]:
+    """The categories the split's receipts use (upper case), in `bio_labels` order."""
+    found = {
+        _category(line, path)
+        for path in _annotations(Path(split_dir))
+        for line in json.loads(path.read_text(encoding="utf-8"))["valid_line"]
+    }
+    return tuple(label.split("-", 1)[1] for label in bio_labels(found)[1::2])
+
+
+def read_cord_split(split_dir: str | Path, boxes: str, labels: Sequence[str]) -> list[Page]:
+    split_dir = Path(split_dir)
+    return [read_cord_page(path, _image_for(split_dir, path.stem), boxes, labels) for path in _annotations(split_dir)]
+
+
+def read_cord_page(json_path: Path, image_path: Path, boxes: str, labels: Sequence[str]) -> Page:
+    if boxes not in BOX_LEVELS:
+        raise ValueError(f"boxes must be one of {BOX_LEVELS}, got {boxes!r}")
+    with Image.open(image_path) as image:
+        width, height = image.size
+    label_ids = {label: index for index, label in enumerate(labels)}
+    known = [label[2:] for label in labels if label.startswith("B-")]
+    words, word_boxes, word_labels = [], [], []
+    for number, line in enumerate(json.loads(json_path.read_text(encoding="utf-8"))["valid_line"]):
+        kind = _category(line, json_path)
+        if kind not in known:
+            raise ValueError(
+                f"{json_path}: valid_line {number} has category {line['category']!r}, which is not one of "
+                f"{', '.join(kind.lower() for kind in known)}"
+            )
+        line_words = [word for word in line.get("words", []) if str(word.get("text", "")).strip()]
+        extents = [_extent(word["quad"], width, height) for word in line_words]
+        segment = [min(e[0] for e in extents), min(e[1] for e in extents), max(e[2] for e in extents),
+                   max(e[3] for e in extents)] if extents else None  # fmt: skip
+        for position, (word, extent) in enumerate(zip(line_words, extents, strict=True)):
+            try:
+                word_boxes.append(normalize_box(segment if boxes == "segment" else extent, width, height))
+            except BadBox as error:
+                raise ValueError(f"{json_path}: valid_line {number} word {word['text']!r}: {error}") from None
+            words.append(str(word["text"]).strip())
+            word_labels.append(label_ids[f"{'B' if position == 0 else 'I'}-{kind}"])
+    return Page(json_path.stem, image_path, words, word_boxes, word_labels)
+
+
+def _category(line: dict, path: Path) -> str:
+    category = line.get("category")
+    if not isinstance(category, str) or not category.strip():
+        raise ValueError(f"{path}: a valid_line has no 'category'")
+    return category.strip().upper()
+
+
+def _extent(quad: dict, width: int, height: int) -> list[int]:
+    """The quad's bounding box, clamped to the page."""
+    xs = [min(max(int(quad[f"x{i}"]), 0), width) for i in range(1, 5)]
+    ys = [min(max(int(quad[f"y{i}"]), 0), height) for i in range(1, 5)]
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
+def _annotations(split_dir: Path) -> list[Path]:
+    paths = sorted((split_dir / "json").glob("*.json"))
+    if not paths:
+        raise FileNotFoundError(f"{split_dir} has no json/*.json (expected the CORD layout: image/ and json/)")
+    return paths
+
+
+def _image_for(split_dir: Path, stem: str) -> Path:
+    matches = sorted((split_dir / "image").glob(f"{stem}.*"))
+    if not matches:
+        raise FileNotFoundError(f"no image for {stem} under {split_dir / 'image'}")
+    return matches[0]

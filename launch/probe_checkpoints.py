@@ -1,0 +1,140 @@
+"""Watch a pretraining run pay off: fine-tune each of its checkpoints (FUNSD by default) and chart entity F1
+against the pretraining step.
+
+Each checkpoint becomes a model directory (launch/convert.py's conversion, pretraining heads dropped) and is
+fine-tuned by launch/finetune.py with the given fine-tuning config, in OUT/finetune/TAG. Locally the checkpoints
+run one after another; on Slurm, slurm/finetune_sweep.sbatch runs one array task per checkpoint (--index) and a
+last job collects. Collecting writes OUT/probe.md and OUT/probe.csv (step, dev F1, test F1 per checkpoint) and
+OUT/probe.png (F1 against step). A checkpoint already probed (its results.json exists) is not probed again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from layoutlmv3.convert import convert_checkpoint
+from layoutlmv3.finetune.train import RESULTS_FILE
+from layoutlmv3.training.checkpointing import Checkpoint, complete_checkpoints
+
+logger = logging.getLogger("probe")
+
+EPILOG = """\
+examples:
+  python launch/probe_checkpoints.py --checkpoints outputs/checkpoints/pretrain/base --data ../shared/data/funsd \\
+      --out outputs/probe/base                      # every checkpoint, one after another, then the chart
+  sbatch --array=0-9 slurm/finetune_sweep.sbatch --checkpoints CKPT_DIR --data FUNSD --out outputs/probe/base
+  python launch/probe_checkpoints.py --checkpoints CKPT_DIR --out OUT --collect   # the chart of what is done
+Settings of the fine-tuning config pass through as --section.key VALUE (e.g. --train.steps 300).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--checkpoints", type=Path, required=True, help="checkpoint.dir of a pretraining run")
+    parser.add_argument("--out", type=Path, required=True, help="directory for models, fine-tunes and the chart")
+    parser.add_argument("--config", type=Path, default=Path("configs/finetune/funsd.yaml"), help="fine-tuning YAML")
+    parser.add_argument("--data", help="fine-tuning data root (default: the config's, or synthetic forms)")
+    parser.add_argument("--index", type=int, help="probe only the INDEX-th checkpoint by step (a Slurm array task)")
+    parser.add_argument("--collect", action="store_true", help="only write the table and chart of what is done")
+    return parser
+
+
+def probe(checkpoint: Checkpoint, args: argparse.Namespace, overrides: Sequence[str]) -> dict:
+    """Convert and fine-tune one checkpoint (skipped when its results exist); returns its results."""
+    model, run = args.out / "models" / checkpoint.tag, args.out / "finetune" / checkpoint.tag
+    if (run / RESULTS_FILE).is_file():
+        logger.info("%s: already probed", checkpoint.tag)
+        return json.loads((run / RESULTS_FILE).read_text())
+    if not (model / "config.json").is_file():
+        convert_checkpoint(checkpoint, model, drop_pretraining_heads=True)
+    command = [sys.executable, "-m", "launch.finetune", "--config", str(args.config), "--model", str(model)]
+    command += ["--out", str(run), *(["--data", args.data] if args.data else []), *overrides]
+    logger.info("%s: fine-tuning (step %d): %s", checkpoint.tag, checkpoint.step, " ".join(command))
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0:
+        raise RuntimeError(f"fine-tuning {checkpoint.tag} failed with exit code {done.returncode}")
+    return json.loads((run / RESULTS_FILE).read_text())
+
+
+def collect(checkpoints: Sequence[Checkpoint], out: Path) -> list[dict]:
+    """The rows of every probed checkpoint, written as probe.md, probe.csv and probe.png."""
+    rows = []
+    for checkpoint in checkpoints:
+        results = out / "finetune" / checkpoint.tag / RESULTS_FILE
+        if results.is_file():
+            values = json.loads(results.read_text())
+            rows.append({"step": checkpoint.step, "tag": checkpoint.tag, "dev_f1": values["dev_f1"],
+                         "test_f1": values["test"]["f1"]})  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "probe.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["step", "tag", "dev_f1", "test_f1"])
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| pretraining step | dev entity F1 | test entity F1 |", "|---:|---:|---:|"]
+    lines += [f"| {row['step']} | {row['dev_f1']:.4f} | {row['test_f1']:.4f} |" for row in rows]
+    (out / "probe.md").write_text("\n".join(lines) + "\n")
+    _chart(rows, out / "probe.png")
+    missing = len(checkpoints) - len(rows)
+    logger.info(
+        "%d checkpoint(s) in %s%s", len(rows), out / "probe.md", f"; {missing} not probed yet" if missing else ""
+    )
+    return rows
+
+
+def _chart(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        logger.warning("matplotlib is not installed: no %s (the table has the figures)", path)
+        return
+    figure, axes = pyplot.subplots(figsize=(6, 3.5))
+    steps = [row["step"] for row in rows]
+    axes.plot(steps, [row["test_f1"] for row in rows], marker="o", label="test")
+    axes.plot(steps, [row["dev_f1"] for row in rows], marker="s", linestyle="--", label="dev (selection)")
+    axes.set(xlabel="pretraining step", ylabel="entity F1", title="Fine-tuning each pretraining checkpoint")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = build_parser().parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    checkpoints = sorted(complete_checkpoints(args.checkpoints), key=lambda checkpoint: checkpoint.step)
+    if not checkpoints:
+        print(f"error: no complete checkpoints in {args.checkpoints}", file=sys.stderr)
+        return 2
+    if args.index is not None and not 0 <= args.index < len(checkpoints):
+        print(f"error: --index {args.index}: {args.checkpoints} has {len(checkpoints)} checkpoints", file=sys.stderr)
+        return 2
+    os.environ.pop("RANK", None)  # each fine-tune is a process of its own, whatever launched this one
+    if not args.collect:
+        chosen = checkpoints if args.index is None else [checkpoints[args.index]]
+        try:
+            for checkpoint in chosen:
+                probe(checkpoint, args, overrides)
+        except (OSError, ValueError, RuntimeError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    if args.index is None:
+        collect(checkpoints, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

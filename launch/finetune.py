@@ -18,13 +18,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_prep.synth import write_cord_split, write_corpus
+from data_prep.ocr import PageRejected, parse_tsv, run_tesseract
+from data_prep.synth import DOCUMENT_KINDS, write_class_split, write_cord_split, write_corpus
+from layoutlmv3.finetune.classes import listed_pages, words_file
 from layoutlmv3.finetune.config import (
     FinetuneConfig,
     load_finetune_config,
 )
 from layoutlmv3.finetune.funsd import SPLITS
 from layoutlmv3.finetune.train import RESULTS_FILE, finetune
+from layoutlmv3.page_layout import to_sample_mode
 from layoutlmv3.training.signals import EXIT_BAD_CONFIG, EXIT_OK
 
 EPILOG = """\
@@ -73,11 +76,15 @@ def write_synthetic_forms(config: FinetuneConfig) -> Path:
     root = Path(config.output.dir) / "synthetic"
     root.mkdir(parents=True, exist_ok=True)
     data, seed = config.data, config.train.seed
-    done = root / f".complete-{data.format}-{data.synthetic_train_pages}-{data.synthetic_test_pages}-{seed}"
+    kind = "classes" if config.task == "classes" else data.format
+    done = root / f".complete-{kind}-{data.synthetic_train_pages}-{data.synthetic_test_pages}-{seed}"
     with open(root / ".lock", "w") as lock:
         fcntl.lockf(lock, fcntl.LOCK_EX)
         if not done.exists():
-            if data.format == "cord":
+            if kind == "classes":  # the page templates as document classes, words beside each page
+                write_class_split(root / "train", data.synthetic_train_pages, seed=seed)
+                write_class_split(root / "test", data.synthetic_test_pages, seed=seed + 1)
+            elif kind == "cord":
                 dev_pages = max(1, round(data.synthetic_train_pages * data.dev_fraction))
                 write_cord_split(root / "train", data.synthetic_train_pages - dev_pages, seed=seed)
                 write_cord_split(root / "dev", dev_pages, seed=seed + 2)
@@ -87,6 +94,29 @@ def write_synthetic_forms(config: FinetuneConfig) -> Path:
                 write_corpus(root / SPLITS[1], data.synthetic_test_pages, seed=seed + 1)
             done.touch()
     return root
+
+
+OCR_TIMEOUT = 120.0  # seconds of Tesseract per page
+
+
+def ocr_missing_words(root: Path) -> None:
+    """Tesseract's words for every page of a document-class root that has no words file yet (written beside the
+    image as NAME.json, so the next run reads them): the library reads words, data_prep makes them."""
+    from PIL import Image
+
+    splits = [name for name in ("train", "val", "test") if (root / name).is_dir() or (root / f"{name}.txt").is_file()]
+    pending = [image for split in splits for image, _ in listed_pages(root / split) if not words_file(image).is_file()]
+    for number, image in enumerate(pending, 1):
+        logging.getLogger("ocr").info("OCR %d/%d: %s", number, len(pending), image)
+        with Image.open(image) as opened:
+            try:
+                words = parse_tsv(run_tesseract(to_sample_mode(opened), OCR_TIMEOUT))
+            except PageRejected as error:
+                raise ValueError(f"{image}: OCR failed: {error}") from None
+        entries = [{"text": word.text, "box": list(word.box), "line": word.line} for word in words]
+        temporary = words_file(image).with_name(f".{words_file(image).name}.tmp")
+        temporary.write_text(json.dumps({"words": entries}))
+        temporary.replace(words_file(image))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_finetune_config(args.config, overrides)
         if not config.data.dir:
             config.data.dir = str(write_synthetic_forms(config))
+            if config.task == "classes":
+                config.data.classes = config.data.classes or list(DOCUMENT_KINDS)
+        elif config.task == "classes":
+            ocr_missing_words(Path(config.data.dir))
     except (ValueError, OSError) as error:  # bad config or output directory: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -109,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results_file = Path(config.output.dir) / RESULTS_FILE
     if code == EXIT_OK and os.environ.get("RANK", "0") == "0" and results_file.is_file():
         results = json.loads(results_file.read_text())
-        summary = {"best_step": results["best_step"], "dev_f1": results["dev_f1"], "test_f1": results["test"]["f1"]}
+        metric = next(key for key in results if key.startswith("dev_") and key != "dev_history")[4:]
+        summary = {"best_step": results["best_step"], f"dev_{metric}": results[f"dev_{metric}"]}
+        summary[f"test_{metric}"] = results["test"][metric]
         print(json.dumps(summary))
     return code
 

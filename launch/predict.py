@@ -20,8 +20,8 @@ from tqdm import tqdm
 from data_prep.ocr import Word, parse_tsv, run_tesseract
 from data_prep.pages import find_images, read_pages
 from data_prep.rejects import PageRejected
-from layoutlmv3.finetune.predict import Predictor, draw, read_words
-from layoutlmv3.page_layout import BadBox, to_sample_mode
+from layoutlmv3.finetune.predict import Predictor, draw
+from layoutlmv3.page_layout import BadBox, read_words, to_sample_mode
 
 OCR_TIMEOUT = 120.0  # seconds of Tesseract per page
 

@@ -9,9 +9,11 @@ BOX_MARGIN of the page beyond its edges, means the words do not fit this page (w
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -85,3 +87,18 @@ def to_sample_mode(image: Image.Image) -> Image.Image:
     converted = image.convert("L" if image.mode in GRAY_MODES else "RGB")
     converted.info = dict(image.info)
     return converted
+
+
+def read_words(path: str | Path) -> list[Word]:
+    """Words given as JSON, ``{"words": [{"text": "Date:", "box": [x0, y0, x1, y1], "line": 3}, ...]}`` (or the bare
+    list) with pixel boxes; without `line`, each word is its own line. Prediction and document classification
+    read OCR words this way."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    entries = data["words"] if isinstance(data, dict) else data
+    try:
+        return [
+            Word(str(entry["text"]), tuple(entry["box"]), int(entry.get("line", index)))
+            for index, entry in enumerate(entries)
+        ]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f'{path}: each word needs "text" and a 4-number "box": {error}') from error

@@ -95,7 +95,16 @@ def test_pretrain_convert_finetune_predict(tmp_path: Path) -> None:
 
     finetuned = tmp_path / "finetune"
     command = [python, "launch/finetune.py", "--config", "configs/finetune/tiny.yaml", "--model", str(model)]
-    command += ["--out", str(finetuned), "--train.steps", "6", "--train.eval_every", "3", "--output.progress", "false"]
+    command += [
+        "--out",
+        str(finetuned),
+        "--train.steps",
+        "6",
+        "--logging.val_every",
+        "3",
+        "--logging.progress",
+        "false",
+    ]
     command += ["--data.synthetic_train_pages", "4", "--data.synthetic_test_pages", "2"]
     _run(command)
     results = json.loads((finetuned / "results.json").read_text())

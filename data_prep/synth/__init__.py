@@ -4,6 +4,7 @@
 writes many in FUNSD format. The same (seed, index) always gives the same bytes.
 """
 
+from .classes_format import DOCUMENT_KINDS, write_class_split
 from .cord_format import to_cord, write_cord_split
 from .corpus import CorpusResult, write_corpus
 from .document import LABELS, SynthEntity, SynthPage, SynthWord
@@ -11,6 +12,7 @@ from .funsd_format import to_funsd, write_page
 from .generate import generate_page, page_id, render_clean
 
 __all__ = [
+    "DOCUMENT_KINDS",
     "LABELS",
     "CorpusResult",
     "SynthEntity",
@@ -21,6 +23,7 @@ __all__ = [
     "render_clean",
     "to_cord",
     "to_funsd",
+    "write_class_split",
     "write_cord_split",
     "write_corpus",
     "write_page",

@@ -47,6 +47,7 @@ class SynthPage:
     image: Image.Image
     entities: list[SynthEntity]
     page_id: str
+    kind: str = ""  # form, letterhead_form, invoice, letter or memo: the built-in document-classification label
 
 
 def union_box(boxes: list[Box]) -> Box:

@@ -37,4 +37,4 @@ def generate_page(seed: int, index: int) -> SynthPage:
     """Page ``index`` of the synthetic corpus ``seed``: a scanned-looking form, letter, memo or invoice."""
     clean = render_clean(seed, index)
     image, entities = degrade(clean.image, clean.entities, np.random.default_rng(_page_seeds(seed, index)[1]))
-    return SynthPage(image, entities, page_id(seed, index))
+    return SynthPage(image, entities, page_id(seed, index), clean.kind)

@@ -47,6 +47,7 @@ class Layout:
     runs: list[Run]
     shapes: list[Shape]
     links: list[tuple[int, int]]
+    kind: str = ""  # the template: form, letterhead_form, invoice, letter or memo (the document class)
 
 
 @dataclass(frozen=True)
@@ -453,7 +454,8 @@ def compose(text: TextSource) -> Layout:
     rng = text.rng
     theme = make_theme(rng)
     b = PageBuilder(text, theme, y=theme.margin)
-    opening, pool, closing, reserve = TEMPLATES[rng.choice(list(TEMPLATES))]
+    kind = rng.choice(list(TEMPLATES))
+    opening, pool, closing, reserve = TEMPLATES[kind]
     has_footer = rng.random() < 0.7
     page_end = PAGE_H - theme.margin - (40 if has_footer else 0)
     b.limit = page_end - reserve
@@ -468,4 +470,4 @@ def compose(text: TextSource) -> Layout:
     if has_footer:
         b.limit = PAGE_H
         b.place(footer)
-    return Layout((PAGE_W, PAGE_H), b.runs, b.shapes, b.links)
+    return Layout((PAGE_W, PAGE_H), b.runs, b.shapes, b.links, kind)

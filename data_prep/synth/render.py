@@ -25,6 +25,7 @@ class RenderedPage:
     image: Image.Image
     entities: list[SynthEntity]
     shape_boxes: list[Box]
+    kind: str = ""  # the layout's template (document class)
 
 
 def draw_word(page: Image.Image, word: str, x: int, baseline: int, font: FontSpec, ink: int) -> Box:
@@ -76,4 +77,4 @@ def render(layout: Layout, ink: int = 0) -> RenderedPage:
         ]
         box = union_box([w.box for w in words])
         entities.append(SynthEntity(index, run.label, words, box, run.line, links.get(index, [])))
-    return RenderedPage(page, entities, shape_boxes)
+    return RenderedPage(page, entities, shape_boxes, layout.kind)

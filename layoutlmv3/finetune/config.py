@@ -31,6 +31,8 @@ class FinetuneData:
     # The entity types to tag (BIO), e.g. [header, question, answer]; null: those the training annotations use.
     # An entity of another type in any split is an error naming the file (never silently O).
     entity_types: list[str] | None = None
+    # task classes: the document classes, e.g. [letter, form, ...]; null: the training split's (sorted)
+    classes: list[str] | None = None
     sub_tokens: str = "first"  # which sub-tokens of a word carry its label in training: first, or all (B-X -> I-X)
 
     def __post_init__(self) -> None:
@@ -109,8 +111,13 @@ class FinetuneOutput:
     dir: str = "outputs/finetune/funsd"  # best/ (the selected model), results.json, metrics, checkpoints/
 
 
+TASKS = ("entities", "classes")
+
+
 @dataclass
 class FinetuneConfig:
+    # entities: label words (FUNSD, CORD; entity F1); classes: classify whole pages (RVL-CDIP; accuracy)
+    task: str = "entities"
     model: FinetuneModel = field(default_factory=FinetuneModel)
     data: FinetuneData = field(default_factory=FinetuneData)
     train: FinetuneTrain = field(default_factory=FinetuneTrain)
@@ -120,6 +127,7 @@ class FinetuneConfig:
     deepspeed: str = "ds_configs/finetune_bf16.json"  # micro-batch, precision, ZeRO (ds_configs/finetune_*.json)
 
     def __post_init__(self) -> None:
+        require(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
         require(bool(self.output.dir), "output.dir must not be empty")
         self.logging.dir = self.logging.dir or self.output.dir
         self.checkpoint.dir = self.checkpoint.dir or str(Path(self.output.dir) / "checkpoints")

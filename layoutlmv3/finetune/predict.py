@@ -128,19 +128,6 @@ class Predictor:
         return merged.labels, merged.confidences
 
 
-def read_words(path: str | Path) -> list[Word]:
-    """Words given as JSON (format in the module docstring); without `line`, each word is its own line."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    entries = data["words"] if isinstance(data, dict) else data
-    try:
-        return [
-            Word(str(entry["text"]), tuple(entry["box"]), int(entry.get("line", index)))
-            for index, entry in enumerate(entries)
-        ]
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f'{path}: each word needs "text" and a 4-number "box": {error}') from error
-
-
 def draw(image: Image.Image, prediction: PagePrediction) -> Image.Image:
     """The page in RGB with each entity (a run of words of one class) as one translucent box in its class's colour,
     and a legend of the classes: the grouping the model found, readable at a glance."""

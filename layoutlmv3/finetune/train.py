@@ -1,12 +1,13 @@
-"""Fine-tune a LayoutLMv3 token classifier on FUNSD-format forms with the one trainer (`training.runner`):
-any number of ranks, DeepSpeed precision and ZeRO, exact resume, preemption (see `finetune.job`)."""
+"""Fine-tune a LayoutLMv3 model with the one trainer (`training.runner`): any number of ranks, DeepSpeed
+precision and ZeRO, exact resume, preemption. `task: entities` labels words (`finetune.job`), `task: classes`
+classifies pages (`finetune.classify_job`)."""
 
 from __future__ import annotations
 
 from layoutlmv3.training.runner import run_job
 
 from .config import FinetuneConfig
-from .job import BEST_DIR, RESULTS_FILE, FinetuneJob
+from .selection import BEST_DIR, RESULTS_FILE
 from .splits import split_dev
 
 __all__ = ["BEST_DIR", "RESULTS_FILE", "finetune", "split_dev"]
@@ -16,4 +17,8 @@ def finetune(config: FinetuneConfig, resume: str = "auto") -> int:
     """Train, select on dev, score on test (OUTPUT/best, OUTPUT/results.json); returns the exit code
     (layoutlmv3.training.signals). `resume`: "auto" (the newest complete checkpoint in checkpoint.dir, if any),
     "none", or a checkpoint tag directory."""
-    return run_job(lambda: FinetuneJob(config), resume)
+    if config.task == "classes":
+        from .classify_job import ClassificationJob as Job
+    else:
+        from .job import FinetuneJob as Job
+    return run_job(lambda: Job(config), resume)

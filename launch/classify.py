@@ -1,0 +1,118 @@
+"""Classify pages with a fine-tuned document classifier (launch/finetune.py with task: classes): image (+ OCR
+words) -> the class and every class's probability, as JSON.
+
+Words come from Tesseract unless --words gives them (JSON: {"words": [{"text", "box": [x0, y0, x1, y1], "line"}]},
+pixel boxes); the layout positions and the image are prepared as in training (the page's first window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from data_prep.ocr import PageRejected, parse_tsv, run_tesseract
+from layoutlmv3.finetune.classes import IMAGE_SUFFIXES, words_file
+from layoutlmv3.finetune.dataset import MODEL_INPUTS
+from layoutlmv3.model import LayoutLMv3ForSequenceClassification
+from layoutlmv3.page_layout import BadBox, Word, line_layout, normalize_box, read_words, to_sample_mode
+from layoutlmv3.processing import LayoutLMv3Processor, page_pixels
+from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+
+OCR_TIMEOUT = 120.0
+
+EPILOG = """\
+examples:
+  python launch/classify.py --model outputs/finetune/rvl_cdip/best --image page.png
+  python launch/classify.py --model outputs/finetune/tiny_classes/best --image scans/ --out classes.jsonl
+"""
+
+
+class Classifier:
+    """A fine-tuned document classifier with its tokenizer and class names."""
+
+    def __init__(self, model_dir: str | Path, max_length: int = 512, boxes: str = "segment") -> None:
+        self.model = LayoutLMv3ForSequenceClassification.from_pretrained(model_dir).eval()
+        config = self.model.config
+        if len(config.id2label) != config.num_labels:
+            raise ValueError(f"{model_dir} names no classes (id2label): not a fine-tuned document classifier")
+        self.classes = [config.id2label[index] for index in range(config.num_labels)]
+        tokenizer = LayoutLMv3Tokenizer.from_pretrained(model_dir)
+        self.processor = LayoutLMv3Processor(tokenizer, max_length=max_length, stride=0)  # the first window decides
+        self.boxes = boxes
+
+    @torch.no_grad()
+    def classify(self, image: Image.Image, words: Sequence[Word]) -> dict:
+        image = to_sample_mode(image)
+        words = [word for word in words if word.text.strip()]
+        boxes = [normalize_box(word.box, *image.size) for word in words]
+        if self.boxes == "segment" and words:
+            line_ids, line_boxes = line_layout([word.line for word in words], boxes)
+            boxes = [line_boxes[line] for line in line_ids]
+        window = self.processor.encode([word.text.strip() for word in words], boxes)[0]
+        inputs = {name: torch.tensor([getattr(window, name)]) for name in ("input_ids", "bbox", "attention_mask")}
+        inputs["pixel_values"] = page_pixels(image, self.model.config.input_size)[None]
+        probabilities = self.model(**{name: inputs[name] for name in MODEL_INPUTS}).logits.softmax(-1)[0]
+        ranked = sorted(zip(self.classes, probabilities.tolist(), strict=True), key=lambda pair: -pair[1])
+        return {"class": ranked[0][0], "probabilities": {name: round(value, 4) for name, value in ranked}}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--model", type=Path, required=True, help="fine-tuned classifier directory (OUTPUT/best)")
+    parser.add_argument("--image", type=Path, required=True, help="a page image, or a folder of them")
+    parser.add_argument(
+        "--words", type=Path, help="the page's words as JSON (default: NAME.json beside the image, else Tesseract)"
+    )
+    parser.add_argument("--out", type=Path, help="write JSON lines here (default: stdout)")
+    parser.add_argument("--max-length", type=int, default=512, help="tokens read from the page (default 512)")
+    return parser
+
+
+def _words(path: Path, image: Image.Image, given: Path | None) -> list[Word]:
+    """--words, else the words file beside the page (NAME.json, as training reads), else Tesseract's."""
+    if given is not None:
+        return read_words(given)
+    if words_file(path).is_file():
+        return read_words(words_file(path))
+    return parse_tsv(run_tesseract(to_sample_mode(image), OCR_TIMEOUT))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        classifier = Classifier(args.model, args.max_length)
+        images = (
+            sorted(p for p in args.image.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if args.image.is_dir()
+            else [args.image]
+        )
+        lines = []
+        for path in images:
+            with Image.open(path) as image:
+                words = (
+                    read_words(args.words)
+                    if args.words
+                    else parse_tsv(run_tesseract(to_sample_mode(image), OCR_TIMEOUT))
+                )
+                lines.append(json.dumps({"image": str(path), **classifier.classify(image, words)}))
+    except (OSError, ValueError, BadBox, PageRejected) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Pages labelled with a document class (RVL-CDIP's layout): a folder per class, or an index file of
+``relative/path label`` lines, with each page's OCR words in a JSON beside it.
+
+Layout of a root: ``train/`` and ``test/`` (and ``val/``, used as the dev split when present), each either with
+one sub-folder per class holding the page images, or with an index file ``SPLIT.txt`` (RVL-CDIP's
+``labels/train.txt`` style: an image path relative to the root, a space, the class name or number). The words of
+``page.png`` are in ``page.json`` (`page_layout.read_words`' format: text + pixel box + line); launch/finetune.py
+writes them with Tesseract for images that have none. The class list comes from the training split (sorted names)
+unless given, and travels with the model as its id2label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from layoutlmv3.page_layout import BadBox, line_layout, normalize_box, read_words
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+@dataclass
+class ClassifiedPage:
+    """One page: its words and 0..1000 boxes (line boxes for "segment") and its class index."""
+
+    id: str
+    image_path: Path
+    words: list[str]
+    boxes: list[list[int]]
+    label: int
+
+
+def listed_pages(split_dir: Path) -> list[tuple[Path, str]]:
+    """(image, class name) of a split: from its index file SPLIT.txt if present, else its class folders."""
+    index = split_dir.parent / f"{split_dir.name}.txt"
+    if index.is_file():
+        entries = []
+        for number, line in enumerate(index.read_text().splitlines(), 1):
+            if line.strip():
+                path, _, label = line.strip().rpartition(" ")
+                if not path:
+                    raise ValueError(f"{index}:{number}: expected 'relative/path label', got {line!r}")
+                entries.append((split_dir.parent / path, label))
+        return entries
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"{split_dir}: no such split (expected a folder per class, or {index.name})")
+    return [
+        (image, folder.name)
+        for folder in sorted(path for path in split_dir.iterdir() if path.is_dir())
+        for image in sorted(folder.iterdir())
+        if image.suffix.lower() in IMAGE_SUFFIXES
+    ]
+
+
+def class_names(split_dir: str | Path) -> tuple[str, ...]:
+    """The classes the split uses, sorted (numbers by value, as RVL-CDIP's 0..15)."""
+    names = {label for _, label in listed_pages(Path(split_dir))}
+    if not names:
+        raise ValueError(f"{split_dir} has no labelled pages")
+    return tuple(sorted(names, key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name)))
+
+
+def words_file(image: Path) -> Path:
+    return image.with_suffix(".json")
+
+
+def read_class_split(split_dir: str | Path, classes: Sequence[str], boxes: str = "segment") -> list[ClassifiedPage]:
+    """Every page of a split with its words (a page whose class is not in `classes` is an error naming it)."""
+    ids = {name: index for index, name in enumerate(classes)}
+    pages = []
+    for image, label in listed_pages(Path(split_dir)):
+        if label not in ids:
+            raise ValueError(f"{image}: class {label!r} is not one of {', '.join(classes)}")
+        pages.append(read_classified_page(image, ids[label], boxes))
+    if not pages:
+        raise ValueError(f"{split_dir} has no labelled pages")
+    return pages
+
+
+def read_classified_page(image: Path, label: int, boxes: str = "segment") -> ClassifiedPage:
+    source = words_file(image)
+    if not source.is_file():
+        raise FileNotFoundError(f"{image} has no words file {source.name} (launch/finetune.py runs OCR for it)")
+    words = [word for word in read_words(source) if word.text.strip()]
+    with Image.open(image) as opened:
+        width, height = opened.size
+    try:
+        normalized = [normalize_box(word.box, width, height) for word in words]
+    except BadBox as error:
+        raise ValueError(f"{source}: {error}") from None
+    if boxes == "segment":
+        line_ids, line_boxes = line_layout([word.line for word in words], normalized)
+        normalized = [line_boxes[line] for line in line_ids]
+    return ClassifiedPage(image.stem, image, [word.text.strip() for word in words], normalized, label)

@@ -1,0 +1,91 @@
+"""Document classification (RVL-CDIP's task): reading a class-folder or index-file root, the scores, a run of the
+launcher on the trainer, and classifying a new page with the kept model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from data_prep.synth import DOCUMENT_KINDS
+from launch.classify import main as classify_main
+from layoutlmv3.finetune.classes import class_names, read_class_split
+from layoutlmv3.finetune.classify_job import class_scores, draw_confusion
+from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3ForSequenceClassification, LayoutLMv3Model
+from layoutlmv3.tokenizer import train_bpe
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _page(folder: Path, name: str, words: list[dict] | None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (100, 80), 255).save(folder / f"{name}.png")
+    if words is not None:
+        (folder / f"{name}.json").write_text(json.dumps({"words": words}))
+    return folder / f"{name}.png"
+
+
+def test_folders_and_index_files_give_the_same_pages(tmp_path: Path) -> None:
+    """A folder per class, or RVL-CDIP's index file (path + class number); classes sorted numerically; a line's
+    words share the line's box; another class, or a page without words, is an error naming the file."""
+    words = [{"text": "Dear", "box": [5, 5, 20, 10], "line": 0}, {"text": "Sir", "box": [25, 5, 40, 12], "line": 0}]
+    _page(tmp_path / "train" / "letter", "a", words)
+    _page(tmp_path / "train" / "memo", "b", words[:1])
+    pages = read_class_split(tmp_path / "train", class_names(tmp_path / "train"))
+    assert [(page.id, page.label, page.words) for page in pages] == [("a", 0, ["Dear", "Sir"]), ("b", 1, ["Dear"])]
+    assert pages[0].boxes[0] == pages[0].boxes[1] == [50, 62, 400, 150]  # the line's box, on the 0..1000 grid
+    (tmp_path / "index").mkdir()
+    _page(tmp_path / "index" / "images", "c", words)
+    _page(tmp_path / "index" / "images", "d", words)
+    (tmp_path / "index" / "train.txt").write_text("images/c.png 10\nimages/d.png 2\n")
+    assert class_names(tmp_path / "index" / "train") == ("2", "10")
+    assert [p.label for p in read_class_split(tmp_path / "index" / "train", ("2", "10"))] == [1, 0]
+    with pytest.raises(ValueError, match="class 'memo' is not one of letter"):
+        read_class_split(tmp_path / "train", ("letter",))
+    _page(tmp_path / "train" / "letter", "e", None)
+    with pytest.raises(FileNotFoundError, match="e.png has no words file e.json"):
+        read_class_split(tmp_path / "train", ("letter", "memo"))
+
+
+def test_scores_and_confusion() -> None:
+    scores = class_scores([0, 0, 1, 2], [0, 1, 1, 1], ("a", "b", "c"))
+    assert scores["accuracy"] == 0.5 and scores["confusion"] == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+    assert scores["per_class"]["b"] == {"precision": 1 / 3, "recall": 1.0, "f1": 0.5, "support": 1}
+    assert scores["per_class"]["c"]["f1"] == 0.0
+    assert draw_confusion(scores["confusion"], ("a", "b", "c")).size[0] > 100
+
+
+def test_document_classification_runs_on_the_trainer_and_classifies_a_new_page(tmp_path: Path) -> None:
+    """The launcher on synthetic pages (their templates as classes): accuracy selects the kept model, the test
+    split gets accuracy, a per-class report and the confusion matrix, and the kept model classifies a page."""
+    tokenizer = train_bpe(["Dear", "Sir", "MEMORANDUM", "INVOICE", "Total", "Date", "Name"] * 10, vocab_size=300)
+    tokenizer.save_pretrained(tmp_path / "model")
+    LayoutLMv3Model(LayoutLMv3Config.from_flavor("tiny", vocab_size=tokenizer.vocab_size)).save_pretrained(
+        tmp_path / "model"
+    )
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "launch.finetune", "--config", "configs/finetune/tiny_classes.yaml"]
+    command += ["--model", str(tmp_path / "model"), "--out", str(out), "--train.steps", "4", "--logging.val_every"]
+    command += ["2", "--logging.progress", "false", "--data.synthetic_train_pages", "10"]
+    command += ["--data.synthetic_test_pages", "5"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    classes = DOCUMENT_KINDS  # the synthetic set names every template, even one a small split lacks
+    assert [entry["step"] for entry in results["dev_history"]] == [2, 4] and "dev_accuracy" in results
+    assert set(results["test"]["per_class"]) == set(classes)
+    assert sum(map(sum, results["test"]["confusion"])) == 5 and (out / "confusion.png").is_file()
+    model = LayoutLMv3ForSequenceClassification.from_pretrained(out / "best")
+    assert model.config.id2label == dict(enumerate(classes))
+    page = sorted((out / "synthetic" / "test").rglob("*.png"))[0]
+    assert classify_main(["--model", str(out / "best"), "--image", str(page), "--out", str(tmp_path / "c.jsonl")]) == 0
+    answer = json.loads((tmp_path / "c.jsonl").read_text())
+    assert answer["class"] in classes and abs(sum(answer["probabilities"].values()) - 1) < 1e-3
+    assert torch.is_tensor(model(**{"input_ids": torch.tensor([[0, 5, 2]])}).logits)

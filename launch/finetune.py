@@ -19,13 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data_prep.ocr import PageRejected, parse_tsv, run_tesseract
-from data_prep.synth import DOCUMENT_KINDS, write_class_split, write_cord_split, write_corpus
+from data_prep.synth import DOCUMENT_KINDS, write_class_split, write_cord_split, write_corpus, write_question_split
 from layoutlmv3.finetune.classes import listed_pages, words_file
 from layoutlmv3.finetune.config import (
     FinetuneConfig,
     load_finetune_config,
 )
 from layoutlmv3.finetune.funsd import SPLITS
+from layoutlmv3.finetune.qa import question_images
 from layoutlmv3.finetune.train import RESULTS_FILE, finetune
 from layoutlmv3.page_layout import to_sample_mode
 from layoutlmv3.training.signals import EXIT_BAD_CONFIG, EXIT_OK
@@ -76,12 +77,15 @@ def write_synthetic_forms(config: FinetuneConfig) -> Path:
     root = Path(config.output.dir) / "synthetic"
     root.mkdir(parents=True, exist_ok=True)
     data, seed = config.data, config.train.seed
-    kind = "classes" if config.task == "classes" else data.format
+    kind = config.task if config.task in ("classes", "questions") else data.format
     done = root / f".complete-{kind}-{data.synthetic_train_pages}-{data.synthetic_test_pages}-{seed}"
     with open(root / ".lock", "w") as lock:
         fcntl.lockf(lock, fcntl.LOCK_EX)
         if not done.exists():
-            if kind == "classes":  # the page templates as document classes, words beside each page
+            if kind == "questions":  # key -> value questions of the forms, words beside each page
+                write_question_split(root / "train", data.synthetic_train_pages, seed=seed)
+                write_question_split(root / "test", data.synthetic_test_pages, seed=seed + 1)
+            elif kind == "classes":  # the page templates as document classes, words beside each page
                 write_class_split(root / "train", data.synthetic_train_pages, seed=seed)
                 write_class_split(root / "test", data.synthetic_test_pages, seed=seed + 1)
             elif kind == "cord":
@@ -99,13 +103,20 @@ def write_synthetic_forms(config: FinetuneConfig) -> Path:
 OCR_TIMEOUT = 120.0  # seconds of Tesseract per page
 
 
-def ocr_missing_words(root: Path) -> None:
-    """Tesseract's words for every page of a document-class root that has no words file yet (written beside the
-    image as NAME.json, so the next run reads them): the library reads words, data_prep makes them."""
+def _pages(task: str, root: Path) -> list[Path]:
+    """The page images of a document-class or question root (train, val and test splits present)."""
+    splits = [name for name in ("train", "val", "test") if (root / name).is_dir() or (root / f"{name}.txt").is_file()]
+    if task == "classes":
+        return [image for split in splits for image, _ in listed_pages(root / split)]
+    return sorted({image for split in splits for image in question_images(root / split)})
+
+
+def ocr_missing_words(images: list[Path]) -> None:
+    """Tesseract's words for every page that has no words file yet (written beside the image as NAME.json, so
+    the next run reads them): the library reads words, data_prep makes them."""
     from PIL import Image
 
-    splits = [name for name in ("train", "val", "test") if (root / name).is_dir() or (root / f"{name}.txt").is_file()]
-    pending = [image for split in splits for image, _ in listed_pages(root / split) if not words_file(image).is_file()]
+    pending = [image for image in images if not words_file(image).is_file()]
     for number, image in enumerate(pending, 1):
         logging.getLogger("ocr").info("OCR %d/%d: %s", number, len(pending), image)
         with Image.open(image) as opened:
@@ -134,8 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.data.dir = str(write_synthetic_forms(config))
             if config.task == "classes":
                 config.data.classes = config.data.classes or list(DOCUMENT_KINDS)
-        elif config.task == "classes":
-            ocr_missing_words(Path(config.data.dir))
+        elif config.task in ("classes", "questions"):
+            ocr_missing_words(_pages(config.task, Path(config.data.dir)))
     except (ValueError, OSError) as error:  # bad config or output directory: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG

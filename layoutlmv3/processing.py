@@ -85,6 +85,39 @@ class LayoutLMv3Processor:
             words, boxes, labels, max_length=self.max_length, stride=self.stride, pad_to=self.max_length
         )
 
+    def encode_question(
+        self, question: str, words: Sequence[str], boxes: Sequence[Sequence[int]], max_question_tokens: int = 64
+    ) -> list[Encoding]:
+        """Windows of ``<s> question </s></s> page words </s>`` (RoBERTa's pair layout, as transformers' LayoutLMv3
+        processor builds it for question answering), padded to max_length: the question in every window with the
+        special box, the page's words split into windows sharing `stride` tokens. Word ids are those of the page's
+        words (None on the question and the specials), so answer spans map back to words."""
+        question_ids = self.tokenizer.tokenize_words(question.split(), [[0, 0, 0, 0]] * len(question.split()))[0]
+        question_ids = question_ids[:max_question_tokens]
+        ids, token_boxes, word_ids = self.tokenizer.tokenize_words(words, boxes) if words else ([], [], [])
+        content = self.max_length - len(question_ids) - 4
+        if content <= self.stride:
+            raise ValueError(f"a question of {len(question_ids)} tokens leaves no room in max_length {self.max_length}")
+        tokenizer, special = self.tokenizer, [0, 0, 0, 0]
+        windows = []
+        for start in range(0, max(len(ids) - self.stride, 1), content - self.stride):
+            part = slice(start, start + content)
+            head = [tokenizer.cls_token_id, *question_ids, tokenizer.sep_token_id, tokenizer.sep_token_id]
+            input_ids = [*head, *ids[part], tokenizer.sep_token_id]
+            bbox = [*([special] * len(head)), *token_boxes[part], special]
+            window_words = [*([None] * len(head)), *word_ids[part], None]
+            extra = self.max_length - len(input_ids)
+            windows.append(
+                Encoding(
+                    input_ids=input_ids + [tokenizer.pad_token_id] * extra,
+                    bbox=bbox + [special] * extra,
+                    attention_mask=[1] * len(input_ids) + [0] * extra,
+                    word_ids=window_words + [None] * extra,
+                    labels=None,
+                )
+            )
+        return windows
+
     def __call__(
         self,
         image: Image.Image,

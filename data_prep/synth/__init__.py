@@ -8,6 +8,7 @@ from .classes_format import DOCUMENT_KINDS, write_class_split
 from .cord_format import to_cord, write_cord_split
 from .corpus import CorpusResult, write_corpus
 from .document import LABELS, SynthEntity, SynthPage, SynthWord
+from .docvqa_format import write_question_split
 from .funsd_format import to_funsd, write_page
 from .generate import generate_page, page_id, render_clean
 
@@ -27,4 +28,5 @@ __all__ = [
     "write_cord_split",
     "write_corpus",
     "write_page",
+    "write_question_split",
 ]

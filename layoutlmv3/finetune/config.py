@@ -111,12 +111,13 @@ class FinetuneOutput:
     dir: str = "outputs/finetune/funsd"  # best/ (the selected model), results.json, metrics, checkpoints/
 
 
-TASKS = ("entities", "classes")
+TASKS = ("entities", "classes", "questions")
 
 
 @dataclass
 class FinetuneConfig:
-    # entities: label words (FUNSD, CORD; entity F1); classes: classify whole pages (RVL-CDIP; accuracy)
+    # entities: label words (FUNSD, CORD; entity F1); classes: classify whole pages (RVL-CDIP; accuracy);
+    # questions: extractive question answering (DocVQA; ANLS)
     task: str = "entities"
     model: FinetuneModel = field(default_factory=FinetuneModel)
     data: FinetuneData = field(default_factory=FinetuneData)

@@ -1,6 +1,6 @@
 """Fine-tune a LayoutLMv3 model with the one trainer (`training.runner`): any number of ranks, DeepSpeed
 precision and ZeRO, exact resume, preemption. `task: entities` labels words (`finetune.job`), `task: classes`
-classifies pages (`finetune.classify_job`)."""
+classifies pages (`finetune.classify_job`), `task: questions` answers questions (`finetune.qa_job`)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def finetune(config: FinetuneConfig, resume: str = "auto") -> int:
     "none", or a checkpoint tag directory."""
     if config.task == "classes":
         from .classify_job import ClassificationJob as Job
+    elif config.task == "questions":
+        from .qa_job import QuestionAnsweringJob as Job
     else:
         from .job import FinetuneJob as Job
     return run_job(lambda: Job(config), resume)

@@ -1,0 +1,86 @@
+"""Answer questions about a page with a fine-tuned question-answering model (launch/finetune.py with
+task: questions): image (+ OCR words) + question -> the answer (a span of the page's words) and its score.
+
+Words come from NAME.json beside the image, --words, or Tesseract; the question and the page are windowed as in
+training, and the best span over all windows is the answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from data_prep.ocr import PageRejected, parse_tsv, run_tesseract
+from layoutlmv3.finetune.classes import words_file
+from layoutlmv3.finetune.qa import Question, QuestionWindows, best_answers
+from layoutlmv3.model import LayoutLMv3ForQuestionAnswering
+from layoutlmv3.page_layout import BadBox, line_layout, normalize_box, read_words, to_sample_mode
+from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+
+OCR_TIMEOUT = 120.0
+
+EPILOG = """\
+examples:
+  python launch/answer.py --model outputs/finetune/docvqa/best --image page.png --question "What is the date?"
+  python launch/answer.py --model outputs/finetune/tiny_qa/best --image form.png --words form.json \\
+      --question "What is the Total?" --question "Who signed it?"
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--model", type=Path, required=True, help="fine-tuned question-answering model (OUTPUT/best)")
+    parser.add_argument("--image", type=Path, required=True, help="the page image")
+    parser.add_argument("--question", action="append", required=True, help="a question (repeat for several)")
+    parser.add_argument("--words", type=Path, help="the page's words as JSON (default: NAME.json, else Tesseract)")
+    parser.add_argument("--max-length", type=int, default=512, help="tokens per window (default 512)")
+    parser.add_argument("--stride", type=int, default=128, help="tokens shared by consecutive windows")
+    return parser
+
+
+@torch.no_grad()
+def answer(args: argparse.Namespace) -> list[dict]:
+    model = LayoutLMv3ForQuestionAnswering.from_pretrained(args.model).eval()
+    tokenizer = LayoutLMv3Tokenizer.from_pretrained(args.model)
+    with Image.open(args.image) as image:
+        page = to_sample_mode(image)
+        source = args.words or (words_file(args.image) if words_file(args.image).is_file() else None)
+        words = read_words(source) if source else parse_tsv(run_tesseract(page, OCR_TIMEOUT))
+        words = [word for word in words if word.text.strip()]
+        boxes = [normalize_box(word.box, *page.size) for word in words]
+    line_ids, line_boxes = line_layout([word.line for word in words], boxes)
+    texts = [word.text.strip() for word in words]
+    questions = [Question(str(n), q, args.image, texts, [line_boxes[i] for i in line_ids], [], None)
+                 for n, q in enumerate(args.question)]  # fmt: skip
+    windows = QuestionWindows(questions, tokenizer, args.max_length, args.stride, model.config.input_size)
+    logits = []
+    for item in windows.items:
+        inputs = {name: item[name][None] for name in ("input_ids", "bbox", "attention_mask", "pixel_values")}
+        output = model(**inputs)
+        text = item["input_ids"].shape[0]
+        logits.append((output.start_logits[0, :text], output.end_logits[0, :text]))
+    return [{"question": q.question, "answer": a} for q, a in zip(questions, best_answers(questions, windows, logits))]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        results = answer(args)
+    except (OSError, ValueError, BadBox, PageRejected) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for result in results:
+        print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Extractive question answering on pages (DocVQA's task): questions, their pages and accepted answers, the
+answer located as a span of the page's OCR words, windows of question + page, and the best span read back.
+
+Layout of a split (DocVQA's): one JSON file ``{split}/{split}.json`` (or ``*_v1.0.json``) holding
+``{"data": [{"questionId", "question", "image": "documents/NAME.png", "answers": [...]}, ...]}``, images relative
+to the split, each page's words in NAME.json beside it (`page_layout.read_words`' format). In training an answer
+is the first run of words whose text equals an accepted answer (case and spaces aside); a question whose answer
+is not on the page as words trains the model to point at <s> (no answer), and is still scored (ANLS).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from layoutlmv3.page_layout import BadBox, line_layout, normalize_box, read_words
+from layoutlmv3.processing import LayoutLMv3Processor
+from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+
+from .classes import words_file
+from .dataset import load_pixels
+
+MAX_ANSWER_WORDS = 12  # a predicted span longer than this many words is not considered
+CANDIDATES = 20  # best start and end positions per window whose pairs are considered
+
+
+@dataclass
+class Question:
+    id: str
+    question: str
+    image_path: Path
+    words: list[str]
+    boxes: list[list[int]]  # 0..1000
+    answers: list[str]
+    span: tuple[int, int] | None  # first and last word of the located answer
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def locate_answer(words: Sequence[str], answers: Sequence[str]) -> tuple[int, int] | None:
+    """The first run of words that reads as one of the answers (case and spacing aside), or None."""
+    targets = {_normal(answer) for answer in answers if answer.strip()}
+    longest = max((len(target.split()) for target in targets), default=0)
+    normal = [_normal(word) for word in words]
+    for start in range(len(words)):
+        for end in range(start, min(start + longest, len(words))):
+            if " ".join(normal[start : end + 1]) in targets:
+                return start, end
+    return None
+
+
+def question_file(split_dir: Path) -> Path:
+    """The split's question JSON: {split}.json, or DocVQA's {split}_v1.0.json."""
+    for name in (f"{split_dir.name}.json", f"{split_dir.name}_v1.0.json"):
+        if (split_dir / name).is_file():
+            return split_dir / name
+    raise FileNotFoundError(f"{split_dir} has no {split_dir.name}.json (DocVQA's layout: {{'data': [questions]}})")
+
+
+def question_images(split_dir: Path) -> list[Path]:
+    """The page images a split's questions are about."""
+    entries = json.loads(question_file(split_dir).read_text(encoding="utf-8"))["data"]
+    return sorted({split_dir / entry["image"] for entry in entries})
+
+
+def read_questions(split_dir: str | Path, boxes: str = "segment") -> list[Question]:
+    split_dir = Path(split_dir)
+    source = question_file(split_dir)
+    entries = json.loads(source.read_text(encoding="utf-8"))["data"]
+    pages: dict[Path, tuple[list[str], list[list[int]]]] = {}
+    questions = []
+    for entry in entries:
+        image = split_dir / entry["image"]
+        if image not in pages:
+            pages[image] = _page_words(image, boxes)
+        words, page_boxes = pages[image]
+        answers = [str(answer) for answer in entry.get("answers", [])]
+        questions.append(
+            Question(
+                str(entry.get("questionId", len(questions))),
+                str(entry["question"]),
+                image,
+                words,
+                page_boxes,
+                answers,
+                locate_answer(words, answers),
+            )  # fmt: skip
+        )
+    if not questions:
+        raise ValueError(f"{source} holds no questions")
+    return questions
+
+
+def _page_words(image: Path, boxes: str) -> tuple[list[str], list[list[int]]]:
+    source = words_file(image)
+    if not source.is_file():
+        raise FileNotFoundError(f"{image} has no words file {source.name} (launch/finetune.py runs OCR for it)")
+    words = [word for word in read_words(source) if word.text.strip()]
+    with Image.open(image) as opened:
+        width, height = opened.size
+    try:
+        normalized = [normalize_box(word.box, width, height) for word in words]
+    except BadBox as error:
+        raise ValueError(f"{source}: {error}") from None
+    if boxes == "segment":
+        line_ids, line_boxes = line_layout([word.line for word in words], normalized)
+        normalized = [line_boxes[line] for line in line_ids]
+    return [word.text.strip() for word in words], normalized
+
+
+class QuestionWindows(Dataset):
+    """Every window of every question, with the answer's first and last token in it (0, <s>, when the answer is
+    not in this window or not on the page) and which question it belongs to."""
+
+    def __init__(
+        self, questions: Sequence[Question], tokenizer: LayoutLMv3Tokenizer, max_length: int, stride: int, size: int
+    ) -> None:
+        processor = LayoutLMv3Processor(tokenizer, max_length=max_length, stride=stride)
+        self.questions, self.items, pixels = list(questions), [], {}
+        for number, question in enumerate(self.questions):
+            if question.image_path not in pixels:
+                pixels[question.image_path] = load_pixels(question.image_path, size)
+            for window in processor.encode_question(question.question, question.words, question.boxes):
+                start = end = 0
+                if question.span is not None:
+                    first, last = question.span
+                    positions = [i for i, word in enumerate(window.word_ids) if word is not None]
+                    starts = [i for i in positions if window.word_ids[i] == first]
+                    ends = [i for i in positions if window.word_ids[i] == last]
+                    if starts and ends:  # the whole answer lies in this window
+                        start, end = starts[0], ends[-1]
+                self.items.append({
+                    "input_ids": torch.tensor(window.input_ids),
+                    "bbox": torch.tensor(window.bbox),
+                    "attention_mask": torch.tensor(window.attention_mask),
+                    "pixel_values": pixels[question.image_path],
+                    "word_ids": torch.tensor([-1 if w is None else w for w in window.word_ids]),
+                    "question": torch.tensor(number),
+                    "start_positions": torch.tensor(start),
+                    "end_positions": torch.tensor(end),
+                })  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.items[index]
+
+
+def best_answers(
+    questions: Sequence[Question], windows: QuestionWindows, logits: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> list[str]:
+    """Per question, the words of the span with the highest start + end logit over all its windows, among the
+    CANDIDATES best starts and ends on page words (at most MAX_ANSWER_WORDS long; "" for a page without words)."""
+    best: list[tuple[float, str]] = [(-float("inf"), "") for _ in questions]
+    for item, (start_logits, end_logits) in zip(windows.items, logits, strict=True):
+        number, word_ids = int(item["question"]), item["word_ids"]
+        on_words = word_ids >= 0
+        if not on_words.any():
+            continue
+        words = questions[number].words
+        k = min(CANDIDATES, int(on_words.sum()))
+        starts = start_logits.masked_fill(~on_words, -float("inf")).topk(k).indices.tolist()
+        ends = end_logits.masked_fill(~on_words, -float("inf")).topk(k).indices.tolist()
+        for i in starts:
+            for j in ends:
+                first, last = int(word_ids[i]), int(word_ids[j])
+                if j < i or last - first >= MAX_ANSWER_WORDS:
+                    continue
+                score = float(start_logits[i] + end_logits[j])
+                if score > best[number][0]:
+                    best[number] = (score, " ".join(words[first : last + 1]))
+    return [text for _, text in best]

@@ -1,0 +1,94 @@
+"""Extractive question answering (DocVQA's task) as a job of the one trainer: `LayoutLMv3ForQuestionAnswering`
+over windows of question + page, ANLS (the DocVQA metric) selects the kept model and scores the test split.
+Questions, answer spans and windows: `finetune.qa`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from layoutlmv3.model import LayoutLMv3ForQuestionAnswering
+from layoutlmv3.training.engine import Training
+
+from .anls import anls
+from .config import FinetuneConfig
+from .dataset import MODEL_INPUTS
+from .qa import QuestionWindows, best_answers, read_questions
+from .selection import FinetuneJobBase, SelectionTask, sharded_map
+from .splits import split_dev
+
+logger = logging.getLogger(__name__)
+
+SPAN_LABELS = ("start", "end")  # the head's two outputs
+
+
+class QuestionAnsweringJob(FinetuneJobBase):
+    """train/, test/ (and val/ as the dev split, else a seeded fraction of train's pages' questions)."""
+
+    model_class = LayoutLMv3ForQuestionAnswering
+
+    def __init__(self, config: FinetuneConfig) -> None:
+        data = config.data
+        if not data.dir:
+            raise ValueError("data.dir is not set: a DocVQA-layout root with train/ and test/")
+        root = Path(data.dir)
+        train = read_questions(root / "train", data.boxes)
+        dev = read_questions(root / "val", data.boxes) if (root / "val").is_dir() else None
+        if dev is None:
+            train, dev = split_dev(train, data.dev_fraction, config.train.seed)
+        self.questions = {"train": train, "dev": dev, "test": read_questions(root / "test", data.boxes)}
+        located = sum(question.span is not None for question in train)
+        logger.info("questions: %s; %d of %d training answers found as page words",
+                    ", ".join(f"{len(q)} {n}" for n, q in self.questions.items()), located, len(train))  # fmt: skip
+        super().__init__(config, SPAN_LABELS)
+        size = self.model.config.input_size
+        self.datasets = {
+            name: QuestionWindows(questions, self.tokenizer, data.max_length, data.stride, size)
+            for name, questions in self.questions.items()
+        }
+
+    def make_task(self, training: Training) -> QuestionAnsweringTask:
+        return QuestionAnsweringTask(self, training)
+
+
+class QuestionAnsweringTask(SelectionTask):
+    """Cross-entropy of the answer's start and end token; ANLS selects."""
+
+    metric = "anls"
+
+    def forward(self, batch: dict) -> list[torch.Tensor]:
+        device = self.training.device
+        names = (*MODEL_INPUTS, "start_positions", "end_positions")
+        inputs = {name: batch[name].to(device, non_blocking=True) for name in names}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.training.dtype)
+        return [self.training.engine(**inputs).loss]
+
+    def score(self, model: torch.nn.Module, split: str, lockstep: bool) -> dict:
+        windows, questions = self.job.datasets[split], self.job.questions[split]
+        logits = sharded_map(
+            lambda batch: _span_logits(model, batch), windows, self.training.micro_batch_size, lockstep
+        )
+        predicted = best_answers(questions, windows, logits)
+        exact = sum(p.lower().strip() in {a.lower().strip() for a in q.answers} for p, q in zip(predicted, questions))
+        return {
+            "anls": anls(predicted, [question.answers for question in questions]),
+            "exact": exact / len(questions),
+            "examples": [
+                {"question": q.question, "predicted": p, "answers": q.answers}
+                for q, p in list(zip(questions, predicted))[:5]
+            ],  # fmt: skip
+        }
+
+
+@torch.no_grad()
+def _span_logits(model: torch.nn.Module, batch: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    parameter = next(model.parameters())
+    inputs = {name: batch[name].to(parameter.device) for name in MODEL_INPUTS}
+    inputs["pixel_values"] = inputs["pixel_values"].to(parameter.dtype)
+    output = model(**inputs)
+    text = batch["input_ids"].shape[1]  # the head scores visual positions too; answers are text
+    return list(
+        zip(output.start_logits[:, :text].float().cpu(), output.end_logits[:, :text].float().cpu(), strict=True)
+    )

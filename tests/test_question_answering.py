@@ -1,0 +1,104 @@
+"""Extractive question answering (DocVQA's task): ANLS, answers located among OCR words, question + page
+windows, a run of the launcher on the trainer on the built-in synthetic questions, answering a new question."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_prep.synth import write_question_split
+from launch.answer import main as answer_main
+from layoutlmv3.finetune.anls import anls, answer_similarity, levenshtein
+from layoutlmv3.finetune.qa import QuestionWindows, best_answers, locate_answer, read_questions
+from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3ForQuestionAnswering, LayoutLMv3Model
+from layoutlmv3.processing import LayoutLMv3Processor
+from layoutlmv3.tokenizer import train_bpe
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_anls_as_docvqa_scores_it() -> None:
+    assert levenshtein("kitten", "sitting") == 3
+    assert answer_similarity("  The Date ", ["the date"]) == 1.0
+    assert answer_similarity("12/03/1998", ["12/03/1989"]) == pytest.approx(1 - 2 / 10)
+    assert answer_similarity("1998", ["12/03/1998"]) == 0.0  # NL 0.6 >= 0.5: nothing
+    assert answer_similarity("Smith", ["John Smith", "Smith"]) == 1.0  # the best accepted answer counts
+    assert anls(["a", "xyz"], [["a"], ["b"]]) == 0.5
+    with pytest.raises(ValueError, match="2 predictions for 1 questions"):
+        anls(["a", "b"], [["a"]])
+
+
+def test_answers_are_located_as_word_runs() -> None:
+    words = ["Date:", "12/03/1998", "Name:", "John", "Smith"]
+    assert locate_answer(words, ["john  SMITH"]) == (3, 4)
+    assert locate_answer(words, ["nobody", "12/03/1998"]) == (1, 1)
+    assert locate_answer(words, ["John Doe"]) is None
+
+
+def test_question_windows_put_the_question_first_and_the_answer_in_the_window_that_holds_it(tmp_path: Path) -> None:
+    tokenizer = train_bpe(["What", "is", "the", "Date", "Name", "John", "Smith", "1998"] * 5, vocab_size=300)
+    words = ["Date:", "12/03/1998", "Name:", "John", "Smith"] * 6
+    windows = LayoutLMv3Processor(tokenizer, max_length=32, stride=8).encode_question(
+        "What is the Name?", words, [[1, 2, 3, 4]] * 30
+    )
+    assert len(windows) > 2 and all(len(w.input_ids) == 32 for w in windows)
+    first = windows[0]
+    assert first.input_ids[0] == tokenizer.cls_token_id
+    sep = first.input_ids.index(tokenizer.sep_token_id)
+    assert first.input_ids[sep + 1] == tokenizer.sep_token_id and first.word_ids[: sep + 2] == [None] * (sep + 2)
+    assert all(box == [0, 0, 0, 0] for box in first.bbox[: sep + 2]) and first.word_ids[sep + 2] == 0
+    covered = {word for window in windows for word in window.word_ids if word is not None}
+    assert covered == set(range(30))
+
+
+def _model(directory: Path) -> None:
+    tokenizer = train_bpe(["What", "is", "the", "Date", "Name", "Total", "Address"] * 10, vocab_size=300)
+    tokenizer.save_pretrained(directory)
+    LayoutLMv3Model(LayoutLMv3Config.from_flavor("tiny", vocab_size=tokenizer.vocab_size)).save_pretrained(directory)
+
+
+def test_windows_point_at_the_answer_and_the_best_span_is_read_back(tmp_path: Path) -> None:
+    write_question_split(tmp_path / "train", 2, seed=0)
+    questions = read_questions(tmp_path / "train")
+    assert questions and all(question.span is not None for question in questions)
+    _model(tmp_path / "model")
+    from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+
+    windows = QuestionWindows(questions, LayoutLMv3Tokenizer.from_pretrained(tmp_path / "model"), 128, 32, 224)
+    logits = []
+    for item in windows.items:  # logits that peak exactly at the labelled positions
+        start, end = torch.full((128,), -5.0), torch.full((128,), -5.0)
+        start[item["start_positions"]] = end[item["end_positions"]] = 5.0
+        logits.append((start, end))
+    answers = best_answers(questions, windows, logits)
+    inside = {int(item["question"]) for item in windows.items if item["start_positions"] > 0}
+    assert len(inside) >= len(questions) - 1  # an answer longer than a window's room points at <s> instead
+    assert [answers[n] for n in sorted(inside)] == [questions[n].answers[0] for n in sorted(inside)]
+
+
+def test_question_answering_runs_on_the_trainer_and_answers_a_new_question(tmp_path: Path, capsys) -> None:
+    _model(tmp_path / "model")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "launch.finetune", "--config", "configs/finetune/tiny_qa.yaml", "--model"]
+    command += [str(tmp_path / "model"), "--out", str(out), "--train.steps", "4", "--logging.val_every", "2"]
+    command += ["--logging.progress", "false", "--data.synthetic_train_pages", "6", "--data.synthetic_test_pages", "2"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [entry["step"] for entry in results["dev_history"]] == [2, 4] and "dev_anls" in results
+    assert set(results["test"]) >= {"anls", "exact", "examples"}
+    model = LayoutLMv3ForQuestionAnswering.from_pretrained(out / "best")
+    assert model.config.id2label == {0: "start", 1: "end"}
+    page = sorted((out / "synthetic" / "test" / "documents").glob("*.png"))[0]
+    words = {word["text"] for word in json.loads(page.with_suffix(".json").read_text())["words"]}
+    arguments = ["--model", str(out / "best"), "--image", str(page), "--question", "What is the Date?"]
+    assert answer_main([*arguments, "--max-length", "192", "--stride", "64"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["question"] == "What is the Date?" and set(printed["answer"].split()) <= words

@@ -81,6 +81,13 @@ def read_class_split(split_dir: str | Path, classes: Sequence[str], boxes: str =
 
 
 def read_classified_page(image: Path, label: int, boxes: str = "segment") -> ClassifiedPage:
+    words, normalized = page_words(image, boxes)
+    return ClassifiedPage(image.stem, image, words, normalized, label)
+
+
+def page_words(image: Path, boxes: str = "segment") -> tuple[list[str], list[list[int]]]:
+    """A page's words from NAME.json beside its image, and their 0..1000 boxes (each OCR line's box for
+    "segment"): how document classification and question answering read their pages."""
     source = words_file(image)
     if not source.is_file():
         raise FileNotFoundError(f"{image} has no words file {source.name} (launch/finetune.py runs OCR for it)")
@@ -94,4 +101,4 @@ def read_classified_page(image: Path, label: int, boxes: str = "segment") -> Cla
     if boxes == "segment":
         line_ids, line_boxes = line_layout([word.line for word in words], normalized)
         normalized = [line_boxes[line] for line in line_ids]
-    return ClassifiedPage(image.stem, image, [word.text.strip() for word in words], normalized, label)
+    return [word.text.strip() for word in words], normalized

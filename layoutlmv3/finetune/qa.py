@@ -16,14 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from layoutlmv3.page_layout import BadBox, line_layout, normalize_box, read_words
 from layoutlmv3.processing import LayoutLMv3Processor
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
-from .classes import words_file
+from .classes import page_words
 from .dataset import load_pixels
 
 MAX_ANSWER_WORDS = 12  # a predicted span longer than this many words is not considered
@@ -80,7 +78,7 @@ def read_questions(split_dir: str | Path, boxes: str = "segment") -> list[Questi
     for entry in entries:
         image = split_dir / entry["image"]
         if image not in pages:
-            pages[image] = _page_words(image, boxes)
+            pages[image] = page_words(image, boxes)
         words, page_boxes = pages[image]
         answers = [str(answer) for answer in entry.get("answers", [])]
         questions.append(
@@ -97,23 +95,6 @@ def read_questions(split_dir: str | Path, boxes: str = "segment") -> list[Questi
     if not questions:
         raise ValueError(f"{source} holds no questions")
     return questions
-
-
-def _page_words(image: Path, boxes: str) -> tuple[list[str], list[list[int]]]:
-    source = words_file(image)
-    if not source.is_file():
-        raise FileNotFoundError(f"{image} has no words file {source.name} (launch/finetune.py runs OCR for it)")
-    words = [word for word in read_words(source) if word.text.strip()]
-    with Image.open(image) as opened:
-        width, height = opened.size
-    try:
-        normalized = [normalize_box(word.box, width, height) for word in words]
-    except BadBox as error:
-        raise ValueError(f"{source}: {error}") from None
-    if boxes == "segment":
-        line_ids, line_boxes = line_layout([word.line for word in words], normalized)
-        normalized = [line_boxes[line] for line in line_ids]
-    return [word.text.strip() for word in words], normalized
 
 
 class QuestionWindows(Dataset):

@@ -60,7 +60,7 @@ lint: venv system-deps
 	shellcheck slurm/*.sbatch slurm/local/*.sh launch/*.sh benchmarks/*.sh
 
 test: venv system-deps ocr-engine lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 format: venv
 	$(VENV)/bin/ruff format .

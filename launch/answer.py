@@ -19,6 +19,7 @@ from PIL import Image
 from data_prep.ocr import PageRejected, parse_tsv, run_tesseract
 from layoutlmv3.finetune.classes import words_file
 from layoutlmv3.finetune.qa import Question, QuestionWindows, best_answers
+from layoutlmv3.finetune.selection import saved_processing
 from layoutlmv3.model import LayoutLMv3ForQuestionAnswering
 from layoutlmv3.page_layout import BadBox, line_layout, normalize_box, read_words, to_sample_mode
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
@@ -41,14 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", type=Path, required=True, help="the page image")
     parser.add_argument("--question", action="append", required=True, help="a question (repeat for several)")
     parser.add_argument("--words", type=Path, help="the page's words as JSON (default: NAME.json, else Tesseract)")
-    parser.add_argument("--max-length", type=int, default=512, help="tokens per window (default 512)")
-    parser.add_argument("--stride", type=int, default=128, help="tokens shared by consecutive windows")
+    parser.add_argument("--max-length", type=int, help="tokens per window (default: as fine-tuned, else 512)")
+    parser.add_argument("--stride", type=int, help="tokens shared by consecutive windows (default: as fine-tuned)")
     return parser
 
 
 @torch.no_grad()
 def answer(args: argparse.Namespace) -> list[dict]:
     model = LayoutLMv3ForQuestionAnswering.from_pretrained(args.model).eval()
+    saved = saved_processing(args.model)  # as the model was fine-tuned, unless told otherwise
+    max_length, stride = args.max_length or saved.get("max_length", 512), args.stride or saved.get("stride", 128)
     tokenizer = LayoutLMv3Tokenizer.from_pretrained(args.model)
     with Image.open(args.image) as image:
         page = to_sample_mode(image)
@@ -56,11 +59,12 @@ def answer(args: argparse.Namespace) -> list[dict]:
         words = read_words(source) if source else parse_tsv(run_tesseract(page, OCR_TIMEOUT))
         words = [word for word in words if word.text.strip()]
         boxes = [normalize_box(word.box, *page.size) for word in words]
-    line_ids, line_boxes = line_layout([word.line for word in words], boxes)
+    if saved.get("boxes", "segment") == "segment":
+        line_ids, line_boxes = line_layout([word.line for word in words], boxes)
+        boxes = [line_boxes[i] for i in line_ids]
     texts = [word.text.strip() for word in words]
-    questions = [Question(str(n), q, args.image, texts, [line_boxes[i] for i in line_ids], [], None)
-                 for n, q in enumerate(args.question)]  # fmt: skip
-    windows = QuestionWindows(questions, tokenizer, args.max_length, args.stride, model.config.input_size)
+    questions = [Question(str(n), q, args.image, texts, boxes, [], None) for n, q in enumerate(args.question)]
+    windows = QuestionWindows(questions, tokenizer, max_length, stride, model.config.input_size)
     logits = []
     for item in windows.items:
         inputs = {name: item[name][None] for name in ("input_ids", "bbox", "attention_mask", "pixel_values")}

@@ -19,6 +19,7 @@ from PIL import Image
 from data_prep.ocr import PageRejected, parse_tsv, run_tesseract
 from layoutlmv3.finetune.classes import IMAGE_SUFFIXES, words_file
 from layoutlmv3.finetune.dataset import MODEL_INPUTS
+from layoutlmv3.finetune.selection import saved_processing
 from layoutlmv3.model import LayoutLMv3ForSequenceClassification
 from layoutlmv3.page_layout import BadBox, Word, line_layout, normalize_box, read_words, to_sample_mode
 from layoutlmv3.processing import LayoutLMv3Processor, page_pixels
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--words", type=Path, help="the page's words as JSON (default: NAME.json beside the image, else Tesseract)"
     )
     parser.add_argument("--out", type=Path, help="write JSON lines here (default: stdout)")
-    parser.add_argument("--max-length", type=int, default=512, help="tokens read from the page (default 512)")
+    parser.add_argument("--max-length", type=int, help="tokens read from the page (default: as fine-tuned, else 512)")
     return parser
 
 
@@ -87,8 +88,14 @@ def _words(path: Path, image: Image.Image, given: Path | None) -> list[Word]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.words and args.image.is_dir():
+        print("error: --words gives one page's words; with --image DIR each page's NAME.json is read", file=sys.stderr)
+        return 2
+    saved = saved_processing(args.model)  # as the model was fine-tuned, unless told otherwise
     try:
-        classifier = Classifier(args.model, args.max_length)
+        classifier = Classifier(
+            args.model, args.max_length or saved.get("max_length", 512), saved.get("boxes", "segment")
+        )
         images = (
             sorted(p for p in args.image.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
             if args.image.is_dir()
@@ -97,11 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines = []
         for path in images:
             with Image.open(path) as image:
-                words = (
-                    read_words(args.words)
-                    if args.words
-                    else parse_tsv(run_tesseract(to_sample_mode(image), OCR_TIMEOUT))
-                )
+                words = _words(path, image, args.words)
                 lines.append(json.dumps({"image": str(path), **classifier.classify(image, words)}))
     except (OSError, ValueError, BadBox, PageRejected) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -125,7 +125,7 @@ def ocr_missing_words(images: list[Path]) -> None:
             except PageRejected as error:
                 raise ValueError(f"{image}: OCR failed: {error}") from None
         entries = [{"text": word.text, "box": list(word.box), "line": word.line} for word in words]
-        temporary = words_file(image).with_name(f".{words_file(image).name}.tmp")
+        temporary = words_file(image).with_name(f".{words_file(image).name}.{os.getpid()}.tmp")
         temporary.write_text(json.dumps({"words": entries}))
         temporary.replace(words_file(image))
 
@@ -146,7 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if config.task == "classes":
                 config.data.classes = config.data.classes or list(DOCUMENT_KINDS)
         elif config.task in ("classes", "questions"):
-            ocr_missing_words(_pages(config.task, Path(config.data.dir)))
+            root = Path(config.data.dir)
+            with open(root / ".ocr.lock", "w") as lock:  # the ranks of a node start together: one runs OCR
+                fcntl.lockf(lock, fcntl.LOCK_EX)
+                ocr_missing_words(_pages(config.task, root))
     except (ValueError, OSError) as error:  # bad config or output directory: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG

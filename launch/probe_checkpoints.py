@@ -73,15 +73,17 @@ def collect(checkpoints: Sequence[Checkpoint], out: Path) -> list[dict]:
         results = out / "finetune" / checkpoint.tag / RESULTS_FILE
         if results.is_file():
             values = json.loads(results.read_text())
-            rows.append({"step": checkpoint.step, "tag": checkpoint.tag, "dev_f1": values["dev_f1"],
-                         "test_f1": values["test"]["f1"]})  # fmt: skip
+            metric = next(key for key in values if key.startswith("dev_") and key != "dev_history")[4:]
+            rows.append({"step": checkpoint.step, "tag": checkpoint.tag, "metric": metric,
+                         "dev": values[f"dev_{metric}"], "test": values["test"][metric]})  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "probe.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["step", "tag", "dev_f1", "test_f1"])
+        writer = csv.DictWriter(handle, fieldnames=["step", "tag", "metric", "dev", "test"])
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| pretraining step | dev entity F1 | test entity F1 |", "|---:|---:|---:|"]
-    lines += [f"| {row['step']} | {row['dev_f1']:.4f} | {row['test_f1']:.4f} |" for row in rows]
+    metric = rows[0]["metric"] if rows else "f1"
+    lines = [f"| pretraining step | dev {metric} | test {metric} |", "|---:|---:|---:|"]
+    lines += [f"| {row['step']} | {row['dev']:.4f} | {row['test']:.4f} |" for row in rows]
     (out / "probe.md").write_text("\n".join(lines) + "\n")
     _chart(rows, out / "probe.png")
     missing = len(checkpoints) - len(rows)
@@ -102,9 +104,10 @@ def _chart(rows: list[dict], path: Path) -> None:
         return
     figure, axes = pyplot.subplots(figsize=(6, 3.5))
     steps = [row["step"] for row in rows]
-    axes.plot(steps, [row["test_f1"] for row in rows], marker="o", label="test")
-    axes.plot(steps, [row["dev_f1"] for row in rows], marker="s", linestyle="--", label="dev (selection)")
-    axes.set(xlabel="pretraining step", ylabel="entity F1", title="Fine-tuning each pretraining checkpoint")
+    axes.plot(steps, [row["test"] for row in rows], marker="o", label="test")
+    axes.plot(steps, [row["dev"] for row in rows], marker="s", linestyle="--", label="dev (selection)")
+    metric = rows[0]["metric"] if rows else "f1"
+    axes.set(xlabel="pretraining step", ylabel=metric, title="Fine-tuning each pretraining checkpoint")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()

@@ -93,11 +93,12 @@ class LayoutLMv3Processor:
         special box, the page's words split into windows sharing `stride` tokens. Word ids are those of the page's
         words (None on the question and the specials), so answer spans map back to words."""
         question_ids = self.tokenizer.tokenize_words(question.split(), [[0, 0, 0, 0]] * len(question.split()))[0]
-        question_ids = question_ids[:max_question_tokens]
+        room = self.max_length - 4 - self.stride - 1  # the question may take what the page's windows can spare
+        if room < 1:
+            raise ValueError(f"max_length {self.max_length} with stride {self.stride} leaves no room for a question")
+        question_ids = question_ids[: min(max_question_tokens, room)]
         ids, token_boxes, word_ids = self.tokenizer.tokenize_words(words, boxes) if words else ([], [], [])
         content = self.max_length - len(question_ids) - 4
-        if content <= self.stride:
-            raise ValueError(f"a question of {len(question_ids)} tokens leaves no room in max_length {self.max_length}")
         tokenizer, special = self.tokenizer, [0, 0, 0, 0]
         windows = []
         for start in range(0, max(len(ids) - self.stride, 1), content - self.stride):

@@ -38,7 +38,10 @@ def test_folders_and_index_files_give_the_same_pages(tmp_path: Path) -> None:
     _page(tmp_path / "train" / "letter", "a", words)
     _page(tmp_path / "train" / "memo", "b", words[:1])
     pages = read_class_split(tmp_path / "train", class_names(tmp_path / "train"))
-    assert [(page.id, page.label, page.words) for page in pages] == [("a", 0, ["Dear", "Sir"]), ("b", 1, ["Dear"])]
+    assert [(page.image_path.stem, page.label, page.words) for page in pages] == [
+        ("a", 0, ["Dear", "Sir"]),
+        ("b", 1, ["Dear"]),
+    ]
     assert pages[0].boxes[0] == pages[0].boxes[1] == [50, 62, 400, 150]  # the line's box, on the 0..1000 grid
     (tmp_path / "index").mkdir()
     _page(tmp_path / "index" / "images", "c", words)
@@ -84,7 +87,13 @@ def test_document_classification_runs_on_the_trainer_and_classifies_a_new_page(t
     assert sum(map(sum, results["test"]["confusion"])) == 5 and (out / "confusion.png").is_file()
     model = LayoutLMv3ForSequenceClassification.from_pretrained(out / "best")
     assert model.config.id2label == dict(enumerate(classes))
+    assert json.loads((out / "best" / "processing.json").read_text()) == {
+        "max_length": 128,
+        "stride": 32,
+        "boxes": "segment",
+    }
     page = sorted((out / "synthetic" / "test").rglob("*.png"))[0]
+    assert classify_main(["--model", str(out / "best"), "--image", str(page.parent), "--words", "w.json"]) == 2
     assert classify_main(["--model", str(out / "best"), "--image", str(page), "--out", str(tmp_path / "c.jsonl")]) == 0
     answer = json.loads((tmp_path / "c.jsonl").read_text())
     assert answer["class"] in classes and abs(sum(answer["probabilities"].values()) - 1) < 1e-3

@@ -65,7 +65,8 @@ def test_every_checkpoint_is_fine_tuned_and_charted(tmp_path: Path) -> None:
     assert [int(row["step"]) for row in rows] == [5, 10]
     for row in rows:  # the table holds each fine-tune's own scores
         results = json.loads((tmp_path / "probe" / "finetune" / row["tag"] / "results.json").read_text())
-        assert float(row["test_f1"]) == results["test"]["f1"] and float(row["dev_f1"]) == results["dev_f1"]
+        assert row["metric"] == "f1" and float(row["test"]) == results["test"]["f1"]
+        assert float(row["dev"]) == results["dev_f1"]
     assert "| 5 |" in (tmp_path / "probe" / "probe.md").read_text()
     assert (tmp_path / "probe" / "probe.png").stat().st_size > 1000
     assert probe_main([*arguments, "--index", "2"]) == 2

@@ -102,3 +102,28 @@ def test_question_answering_runs_on_the_trainer_and_answers_a_new_question(tmp_p
     assert answer_main([*arguments, "--max-length", "192", "--stride", "64"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["question"] == "What is the Date?" and set(printed["answer"].split()) <= words
+
+
+def test_a_long_question_is_cut_to_fit_and_the_dev_split_holds_out_whole_pages(tmp_path: Path) -> None:
+    tokenizer = train_bpe(["What", "is", "the", "Date"] * 5, vocab_size=300)
+    processor = LayoutLMv3Processor(tokenizer, max_length=128, stride=64)
+    windows = processor.encode_question("What is the date " * 40, ["Date:", "1998"], [[1, 2, 3, 4]] * 2)
+    assert len(windows) == 1 and len(windows[0].input_ids) == 128 and 0 in windows[0].word_ids
+    from layoutlmv3.finetune.config import load_finetune_config
+    from layoutlmv3.finetune.qa_job import QuestionAnsweringJob
+
+    write_question_split(tmp_path / "qa" / "train", 10, seed=0)
+    write_question_split(tmp_path / "qa" / "test", 1, seed=1)
+    _model(tmp_path / "model")
+    overrides = [
+        "--model.path",
+        str(tmp_path / "model"),
+        "--data.dir",
+        str(tmp_path / "qa"),
+        "--output.dir",
+        str(tmp_path),
+    ]
+    job = QuestionAnsweringJob(load_finetune_config(REPO_ROOT / "configs" / "finetune" / "tiny_qa.yaml", overrides))
+    train_pages = {question.image_path for question in job.questions["train"]}
+    dev_pages = {question.image_path for question in job.questions["dev"]}
+    assert train_pages and dev_pages and not train_pages & dev_pages

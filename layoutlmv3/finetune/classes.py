@@ -82,7 +82,7 @@ def read_class_split(split_dir: str | Path, classes: Sequence[str], boxes: str =
 
 def read_classified_page(image: Path, label: int, boxes: str = "segment") -> ClassifiedPage:
     words, normalized = page_words(image, boxes)
-    return ClassifiedPage(image.stem, image, words, normalized, label)
+    return ClassifiedPage(str(image), image, words, normalized, label)  # unique, whatever the folder
 
 
 def page_words(image: Path, boxes: str = "segment") -> tuple[list[str], list[list[int]]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -36,9 +37,21 @@ class QuestionAnsweringJob(FinetuneJobBase):
         root = Path(data.dir)
         train = read_questions(root / "train", data.boxes)
         dev = read_questions(root / "val", data.boxes) if (root / "val").is_dir() else None
-        if dev is None:
-            train, dev = split_dev(train, data.dev_fraction, config.train.seed)
+        if dev is None:  # held out by page: no dev question about a page the model trained on
+            pages = [SimpleNamespace(id=str(path)) for path in sorted({q.image_path for q in train})]
+            held = {page.id for page in split_dev(pages, data.dev_fraction, config.train.seed)[1]}
+            train, dev = (
+                [q for q in train if str(q.image_path) not in held],
+                [q for q in train if str(q.image_path) in held],
+            )
         self.questions = {"train": train, "dev": dev, "test": read_questions(root / "test", data.boxes)}
+        for name, questions in self.questions.items():
+            if not any(question.answers for question in questions):
+                logger.warning(
+                    "the %s split has no answers (DocVQA withholds its test answers): its ANLS reads 0; the "
+                    "predictions are in results.json's examples and launch/answer.py gives them all",
+                    name,
+                )
         located = sum(question.span is not None for question in train)
         logger.info("questions: %s; %d of %d training answers found as page words",
                     ", ".join(f"{len(q)} {n}" for n, q in self.questions.items()), located, len(train))  # fmt: skip
@@ -71,7 +84,8 @@ class QuestionAnsweringTask(SelectionTask):
             lambda batch: _span_logits(model, batch), windows, self.training.micro_batch_size, lockstep
         )
         predicted = best_answers(questions, windows, logits)
-        exact = sum(p.lower().strip() in {a.lower().strip() for a in q.answers} for p, q in zip(predicted, questions))
+        normal = lambda text: " ".join(text.lower().split())  # noqa: E731  (as ANLS compares)
+        exact = sum(normal(p) in {normal(a) for a in q.answers} for p, q in zip(predicted, questions, strict=True))
         return {
             "anls": anls(predicted, [question.answers for question in questions]),
             "exact": exact / len(questions),

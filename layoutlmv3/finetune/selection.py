@@ -41,6 +41,16 @@ logger = logging.getLogger(__name__)
 BEST_DIR = "best"
 RESULTS_FILE = "results.json"
 SELECTION_FILE = "selection.json"  # in best/: the step and dev score it was kept for
+PROCESSING_FILE = "processing.json"  # in best/: how pages were made inputs (max_length, stride, boxes)
+
+
+def saved_processing(model_dir: str | Path) -> dict[str, Any]:
+    """The window length, stride and box level the model in `model_dir` was fine-tuned with ({} if unknown), so
+    prediction prepares pages the same way by default."""
+    try:
+        return json.loads((Path(model_dir) / PROCESSING_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 class FinetuneJobBase:
@@ -157,6 +167,9 @@ class SelectionTask:
             module.save_pretrained(staged)
             self.job.tokenizer.save_pretrained(staged)
             (staged / SELECTION_FILE).write_text(json.dumps({"step": step, "dev_score": self.best_score}) + "\n")
+            data = self.job.config.data
+            processing = {"max_length": data.max_length, "stride": data.stride, "boxes": data.boxes}
+            (staged / PROCESSING_FILE).write_text(json.dumps(processing) + "\n")
             shutil.rmtree(previous, ignore_errors=True)
             if best.exists():
                 best.rename(previous)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from layoutlmv3.page_layout import BadBox, normalize_box
 
-from .funsd import BOX_LEVELS, Page, bio_labels
+from .funsd import BOX_LEVELS, Page, bio_labels, image_for
 
 CORD_SPLITS = ("train", "dev", "test")
 
@@ -34,7 +34,10 @@ def cord_entity_types(split_dir: str | Path) -> tuple[str, ...]:
 
 def read_cord_split(split_dir: str | Path, boxes: str, labels: Sequence[str]) -> list[Page]:
     split_dir = Path(split_dir)
-    return [read_cord_page(path, _image_for(split_dir, path.stem), boxes, labels) for path in _annotations(split_dir)]
+    return [
+        read_cord_page(path, image_for(split_dir / "image", path.stem), boxes, labels)
+        for path in _annotations(split_dir)
+    ]
 
 
 def read_cord_page(json_path: Path, image_path: Path, boxes: str, labels: Sequence[str]) -> Page:
@@ -85,10 +88,3 @@ def _annotations(split_dir: Path) -> list[Path]:
     if not paths:
         raise FileNotFoundError(f"{split_dir} has no json/*.json (expected the CORD layout: image/ and json/)")
     return paths
-
-
-def _image_for(split_dir: Path, stem: str) -> Path:
-    matches = sorted((split_dir / "image").glob(f"{stem}.*"))
-    if not matches:
-        raise FileNotFoundError(f"no image for {stem} under {split_dir / 'image'}")
-    return matches[0]

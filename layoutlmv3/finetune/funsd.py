@@ -61,7 +61,9 @@ def read_split(split_dir: str | Path, boxes: str = "segment", labels: Sequence[s
     """Every page of one split directory (holding images/ and annotations/), sorted by name; `labels` indexes
     the BIO tags (an entity type outside them is an error naming the file)."""
     split_dir = Path(split_dir)
-    return [read_page(path, _image_for(split_dir, path.stem), boxes, labels) for path in _annotations(split_dir)]
+    return [
+        read_page(path, image_for(split_dir / "images", path.stem), boxes, labels) for path in _annotations(split_dir)
+    ]
 
 
 def _annotations(split_dir: Path) -> list[Path]:
@@ -114,8 +116,9 @@ def _entity_kind(entity: dict, annotation_path: Path, known: Sequence[str] | Non
     return kind
 
 
-def _image_for(split_dir: Path, stem: str) -> Path:
-    matches = sorted((split_dir / "images").glob(f"{stem}.*"))
+def image_for(folder: Path, stem: str) -> Path:
+    """The image named like an annotation (any suffix), as FUNSD and CORD pair them."""
+    matches = sorted(folder.glob(f"{stem}.*"))
     if not matches:
-        raise FileNotFoundError(f"no image for annotation {stem} under {split_dir / 'images'}")
+        raise FileNotFoundError(f"no image for annotation {stem} under {folder}")
     return matches[0]

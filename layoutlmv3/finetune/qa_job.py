@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -38,12 +37,7 @@ class QuestionAnsweringJob(FinetuneJobBase):
         train = read_questions(root / "train", data.boxes)
         dev = read_questions(root / "val", data.boxes) if (root / "val").is_dir() else None
         if dev is None:  # held out by page: no dev question about a page the model trained on
-            pages = [SimpleNamespace(id=str(path)) for path in sorted({q.image_path for q in train})]
-            held = {page.id for page in split_dev(pages, data.dev_fraction, config.train.seed)[1]}
-            train, dev = (
-                [q for q in train if str(q.image_path) not in held],
-                [q for q in train if str(q.image_path) in held],
-            )
+            train, dev = split_dev(train, data.dev_fraction, config.train.seed, key=lambda q: str(q.image_path))
         self.questions = {"train": train, "dev": dev, "test": read_questions(root / "test", data.boxes)}
         for name, questions in self.questions.items():
             if not any(question.answers for question in questions):

@@ -9,21 +9,27 @@ the test split uses is an error naming its file.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from .config import FinetuneData
 from .cord import CORD_SPLITS, cord_entity_types, read_cord_split
 from .funsd import SPLITS, Page, bio_labels, entity_types, read_split
 
 FORMATS = ("funsd", "cord")
+T = TypeVar("T")
 
 
-def split_dev(pages: list[Page], fraction: float, seed: int) -> tuple[list[Page], list[Page]]:
-    """(train, dev): a seeded shuffle of the page ids, the first `fraction` (at least one page) held out."""
-    ids = sorted(page.id for page in pages)
-    random.Random(seed).shuffle(ids)
-    dev_ids = set(ids[: max(1, round(len(ids) * fraction))])
-    return [p for p in pages if p.id not in dev_ids], [p for p in pages if p.id in dev_ids]
+def split_dev(
+    items: list[T], fraction: float, seed: int, key: Callable[[T], str] = lambda item: item.id
+) -> tuple[list[T], list[T]]:
+    """(train, dev): a seeded shuffle of the distinct keys (page ids by default), the first `fraction` (at least
+    one) held out with every item that has them (questions about one page stay on one side)."""
+    keys = sorted({key(item) for item in items})
+    random.Random(seed).shuffle(keys)
+    held = set(keys[: max(1, round(len(keys) * fraction))])
+    return [item for item in items if key(item) not in held], [item for item in items if key(item) in held]
 
 
 def read_splits(data: FinetuneData, seed: int) -> tuple[tuple[str, ...], dict[str, list[Page]]]:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data_prep.ocr import PageRejected, parse_tsv, run_tesseract
+from data_prep.shard_words import write_words_from_shards
 from data_prep.synth import DOCUMENT_KINDS, write_class_split, write_cord_split, write_corpus, write_question_split
 from layoutlmv3.finetune.classes import listed_pages, words_file
 from layoutlmv3.finetune.config import (
@@ -130,6 +131,19 @@ def ocr_missing_words(images: list[Path]) -> None:
         temporary.replace(words_file(image))
 
 
+def fill_missing_words(config: FinetuneConfig) -> None:
+    """Words files for the pages of a document-class or question root that have none: from data_prep shards
+    (data.words_from_shards) where given, else Tesseract. The ranks of a node start together: one does it."""
+    root = Path(config.data.dir)
+    with open(root / ".ocr.lock", "w") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        pages = _pages(config.task, root)
+        if config.data.words_from_shards:
+            written = write_words_from_shards(config.data.words_from_shards, pages, words_file)
+            logging.getLogger("words").info("%d words files written from %s", written, config.data.words_from_shards)
+        ocr_missing_words(pages)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -146,10 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if config.task == "classes":
                 config.data.classes = config.data.classes or list(DOCUMENT_KINDS)
         elif config.task in ("classes", "questions"):
-            root = Path(config.data.dir)
-            with open(root / ".ocr.lock", "w") as lock:  # the ranks of a node start together: one runs OCR
-                fcntl.lockf(lock, fcntl.LOCK_EX)
-                ocr_missing_words(_pages(config.task, root))
+            fill_missing_words(config)
     except (ValueError, OSError) as error:  # bad config or output directory: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG

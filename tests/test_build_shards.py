@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -47,6 +48,7 @@ from layoutlmv3.data.sample_format import (
     sample_key,
 )
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
+from tests.file_digests import digests
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SYNTH_PAGES = 12
@@ -112,19 +114,20 @@ def read_rejects(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / REJECTS_FILE).read_text().splitlines()]
 
 
-def output_files(out: Path) -> dict[str, bytes]:
-    """Every output file but the chunk locks (which name their last holder)."""
-    return {
-        str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.suffix != ".lock"
-    }
+def output_files(out: Path) -> dict[str, str]:
+    """Every output file but the chunk locks (which name their last holder), by size and digest."""
+    return digests((p for p in out.rglob("*") if p.is_file() and p.suffix != ".lock"), out)
 
 
-def shard_bytes(out: Path) -> dict[str, bytes]:
+def shard_bytes(out: Path) -> dict[str, str]:
     return {name: data for name, data in output_files(out).items() if name.endswith(".tar")}
 
 
-def sample_bytes(samples: list[dict]) -> list[tuple[str, dict[str, bytes]]]:
-    return [(s["__key__"], {k: v for k, v in s.items() if k in SAMPLE_FILES}) for s in samples]
+def sample_bytes(samples: list[dict]) -> list[tuple[str, dict[str, str]]]:
+    """Each sample's key and its files' digests."""
+    return [
+        (s["__key__"], {k: hashlib.sha256(v).hexdigest() for k, v in s.items() if k in SAMPLE_FILES}) for s in samples
+    ]
 
 
 # ---------------------------------------------------------------- end to end
@@ -460,12 +463,12 @@ def test_merge_refuses_an_incomplete_job(corpus_dir, tokenizer_dir, tmp_path) ->
         merge_task_manifests(tmp_path)
 
 
-def _clean_reference(corpus_dir: Path, tokenizer_dir: Path, out: Path) -> dict[str, bytes]:
+def _clean_reference(corpus_dir: Path, tokenizer_dir: Path, out: Path) -> dict[str, str]:
     build(config(corpus_dir, out, tokenizer_dir, max_samples_per_shard=2))
     return output_files(out)
 
 
-def _assert_resumed_equals(out: Path, reference: dict[str, bytes]) -> None:
+def _assert_resumed_equals(out: Path, reference: dict[str, str]) -> None:
     assert output_files(out) == reference  # every shard, manifest, rejects and progress record, byte for byte
     assert not [path for path in out.rglob("*") if path.name.endswith(".tmp")]
     keys = [sample["__key__"] for sample in read_dataset(out)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from data_prep.synth import DOCUMENT_KINDS
+from data_prep.build_shards import BuildConfig, build
+from data_prep.synth import DOCUMENT_KINDS, write_class_split
 from launch.classify import main as classify_main
-from layoutlmv3.finetune.classes import class_names, read_class_split
+from launch.finetune import fill_missing_words
+from layoutlmv3.finetune.classes import class_names, page_words, read_class_split, words_file
 from layoutlmv3.finetune.classify_job import class_scores, draw_confusion
+from layoutlmv3.finetune.config import load_finetune_config
 from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3ForSequenceClassification, LayoutLMv3Model
 from layoutlmv3.tokenizer import train_bpe
 
@@ -98,3 +102,33 @@ def test_document_classification_runs_on_the_trainer_and_classifies_a_new_page(t
     answer = json.loads((tmp_path / "c.jsonl").read_text())
     assert answer["class"] in classes and abs(sum(answer["probabilities"].values()) - 1) < 1e-3
     assert torch.is_tensor(model(**{"input_ids": torch.tensor([[0, 5, 2]])}).logits)
+
+
+def test_words_come_from_data_prep_shards_instead_of_ocr(tmp_path: Path) -> None:
+    """Pages OCR'd once by data_prep for pretraining are classified from the shards' words: the words files
+    written back read as the originals (same words, same 0..1000 boxes and lines), and a page the shards lack
+    is an error naming it."""
+    write_class_split(tmp_path / "root" / "train", 4, seed=3)
+    write_class_split(tmp_path / "root" / "test", 2, seed=4)
+    images = sorted((tmp_path / "root").rglob("*.png"))
+    originals = {image: page_words(image, boxes) for image in images for boxes in ("word", "segment")}
+    for image in images:  # data_prep's JSON OCR input, then no words beside the pages
+        words = json.loads(words_file(image).read_text())["words"]
+        image.with_suffix(".json").write_text(json.dumps({"pages": [{"page": 0, "words": words}]}))
+    all_words = [
+        w["text"] for image in images for w in json.loads(image.with_suffix(".json").read_text())["pages"][0]["words"]
+    ]
+    train_bpe(all_words, vocab_size=300).save_pretrained(tmp_path / "vocab")
+    build(BuildConfig(tmp_path / "root", tmp_path / "shards", "json", tmp_path / "vocab", progress_bar=False))
+    for image in images:
+        words_file(image).unlink()
+    config = load_finetune_config(None, ["--task", "classes", "--model.path", "m", "--data.dir", str(tmp_path / "root"),
+                                         "--data.words_from_shards", str(tmp_path / "shards"), "--output.dir", "o"])  # fmt: skip
+    fill_missing_words(config)  # the launcher's step before training
+    assert {image: page_words(image, boxes) for image in images for boxes in ("word", "segment")} == originals
+    extra = images[0].parent / "unseen.png"
+    shutil.copy(images[0], extra)
+    with pytest.raises(ValueError, match=r"1 of 1 pages without words are not in the shards .*unseen.png"):
+        fill_missing_words(config)
+    with pytest.raises(ValueError, match="words_from_shards is for task classes or questions"):
+        load_finetune_config(None, ["--model.path", "m", "--data.words_from_shards", "s"])

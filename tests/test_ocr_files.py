@@ -16,6 +16,7 @@ from data_prep.ocr_files import parse_alto, parse_hocr
 from data_prep.rejects import OCR_INVALID, OCR_MISSING, PageRejected
 from data_prep.synth import write_corpus
 from layoutlmv3.tokenizer import train_bpe
+from tests.file_digests import digests
 
 needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None, reason="needs tesseract-ocr")
 
@@ -62,11 +63,11 @@ def test_build_shards_from_hocr_and_alto_equals_running_tesseract(pages: Path, t
     (broken / "bad.hocr").write_text("<html><body><p>no page here</p></body></html>")
     (broken / "bad.xml").write_text("<alto><Layout><Page WIDTH='10'")  # truncated
 
-    def shards(kind: str, source: Path) -> tuple[dict[str, bytes], dict]:
+    def shards(kind: str, source: Path) -> tuple[dict[str, str], dict]:
         out = tmp_path / f"{kind}-{source.name}"
         build(BuildConfig(source, out, kind, tmp_path / "vocab", progress_bar=False))
         manifest = json.loads((out / "manifest.json").read_text())
-        return {p.name: p.read_bytes() for p in out.glob("*.tar")}, manifest
+        return digests(out.glob("*.tar"), out), manifest
 
     reference, _ = shards("tesseract", pages)
     for kind in ("hocr", "alto"):

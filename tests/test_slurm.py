@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.file_digests import digests
 from tests.slurm_cluster import (
     SETUP,
     attempt_log,
@@ -100,9 +101,9 @@ def test_prep_array_over_three_nodes_and_merge_equal_one_task(
     assert merged["JobState"] == "COMPLETED" and "merged: " in merge_log, merge_log
     assert merged["StartTime"] >= max(ends)  # ISO times: the merge waited for both tasks
 
-    def outputs(directory: Path) -> dict[str, bytes]:
+    def outputs(directory: Path) -> dict[str, str]:
         names = [p for p in directory.iterdir() if p.suffix == ".tar" or p.name in ("manifest.json", "rejects.jsonl")]
-        return {p.name: p.read_bytes() for p in names}
+        return digests(names, directory)
 
     expected, got = outputs(one), outputs(three)
     assert "manifest.json" in expected and len([n for n in expected if n.endswith(".tar")]) > 2

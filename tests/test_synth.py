@@ -16,6 +16,7 @@ from data_prep.synth.__main__ import main
 from data_prep.synth.layout import Layout, compose
 from data_prep.synth.render import render
 from data_prep.synth.text import TextSource
+from tests.file_digests import digests
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FUNSD_KEYS = {"box", "text", "label", "words", "linking", "id"}
@@ -26,8 +27,8 @@ def _words(page):
     return [word for entity in page.entities for word in entity.words]
 
 
-def _corpus_files(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+def _corpus_files(out: Path) -> dict[str, str]:
+    return digests((p for p in out.rglob("*") if p.is_file()), out)
 
 
 def test_same_seed_same_page_different_seed_different_page() -> None:

@@ -34,6 +34,9 @@ class FinetuneData:
     # task classes: the document classes, e.g. [letter, form, ...]; null: the training split's (sorted)
     classes: list[str] | None = None
     sub_tokens: str = "first"  # which sub-tokens of a word carry its label in training: first, or all (B-X -> I-X)
+    # tasks classes/questions: data_prep shards of these pages (build_shards run over data.dir or a folder in it):
+    # pages without a words file take their words from the shards instead of running Tesseract again
+    words_from_shards: str | None = None
 
     def __post_init__(self) -> None:
         require(self.format in ("funsd", "cord"), f"data.format must be funsd or cord, got {self.format!r}")
@@ -130,6 +133,10 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         require(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
         require(bool(self.output.dir), "output.dir must not be empty")
+        require(
+            not self.data.words_from_shards or self.task in ("classes", "questions"),
+            "data.words_from_shards is for task classes or questions (entity annotations carry their own words)",
+        )
         self.logging.dir = self.logging.dir or self.output.dir
         self.checkpoint.dir = self.checkpoint.dir or str(Path(self.output.dir) / "checkpoints")
 

@@ -1,0 +1,90 @@
+"""A page's OCR words taken back out of data_prep shards: a collection already OCR'd for pretraining (RVL-CDIP,
+say) is fine-tuned on without running Tesseract a second time.
+
+Each shard sample's ``meta.json`` holds its words, their 0..1000 boxes, their line ids and the page's source path
+relative to the input root it was built from (`layoutlmv3.data.sample_format`). A page image is matched to the
+sample whose source is the longest tail of the image's path (``train/letter/0001.tif`` matches a source
+``letter/0001.tif`` or ``train/letter/0001.tif``), page 0, and its words file is written beside it in the format
+`layoutlmv3.page_layout.read_words` reads, boxes scaled to the image's own pixel size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from PIL import Image
+
+from layoutlmv3.data.sample_format import MANIFEST_FILE, META_FILE
+from layoutlmv3.tokenizer import MAX_COORD
+
+
+def shard_words(shards_dir: str | Path) -> dict[str, dict]:
+    """``source -> meta`` of every first page in the shards of `shards_dir` (its manifest's shards, else every
+    ``*.tar``); only the small meta members are read, never the images."""
+    shards_dir = Path(shards_dir)
+    manifest = shards_dir / MANIFEST_FILE
+    if manifest.is_file():
+        shards = [shards_dir / shard["name"] for shard in json.loads(manifest.read_text())["shards"]]
+    else:
+        shards = sorted(shards_dir.glob("*.tar"))
+    if not shards:
+        raise FileNotFoundError(f"{shards_dir}: no data_prep shards (no {MANIFEST_FILE}, no *.tar)")
+    pages: dict[str, dict] = {}
+    suffix = f".{META_FILE}"
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(suffix):
+                    meta = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+                    if int(meta.get("page", 0)) == 0:
+                        pages[str(meta["source"])] = meta
+    return pages
+
+
+def match_source(image: Path, sources: dict[str, dict]) -> dict | None:
+    """The meta whose source is the longest tail of `image`'s path, or None."""
+    parts = image.resolve().parts
+    for start in range(len(parts)):
+        meta = sources.get("/".join(parts[start:]))
+        if meta is not None:
+            return meta
+    return None
+
+
+def write_words_from_shards(shards_dir: str | Path, images: Iterable[Path], words_file: Callable[[Path], Path]) -> int:
+    """Write the words file (``words_file(image)``) of every image that has none from its shard sample; returns
+    how many were written. Raises ValueError naming the images the shards do not hold."""
+    pending = [image for image in images if not words_file(image).is_file()]
+    if not pending:
+        return 0
+    sources = shard_words(shards_dir)
+    missing = [image for image in pending if match_source(image, sources) is None]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of {len(pending)} pages without words are not in the shards of {shards_dir} "
+            f"(matched by the tail of their path to the samples' source), e.g. {missing[0]}"
+        )
+    for image in pending:
+        meta = match_source(image, sources)
+        with Image.open(image) as opened:
+            width, height = opened.size
+        entries = [
+            {"text": text, "box": _pixels(box, width, height), "line": int(line)}
+            for text, box, line in zip(meta["words"], meta["word_boxes"], meta["line_ids"], strict=True)
+        ]
+        target = words_file(image)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"words": entries}))
+        temporary.replace(target)
+    return len(pending)
+
+
+def _pixels(box: list[int], width: int, height: int) -> list[float]:
+    """0..1000 -> pixels, at the middle of the unit (within the page) so normalising again gives the same
+    integers back."""
+    sizes = (width, height, width, height)
+    return [min((value + 0.5) * size / MAX_COORD, size) for value, size in zip(box, sizes, strict=True)]

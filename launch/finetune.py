@@ -1,10 +1,16 @@
-"""Fine-tune LayoutLMv3 on FUNSD-format forms (entity labelling: HEADER / QUESTION / ANSWER, BIO tags).
+"""Fine-tune LayoutLMv3 on a downstream task, chosen by the config's `task`:
+
+  entities   label words (FUNSD, CORD or the user's own FUNSD-format forms; BIO tags; entity F1)
+  classes    classify whole pages (RVL-CDIP's layout: a folder per class or an index file; accuracy)
+  questions  extractive question answering (DocVQA's layout; ANLS)
 
 Runs on the same DeepSpeed trainer as pretraining: one process, or N ranks under `deepspeed`/`torchrun`/`srun`.
 The YAML config (configs/finetune/*.yaml) sets windows, boxes, optimizer and schedule; its `deepspeed` key names
 the JSON with micro-batch, precision and ZeRO; any setting can be overridden as --section.key VALUE. The best
-model by dev F1 is saved to OUTPUT/best (model + tokenizer, loadable by launch/predict.py); OUTPUT/results.json
-has the test scores. An interrupted run resumes from OUTPUT/checkpoints (--resume auto, the default).
+model by the dev metric is saved to OUTPUT/best (model + tokenizer + processing settings, loadable by
+launch/predict.py, launch/classify.py or launch/answer.py); OUTPUT/results.json has the test scores. Pages of the
+classes and questions tasks without a words file get one from data_prep shards (data.words_from_shards) or
+Tesseract. An interrupted run resumes from OUTPUT/checkpoints (--resume auto, the default).
 """
 
 from __future__ import annotations
@@ -36,10 +42,13 @@ EPILOG = """\
 examples:
   python launch/finetune.py --config configs/finetune/funsd.yaml --data /data/funsd --model outputs/models/base
   python launch/finetune.py --config configs/finetune/tiny.yaml --model outputs/models/tiny --train.steps 5
-  deepspeed --num_gpus 4 launch/finetune.py --config configs/finetune/funsd.yaml --data /data/funsd \
+  deepspeed --num_gpus 4 launch/finetune.py --config configs/finetune/funsd.yaml --data /data/funsd \\
       --model outputs/models/base          # global batch 16 kept through accumulation on any rank count
   DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/finetune.py --config configs/finetune/tiny.yaml --model M
-  (no --data: synthetic FUNSD-format forms are generated under OUTPUT/synthetic)
+  (no --data: synthetic pages for the task are generated under OUTPUT/synthetic)
+  python launch/finetune.py --config configs/finetune/rvl_cdip.yaml --data /data/rvl-cdip --model M \\
+      --data.words_from_shards /data/rvl-cdip-shards   # the words data_prep OCR'd for pretraining
+  python launch/finetune.py --config configs/finetune/tiny_qa.yaml --model outputs/models/tiny
   python launch/finetune.py --config configs/finetune/funsd.yaml --data /data/funsd --model outputs/models/base \\
       --model.init random --out outputs/finetune/scratch   # same architecture and vocabulary, fresh weights
 
@@ -58,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, required=True, help="YAML fine-tuning config")
     parser.add_argument("--model", required=True, help="model directory with tokenizer files (launch/convert.py)")
-    parser.add_argument("--data", help="FUNSD root with training_data/ and testing_data/ (default: synthetic forms)")
+    parser.add_argument(
+        "--data",
+        help="the task's data root: FUNSD's training_data/ + testing_data/, CORD's or RVL-CDIP's or DocVQA's "
+        "train/ (+ val/) + test/ (default: synthetic pages for the task)",
+    )
     parser.add_argument("--out", help="output directory (overrides output.dir)")
     parser.add_argument(
         "--resume",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,42 @@ def test_a_long_question_is_cut_to_fit_and_the_dev_split_holds_out_whole_pages(t
     train_pages = {question.image_path for question in job.questions["train"]}
     dev_pages = {question.image_path for question in job.questions["dev"]}
     assert train_pages and dev_pages and not train_pages & dev_pages
+
+
+def test_two_ranks_under_zero3_score_what_the_kept_model_answers(tmp_path: Path) -> None:
+    """QA on 2 CPU ranks, ZeRO-3: dev and test windows are spread over the ranks in lockstep (every rank runs the
+    same number of forwards, as sharded parameters need) and the kept model is gathered from the shards; reloaded
+    on one process it gives the test answers and ANLS the run reported."""
+    _model(tmp_path / "model")
+    ds = json.loads((REPO_ROOT / "ds_configs" / "finetune_cpu_fp32.json").read_text())
+    (tmp_path / "zero3.json").write_text(json.dumps({**ds, "zero_optimization": {"stage": 3}}))
+    out = tmp_path / "out"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port)]
+    command += ["launch/finetune.py", "--config", "configs/finetune/tiny_qa.yaml", "--model", str(tmp_path / "model")]
+    command += ["--out", str(out), "--train.steps", "4", "--logging.val_every", "2", "--logging.progress", "false"]
+    command += ["--data.synthetic_train_pages", "6", "--data.synthetic_test_pages", "3"]
+    command += ["--deepspeed", str(tmp_path / "zero3.json")]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "ZeRO-3" in done.stdout + done.stderr
+    results = json.loads((out / "results.json").read_text())
+    model = LayoutLMv3ForQuestionAnswering.from_pretrained(out / "best").eval()
+    from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+
+    questions = read_questions(out / "synthetic" / "test")
+    windows = QuestionWindows(questions, LayoutLMv3Tokenizer.from_pretrained(out / "best"), 192, 64, 224)
+    logits = []
+    with torch.no_grad():
+        for item in windows.items:
+            output = model(
+                **{name: item[name][None] for name in ("input_ids", "bbox", "attention_mask", "pixel_values")}
+            )
+            text = item["input_ids"].shape[0]
+            logits.append((output.start_logits[0, :text], output.end_logits[0, :text]))
+    answers = best_answers(questions, windows, logits)
+    assert len(questions) > 5 and [e["predicted"] for e in results["test"]["examples"]] == answers[:5]
+    assert results["test"]["anls"] == pytest.approx(anls(answers, [q.answers for q in questions]), abs=1e-9)

@@ -111,3 +111,21 @@ def test_padding_waste_on_real_shards(tmp_path):
     shares = {name: policies[name]["padding_share_of_positions"] for name in ("max_length", "longest", "bucketed-64")}
     assert 0 <= shares["bucketed-64"] <= shares["max_length"] and shares["longest"] <= shares["max_length"]
     assert policies["max_length"]["distinct_shapes"] == 1
+
+
+def test_qa_baselines_table(tmp_path: Path) -> None:
+    """The baselines of the synthetic questions: reading the question's key beats any question-blind answer."""
+    from data_prep.synth import write_question_split
+
+    write_question_split(tmp_path / "train", 3, seed=0)
+    write_question_split(tmp_path / "test", 3, seed=1)
+    output = run_script("benchmarks/qa_baselines.py", "--data", str(tmp_path)).stdout
+    rows = [line.split("|")[1:3] for line in output.splitlines() if line.startswith("| ") and "ANLS" not in line]
+    scores = {name.strip(): float(value) for name, value in rows}
+    assert list(scores) == [
+        "most frequent training answer",
+        "question-blind: a value asked about on the page, at random",
+        "key rule: the words after the question's key",
+    ]
+    blind, rule = scores["question-blind: a value asked about on the page, at random"], scores[list(scores)[2]]
+    assert 0 < blind < rule and rule > 0.5

@@ -16,15 +16,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from data_prep.ocr import PageRejected, parse_tsv, run_tesseract
-from layoutlmv3.finetune.classes import words_file
+from data_prep.page_words import words_of_page
+from data_prep.rejects import PageRejected
 from layoutlmv3.finetune.qa import Question, QuestionWindows, best_answers
 from layoutlmv3.finetune.selection import saved_processing
 from layoutlmv3.model import LayoutLMv3ForQuestionAnswering
-from layoutlmv3.page_layout import BadBox, line_layout, normalize_box, read_words, to_sample_mode
+from layoutlmv3.page_layout import BadBox, line_layout, normalize_box, to_sample_mode
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
-
-OCR_TIMEOUT = 120.0
 
 EPILOG = """\
 examples:
@@ -55,8 +53,7 @@ def answer(args: argparse.Namespace) -> list[dict]:
     tokenizer = LayoutLMv3Tokenizer.from_pretrained(args.model)
     with Image.open(args.image) as image:
         page = to_sample_mode(image)
-        source = args.words or (words_file(args.image) if words_file(args.image).is_file() else None)
-        words = read_words(source) if source else parse_tsv(run_tesseract(page, OCR_TIMEOUT))
+        words = words_of_page(args.image, page, args.words)  # --words, NAME.json beside it, else Tesseract
         words = [word for word in words if word.text.strip()]
         boxes = [normalize_box(word.box, *page.size) for word in words]
     if saved.get("boxes", "segment") == "segment":

@@ -16,16 +16,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from data_prep.ocr import PageRejected, parse_tsv, run_tesseract
-from layoutlmv3.finetune.classes import IMAGE_SUFFIXES, words_file
+from data_prep.page_words import words_of_page
+from data_prep.rejects import PageRejected
+from layoutlmv3.finetune.classes import IMAGE_SUFFIXES
 from layoutlmv3.finetune.dataset import MODEL_INPUTS
 from layoutlmv3.finetune.selection import saved_processing
 from layoutlmv3.model import LayoutLMv3ForSequenceClassification
-from layoutlmv3.page_layout import BadBox, Word, line_layout, normalize_box, read_words, to_sample_mode
+from layoutlmv3.page_layout import BadBox, Word, line_layout, normalize_box, to_sample_mode
 from layoutlmv3.processing import LayoutLMv3Processor, page_pixels
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
-
-OCR_TIMEOUT = 120.0
 
 EPILOG = """\
 examples:
@@ -77,15 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _words(path: Path, image: Image.Image, given: Path | None) -> list[Word]:
-    """--words, else the words file beside the page (NAME.json, as training reads), else Tesseract's."""
-    if given is not None:
-        return read_words(given)
-    if words_file(path).is_file():
-        return read_words(words_file(path))
-    return parse_tsv(run_tesseract(to_sample_mode(image), OCR_TIMEOUT))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.words and args.image.is_dir():
@@ -104,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines = []
         for path in images:
             with Image.open(path) as image:
-                words = _words(path, image, args.words)
+                words = words_of_page(path, image, args.words)  # --words, NAME.json beside it, else Tesseract
                 lines.append(json.dumps({"image": str(path), **classifier.classify(image, words)}))
     except (OSError, ValueError, BadBox, PageRejected) as error:
         print(f"error: {error}", file=sys.stderr)

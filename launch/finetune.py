@@ -24,10 +24,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_prep.ocr import PageRejected, parse_tsv, run_tesseract
-from data_prep.shard_words import write_words_from_shards
+from data_prep.page_words import ocr_missing_words, write_words_from_shards
 from data_prep.synth import DOCUMENT_KINDS, write_class_split, write_cord_split, write_corpus, write_question_split
-from layoutlmv3.finetune.classes import listed_pages, words_file
+from layoutlmv3.finetune.classes import listed_pages
 from layoutlmv3.finetune.config import (
     FinetuneConfig,
     load_finetune_config,
@@ -35,7 +34,6 @@ from layoutlmv3.finetune.config import (
 from layoutlmv3.finetune.funsd import SPLITS
 from layoutlmv3.finetune.qa import question_images
 from layoutlmv3.finetune.train import RESULTS_FILE, finetune
-from layoutlmv3.page_layout import to_sample_mode
 from layoutlmv3.training.signals import EXIT_BAD_CONFIG, EXIT_OK
 
 EPILOG = """\
@@ -114,34 +112,12 @@ def write_synthetic_forms(config: FinetuneConfig) -> Path:
     return root
 
 
-OCR_TIMEOUT = 120.0  # seconds of Tesseract per page
-
-
 def _pages(task: str, root: Path) -> list[Path]:
     """The page images of a document-class or question root (train, val and test splits present)."""
     splits = [name for name in ("train", "val", "test") if (root / name).is_dir() or (root / f"{name}.txt").is_file()]
     if task == "classes":
         return [image for split in splits for image, _ in listed_pages(root / split)]
     return sorted({image for split in splits for image in question_images(root / split)})
-
-
-def ocr_missing_words(images: list[Path]) -> None:
-    """Tesseract's words for every page that has no words file yet (written beside the image as NAME.json, so
-    the next run reads them): the library reads words, data_prep makes them."""
-    from PIL import Image
-
-    pending = [image for image in images if not words_file(image).is_file()]
-    for number, image in enumerate(pending, 1):
-        logging.getLogger("ocr").info("OCR %d/%d: %s", number, len(pending), image)
-        with Image.open(image) as opened:
-            try:
-                words = parse_tsv(run_tesseract(to_sample_mode(opened), OCR_TIMEOUT))
-            except PageRejected as error:
-                raise ValueError(f"{image}: OCR failed: {error}") from None
-        entries = [{"text": word.text, "box": list(word.box), "line": word.line} for word in words]
-        temporary = words_file(image).with_name(f".{words_file(image).name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"words": entries}))
-        temporary.replace(words_file(image))
 
 
 def fill_missing_words(config: FinetuneConfig) -> None:
@@ -152,7 +128,7 @@ def fill_missing_words(config: FinetuneConfig) -> None:
         fcntl.lockf(lock, fcntl.LOCK_EX)
         pages = _pages(config.task, root)
         if config.data.words_from_shards:
-            written = write_words_from_shards(config.data.words_from_shards, pages, words_file)
+            written = write_words_from_shards(config.data.words_from_shards, pages)
             logging.getLogger("words").info("%d words files written from %s", written, config.data.words_from_shards)
         ocr_missing_words(pages)
 

@@ -14,16 +14,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
-from data_prep.ocr import Word, parse_tsv, run_tesseract
+from data_prep.ocr import Word
+from data_prep.page_words import ocr_words
 from data_prep.pages import find_images, read_pages
 from data_prep.rejects import PageRejected
 from layoutlmv3.finetune.predict import Predictor, draw
-from layoutlmv3.page_layout import BadBox, read_words, to_sample_mode
-
-OCR_TIMEOUT = 120.0  # seconds of Tesseract per page
+from layoutlmv3.page_layout import BadBox, read_words
 
 EPILOG = """\
 examples:
@@ -72,7 +70,7 @@ def _page(predictor: Predictor, path: Path, page: int, words: list[Word] | None,
     for number, image in read_pages(path, page):
         if isinstance(image, PageRejected):
             raise image
-        prediction = predictor.predict(image, _ocr(image) if words is None else words, name=str(path), page=number)
+        prediction = predictor.predict(image, ocr_words(image) if words is None else words, name=str(path), page=number)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(prediction.to_json(), encoding="utf-8")
         if viz:
@@ -92,7 +90,7 @@ def _batch(predictor: Predictor, root: Path, out: Path, viz: Path | None) -> int
             try:
                 if isinstance(image, PageRejected):
                     raise image
-                prediction = predictor.predict(image, _ocr(image), name=relative, page=number)
+                prediction = predictor.predict(image, ocr_words(image), name=relative, page=number)
             except (PageRejected, BadBox) as error:
                 print(f"skipped {relative} page {number}: {error}", file=sys.stderr)
                 failed += 1
@@ -104,11 +102,6 @@ def _batch(predictor: Predictor, root: Path, out: Path, viz: Path | None) -> int
                 draw(image, prediction).save((viz / name).with_suffix(".png"))
     print(f"wrote {out}" + (f" ({failed} page(s) skipped)" if failed else ""))
     return 1 if failed else 0
-
-
-def _ocr(image: Image.Image) -> list[Word]:
-    """Tesseract's words of a page (a failure or time-out raises PageRejected)."""
-    return parse_tsv(run_tesseract(to_sample_mode(image), OCR_TIMEOUT))
 
 
 if __name__ == "__main__":

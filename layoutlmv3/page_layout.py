@@ -89,6 +89,11 @@ def to_sample_mode(image: Image.Image) -> Image.Image:
     return converted
 
 
+def words_file(image: Path) -> Path:
+    """Where a page's words live for fine-tuning and prediction: NAME.json beside the image NAME.png."""
+    return image.with_suffix(".json")
+
+
 def read_words(path: str | Path) -> list[Word]:
     """Words given as JSON, ``{"words": [{"text": "Date:", "box": [x0, y0, x1, y1], "line": 3}, ...]}`` (or the bare
     list) with pixel boxes; without `line`, each word is its own line. Prediction and document classification

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,7 @@ def test_words_come_from_data_prep_shards_instead_of_ocr(tmp_path: Path) -> None
     write_class_split(tmp_path / "root" / "train", 4, seed=3)
     write_class_split(tmp_path / "root" / "test", 2, seed=4)
     images = sorted((tmp_path / "root").rglob("*.png"))
-    originals = {image: page_words(image, boxes) for image in images for boxes in ("word", "segment")}
+    originals = {(image, boxes): page_words(image, boxes) for image in images for boxes in ("word", "segment")}
     for image in images:  # data_prep's JSON OCR input, then no words beside the pages
         words = json.loads(words_file(image).read_text())["words"]
         image.with_suffix(".json").write_text(json.dumps({"pages": [{"page": 0, "words": words}]}))
@@ -125,10 +126,17 @@ def test_words_come_from_data_prep_shards_instead_of_ocr(tmp_path: Path) -> None
     config = load_finetune_config(None, ["--task", "classes", "--model.path", "m", "--data.dir", str(tmp_path / "root"),
                                          "--data.words_from_shards", str(tmp_path / "shards"), "--output.dir", "o"])  # fmt: skip
     fill_missing_words(config)  # the launcher's step before training
-    assert {image: page_words(image, boxes) for image in images for boxes in ("word", "segment")} == originals
+    assert {(image, boxes): page_words(image, boxes) for image in images for boxes in ("word", "segment")} == originals
     extra = images[0].parent / "unseen.png"
     shutil.copy(images[0], extra)
     with pytest.raises(ValueError, match=r"1 of 1 pages without words are not in the shards .*unseen.png"):
         fill_missing_words(config)
     with pytest.raises(ValueError, match="words_from_shards is for task classes or questions"):
         load_finetune_config(None, ["--model.path", "m", "--data.words_from_shards", "s"])
+    if shutil.which("tesseract"):  # without shards: Tesseract reads the pages that have no words file
+        extra.unlink()
+        words_file(images[1]).unlink()
+        fill_missing_words(replace(config, data=replace(config.data, words_from_shards=None)))
+        read = {word.lower() for word in page_words(images[1], "word")[0] if len(word) > 3}
+        truth = {word.lower() for word in originals[(images[1], "word")][0] if len(word) > 3}
+        assert len(read & truth) > 0.5 * len(truth)

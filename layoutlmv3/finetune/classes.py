@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from layoutlmv3.page_layout import BadBox, line_layout, normalize_box, read_words
+from layoutlmv3.page_layout import BadBox, line_layout, normalize_box, read_words, words_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -61,10 +61,6 @@ def class_names(split_dir: str | Path) -> tuple[str, ...]:
     if not names:
         raise ValueError(f"{split_dir} has no labelled pages")
     return tuple(sorted(names, key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name)))
-
-
-def words_file(image: Path) -> Path:
-    return image.with_suffix(".json")
 
 
 def read_class_split(split_dir: str | Path, classes: Sequence[str], boxes: str = "segment") -> list[ClassifiedPage]:

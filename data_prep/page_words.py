@@ -1,5 +1,8 @@
-"""A page's OCR words taken back out of data_prep shards: a collection already OCR'd for pretraining (RVL-CDIP,
-say) is fine-tuned on without running Tesseract a second time.
+"""The words of a page for fine-tuning and prediction, made where the library only reads them: Tesseract on the
+page (one timeout, one image mode for every launcher), or taken back out of data_prep shards, so a collection
+already OCR'd for pretraining (RVL-CDIP, say) is fine-tuned on without running Tesseract a second time. Words
+files are ``NAME.json`` beside ``NAME.png`` (`layoutlmv3.page_layout.read_words`' format), each written under a
+temporary name and renamed.
 
 Each shard sample's ``meta.json`` holds its words, their 0..1000 boxes, their line ids and the page's source path
 relative to the input root it was built from (`layoutlmv3.data.sample_format`). A page image is matched to the
@@ -11,15 +14,55 @@ sample whose source is the longest tail of the image's path (``train/letter/0001
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from PIL import Image
 
 from layoutlmv3.data.sample_format import MANIFEST_FILE, META_FILE
+from layoutlmv3.page_layout import read_words, to_sample_mode, words_file
 from layoutlmv3.tokenizer import MAX_COORD
+
+from .ocr import Word, parse_tsv, run_tesseract
+from .rejects import PageRejected
+
+OCR_TIMEOUT = 120.0  # seconds of Tesseract per page
+
+
+def ocr_words(image: Image.Image) -> list[Word]:
+    """Tesseract's words of a page (a failure or time-out raises PageRejected)."""
+    return parse_tsv(run_tesseract(to_sample_mode(image), OCR_TIMEOUT))
+
+
+def words_of_page(image_path: Path, image: Image.Image, words: Path | None = None) -> list[Word]:
+    """The words of a page: from `words` if given, else its words file if there is one, else Tesseract."""
+    source = words or (words_file(image_path) if words_file(image_path).is_file() else None)
+    return read_words(source) if source else ocr_words(image)
+
+
+def ocr_missing_words(images: Iterable[Path]) -> int:
+    """Tesseract's words for every page that has no words file yet, written beside it (the next run reads them);
+    returns how many were written. A page Tesseract cannot read is a ValueError naming it."""
+    pending = [image for image in images if not words_file(image).is_file()]
+    for number, image in enumerate(pending, 1):
+        logging.getLogger("ocr").info("OCR %d/%d: %s", number, len(pending), image)
+        with Image.open(image) as opened:
+            try:
+                words = ocr_words(opened)
+            except PageRejected as error:
+                raise ValueError(f"{image}: OCR failed: {error}") from None
+        _write_words(image, [{"text": word.text, "box": list(word.box), "line": word.line} for word in words])
+    return len(pending)
+
+
+def _write_words(image: Path, entries: list[dict]) -> None:
+    target = words_file(image)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"words": entries}))
+    temporary.replace(target)
 
 
 def shard_words(shards_dir: str | Path) -> dict[str, dict]:
@@ -55,9 +98,9 @@ def match_source(image: Path, sources: dict[str, dict]) -> dict | None:
     return None
 
 
-def write_words_from_shards(shards_dir: str | Path, images: Iterable[Path], words_file: Callable[[Path], Path]) -> int:
-    """Write the words file (``words_file(image)``) of every image that has none from its shard sample; returns
-    how many were written. Raises ValueError naming the images the shards do not hold."""
+def write_words_from_shards(shards_dir: str | Path, images: Iterable[Path]) -> int:
+    """Write the words file of every image that has none from its shard sample; returns how many were written.
+    Raises ValueError naming the images the shards do not hold."""
     pending = [image for image in images if not words_file(image).is_file()]
     if not pending:
         return 0
@@ -76,10 +119,7 @@ def write_words_from_shards(shards_dir: str | Path, images: Iterable[Path], word
             {"text": text, "box": _pixels(box, width, height), "line": int(line)}
             for text, box, line in zip(meta["words"], meta["word_boxes"], meta["line_ids"], strict=True)
         ]
-        target = words_file(image)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"words": entries}))
-        temporary.replace(target)
+        _write_words(image, entries)
     return len(pending)
 
 

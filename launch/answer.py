@@ -21,7 +21,7 @@ from data_prep.rejects import PageRejected
 from layoutlmv3.finetune.qa import Question, QuestionWindows, best_answers
 from layoutlmv3.finetune.selection import saved_processing
 from layoutlmv3.model import LayoutLMv3ForQuestionAnswering
-from layoutlmv3.page_layout import BadBox, line_layout, normalize_box, to_sample_mode
+from layoutlmv3.page_layout import BadBox, model_words, to_sample_mode
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 EPILOG = """\
@@ -54,12 +54,7 @@ def answer(args: argparse.Namespace) -> list[dict]:
     with Image.open(args.image) as image:
         page = to_sample_mode(image)
         words = words_of_page(args.image, page, args.words)  # --words, NAME.json beside it, else Tesseract
-        words = [word for word in words if word.text.strip()]
-        boxes = [normalize_box(word.box, *page.size) for word in words]
-    if saved.get("boxes", "segment") == "segment":
-        line_ids, line_boxes = line_layout([word.line for word in words], boxes)
-        boxes = [line_boxes[i] for i in line_ids]
-    texts = [word.text.strip() for word in words]
+        texts, boxes = model_words(words, *page.size, saved.get("boxes", "segment"))
     questions = [Question(str(n), q, args.image, texts, boxes, [], None) for n, q in enumerate(args.question)]
     windows = QuestionWindows(questions, tokenizer, max_length, stride, model.config.input_size)
     logits = []

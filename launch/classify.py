@@ -22,7 +22,7 @@ from layoutlmv3.finetune.classes import IMAGE_SUFFIXES
 from layoutlmv3.finetune.dataset import MODEL_INPUTS
 from layoutlmv3.finetune.selection import saved_processing
 from layoutlmv3.model import LayoutLMv3ForSequenceClassification
-from layoutlmv3.page_layout import BadBox, Word, line_layout, normalize_box, to_sample_mode
+from layoutlmv3.page_layout import BadBox, Word, model_words, to_sample_mode
 from layoutlmv3.processing import LayoutLMv3Processor, page_pixels
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
@@ -49,12 +49,8 @@ class Classifier:
     @torch.no_grad()
     def classify(self, image: Image.Image, words: Sequence[Word]) -> dict:
         image = to_sample_mode(image)
-        words = [word for word in words if word.text.strip()]
-        boxes = [normalize_box(word.box, *image.size) for word in words]
-        if self.boxes == "segment" and words:
-            line_ids, line_boxes = line_layout([word.line for word in words], boxes)
-            boxes = [line_boxes[line] for line in line_ids]
-        window = self.processor.encode([word.text.strip() for word in words], boxes)[0]
+        texts, boxes = model_words(words, *image.size, self.boxes)
+        window = self.processor.encode(texts, boxes)[0]
         inputs = {name: torch.tensor([getattr(window, name)]) for name in ("input_ids", "bbox", "attention_mask")}
         inputs["pixel_values"] = page_pixels(image, self.model.config.input_size)[None]
         probabilities = self.model(**{name: inputs[name] for name in MODEL_INPUTS}).logits.softmax(-1)[0]

@@ -82,6 +82,19 @@ def line_layout(lines: Sequence[int], boxes: Sequence[Sequence[int]]) -> tuple[l
     return line_ids, line_boxes
 
 
+def model_words(
+    words: Sequence[Word], width: int, height: int, boxes: str = "segment"
+) -> tuple[list[str], list[list[int]]]:
+    """What the model reads of a width x height page's OCR words: their stripped texts (empty words dropped) and
+    0..1000 boxes, each word's own ("word") or its OCR line's ("segment", as the paper). Raises BadBox."""
+    words = [word for word in words if word.text.strip()]
+    normalized = [normalize_box(word.box, width, height) for word in words]
+    if boxes == "segment":
+        line_ids, line_boxes = line_layout([word.line for word in words], normalized)
+        normalized = [line_boxes[line] for line in line_ids]
+    return [word.text.strip() for word in words], normalized
+
+
 def to_sample_mode(image: Image.Image) -> Image.Image:
     """A decoded copy in "L" (bilevel/grayscale sources) or "RGB" (everything else), keeping ``info`` (dpi)."""
     converted = image.convert("L" if image.mode in GRAY_MODES else "RGB")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from layoutlmv3.page_layout import BadBox, line_layout, normalize_box, read_words, words_file
+from layoutlmv3.page_layout import BadBox, model_words, read_words, words_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -87,14 +87,9 @@ def page_words(image: Path, boxes: str = "segment") -> tuple[list[str], list[lis
     source = words_file(image)
     if not source.is_file():
         raise FileNotFoundError(f"{image} has no words file {source.name} (launch/finetune.py runs OCR for it)")
-    words = [word for word in read_words(source) if word.text.strip()]
     with Image.open(image) as opened:
         width, height = opened.size
     try:
-        normalized = [normalize_box(word.box, width, height) for word in words]
+        return model_words(read_words(source), width, height, boxes)
     except BadBox as error:
         raise ValueError(f"{source}: {error}") from None
-    if boxes == "segment":
-        line_ids, line_boxes = line_layout([word.line for word in words], normalized)
-        normalized = [line_boxes[line] for line in line_ids]
-    return [word.text.strip() for word in words], normalized

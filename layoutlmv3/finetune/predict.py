@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from seqeval.metrics.sequence_labeling import get_entities
 
 from layoutlmv3.model import LayoutLMv3ForTokenClassification
-from layoutlmv3.page_layout import Word, line_layout, normalize_box, to_sample_mode
+from layoutlmv3.page_layout import Word, model_words, to_sample_mode
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 from .dataset import MODEL_INPUTS, make_windows, page_pixels
@@ -87,12 +87,7 @@ class Predictor:
         image = to_sample_mode(image)
         words = [word for word in words if word.text.strip()]
         width, height = image.size
-        pixel_boxes = [normalize_box(word.box, width, height) for word in words]
-        boxes = pixel_boxes
-        if self.boxes == "segment":
-            line_ids, line_boxes = line_layout([word.line for word in words], pixel_boxes)
-            boxes = [line_boxes[line] for line in line_ids]
-        texts = [word.text.strip() for word in words]
+        texts, boxes = model_words(words, width, height, self.boxes)
         labels, confidences = self._classify(image, texts, boxes)
         pixels = [[round(float(c)) for c in word.box] for word in words]
         labelled = [

@@ -79,22 +79,25 @@ def shard_words(shards_dir: str | Path) -> dict[str, dict]:
     pages: dict[str, dict] = {}
     suffix = f".{META_FILE}"
     for shard in shards:
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                if member.isfile() and member.name.endswith(suffix):
-                    meta = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
-                    if int(meta.get("page", 0)) == 0:
-                        pages[str(meta["source"])] = meta
+        try:
+            with tarfile.open(shard) as tar:
+                for member in tar:
+                    if member.isfile() and member.name.endswith(suffix):
+                        meta = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+                        if int(meta.get("page", 0)) == 0:
+                            pages[str(meta["source"])] = meta
+        except (tarfile.TarError, KeyError, TypeError, ValueError) as error:  # ValueError: bad JSON too
+            raise ValueError(f"{shard}: not a readable data_prep shard ({type(error).__name__}: {error})") from None
     return pages
 
 
 def match_source(image: Path, sources: dict[str, dict]) -> dict | None:
-    """The meta whose source is the longest tail of `image`'s path, or None."""
-    parts = image.resolve().parts
-    for start in range(len(parts)):
-        meta = sources.get("/".join(parts[start:]))
-        if meta is not None:
-            return meta
+    """The meta whose source is the longest tail of `image`'s path (as given, then with links resolved), or None."""
+    for path in (image.absolute(), image.resolve()):
+        for start in range(len(path.parts)):
+            meta = sources.get("/".join(path.parts[start:]))
+            if meta is not None:
+                return meta
     return None
 
 
@@ -105,14 +108,14 @@ def write_words_from_shards(shards_dir: str | Path, images: Iterable[Path]) -> i
     if not pending:
         return 0
     sources = shard_words(shards_dir)
-    missing = [image for image in pending if match_source(image, sources) is None]
+    matched = {image: match_source(image, sources) for image in pending}
+    missing = [image for image, meta in matched.items() if meta is None]
     if missing:
         raise ValueError(
             f"{len(missing)} of {len(pending)} pages without words are not in the shards of {shards_dir} "
             f"(matched by the tail of their path to the samples' source), e.g. {missing[0]}"
         )
-    for image in pending:
-        meta = match_source(image, sources)
+    for image, meta in matched.items():
         with Image.open(image) as opened:
             width, height = opened.size
         entries = [

@@ -127,6 +127,14 @@ def test_words_come_from_data_prep_shards_instead_of_ocr(tmp_path: Path) -> None
                                          "--data.words_from_shards", str(tmp_path / "shards"), "--output.dir", "o"])  # fmt: skip
     fill_missing_words(config)  # the launcher's step before training
     assert {(image, boxes): page_words(image, boxes) for image in images for boxes in ("word", "segment")} == originals
+    shard = sorted((tmp_path / "shards").glob("*.tar"))[0]
+    intact = shard.read_bytes()
+    shard.write_bytes(intact[:700])  # a truncated shard: named, not a traceback
+    words_file(images[0]).unlink()
+    with pytest.raises(ValueError, match=rf"{shard.name}: not a readable data_prep shard"):
+        fill_missing_words(config)
+    shard.write_bytes(intact)
+    fill_missing_words(config)
     extra = images[0].parent / "unseen.png"
     shutil.copy(images[0], extra)
     with pytest.raises(ValueError, match=r"1 of 1 pages without words are not in the shards .*unseen.png"):

@@ -50,11 +50,12 @@ def parse_overrides(arguments: list[str]) -> list[tuple[str, str]]:
         if "=" in argument:
             key, value = argument[2:].split("=", 1)
             index += 1
-        elif index + 1 < len(arguments):
+        elif index + 1 < len(arguments) and not arguments[index + 1].startswith("--"):
             key, value = argument[2:], arguments[index + 1]
             index += 2
         else:
-            raise ValueError(f"override {argument!r} has no value")
+            # Also where the next word is an option: a mistyped flag (--quiet) would otherwise swallow it.
+            raise ValueError(f"override {argument!r} has no value (an option this launcher lacks? see --help)")
         pairs.append((key, value))
     return pairs
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from data_prep.build_shards import BuildConfig, build
 from data_prep.synth import DOCUMENT_KINDS, write_class_split
+from data_prep.synth.generate import generate_page
 from launch.classify import main as classify_main
 from launch.finetune import fill_missing_words
 from layoutlmv3.finetune.classes import class_names, page_words, read_class_split, words_file
@@ -69,27 +70,38 @@ def test_scores_and_confusion() -> None:
     assert draw_confusion(scores["confusion"], ("a", "b", "c")).size[0] > 100
 
 
-def test_document_classification_runs_on_the_trainer_and_classifies_a_new_page(tmp_path: Path) -> None:
-    """The launcher on synthetic pages (their templates as classes): accuracy selects the kept model, the test
-    split gets accuracy, a per-class report and the confusion matrix, and the kept model classifies a page."""
-    tokenizer = train_bpe(["Dear", "Sir", "MEMORANDUM", "INVOICE", "Total", "Date", "Name"] * 10, vocab_size=300)
+# Measured with this test's model and settings, seeds 1/2/3: test accuracy 0.55/0.75/0.525 (0.45/-/- at lr 1e-3).
+CLASSIFY_SEED = 1
+
+
+def test_document_classification_learns_on_the_trainer_and_classifies_a_new_page(tmp_path: Path) -> None:
+    """The issue's claim, held: a short CPU run on the built-in labelled set (synthetic pages, their five templates
+    as classes; 200 training pages, 200 steps of a fresh tiny model at lr 2e-3, about a minute) classifies unseen pages far
+    above chance: test accuracy at least 0.4, twice chance and above always answering the test split's most
+    frequent class. Accuracy selects the kept model, the test split gets a per-class report and the confusion
+    matrix, and the kept model classifies a new page through launch/classify.py."""
+    vocabulary = [w.text for i in range(40) for e in generate_page(99, i).entities for w in e.words]
+    tokenizer = train_bpe(vocabulary, vocab_size=1000)  # another corpus seed than the pages trained on
     tokenizer.save_pretrained(tmp_path / "model")
     LayoutLMv3Model(LayoutLMv3Config.from_flavor("tiny", vocab_size=tokenizer.vocab_size)).save_pretrained(
         tmp_path / "model"
     )
     out = tmp_path / "out"
     command = [sys.executable, "-m", "launch.finetune", "--config", "configs/finetune/tiny_classes.yaml"]
-    command += ["--model", str(tmp_path / "model"), "--out", str(out), "--train.steps", "4", "--logging.val_every"]
-    command += ["2", "--logging.progress", "false", "--data.synthetic_train_pages", "10"]
-    command += ["--data.synthetic_test_pages", "5"]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    command += ["--model", str(tmp_path / "model"), "--out", str(out), "--train.steps", "200", "--train.lr", "2e-3"]
+    command += ["--train.seed", str(CLASSIFY_SEED), "--logging.val_every", "100", "--logging.progress", "false"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    classes = DOCUMENT_KINDS  # the synthetic set names every template, even one a small split lacks
-    assert [entry["step"] for entry in results["dev_history"]] == [2, 4] and "dev_accuracy" in results
-    assert set(results["test"]["per_class"]) == set(classes)
-    assert sum(map(sum, results["test"]["confusion"])) == 5 and (out / "confusion.png").is_file()
+    classes = DOCUMENT_KINDS  # the synthetic set names every template
+    assert [entry["step"] for entry in results["dev_history"]] == [100, 200] and "dev_accuracy" in results
+    test = results["test"]
+    assert set(test["per_class"]) == set(classes)
+    confusion = test["confusion"]
+    assert sum(map(sum, confusion)) == 40 and (out / "confusion.png").is_file()
+    most_frequent = max(map(sum, confusion)) / 40  # rows: the true classes
+    assert test["accuracy"] >= max(0.4, 2 / len(classes)) and test["accuracy"] > most_frequent, (test, most_frequent)
     model = LayoutLMv3ForSequenceClassification.from_pretrained(out / "best")
     assert model.config.id2label == dict(enumerate(classes))
     assert json.loads((out / "best" / "processing.json").read_text()) == {

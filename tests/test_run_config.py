@@ -160,6 +160,7 @@ def test_defaults_plus_required_paths_make_a_config() -> None:
         (["--data", "x"], "config.data must be a mapping, got 'x'"),
         (["train.lr", "1"], "overrides look like --section.key VALUE, got 'train.lr'"),
         (["--train.lr"], "override '--train.lr' has no value"),
+        (["--quiet", "--train.lr", "1"], r"override '--quiet' has no value \(an option this launcher lacks\?"),
     ],
 )
 def test_bad_settings_fail_with_the_dotted_path(overrides: list[str], message: str) -> None:

@@ -129,3 +129,39 @@ def test_qa_baselines_table(tmp_path: Path) -> None:
     ]
     blind, rule = scores["question-blind: a value asked about on the page, at random"], scores[list(scores)[2]]
     assert 0 < blind < rule and rule > 0.5
+
+
+def test_qa_training_probe_tells_one_pages_questions_apart_at_a_wide_init(tmp_path: Path) -> None:
+    """The probe behind BENCHMARKS.md's question-answering diagnosis, and proof that a question's words reach the
+    span head: a fresh tiny model at initializer_range 0.2 (no dropout) learns to answer each of one page's
+    questions with its own value (ANLS 1), two of them as long in tokens as each other, so the answer cannot come
+    from where the page's tokens start; at the default 0.02 it stays question-blind for hundreds of steps."""
+    from data_prep.synth import write_question_split
+    from layoutlmv3.finetune.qa import read_questions
+    from layoutlmv3.finetune.splits import split_dev
+    from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3Model
+    from layoutlmv3.tokenizer import train_bpe
+
+    write_question_split(tmp_path / "data" / "train", 6, seed=42)
+    questions = read_questions(tmp_path / "data" / "train")
+    keys = [question.question.split("the ", 1)[1].rstrip("?") for question in questions]
+    words = [word for question in questions for word in question.words] + keys * 20  # keys: one token each
+    tokenizer = train_bpe(words, vocab_size=600)
+    tokenizer.save_pretrained(tmp_path / "model")
+    LayoutLMv3Model(LayoutLMv3Config.from_flavor("tiny", vocab_size=tokenizer.vocab_size)).save_pretrained(
+        tmp_path / "model"
+    )
+    train, _ = split_dev(questions, 0.2, 0, key=lambda question: str(question.image_path))  # as the probe
+    page = sorted({question.image_path for question in train})[0]
+    on_page = [question.question for question in train if question.image_path == page]
+    lengths = [len(tokenizer.tokenize_words(q.split(), [[0, 0, 0, 0]] * len(q.split()))[0]) for q in on_page]
+    assert len(lengths) > len(set(lengths)), (on_page, lengths)
+    overrides = {"initializer_range": 0.2, "hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0}
+    output = run_script(
+        "benchmarks/qa_training_probe.py", "--data", str(tmp_path / "data"), "--model", str(tmp_path / "model"),
+        "--init", "random", "--pages", "1", "--answered-only", "--batch", "4", "--steps", "120", "--every", "60",
+        "--overrides", json.dumps(overrides),
+    ).stdout  # fmt: skip
+    scores = [float(line.split("ANLS ")[1].split()[0]) for line in output.splitlines() if line.startswith("step")]
+    assert output.startswith(f"{len(on_page)} training questions") and len(scores) == 2, output
+    assert scores[-1] == 1.0, output

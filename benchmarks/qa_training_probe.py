@@ -4,7 +4,7 @@
   # can the model tell apart the four questions of ONE page (all four in every batch)?
   python benchmarks/qa_training_probe.py --data OUT/synthetic --model outputs/models/tiny --pages 1 \\
       --answered-only --batch 4 --steps 300 --overrides '{"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0}'
-  # the whole training split, dev ANLS every 200 steps (dev: a seeded fifth of the pages, as the job splits)
+  # the whole training split, dev ANLS every 200 steps (dev: a seeded fifth of the pages, split as the job splits)
   python benchmarks/qa_training_probe.py --data OUT/synthetic --model outputs/models/tiny --init random \\
       --overrides '{"initializer_range": 0.1}'
 
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=0, help="train and score on the first N training pages")
     parser.add_argument("--answered-only", action="store_true", help="train on windows that hold the answer")
     parser.add_argument("--dev-questions", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=42, help="the dev split's seed (the job's train.seed)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -56,10 +57,11 @@ def main() -> None:
     load = cls.from_pretrained if args.init == "pretrained" else cls.from_config_of
     model = load(args.model, num_labels=2, **json.loads(args.overrides)).train()
     train = read_questions(f"{args.data}/train")
-    train, dev = split_dev(train, 0.2, 0, key=lambda question: str(question.image_path))
+    train, dev = split_dev(train, 0.2, args.seed, key=lambda question: str(question.image_path))
     if args.pages:
         kept = sorted({question.image_path for question in train})[: args.pages]
         train = dev = [question for question in train if question.image_path in kept]
+        print("pages:", " ".join(path.name for path in kept), flush=True)
     size = model.config.input_size
     train_windows = QuestionWindows(train, tokenizer, args.max_length, args.stride, size)
     dev_windows = QuestionWindows(dev[: args.dev_questions], tokenizer, args.max_length, args.stride, size)

@@ -54,8 +54,10 @@ def parse_overrides(arguments: list[str]) -> list[tuple[str, str]]:
             key, value = argument[2:], arguments[index + 1]
             index += 2
         else:
-            # Also where the next word is an option: a mistyped flag (--quiet) would otherwise swallow it.
-            raise ValueError(f"override {argument!r} has no value (an option this launcher lacks? see --help)")
+            # Also where the next word is a flag: a mistyped option (--quiet) would otherwise swallow it. A value
+            # that itself begins with -- is given as --key=VALUE.
+            hint = "" if "." in argument else " (an option this launcher lacks? see --help)"
+            raise ValueError(f"override {argument!r} has no value{hint}")
         pairs.append((key, value))
     return pairs
 

@@ -135,6 +135,7 @@ def test_defaults_plus_required_paths_make_a_config() -> None:
     assert (config.train, config.model, config.deepspeed) == (defaults.train, defaults.model, defaults.deepspeed)
     assert (config.data.train_shards, config.data.tokenizer, config.objectives.image_tokenizer) == ("s", "t", "i")
     assert parse_overrides(["--a.b", "1", "--c=2"]) == [("a.b", "1"), ("c", "2")]
+    assert parse_overrides(["--a.b=--x"]) == [("a.b", "--x")]  # a value that begins with --
 
 
 @pytest.mark.parametrize(
@@ -161,6 +162,7 @@ def test_defaults_plus_required_paths_make_a_config() -> None:
         (["train.lr", "1"], "overrides look like --section.key VALUE, got 'train.lr'"),
         (["--train.lr"], "override '--train.lr' has no value"),
         (["--quiet", "--train.lr", "1"], r"override '--quiet' has no value \(an option this launcher lacks\?"),
+        (["--train.lr", "--train.steps", "5"], r"override '--train.lr' has no value$"),
     ],
 )
 def test_bad_settings_fail_with_the_dotted_path(overrides: list[str], message: str) -> None:

@@ -1,8 +1,8 @@
 """The words of a page for fine-tuning and prediction, made where the library only reads them: Tesseract on the
 page (one timeout, one image mode for every launcher), or taken back out of data_prep shards, so a collection
 already OCR'd for pretraining (RVL-CDIP, say) is fine-tuned on without running Tesseract a second time. Words
-files are ``NAME.json`` beside ``NAME.png`` (`layoutlmv3.page_layout.read_words`' format), each written under a
-temporary name and renamed.
+files are ``NAME.json`` beside ``NAME.png`` (`layoutlmv3.page_layout.read_words`' format), each written at once
+(`shard_writer.write_file_atomically`).
 
 Each shard sample's ``meta.json`` holds its words, their 0..1000 boxes, their line ids and the page's source path
 relative to the input root it was built from (`layoutlmv3.data.sample_format`). A page image is matched to the
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,6 +27,7 @@ from layoutlmv3.tokenizer import MAX_COORD
 
 from .ocr import Word, parse_tsv, run_tesseract
 from .rejects import PageRejected
+from .shard_writer import write_file_atomically
 
 OCR_TIMEOUT = 120.0  # seconds of Tesseract per page
 
@@ -39,8 +39,9 @@ def ocr_words(image: Image.Image) -> list[Word]:
 
 def words_of_page(image_path: Path, image: Image.Image, words: Path | None = None) -> list[Word]:
     """The words of a page: from `words` if given, else its words file if there is one, else Tesseract."""
-    source = words or (words_file(image_path) if words_file(image_path).is_file() else None)
-    return read_words(source) if source else ocr_words(image)
+    if words is None and words_file(image_path).is_file():
+        words = words_file(image_path)
+    return read_words(words) if words is not None else ocr_words(image)
 
 
 def ocr_missing_words(images: Iterable[Path]) -> int:
@@ -59,10 +60,7 @@ def ocr_missing_words(images: Iterable[Path]) -> int:
 
 
 def _write_words(image: Path, entries: list[dict]) -> None:
-    target = words_file(image)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"words": entries}))
-    temporary.replace(target)
+    write_file_atomically(words_file(image), json.dumps({"words": entries}).encode())
 
 
 def shard_words(shards_dir: str | Path) -> dict[str, dict]:

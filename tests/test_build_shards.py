@@ -30,9 +30,10 @@ from data_prep.manifest import MergeError, merge_task_manifests
 from data_prep.merge_manifests import main as merge_main
 from data_prep.ocr import parse_tsv
 from data_prep.process import PageProcessor, WorkItem
+from data_prep.progress import PROGRESS_DIR
 from data_prep.rejects import PageRejected
 from data_prep.samples import encode_npz, line_layout, normalize_box
-from data_prep.shard_writer import ShardWriter, encode_members
+from data_prep.shard_writer import ShardWriter, encode_members, temporary_path
 from data_prep.synth import write_corpus
 from data_prep.tesseract_engine import ENGINE_ENV
 from layoutlmv3.data.sample_format import (
@@ -580,6 +581,18 @@ def test_resume_after_sigkill_of_the_cli(corpus_dir, tokenizer_dir, tmp_path) ->
     process.send_signal(signal.SIGKILL)
     process.wait()
     subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True)
+    _assert_resumed_equals(out, reference)
+
+
+def test_a_progress_record_half_written_at_a_kill_is_removed_on_resume(corpus_dir, tokenizer_dir, tmp_path) -> None:
+    """A SIGKILL while a progress record is being written leaves its temporary behind (the test above once caught
+    one in CI); the next run of the chunk removes it, and the output equals a clean run's."""
+    reference = _clean_reference(corpus_dir, tokenizer_dir, tmp_path / "reference")
+    out = tmp_path / "out"
+    build(config(corpus_dir, out, tokenizer_dir, max_samples_per_shard=2))
+    record = sorted((out / PROGRESS_DIR).glob("*.json"))[0]
+    temporary_path(record).write_bytes(b'{"half a rec')
+    build(config(corpus_dir, out, tokenizer_dir, max_samples_per_shard=2))
     _assert_resumed_equals(out, reference)
 
 

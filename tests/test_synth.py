@@ -116,6 +116,35 @@ def test_funsd_json_round_trips(tmp_path: Path) -> None:
         assert image.mode == "L" and image.tobytes() == page.image.tobytes()
 
 
+def test_a_page_write_cut_before_its_rename_leaves_no_file_a_reader_or_rerun_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill between writing a file and renaming it into place (simulated: the annotation's rename fails) leaves
+    only a hidden temporary: no annotation a FUNSD reader would glob, the page incomplete so a rerun writes it."""
+    import data_prep.shard_writer as shard_writer
+    from data_prep.synth.funsd_format import is_complete
+
+    page, renames = generate_page(2, 1), []
+    real_replace = shard_writer.os.replace
+
+    def replace_then_die_on_the_annotation(source: Path, target: Path) -> None:
+        renames.append(Path(target).name)
+        if Path(target).suffix == ".json":
+            raise OSError("killed")
+        real_replace(source, target)
+
+    monkeypatch.setattr(shard_writer.os, "replace", replace_then_die_on_the_annotation)
+    with pytest.raises(OSError, match="killed"):
+        write_page(page, tmp_path)
+    assert renames == [f"{page.page_id}.png", f"{page.page_id}.json"]
+    assert list(tmp_path.rglob("*.json")) == [] and not is_complete(tmp_path, page.page_id)
+    assert [p.name.startswith(f".{page.page_id}.json.") for p in (tmp_path / "annotations").iterdir()] == [True]
+    monkeypatch.undo()
+    write_page(page, tmp_path)
+    assert is_complete(tmp_path, page.page_id)
+    assert json.loads((tmp_path / "annotations" / f"{page.page_id}.json").read_text()) == to_funsd(page)
+
+
 def test_links_go_from_questions_to_answers_and_are_mirrored() -> None:
     n_links = 0
     for index in PAGES:

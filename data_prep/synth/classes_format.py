@@ -4,10 +4,9 @@ template (form, letterhead_form, invoice, letter, memo) is its class, ``{split}/
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
+from .files import words_json, write_atomically
 from .generate import generate_page, page_id
 from .layout import TEMPLATES
 
@@ -19,17 +18,5 @@ def write_class_split(out_dir: str | Path, pages: int, seed: int = 0) -> None:
     out = Path(out_dir)
     for index in range(pages):
         page, name = generate_page(seed, index), page_id(seed, index)
-        folder = out / page.kind
-        folder.mkdir(parents=True, exist_ok=True)
-        words = [
-            {"text": word.text, "box": list(word.box), "line": entity.line_id}
-            for entity in page.entities
-            for word in entity.words
-        ]
-        for path, data in ((folder / f"{name}.json", json.dumps({"words": words})), (folder / f"{name}.png", None)):
-            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            if data is None:
-                page.image.save(temporary, format="PNG")
-            else:
-                temporary.write_text(data)
-            os.replace(temporary, path)
+        write_atomically(out / page.kind / f"{name}.json", words_json(page))
+        write_atomically(out / page.kind / f"{name}.png", page.image)

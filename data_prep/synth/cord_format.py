@@ -8,11 +8,11 @@ CORD v2 category chosen by the entity's role (`CATEGORIES`); ``meta.image_size``
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from .document import SynthPage
+from .files import write_atomically
 from .generate import generate_page, page_id
 
 # CORD v2 fields standing in for the synthetic forms' roles (a receipt's item name and price, its totals).
@@ -44,12 +44,5 @@ def write_cord_split(out_dir: str | Path, pages: int, seed: int = 0) -> None:
     out = Path(out_dir)
     for index in range(pages):
         page, name = generate_page(seed, index), page_id(seed, index)
-        image, annotation = out / "image" / f"{name}.png", out / "json" / f"{name}.json"
-        for path in (image, annotation):
-            path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = image.with_name(f".{image.name}.{os.getpid()}.tmp")
-        page.image.save(temporary, format="PNG")
-        os.replace(temporary, image)
-        temporary = annotation.with_name(f".{annotation.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(to_cord(page), indent=1))
-        os.replace(temporary, annotation)
+        write_atomically(out / "image" / f"{name}.png", page.image)
+        write_atomically(out / "json" / f"{name}.json", json.dumps(to_cord(page), indent=1))

@@ -6,24 +6,20 @@ one question ("What is the Date?" -> "12/03/1998"): the built-in question-answer
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from PIL import Image
-
+from .files import words_json, write_atomically
 from .generate import generate_page, page_id
 
 
 def write_question_split(out_dir: str | Path, pages: int, seed: int = 0, per_page: int = 4) -> int:
     """Pages ``0..pages-1`` of corpus ``seed`` and up to `per_page` questions each; returns the question count."""
     out = Path(out_dir)
-    (out / "documents").mkdir(parents=True, exist_ok=True)
     data = []
     for index in range(pages):
         page, name = generate_page(seed, index), page_id(seed, index)
-        words = [{"text": w.text, "box": list(w.box), "line": e.line_id} for e in page.entities for w in e.words]
-        _write(out / "documents" / f"{name}.json", json.dumps({"words": words}))
-        _write(out / "documents" / f"{name}.png", page.image)
+        write_atomically(out / "documents" / f"{name}.json", words_json(page))
+        write_atomically(out / "documents" / f"{name}.png", page.image)
         entities = {entity.id: entity for entity in page.entities}
         asked: set[str] = set()
         for entity in page.entities:
@@ -36,15 +32,5 @@ def write_question_split(out_dir: str | Path, pages: int, seed: int = 0, per_pag
                 asked.add(field.lower())
                 data.append({"questionId": f"{name}-{len(asked)}", "question": f"What is the {field}?",
                              "image": f"documents/{name}.png", "answers": [answer]})  # fmt: skip
-    _write(out / f"{out.name}.json", json.dumps({"data": data}, indent=1))
+    write_atomically(out / f"{out.name}.json", json.dumps({"data": data}, indent=1))
     return len(data)
-
-
-def _write(path: Path, content: str | Image.Image) -> None:
-    """Written under a temporary name and renamed: an interrupted run leaves no half file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if isinstance(content, str):
-        temporary.write_text(content)
-    else:
-        content.save(temporary, format="PNG")
-    os.replace(temporary, path)

@@ -8,11 +8,11 @@ written; since entities never span lines, each entity box is already a one-line 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from .document import SynthPage
+from .files import write_atomically
 
 
 def to_funsd(page: SynthPage) -> dict[str, Any]:
@@ -42,19 +42,8 @@ def is_complete(out_dir: Path, page_id: str) -> bool:
     return all(path.is_file() for path in page_paths(out_dir, page_id))
 
 
-def _temporary(path: Path) -> Path:
-    """A hidden sibling name that no ``*.png``/``*.json`` glob matches, unique per writing process."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def write_page(page: SynthPage, out_dir: Path) -> None:
     """Write the image, then the annotation, each atomically, so an interrupted run leaves no half page."""
     image_path, annotation_path = page_paths(out_dir, page.page_id)
-    image_path.parent.mkdir(parents=True, exist_ok=True)
-    annotation_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(image_path)
-    page.image.save(tmp, format="PNG")
-    os.replace(tmp, image_path)
-    tmp = _temporary(annotation_path)
-    tmp.write_text(json.dumps(to_funsd(page), indent=4), encoding="utf-8")
-    os.replace(tmp, annotation_path)
+    write_atomically(image_path, page.image)
+    write_atomically(annotation_path, json.dumps(to_funsd(page), indent=4))

@@ -1,0 +1,33 @@
+"""How the synthetic splits put a file on disk, and the words file they share: one place for both, so the FUNSD,
+CORD, classification and question-answering layouts cannot drift apart."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from ..shard_writer import write_file_atomically
+from .document import SynthPage
+
+
+def write_atomically(path: Path, content: str | Image.Image) -> None:
+    """Text (UTF-8) or an image (PNG) written under a hidden temporary name and renamed into place (data_prep's
+    `write_file_atomically`): an interrupted run leaves no half file that a reader or a resume would take."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, str):
+        data = content.encode("utf-8")
+    else:
+        buffer = io.BytesIO()
+        content.save(buffer, format="PNG")
+        data = buffer.getvalue()
+    write_file_atomically(path, data)
+
+
+def words_json(page: SynthPage) -> str:
+    """The page's words file, the layout the classification and question readers take (`page_layout`):
+    ``{"words": [{"text", "box" (pixels), "line"}]}``, a word's line being its entity's."""
+    words = [{"text": w.text, "box": list(w.box), "line": e.line_id} for e in page.entities for w in e.words]
+    return json.dumps({"words": words})

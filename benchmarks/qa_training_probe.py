@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=0, help="train and score on the first N training pages")
     parser.add_argument("--answered-only", action="store_true", help="train on windows that hold the answer")
     parser.add_argument("--dev-questions", type=int, default=200)
+    parser.add_argument("--text-only", action="store_true", help="leave the page image out (no visual tokens)")
     parser.add_argument("--seed", type=int, default=42, help="the dev split's seed (the job's train.seed)")
     args = parser.parse_args()
 
@@ -73,6 +74,7 @@ def main() -> None:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (args.steps - step) / (args.steps - warmup)))
     )
+    inputs = tuple(name for name in INPUTS if name != "pixel_values" or not args.text_only)
     order: list[int] = []
     losses: list[float] = []
     started = time.time()
@@ -80,7 +82,7 @@ def main() -> None:
         if len(order) < args.batch:
             order += random.sample(range(len(items)), len(items))
         chosen, order = order[: args.batch], order[args.batch :]
-        batch = {name: torch.stack([items[i][name] for i in chosen]) for name in INPUTS + TARGETS}
+        batch = {name: torch.stack([items[i][name] for i in chosen]) for name in inputs + TARGETS}
         loss = model(**batch).loss
         optimizer.zero_grad()
         loss.backward()
@@ -89,19 +91,19 @@ def main() -> None:
         schedule.step()
         losses.append(loss.item())
         if step % args.every == 0 or step == args.steps:
-            score, answers = dev_anls(model, dev_windows)
+            score, answers = dev_anls(model, dev_windows, inputs)
             recent = losses[-50:]
             print(f"step {step}: loss {sum(recent) / len(recent):.3f} | ANLS {score:.3f} | "
                   f"{time.time() - started:.0f} s | first answers {answers[:4]}", flush=True)  # fmt: skip
 
 
 @torch.no_grad()
-def dev_anls(model: torch.nn.Module, windows: QuestionWindows) -> tuple[float, list[str]]:
+def dev_anls(model: torch.nn.Module, windows: QuestionWindows, inputs: tuple[str, ...]) -> tuple[float, list[str]]:
     model.eval()
     logits = []
     for start in range(0, len(windows.items), 16):
         chunk = windows.items[start : start + 16]
-        output = model(**{name: torch.stack([item[name] for item in chunk]) for name in INPUTS})
+        output = model(**{name: torch.stack([item[name] for item in chunk]) for name in inputs})
         text = chunk[0]["input_ids"].shape[0]
         logits += list(zip(output.start_logits[:, :text], output.end_logits[:, :text], strict=True))
     model.train()

@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=0, help="train and score on the first N training pages")
     parser.add_argument("--answered-only", action="store_true", help="train on windows that hold the answer")
     parser.add_argument("--dev-questions", type=int, default=200)
-    parser.add_argument("--text-only", action="store_true", help="leave the page image out (no visual tokens)")
+    parser.add_argument("--text-only", action="store_true", help="no visual tokens (pixels still read)")
     parser.add_argument("--seed", type=int, default=42, help="the dev split's seed (the job's train.seed)")
     args = parser.parse_args()
 

@@ -120,7 +120,8 @@ def test_a_page_write_cut_before_its_rename_leaves_no_file_a_reader_or_rerun_tak
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A kill between writing a file and renaming it into place (simulated: the annotation's rename fails) leaves
-    only a hidden temporary: no annotation a FUNSD reader would glob, the page incomplete so a rerun writes it."""
+    only a hidden temporary: no annotation a FUNSD reader would glob, the page incomplete so a rerun writes it, and
+    the rerun removes the temporary (another process's name: it cannot be reused)."""
     import data_prep.shard_writer as shard_writer
     from data_prep.synth.funsd_format import is_complete
 
@@ -140,9 +141,14 @@ def test_a_page_write_cut_before_its_rename_leaves_no_file_a_reader_or_rerun_tak
     assert list(tmp_path.rglob("*.json")) == [] and not is_complete(tmp_path, page.page_id)
     assert [p.name.startswith(f".{page.page_id}.json.") for p in (tmp_path / "annotations").iterdir()] == [True]
     monkeypatch.undo()
-    write_page(page, tmp_path)
+    (left,) = (tmp_path / "annotations").iterdir()
+    left.rename(left.with_name(f".{page.page_id}.json.otherhost.1.tmp"))  # as a killed run on another node left it
+    write_corpus(tmp_path, pages=2, seed=2)  # the rerun: completes the page, removes what the killed run left
     assert is_complete(tmp_path, page.page_id)
     assert json.loads((tmp_path / "annotations" / f"{page.page_id}.json").read_text()) == to_funsd(page)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(
+        f"{generate_page(2, index).page_id}{suffix}" for index in range(2) for suffix in (".json", ".png")
+    )
 
 
 def test_links_go_from_questions_to_answers_and_are_mirrored() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .funsd_format import is_complete, write_page
+from .funsd_format import is_complete, remove_temporaries, write_page
 from .generate import generate_page, page_id
 
 
@@ -31,9 +31,11 @@ def write_corpus(
     """Generate pages ``0..pages-1`` of corpus ``seed`` into ``out_dir`` (FUNSD layout).
 
     Workers are spawned rather than forked so a caller that already started threads or CUDA is safe;
-    output is identical for any ``workers`` because each page is seeded from (seed, index) alone.
+    output is identical for any ``workers`` because each page is seeded from (seed, index) alone. One writer per
+    directory (the launchers hold a lock): a rerun first deletes what a killed run left half-written.
     """
     out = Path(out_dir)
+    remove_temporaries(out)
     tasks = [(str(out), seed, i) for i in range(pages) if not is_complete(out, page_id(seed, i))]
     with tqdm(total=len(tasks), disable=not progress, unit="page", desc="synth") as bar:
         if workers <= 1 or len(tasks) <= 1:

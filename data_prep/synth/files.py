@@ -27,7 +27,8 @@ def write_atomically(path: Path, content: str | Image.Image) -> None:
 
 
 def words_json(page: SynthPage) -> str:
-    """The page's words file, the layout the classification and question readers take (`page_layout`):
+    """The page's words file, the layout the classification and question readers take
+    (`layoutlmv3.page_layout.read_words`):
     ``{"words": [{"text", "box" (pixels), "line"}]}``, a word's line being its entity's."""
     words = [{"text": w.text, "box": list(w.box), "line": e.line_id} for e in page.entities for w in e.words]
     return json.dumps({"words": words})

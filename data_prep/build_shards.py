@@ -27,7 +27,16 @@ from layoutlmv3.data.sample_format import MANIFEST_FORMAT_VERSION
 from layoutlmv3.tokenizer import CONFIG_FILE, MERGES_FILE, VOCAB_FILE, LayoutLMv3Tokenizer
 
 from .chunk_lock import chunk_locks
-from .chunks import ChunkBuilder, ShardLimits, chunk_digest, key_collisions, lock_path, plan_chunks, task_chunks
+from .chunks import (
+    ChunkBuilder,
+    ShardLimits,
+    chunk_digest,
+    key_collisions,
+    lock_path,
+    plan_chunks,
+    progress_path,
+    task_chunks,
+)
 from .manifest import MergeError, check_shards, make_manifest, output_names, write_outputs
 from .ocr import OCR_KINDS, make_ocr
 from .pages import IMAGE_SUFFIXES, scan_inputs
@@ -36,7 +45,7 @@ from .process import WorkerSetup, WorkItem, init_worker, make_processor, process
 from .progress import ProgressMismatch
 from .rejects import Reject
 from .samples import Sample
-from .shard_writer import ShardSizeMismatch
+from .shard_writer import ShardSizeMismatch, remove_temporaries_of
 from .tesseract_engine import persistent_engine_problem, worker_environment
 
 logger = logging.getLogger(__name__)
@@ -113,7 +122,11 @@ def build(config: BuildConfig) -> dict:
     settings = _settings(config, tokenizer.fingerprint)
     limits = ShardLimits(config.max_samples_per_shard, config.max_shard_bytes)
     mine = task_chunks(chunks, config.task_index, config.num_tasks)
+    outputs = output_names(config.task_index, config.num_tasks)
     with chunk_locks([lock_path(config.out, config.prefix, chunk.index) for chunk in mine]):
+        if mine:  # what a killed run of these chunks left half-written (records, this task's manifest), now ours
+            records = [progress_path(config.out, config.prefix, chunk.index) for chunk in mine]
+            remove_temporaries_of(records + [config.out / name for name in outputs])
         builders = [
             ChunkBuilder(config.out, config.prefix, chunk, limits, chunk_digest(settings, chunk)) for chunk in mine
         ]
@@ -122,7 +135,7 @@ def build(config: BuildConfig) -> dict:
         rejects = [reject for builder in builders for reject in builder.progress.rejects]
         check_shards(config.out, shards)  # the manifest never lists a shard that does not match its record
         manifest = make_manifest(tokenizer.fingerprint, config.seed, shards, rejects)
-        write_outputs(config.out, output_names(config.task_index, config.num_tasks), manifest, rejects)
+        write_outputs(config.out, outputs, manifest, rejects)
     return manifest
 
 

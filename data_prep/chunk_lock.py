@@ -5,8 +5,9 @@ twice, a rerun started while the first was cancelled but not yet dead. Without a
 chunk; one run's clean-up deletes the other's temporary file and the other's rename then publishes a partial
 shard. A run takes the locks of all its chunks, in chunk order (so two runs with overlapping chunk sets cannot
 deadlock), before reading their progress; a lock held elsewhere is waited for, with a message naming the holder.
-``fcntl.lockf`` locks are released by the kernel when the holder dies, however it dies, and work on NFSv4 and
-Lustre (mounted with ``flock``/``localflock``), where ``flock`` may not.
+``fcntl.lockf`` locks are released by the kernel when the holder dies, however it dies, and work across hosts on
+NFSv4 and on Lustre mounted with ``flock``, where ``flock`` may not (Lustre's ``localflock`` and NFS's ``nolock``
+exclude only within one node: run one writer per output there).
 """
 
 from __future__ import annotations

@@ -104,9 +104,7 @@ class ChunkBuilder:
         self.chunk = chunk
         self.limits = limits
         self.name = chunk_prefix(prefix, chunk.index)
-        self.progress_path = progress_path(out, prefix, chunk.index)
-        for temporary in temporaries_of(self.progress_path):  # a record half-written when a run was killed
-            temporary.unlink(missing_ok=True)
+        self.progress_path = progress_path(out, prefix, chunk.index)  # its killed writes: build() removes them
         self.progress = load_progress(self.progress_path, digest)
         if self.progress.done and not self._shards_intact():
             self.progress = ChunkProgress(digest)  # a listed shard vanished or changed: rebuild the chunk

@@ -23,7 +23,7 @@ from layoutlmv3.data.sample_format import (
 )
 
 from .rejects import Reject
-from .shard_writer import ShardRecord, write_file_atomically
+from .shard_writer import ShardRecord, remove_temporaries_of, write_file_atomically
 
 TASK_MANIFEST = "manifest.task{task:04d}-of-{tasks:04d}.json"
 TASK_REJECTS = "rejects.task{task:04d}-of-{tasks:04d}.jsonl"
@@ -86,6 +86,7 @@ def merge_task_manifests(out: Path) -> dict:
         for line in (out / TASK_REJECTS.format(task=task, tasks=num_tasks)).read_text(encoding="utf-8").splitlines()
     ]
     merged = make_manifest(manifests[0]["tokenizer"], manifests[0]["seed"], shards, rejects)
+    remove_temporaries_of([out / MANIFEST_FILE, out / REJECTS_FILE])  # a killed merge's; one merge runs at a time
     write_outputs(out, (MANIFEST_FILE, REJECTS_FILE), merged, rejects)
     return merged
 

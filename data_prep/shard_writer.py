@@ -14,6 +14,7 @@ import glob
 import os
 import socket
 import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,26 @@ def temporary_path(path: Path) -> Path:
 def temporaries_of(path: Path) -> list[Path]:
     """Temporary files of ``path`` left by any process (e.g. one that was killed)."""
     return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
+def remove_temporaries_of(paths: Iterable[Path]) -> list[Path]:
+    """Delete the temporaries any process left of these files (killed runs), listing each folder once however many
+    files it holds; returns what was deleted. Only for the files' one writer (under their locks): a live writer's
+    temporary looks the same."""
+    names: dict[Path, set[str]] = {}
+    for path in paths:
+        names.setdefault(path.parent, set()).add(path.name)
+    stale = []
+    for folder, wanted in names.items():
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):  # `temporary_path`'s names: .{name}.{host}.{pid}.tmp (a host may hold dots)
+            stem = entry.name[1:-4] if entry.name.startswith(".") and entry.name.endswith(".tmp") else ""
+            if any(stem[:cut] in wanted for cut, char in enumerate(stem) if char == "."):
+                stale.append(folder / entry.name)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return sorted(stale)
 
 
 class ShardSizeMismatch(RuntimeError):
@@ -126,10 +147,16 @@ def _sync_directory(directory: Path) -> None:
 
 
 def write_file_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` all at once (progress records, manifests): readers never see half a file."""
+    """Replace ``path`` with ``data`` all at once (progress records, manifests): readers never see half a file.
+    A write that fails (disk full, a signal raised as an exception) takes its temporary with it; only a kill
+    leaves one, for `remove_temporaries_of` on the next run."""
     temporary = temporary_path(path)
-    with open(temporary, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -33,7 +33,13 @@ from data_prep.process import PageProcessor, WorkItem
 from data_prep.progress import PROGRESS_DIR
 from data_prep.rejects import PageRejected
 from data_prep.samples import encode_npz, line_layout, normalize_box
-from data_prep.shard_writer import ShardWriter, encode_members, temporary_path
+from data_prep.shard_writer import (
+    ShardWriter,
+    encode_members,
+    remove_temporaries_of,
+    temporary_path,
+    write_file_atomically,
+)
 from data_prep.synth import write_corpus
 from data_prep.tesseract_engine import ENGINE_ENV
 from layoutlmv3.data.sample_format import (
@@ -446,8 +452,10 @@ def test_two_array_tasks_and_merge_equal_one_task(corpus_dir, tokenizer_dir, tmp
         two = config(corpus_dir, tmp_path / "two", tokenizer_dir, files_per_chunk=4, max_samples_per_shard=3)
         build(replace(two, task_index=task, num_tasks=2))
     assert not (tmp_path / "two" / MANIFEST_FILE).exists()
+    killed_merge = tmp_path / "two" / f".{MANIFEST_FILE}.dead.host.9.tmp"  # a merge killed mid-write left this
+    killed_merge.write_bytes(b'{"sha')
     merge_main(["--out", str(tmp_path / "two")])
-    assert "merged: 12 samples" in capsys.readouterr().out
+    assert "merged: 12 samples" in capsys.readouterr().out and not killed_merge.exists()
 
     one, two = output_files(tmp_path / "one"), output_files(tmp_path / "two")
     assert shard_bytes(tmp_path / "one") == shard_bytes(tmp_path / "two")
@@ -585,15 +593,51 @@ def test_resume_after_sigkill_of_the_cli(corpus_dir, tokenizer_dir, tmp_path) ->
 
 
 def test_a_progress_record_half_written_at_a_kill_is_removed_on_resume(corpus_dir, tokenizer_dir, tmp_path) -> None:
-    """A SIGKILL while a progress record is being written leaves its temporary behind (the test above once caught
-    one in CI); the next run of the chunk removes it, and the output equals a clean run's."""
+    """A SIGKILL while a progress record or the manifest is being written leaves its temporary behind (the test
+    above once caught one in CI); the next run of the task removes them, and the output equals a clean run's."""
     reference = _clean_reference(corpus_dir, tokenizer_dir, tmp_path / "reference")
     out = tmp_path / "out"
     build(config(corpus_dir, out, tokenizer_dir, max_samples_per_shard=2))
     record = sorted((out / PROGRESS_DIR).glob("*.json"))[0]
-    temporary_path(record).write_bytes(b'{"half a rec')
+    record.with_name(f".{record.name}.other.host.4242.tmp").write_bytes(b'{"half a rec')  # a killed run's name
+    (out / f".{MANIFEST_FILE}.other.host.4243.tmp").write_bytes(b'{"half a man')
     build(config(corpus_dir, out, tokenizer_dir, max_samples_per_shard=2))
     _assert_resumed_equals(out, reference)
+
+
+def test_only_the_named_files_killed_temporaries_are_removed_in_one_listing(tmp_path: Path) -> None:
+    """remove_temporaries_of takes any host's and pid's temporary of the named files (a host name may hold dots)
+    and nothing else: not the files, not another file's temporary, not a name that merely begins alike."""
+    (tmp_path / "a.json").write_text("{}")
+    stale = [
+        tmp_path / ".a.json.node-1.cluster.org.77.tmp",
+        tmp_path / ".b.json.h.1.tmp",
+        temporary_path(tmp_path / "a.json"),
+    ]
+    kept = [
+        tmp_path / ".a.jsonl.h.1.tmp",
+        tmp_path / ".c.json.h.1.tmp",
+        tmp_path / "a.json.h.1.tmp",
+        tmp_path / "a.json",
+    ]
+    for path in stale + kept[:-1]:
+        path.write_bytes(b"x")
+    assert remove_temporaries_of([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "missing" / "d.json"]) == sorted(
+        stale
+    )
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+
+def test_a_failed_atomic_write_leaves_neither_the_file_nor_its_temporary(tmp_path: Path, monkeypatch) -> None:
+    """Disk full at the fsync (simulated): the error reaches the caller and nothing is left in the folder."""
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("data_prep.shard_writer.os.fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_file_atomically(tmp_path / "manifest.json", b"{}")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_two_runs_on_one_output_never_publish_a_partial_shard(corpus_dir, tokenizer_dir, tmp_path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -116,35 +117,32 @@ def test_funsd_json_round_trips(tmp_path: Path) -> None:
         assert image.mode == "L" and image.tobytes() == page.image.tobytes()
 
 
-def test_a_page_write_cut_before_its_rename_leaves_no_file_a_reader_or_rerun_takes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A kill between writing a file and renaming it into place (simulated: the annotation's rename fails) leaves
-    only a hidden temporary: no annotation a FUNSD reader would glob, the page incomplete so a rerun writes it, and
-    the rerun removes the temporary (another process's name: it cannot be reused)."""
-    import data_prep.shard_writer as shard_writer
+KILLED_AT_THE_ANNOTATIONS_RENAME = """
+import os, signal, sys
+from pathlib import Path
+from data_prep.synth import generate_page, write_page
+real_replace = os.replace
+def replace(source, target):
+    if Path(target).suffix == ".json":
+        os.kill(os.getpid(), signal.SIGKILL)  # a node lost, an OOM kill: no clean-up of any kind runs
+    real_replace(source, target)
+os.replace = replace
+write_page(generate_page(2, 1), Path(sys.argv[1]))
+"""
+
+
+def test_a_page_write_killed_before_its_rename_leaves_no_file_a_reader_or_rerun_takes(tmp_path: Path) -> None:
+    """A SIGKILL between writing the annotation and renaming it into place leaves only a hidden temporary: no
+    annotation a FUNSD reader would glob, the page incomplete so a rerun writes it, and the rerun removes the
+    temporary (the killed process's name: nothing else ever would)."""
     from data_prep.synth.funsd_format import is_complete
 
-    page, renames = generate_page(2, 1), []
-    real_replace = shard_writer.os.replace
-
-    def replace_then_die_on_the_annotation(source: Path, target: Path) -> None:
-        renames.append(Path(target).name)
-        if Path(target).suffix == ".json":
-            raise OSError("killed")
-        real_replace(source, target)
-
-    monkeypatch.setattr(shard_writer.os, "replace", replace_then_die_on_the_annotation)
-    with pytest.raises(OSError, match="killed"):
-        write_page(page, tmp_path)
-    assert renames == [f"{page.page_id}.png", f"{page.page_id}.json"]
-    assert list(tmp_path.rglob("*.json")) == [] and not is_complete(tmp_path, page.page_id)
+    page = generate_page(2, 1)
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_THE_ANNOTATIONS_RENAME, str(tmp_path)], cwd=REPO_ROOT)
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "images" / f"{page.page_id}.png").is_file() and not is_complete(tmp_path, page.page_id)
     assert [p.name.startswith(f".{page.page_id}.json.") for p in (tmp_path / "annotations").iterdir()] == [True]
-    monkeypatch.undo()
-    (left,) = (tmp_path / "annotations").iterdir()
-    left.rename(left.with_name(f".{page.page_id}.json.otherhost.1.tmp"))  # as a killed run on another node left it
     write_corpus(tmp_path, pages=2, seed=2)  # the rerun: completes the page, removes what the killed run left
-    assert is_complete(tmp_path, page.page_id)
     assert json.loads((tmp_path / "annotations" / f"{page.page_id}.json").read_text()) == to_funsd(page)
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(
         f"{generate_page(2, index).page_id}{suffix}" for index in range(2) for suffix in (".json", ".png")

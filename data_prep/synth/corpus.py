@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .funsd_format import is_complete, remove_temporaries, write_page
+from ..shard_writer import remove_temporaries_of
+from .funsd_format import is_complete, page_paths, write_page
 from .generate import generate_page, page_id
 
 
@@ -35,8 +36,8 @@ def write_corpus(
     directory (the launchers hold a lock): a rerun first deletes what a killed run left half-written.
     """
     out = Path(out_dir)
-    remove_temporaries(out)
     tasks = [(str(out), seed, i) for i in range(pages) if not is_complete(out, page_id(seed, i))]
+    remove_temporaries_of(path for _, _, index in tasks for path in page_paths(out, page_id(seed, index)))
     with tqdm(total=len(tasks), disable=not progress, unit="page", desc="synth") as bar:
         if workers <= 1 or len(tasks) <= 1:
             for task in tasks:

@@ -42,15 +42,6 @@ def is_complete(out_dir: Path, page_id: str) -> bool:
     return all(path.is_file() for path in page_paths(out_dir, page_id))
 
 
-def remove_temporaries(out_dir: Path) -> list[Path]:
-    """Delete the hidden temporaries a killed writer left (``.NAME.HOST.PID.tmp``, never renamed into place);
-    returns them. For the directory's one writer, before it starts: another writer's files in flight look the same."""
-    stale = [path for folder in ("images", "annotations") for path in (out_dir / folder).glob(".*.tmp")]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
-
-
 def write_page(page: SynthPage, out_dir: Path) -> None:
     """Write the image, then the annotation, each atomically, so an interrupted run leaves no half page."""
     image_path, annotation_path = page_paths(out_dir, page.page_id)

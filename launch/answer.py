@@ -1,5 +1,5 @@
 """Answer questions about a page with a fine-tuned question-answering model (launch/finetune.py with
-task: questions): image (+ OCR words) + question -> the answer (a span of the page's words) and its score.
+task: questions): image (+ OCR words) + question -> the answer (a span of the page's words), a JSON line each.
 
 Words come from NAME.json beside the image, --words, or Tesseract; the question and the page are windowed as in
 training, and the best span over all windows is the answer.
@@ -29,6 +29,9 @@ examples:
   python launch/answer.py --model outputs/finetune/docvqa/best --image page.png --question "What is the date?"
   python launch/answer.py --model outputs/finetune/tiny_qa/best --image form.png --words form.json \\
       --question "What is the Total?" --question "Who signed it?"
+
+exit codes: 0 answered; 2 unusable input (a model not fine-tuned for questions, an unreadable page or words
+file, an empty question; one line on stderr); 1 anything else.
 """
 
 
@@ -47,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 @torch.no_grad()
 def answer(args: argparse.Namespace) -> list[dict]:
-    model = LayoutLMv3ForQuestionAnswering.from_pretrained(args.model).eval()
+    model = LayoutLMv3ForQuestionAnswering.from_pretrained(args.model, trained_head=True).eval()
     saved = saved_processing(args.model)  # as the model was fine-tuned, unless told otherwise
-    max_length, stride = args.max_length or saved.get("max_length", 512), args.stride or saved.get("stride", 128)
+    max_length = saved.get("max_length", 512) if args.max_length is None else args.max_length
+    stride = saved.get("stride", 128) if args.stride is None else args.stride
     tokenizer = LayoutLMv3Tokenizer.from_pretrained(args.model)
     with Image.open(args.image) as image:
         page = to_sample_mode(image)
@@ -70,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         results = answer(args)
-    except (OSError, ValueError, BadBox, PageRejected) as error:
+    except (OSError, ValueError, BadBox, PageRejected, Image.DecompressionBombError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for result in results:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from data_prep.page_words import words_of_page
 from data_prep.rejects import PageRejected
+from data_prep.shard_writer import write_file_atomically
 from layoutlmv3.finetune.classes import IMAGE_SUFFIXES
 from layoutlmv3.finetune.dataset import MODEL_INPUTS
 from layoutlmv3.finetune.selection import saved_processing
@@ -30,6 +31,9 @@ EPILOG = """\
 examples:
   python launch/classify.py --model outputs/finetune/rvl_cdip/best --image page.png
   python launch/classify.py --model outputs/finetune/tiny_classes/best --image scans/ --out classes.jsonl
+
+exit codes: 0 classified; 2 unusable input (a model not fine-tuned for document classes, no pages, a page or
+words file that cannot be read -- named --, an --out that cannot be written; one line on stderr); 1 anything else.
 """
 
 
@@ -37,7 +41,7 @@ class Classifier:
     """A fine-tuned document classifier with its tokenizer and class names."""
 
     def __init__(self, model_dir: str | Path, max_length: int = 512, boxes: str = "segment") -> None:
-        self.model = LayoutLMv3ForSequenceClassification.from_pretrained(model_dir).eval()
+        self.model = LayoutLMv3ForSequenceClassification.from_pretrained(model_dir, trained_head=True).eval()
         config = self.model.config
         if len(config.id2label) != config.num_labels:
             raise ValueError(f"{model_dir} names no classes (id2label): not a fine-tuned document classifier")
@@ -77,30 +81,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.words and args.image.is_dir():
         print("error: --words gives one page's words; with --image DIR each page's NAME.json is read", file=sys.stderr)
         return 2
+    if args.out and not args.out.parent.is_dir():  # found now, not after every page is classified
+        print(f"error: --out {args.out}: no folder {args.out.parent}", file=sys.stderr)
+        return 2
+    images = page_images(args.image)
+    if not images:
+        print(f"error: no page images ({' '.join(sorted(IMAGE_SUFFIXES))}) under {args.image}", file=sys.stderr)
+        return 2
     saved = saved_processing(args.model)  # as the model was fine-tuned, unless told otherwise
     try:
         classifier = Classifier(
             args.model, args.max_length or saved.get("max_length", 512), saved.get("boxes", "segment")
         )
-        images = (
-            sorted(p for p in args.image.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            if args.image.is_dir()
-            else [args.image]
-        )
-        lines = []
-        for path in images:
-            with Image.open(path) as image:
-                words = words_of_page(path, image, args.words)  # --words, NAME.json beside it, else Tesseract
-                lines.append(json.dumps({"image": str(path), **classifier.classify(image, words)}))
-    except (OSError, ValueError, BadBox, PageRejected) as error:
+        lines = [json.dumps({"image": str(path), **classify_page(classifier, path, args.words)}) for path in images]
+    except (OSError, ValueError, BadBox, PageRejected, Image.DecompressionBombError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     text = "\n".join(lines) + "\n"
-    if args.out:
-        args.out.write_text(text)
-    else:
+    if not args.out:
         sys.stdout.write(text)
+        return 0
+    try:
+        write_file_atomically(args.out, text.encode("utf-8"))
+    except OSError as error:
+        print(f"error: --out {args.out}: {error}", file=sys.stderr)
+        return 2
     return 0
+
+
+def page_images(image: Path) -> list[Path]:
+    """The page, or every page image under a folder (sorted; other files are not pages)."""
+    if not image.is_dir():
+        return [image]
+    return sorted(path for path in image.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+
+
+def classify_page(classifier: Classifier, path: Path, words_path: Path | None) -> dict:
+    """One page's class; a page that cannot be read is an error naming it (one bad scan in a folder is found)."""
+    try:
+        with Image.open(path) as image:
+            words = words_of_page(path, image, words_path)  # --words, NAME.json beside it, else Tesseract
+            return classifier.classify(image, words)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        if str(path) in str(error):
+            raise
+        raise ValueError(f"{path}: {error}") from error
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from layoutlmv3.finetune.config import (
 from layoutlmv3.finetune.funsd import SPLITS
 from layoutlmv3.finetune.qa import question_images
 from layoutlmv3.finetune.train import RESULTS_FILE, finetune
+from layoutlmv3.page_layout import words_file
 from layoutlmv3.training.signals import EXIT_BAD_CONFIG, EXIT_OK
 
 EPILOG = """\
@@ -124,6 +125,8 @@ def fill_missing_words(config: FinetuneConfig) -> None:
     """Words files for the pages of a document-class or question root that have none: from data_prep shards
     (data.words_from_shards) where given, else Tesseract. The ranks of a node start together: one does it."""
     root = Path(config.data.dir)
+    if all(words_file(page).is_file() for page in _pages(config.task, root)):
+        return  # every page has its words: nothing is written (a read-only data root is fine)
     with open(root / ".ocr.lock", "w") as lock:
         fcntl.lockf(lock, fcntl.LOCK_EX)
         pages = _pages(config.task, root)

@@ -111,12 +111,27 @@ def read_words(path: str | Path) -> list[Word]:
     """Words given as JSON, ``{"words": [{"text": "Date:", "box": [x0, y0, x1, y1], "line": 3}, ...]}`` (or the bare
     list) with pixel boxes; without `line`, each word is its own line. Prediction and document classification
     read OCR words this way."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    entries = data["words"] if isinstance(data, dict) else data
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a JSON words file: {error}") from error
+    entries = data.get("words") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        got = f"an object with keys {sorted(data)[:5]}" if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f'{path}: expected {{"words": [...]}} or a list of words, got {got}')
     try:
         return [
-            Word(str(entry["text"]), tuple(entry["box"]), int(entry.get("line", index)))
+            Word(_text(entry["text"]), tuple(entry["box"]), int(entry.get("line", index)))
             for index, entry in enumerate(entries)
         ]
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f'{path}: each word needs "text" and a 4-number "box": {error}') from error
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f'{path}: each word needs a "text" and a 4-number "box": {error!r}') from error
+
+
+def _text(value: Any) -> str:
+    """A word's text as given: a string, or a number written as one (never null, a list or an object)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"a word's text must be a string, got {value!r}")

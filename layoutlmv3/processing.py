@@ -71,6 +71,9 @@ class LayoutLMv3Processor:
     def __init__(
         self, tokenizer: LayoutLMv3Tokenizer, image_size: int = 224, max_length: int = 512, stride: int = 128
     ) -> None:
+        if not 0 <= stride < max_length - 2:  # as the tokenizer's windows (questions check their own room)
+            raise ValueError(f"need 0 <= stride < max_length - 2 (stride: tokens shared by consecutive windows), got "
+                             f"stride={stride}, max_length={max_length}")  # fmt: skip
         self.tokenizer, self.image_size, self.max_length, self.stride = tokenizer, image_size, max_length, stride
 
     def normalize_boxes(self, boxes: Sequence[Sequence[float]], width: int, height: int) -> list[list[int]]:
@@ -92,6 +95,8 @@ class LayoutLMv3Processor:
         processor builds it for question answering), padded to max_length: the question in every window with the
         special box, the page's words split into windows sharing `stride` tokens. Word ids are those of the page's
         words (None on the question and the specials), so answer spans map back to words."""
+        if not question.split():
+            raise ValueError("the question is empty")
         question_ids = self.tokenizer.tokenize_words(question.split(), [[0, 0, 0, 0]] * len(question.split()))[0]
         room = self.max_length - 4 - self.stride - 1  # the question may take what the page's windows can spare
         if room < 1:

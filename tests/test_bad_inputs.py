@@ -112,3 +112,100 @@ def test_special_ids_and_the_patch_grid_have_one_source_each() -> None:
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
     with pytest.raises(ValueError, match="RoBERTa-format vocabularies have <s>=0, <pad>=1, </s>=2"):
         LayoutLMv3Tokenizer(vocab, [])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"wordz": []}', r'expected \{"words": \[...\]\} or a list of words, got an object with keys \[\'wordz\'\]'),
+        ('{"words": [{"text": null, "box": [0, 0, 1, 1]}]}', "a word's text must be a string, got None"),
+        ('{"words": [{"text": {"a": 1}, "box": [0, 0, 1, 1]}]}', "a word's text must be a string"),
+        ('{"words": [{"text": "x"}]}', 'each word needs a "text" and a 4-number "box"'),
+        ("not json", "not a JSON words file"),
+    ],
+)
+def test_a_bad_words_file_is_an_error_naming_it(tmp_path, content, message) -> None:
+    """Words files come from users' OCR: a wrong shape is named, never read as the text "None" or a KeyError."""
+    from layoutlmv3.page_layout import read_words
+
+    (tmp_path / "page.json").write_text(content)
+    with pytest.raises(ValueError, match=message) as raised:
+        read_words(tmp_path / "page.json")
+    assert str(tmp_path / "page.json") in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"question": "What is the Date?", "answers": ["1"]}, 'has no "image"'),
+        ({"image": "documents/p.png", "question": "  ", "answers": ["1"]}, 'has no "question" text'),
+        ({"image": "documents/p.png", "question": "What?", "answers": "02-Jul"}, '"answers" must be a list of strings'),
+    ],
+)  # fmt: skip
+def test_a_bad_question_entry_is_an_error_naming_the_file_and_the_entry(tmp_path, entry, message) -> None:
+    from layoutlmv3.finetune.qa import read_questions
+
+    split = tmp_path / "train"
+    split.mkdir()
+    good = {"image": "documents/p.png", "question": "What is the Total?", "answers": ["1"]}
+    (split / "train.json").write_text(json.dumps({"data": [good, entry]}))
+    with pytest.raises(ValueError, match=f"train.json: question 1 .*{message}"):
+        read_questions(split)
+    (split / "train.json").write_text(json.dumps({"questions": [good]}))
+    with pytest.raises(ValueError, match="expected DocVQA's"):
+        read_questions(split)
+
+
+def test_an_empty_class_folder_is_named_not_dropped(tmp_path) -> None:
+    """A class folder without pages would make a model that silently lacks the class."""
+    from layoutlmv3.finetune.classes import class_names
+
+    for kind in ("letter", "memo"):
+        (tmp_path / "train" / kind).mkdir(parents=True)
+    Image.new("L", (20, 20), 255).save(tmp_path / "train" / "letter" / "a.png")
+    (tmp_path / "train" / "memo" / "notes.txt").write_text("not a page")
+    with pytest.raises(ValueError, match=r"train/memo: a class folder without page images"):
+        class_names(tmp_path / "train")
+
+
+def test_windows_refuse_a_negative_stride_and_an_empty_question(tmp_path) -> None:
+    from layoutlmv3.processing import LayoutLMv3Processor
+
+    tokenizer = train_bpe(["What", "is", "the", "Date", "12/03/1998"] * 5, vocab_size=300)
+    with pytest.raises(ValueError, match="need 0 <= stride < max_length - 2"):
+        LayoutLMv3Processor(tokenizer, max_length=64, stride=-50)
+    processor = LayoutLMv3Processor(tokenizer, max_length=64, stride=8)
+    with pytest.raises(ValueError, match="the question is empty"):
+        processor.encode_question("   ", ["Date"], [[0, 0, 10, 10]])
+    assert len(processor.encode_question("What is the Date?", ["Date"], [[0, 0, 10, 10]])) == 1
+
+
+def test_classify_finds_no_pages_or_an_unwritable_out_before_any_work(tmp_path, capsys) -> None:
+    """Both are said in one line (exit 2) before the model is even loaded: no model directory is needed."""
+    from launch.classify import main as classify_main
+
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "scans" / "readme.txt").write_text("no pages here")
+    assert classify_main(["--model", str(tmp_path / "model"), "--image", str(tmp_path / "scans")]) == 2
+    assert "error: no page images (.jpeg .jpg .png .tif .tiff) under" in capsys.readouterr().err
+    Image.new("L", (20, 20), 255).save(tmp_path / "scans" / "p.png")
+    out = tmp_path / "missing" / "classes.jsonl"
+    assert (
+        classify_main(["--model", str(tmp_path / "model"), "--image", str(tmp_path / "scans"), "--out", str(out)]) == 2
+    )
+    assert f"error: --out {out}: no folder {out.parent}" in capsys.readouterr().err
+
+
+def test_a_data_root_whose_pages_all_have_words_is_only_read(tmp_path) -> None:
+    """Words are written (under a lock file in the root) only for pages that lack them: a read-only data root
+    with every words file present trains, and no lock file is left among the user's data."""
+    from launch.finetune import fill_missing_words
+    from layoutlmv3.finetune.config import FinetuneConfig
+
+    (tmp_path / "train" / "letter").mkdir(parents=True)
+    Image.new("L", (20, 20), 255).save(tmp_path / "train" / "letter" / "a.png")
+    (tmp_path / "train" / "letter" / "a.json").write_text('{"words": [{"text": "Dear", "box": [1, 1, 9, 9]}]}')
+    config = FinetuneConfig(task="classes")
+    config.data.dir = str(tmp_path)
+    fill_missing_words(config)
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["a.json", "a.png", "letter", "train"]

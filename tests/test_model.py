@@ -203,6 +203,28 @@ def test_backbone_moves_between_bare_and_head_models(tmp_path):
         assert torch.equal(back(**inputs).last_hidden_state, bare(**inputs).last_hidden_state)
 
 
+def test_prediction_loads_only_a_fine_tuned_head_of_its_own_kind(tmp_path):
+    """trained_head (what the prediction tools ask for): a bare backbone or another task's model is refused, since
+    its fresh head would answer at random; the right fine-tuned head loads as saved."""
+    from layoutlmv3 import LayoutLMv3ForQuestionAnswering, LayoutLMv3ForSequenceClassification
+
+    LayoutLMv3Model(tiny()).save_pretrained(tmp_path / "bare")
+    LayoutLMv3ForTokenClassification(tiny(num_labels=3)).save_pretrained(tmp_path / "tagger")
+    LayoutLMv3ForQuestionAnswering(tiny(num_labels=2)).save_pretrained(tmp_path / "qa")
+    for head, directory in [
+        (LayoutLMv3ForTokenClassification, "bare"),
+        (LayoutLMv3ForSequenceClassification, "tagger"),
+        (LayoutLMv3ForSequenceClassification, "qa"),
+        (LayoutLMv3ForQuestionAnswering, "bare"),
+    ]:
+        with pytest.raises(ValueError, match=f"is not a fine-tuned {head.__name__}"):
+            head.from_pretrained(tmp_path / directory, trained_head=True)
+        head.from_pretrained(tmp_path / directory)  # fine-tuning starts from any of them
+    tagger = LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "tagger", trained_head=True)
+    saved = safetensors.torch.load_file(tmp_path / "tagger" / "model.safetensors")
+    assert torch.equal(tagger.state_dict()["classifier.linear.weight"], saved["classifier.linear.weight"])
+
+
 def test_loading_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         LayoutLMv3Model.from_pretrained(tmp_path / "missing")

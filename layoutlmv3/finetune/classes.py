@@ -47,12 +47,13 @@ def listed_pages(split_dir: Path) -> list[tuple[Path, str]]:
         return entries
     if not split_dir.is_dir():
         raise FileNotFoundError(f"{split_dir}: no such split (expected a folder per class, or {index.name})")
-    return [
-        (image, folder.name)
-        for folder in sorted(path for path in split_dir.iterdir() if path.is_dir())
-        for image in sorted(folder.iterdir())
-        if image.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    pages = []
+    for folder in sorted(path for path in split_dir.iterdir() if path.is_dir() and not path.name.startswith(".")):
+        images = [image for image in sorted(folder.iterdir()) if image.suffix.lower() in IMAGE_SUFFIXES]
+        if not images:  # else the class would vanish from the model without a word
+            raise ValueError(f"{folder}: a class folder without page images ({' '.join(sorted(IMAGE_SUFFIXES))})")
+        pages += [(image, folder.name) for image in images]
+    return pages
 
 
 def class_names(split_dir: str | Path) -> tuple[str, ...]:

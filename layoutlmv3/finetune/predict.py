@@ -74,7 +74,7 @@ class Predictor:
     ) -> None:
         if boxes not in BOX_LEVELS:
             raise ValueError(f"boxes must be one of {BOX_LEVELS}, got {boxes!r}")
-        self.model = LayoutLMv3ForTokenClassification.from_pretrained(model_dir).to(device).eval()
+        self.model = LayoutLMv3ForTokenClassification.from_pretrained(model_dir, trained_head=True).to(device).eval()
         if len(self.model.config.id2label) != self.model.config.num_labels:
             raise ValueError(f"{model_dir} names no labels (id2label): not a fine-tuned token classifier")
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]

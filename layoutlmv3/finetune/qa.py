@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -63,16 +64,42 @@ def question_file(split_dir: Path) -> Path:
     raise FileNotFoundError(f"{split_dir} has no {split_dir.name}.json (DocVQA's layout: {{'data': [questions]}})")
 
 
+def question_entries(split_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """The split's question file and its entries, checked: each has an "image" and a non-empty "question", and
+    "answers" (optional: DocVQA withholds the test split's) is a list of strings; a bad entry is named."""
+    source = question_file(split_dir)
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{source}: not JSON: {error}") from error
+    entries = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f'{source}: expected DocVQA\'s {{"data": [{{"question", "image", "answers"}}, ...]}}')
+    for index, entry in enumerate(entries):
+        problem = (
+            "is not an object" if not isinstance(entry, dict)
+            else 'has no "image" (the page, relative to the split)' if not isinstance(entry.get("image"), str)
+            else 'has no "question" text' if not str(entry.get("question", "")).strip()
+            else '"answers" must be a list of strings' if not _string_list(entry.get("answers", []))
+            else None
+        )  # fmt: skip
+        if problem:
+            raise ValueError(f"{source}: question {index} ({str(entry)[:80]}) {problem}")
+    return source, entries
+
+
+def _string_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str | int | float) for item in value)
+
+
 def question_images(split_dir: Path) -> list[Path]:
     """The page images a split's questions are about."""
-    entries = json.loads(question_file(split_dir).read_text(encoding="utf-8"))["data"]
-    return sorted({split_dir / entry["image"] for entry in entries})
+    return sorted({split_dir / entry["image"] for entry in question_entries(split_dir)[1]})
 
 
 def read_questions(split_dir: str | Path, boxes: str = "segment") -> list[Question]:
     split_dir = Path(split_dir)
-    source = question_file(split_dir)
-    entries = json.loads(source.read_text(encoding="utf-8"))["data"]
+    source, entries = question_entries(split_dir)
     pages: dict[Path, tuple[list[str], list[list[int]]]] = {}
     questions = []
     for entry in entries:

@@ -47,6 +47,11 @@ class QuestionAnsweringJob(FinetuneJobBase):
                     name,
                 )
         located = sum(question.span is not None for question in train)
+        if not located:  # nothing to learn from: every window would teach "no answer here"
+            raise ValueError(
+                f"none of the {len(train)} training answers is found on its page as a run of the page's words "
+                f"(answers missing, or not what the words files say: compare {root / 'train'}'s answers with them)"
+            )
         logger.info("questions: %s; %d of %d training answers found as page words",
                     ", ".join(f"{len(q)} {n}" for n, q in self.questions.items()), located, len(train))  # fmt: skip
         super().__init__(config, SPAN_LABELS)

@@ -107,12 +107,13 @@ class LayoutLMv3PreTrainedModel(nn.Module):
 
     # ---- loading ------------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **config_overrides: Any):
+    def from_pretrained(cls, directory: str | Path, *, trained_head: bool = False, **config_overrides: Any):
         """Load ours or a transformers LayoutLMv3 directory (config.json + model.safetensors / pytorch_model.bin).
 
         `config_overrides` change execution or head fields, e.g. `num_labels=7, attn_implementation="eager"`.
         Backbone weights must all be present and of the right shape; a head missing from the checkpoint (or of
-        another size) is freshly initialised, and one the model lacks is ignored, each with a log line.
+        another size) is freshly initialised, and one the model lacks is ignored, each with a log line — unless
+        `trained_head` (prediction: a fresh head would answer at random), which refuses such a directory.
         """
         directory = Path(directory)
         config, is_hf = cls._saved_config(directory, config_overrides)
@@ -120,7 +121,7 @@ class LayoutLMv3PreTrainedModel(nn.Module):
         if is_hf:
             weights = hf_interop.hf_to_native(weights)
         model = cls(config)
-        model.load_weights(weights, source=str(directory))
+        model.load_weights(weights, source=str(directory), trained_head=trained_head)
         return model
 
     @classmethod
@@ -139,8 +140,11 @@ class LayoutLMv3PreTrainedModel(nn.Module):
             config = LayoutLMv3Config.from_dict({**config.to_dict(), **overrides})
         return config, is_hf
 
-    def load_weights(self, weights: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-        """Load backbone (+ head) weights saved from this class, the bare model, or another head model."""
+    def load_weights(
+        self, weights: dict[str, torch.Tensor], source: str = "checkpoint", trained_head: bool = False
+    ) -> None:
+        """Load backbone (+ head) weights saved from this class, the bare model, or another head model (not with
+        `trained_head`: then every weight of this class's head must be there, as fine-tuned)."""
         weights = self._align_prefix(weights)
         own = {k: v for k, v in self.state_dict().items() if k not in self.tied_weight_keys}
         backbone = self.base_prefix
@@ -165,6 +169,11 @@ class LayoutLMv3PreTrainedModel(nn.Module):
         if len(head_unexpected) != len(unexpected):
             raise ValueError(
                 f"{source} has backbone weights this model lacks: {sorted(set(unexpected) - set(head_unexpected))[:8]}"
+            )
+        if trained_head and (missing or mismatched):
+            raise ValueError(
+                f"{source} is not a fine-tuned {type(self).__name__}: its head lacks or misfits "
+                f"{(missing + mismatched)[:4]} (a model fine-tuned for another task, or not fine-tuned?)"
             )
         if missing or mismatched:
             logger.info("initialising head weights not in %s: %s", source, missing + mismatched)

@@ -97,7 +97,9 @@ def test_batch_mode_writes_one_json_per_page(model_dir: Path, page: Path, tmp_pa
     assert (tmp_path / "viz" / "sub" / "b.png").is_file()
 
 
-def test_a_model_without_a_fine_tuned_head_is_refused(tmp_path: Path, page: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_model_without_a_fine_tuned_head_is_refused(
+    tmp_path: Path, page: Path, capsys: pytest.CaptureFixture
+) -> None:
     LayoutLMv3Model(LayoutLMv3Config.from_flavor("tiny", vocab_size=400)).save_pretrained(tmp_path / "m")
     train_bpe(WORDS, vocab_size=400).save_pretrained(tmp_path / "m")
     argv = ["--model", str(tmp_path / "m"), "--image", str(page), "--out", str(tmp_path / "r.json")]

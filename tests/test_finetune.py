@@ -172,6 +172,7 @@ class FineTuned:
     results: dict
     code: int
     log: str
+    stdout: str = ""
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +216,7 @@ def _run(command: list[str], out: Path) -> FineTuned:
     done = subprocess.run(command, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     results_file = out / RESULTS_FILE
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    return FineTuned(out, results, done.returncode, done.stdout + done.stderr)
+    return FineTuned(out, results, done.returncode, done.stdout + done.stderr, done.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +256,8 @@ def test_fine_tuning_learns_and_keeps_the_best_dev_model(forms: Path, one_rank: 
     assert rescored["f1"] == pytest.approx(results["test"]["f1"], abs=1e-9)
     assert list(one_rank.out.glob("events.out.tfevents.*"))
     assert "global batch 4" in one_rank.log and "micro-batch 2 x accumulation 2 x 1 ranks" in one_rank.log
+    summary = json.loads(one_rank.stdout)  # stdout is the summary alone (DeepSpeed's build notes go to stderr)
+    assert (summary["best_step"], summary["test_f1"]) == (results["best_step"], results["test"]["f1"])
 
 
 def _metrics(out: Path) -> list[dict]:

@@ -12,9 +12,11 @@ which recent torch enables by default (TORCH_NCCL_ASYNC_ERROR_HANDLING); gloo (C
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -59,7 +61,8 @@ def init_distributed(collective_timeout_s: float) -> dict[str, str]:
         run_alone_without_launcher()
     timeout = timedelta(seconds=collective_timeout_s)
     set_default_group_timeout(timeout)
-    deepspeed.init_distributed(timeout=timeout)
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints its op builds: stdout carries results only
+        deepspeed.init_distributed(timeout=timeout)
     release_cpu_allreduce_buffer_names()
     return from_slurm
 

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from data_prep.ocr import Word
@@ -52,11 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        files = check_paths(args)  # every mistake in the paths is found before the model is loaded
+        check_device(args.device)
         predictor = Predictor(args.model, args.device, args.max_length, args.stride, args.boxes)
-        if args.image.is_dir():
-            if args.words:
-                raise ValueError("--words goes with a single --image FILE")
-            return _batch(predictor, args.image, args.out, args.viz)
+        if files is not None:
+            return _batch(predictor, args.image, files, args.out, args.viz)
         words = read_words(args.words) if args.words else None
         _page(predictor, args.image, args.page, words, args.out, args.viz)
     except (ValueError, FileNotFoundError, PageRejected) as error:  # BadBox is a ValueError
@@ -64,6 +65,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"wrote {args.out}")
     return 0
+
+
+def check_paths(args: argparse.Namespace) -> list[str] | None:
+    """The pages under --image DIR (None for one file), refused when nothing can be done right: no pages, two
+    files whose results would share a name, an --out/--viz of the wrong kind, an output that is an input."""
+    outputs = [path for path in (args.out, args.viz) if path is not None]
+    if not args.image.is_dir():
+        inputs = [args.image.resolve(), *([args.words.resolve()] if args.words else [])]
+        if clash := next((path for path in outputs if path.resolve() in inputs), None):
+            raise ValueError(f"{clash} is an input: the result would overwrite it")
+        if folder := next((path for path in outputs if path.is_dir()), None):
+            raise ValueError(f"{folder} is a folder: with one --image FILE, --out and --viz name files")
+        return None
+    if args.words:
+        raise ValueError("--words goes with a single --image FILE")
+    if file := next((path for path in outputs if path.exists() and not path.is_dir()), None):
+        raise ValueError(f"{file} is a file: with --image DIR, --out and --viz name folders")
+    files = find_images(args.image)
+    if not files:
+        raise ValueError(f"no page images under {args.image}")
+    by_result: dict[str, str] = {}
+    for relative in files:
+        if (other := by_result.setdefault(str(Path(relative).with_suffix("")), relative)) != relative:
+            raise ValueError(f"{other} and {relative} would write the same result file: rename one")
+    return files
+
+
+def check_device(device: str) -> None:
+    """A device that cannot run here is named now, not as a torch traceback."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise ValueError(f"--device {device}: {error}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device here (torch {torch.__version__})")
 
 
 def _page(predictor: Predictor, path: Path, page: int, words: list[Word] | None, out: Path, viz: Path | None) -> None:
@@ -80,10 +116,10 @@ def _page(predictor: Predictor, path: Path, page: int, words: list[Word] | None,
     raise ValueError(f"{path} has no page {page}")
 
 
-def _batch(predictor: Predictor, root: Path, out: Path, viz: Path | None) -> int:
-    """Every page of every image under `root`; a page that fails is reported and skipped (exit 1 if any)."""
+def _batch(predictor: Predictor, root: Path, files: list[str], out: Path, viz: Path | None) -> int:
+    """Every page of `files` under `root`; a page that fails is reported and skipped (exit 1 if any)."""
     failed = 0
-    for relative in tqdm(find_images(root), desc="predict", unit="file"):
+    for relative in tqdm(files, desc="predict", unit="file"):
         stem = Path(relative).with_suffix("")
         for number, image in read_pages(root / relative):
             name = f"{stem}.json" if number == 0 else f"{stem}.p{number}.json"

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from launch.convert import main as convert_main
 from layoutlmv3.convert import convert_checkpoint, resolve_tag
 from layoutlmv3.convert.checkpoint import consolidate
+from layoutlmv3.convert.hf import convert_from_hf
 from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3ForTokenClassification, LayoutLMv3Model
 from layoutlmv3.model.hf_interop import config_to_hf
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
@@ -183,3 +184,48 @@ def test_help() -> None:
     with pytest.raises(SystemExit) as exit_info:
         convert_main(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_non_finite_weights_are_refused_and_the_old_output_is_kept(
+    checkpoints: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A corrupt optimizer file of the right size (or a diverged run) consolidates to NaN weights: refused, naming
+    them, and the model an earlier conversion wrote to --out is left as it was."""
+    import layoutlmv3.convert.checkpoint as checkpoint_module
+
+    out = tmp_path / "m"
+    convert_checkpoint(resolve_tag(checkpoints / "zero2"), out)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    real = checkpoint_module.consolidate
+
+    def with_a_nan(checkpoint):
+        weights = real(checkpoint)
+        next(iter(weights.values())).view(-1)[0] = float("nan")
+        return weights
+
+    monkeypatch.setattr(checkpoint_module, "consolidate", with_a_nan)
+    with pytest.raises(ValueError, match="non-finite values in .* weights"):
+        convert_checkpoint(resolve_tag(checkpoints / "zero2"), out)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+def test_an_out_holding_another_model_is_not_written_over(checkpoints: Path, tmp_path: Path, capsys) -> None:
+    """--out naming a fine-tuned model (files a conversion does not write) is refused; an earlier conversion
+    there is replaced whole, with nothing of it left beside the new files."""
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "selection.json").write_text("{}")
+    argv = ["--checkpoint", str(checkpoints / "zero1"), "--out", str(out)]
+    assert convert_main(argv) == 2
+    assert "holds files a conversion does not write (selection.json)" in capsys.readouterr().err
+    (out / "selection.json").unlink()
+    assert convert_main(argv) == 0 and convert_main(argv) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m"]  # no staging directory left beside it
+
+
+def test_from_hf_without_tokenizer_files_is_refused(tmp_path: Path) -> None:
+    config = LayoutLMv3Config.from_flavor("tiny", vocab_size=VOCAB)
+    transformers.LayoutLMv3Model(config_to_hf(config, "LayoutLMv3Model")).save_pretrained(tmp_path / "hf")
+    with pytest.raises(ValueError, match="has no vocab.json or merges.txt"):
+        convert_from_hf(tmp_path / "hf", tmp_path / "ours")
+    assert not (tmp_path / "ours").exists()

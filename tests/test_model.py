@@ -211,7 +211,12 @@ def test_prediction_loads_only_a_fine_tuned_head_of_its_own_kind(tmp_path):
     LayoutLMv3Model(tiny()).save_pretrained(tmp_path / "bare")
     LayoutLMv3ForTokenClassification(tiny(num_labels=3)).save_pretrained(tmp_path / "tagger")
     LayoutLMv3ForQuestionAnswering(tiny(num_labels=2)).save_pretrained(tmp_path / "qa")
+    pages = LayoutLMv3ForSequenceClassification(tiny(num_labels=5, classifier_head="mlp"))
+    pages.save_pretrained(tmp_path / "pages")  # its head's names and shapes fit an mlp token classifier's
+    pages.save_pretrained(tmp_path / "pages-hf", format="hf")
     for head, directory in [
+        (LayoutLMv3ForTokenClassification, "pages"),
+        (LayoutLMv3ForTokenClassification, "pages-hf"),
         (LayoutLMv3ForTokenClassification, "bare"),
         (LayoutLMv3ForSequenceClassification, "tagger"),
         (LayoutLMv3ForSequenceClassification, "qa"),

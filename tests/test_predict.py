@@ -126,3 +126,27 @@ def test_the_picture_colours_each_entity_by_class_with_a_legend() -> None:
     legend = [picture.getpixel((x, y)) for x in range(300, 400) for y in range(0, 60)]
     assert {tuple(COLORS[name]) for name in COLORS} <= set(legend)  # a swatch of every class
     assert green in legend
+
+
+def test_path_and_device_mistakes_are_named_before_the_model_is_loaded(tmp_path: Path, capsys) -> None:
+    """No model directory exists here: each mistake must be found first, in one line (exit 2), and no input is
+    ever overwritten by a result."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    image = scans / "good.png"
+    Image.new("L", (40, 20), 255).save(image)
+    (tmp_path / "empty").mkdir()
+    model = ["--model", str(tmp_path / "no-model")]
+    cases = [
+        (["--image", str(image), "--out", str(image)], f"{image} is an input: the result would overwrite it"),
+        (["--image", str(image), "--out", str(scans)], f"{scans} is a folder: with one --image FILE"),
+        (["--image", str(scans), "--out", str(image)], f"{image} is a file: with --image DIR"),
+        (["--image", str(tmp_path / "empty"), "--out", str(tmp_path / "r")], "no page images under"),
+        (["--image", str(image), "--out", str(tmp_path / "r.json"), "--device", "foo"], "--device foo: "),
+    ]
+    Image.new("L", (40, 20), 255).save(scans / "good.jpg")
+    cases.append((["--image", str(scans), "--out", str(tmp_path / "r")], "good.jpg and good.png would write the same"))
+    for argv, message in cases:
+        assert predict_main([*model, *argv]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert sorted(path.name for path in scans.iterdir()) == ["good.jpg", "good.png"]

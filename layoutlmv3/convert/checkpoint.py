@@ -27,6 +27,8 @@ from layoutlmv3.training.checkpointing import (
     read_checkpoint,
 )
 
+from .publish import publish
+
 logger = logging.getLogger(__name__)
 
 FORMATS = ("native", "hf")
@@ -79,6 +81,9 @@ def convert_checkpoint(
             f"the tokenizer has fingerprint {tokenizer.fingerprint}, the checkpoint was trained with {expected}"
         )
     weights = consolidate(checkpoint)
+    if broken := [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]:
+        raise ValueError(f"{checkpoint.path}: non-finite values in {len(broken)} weights ({', '.join(broken[:4])}): "
+                         "a corrupt file, or a run that diverged; convert an earlier tag")  # fmt: skip
     if config_path:
         config = _explicit_config(Path(config_path))
     elif checkpoint.model_config is not None:
@@ -87,8 +92,12 @@ def convert_checkpoint(
         config = _run_model_config(client["config"], weights)
     model = _build(config, weights, backbone_only=drop_pretraining_heads or to == "hf", source=str(checkpoint.path))
     out = Path(out)
-    model.save_pretrained(out, format=to)
-    tokenizer.save_pretrained(out)
+
+    def write(directory: Path) -> None:
+        model.save_pretrained(directory, format=to)
+        tokenizer.save_pretrained(directory)
+
+    publish(out, write)
     logger.info("wrote %s (%s format, step %d)", out, to, checkpoint.step)
     return out
 

@@ -89,7 +89,7 @@ class Predictor:
         width, height = image.size
         texts, boxes = model_words(words, width, height, self.boxes)
         labels, confidences = self._classify(image, texts, boxes)
-        pixels = [[round(float(c)) for c in word.box] for word in words]
+        pixels = [_ordered(word.box) for word in words]
         labelled = [
             LabelledWord(text, box, self.labels[label], round(confidence, 4))
             for text, box, label, confidence in zip(texts, pixels, labels, confidences, strict=True)
@@ -152,3 +152,9 @@ def _legend(pen: ImageDraw.ImageDraw, size: tuple[int, int], labels: list[str]) 
 
 def _union(boxes: list[list[int]]) -> list[int]:
     return [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
+
+
+def _ordered(box: Sequence[object]) -> list[int]:
+    """A pixel box as [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1 (as `normalize_box` reads a reversed one)."""
+    x0, y0, x1, y1 = (round(float(value)) for value in box)  # type: ignore[arg-type]
+    return [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]

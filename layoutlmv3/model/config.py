@@ -139,10 +139,13 @@ class LayoutLMv3Config:
                 raise ValueError(f"LayoutLMv3Config.{name} must be {_type_name(hints[name])}, got {value!r}")
         return cls(**values)
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, architecture: str | None = None) -> None:
+        """config.json; `architecture` (the class that saved it, as transformers' "architectures") lets a loader
+        that needs a fine-tuned head of one kind refuse another's."""
         from .weights_io import write_json
 
-        write_json({"model_type": MODEL_TYPE, **self.to_dict()}, Path(path))
+        saved_by = {"architectures": [architecture]} if architecture else {}
+        write_json({"model_type": MODEL_TYPE, **saved_by, **self.to_dict()}, Path(path))
 
     @classmethod
     def load(cls, path: str | Path) -> LayoutLMv3Config:
@@ -151,6 +154,7 @@ class LayoutLMv3Config:
         except ValueError as error:
             raise ValueError(f"{path} is not valid JSON: {error}") from None
         model_type = values.pop("model_type", MODEL_TYPE)
+        values.pop("architectures", None)  # which class saved it: `from_pretrained(trained_head=True)` reads it
         if model_type != MODEL_TYPE:
             raise ValueError(f"{path}: model_type {model_type!r} is not {MODEL_TYPE!r}")
         try:

@@ -94,7 +94,7 @@ class LayoutLMv3PreTrainedModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         weights = {k: v for k, v in self.state_dict().items() if k not in self.tied_weight_keys}
         if format == "native":
-            self.config.save(directory / weights_io.CONFIG_NAME)
+            self.config.save(directory / weights_io.CONFIG_NAME, self.hf_architecture)
         elif format == "hf":
             weights, dropped = hf_interop.native_to_hf(weights)
             if dropped:
@@ -117,6 +117,11 @@ class LayoutLMv3PreTrainedModel(nn.Module):
         """
         directory = Path(directory)
         config, is_hf = cls._saved_config(directory, config_overrides)
+        saved_by = weights_io.read_config(directory).get("architectures") or []
+        if trained_head and saved_by and cls.hf_architecture not in saved_by:  # e.g. a page classifier whose
+            raise ValueError(  # head happens to fit a token classifier's shapes
+                f"{directory} is not a fine-tuned {cls.__name__}: it was saved as {', '.join(map(str, saved_by))}"
+            )
         weights = weights_io.read_weights(directory)
         if is_hf:
             weights = hf_interop.hf_to_native(weights)

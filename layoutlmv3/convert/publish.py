@@ -1,0 +1,38 @@
+"""Where a conversion lands: written beside `--out` and swapped in whole, so a failed conversion leaves the old
+directory as it was, and a directory holding something else (a fine-tuned model) is never written over."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from layoutlmv3.model import weights_io
+from layoutlmv3.tokenizer import CONFIG_FILE, MERGES_FILE, VOCAB_FILE
+
+# What a conversion writes; an --out holding only these is an earlier conversion, replaced.
+CONVERTED_FILES = frozenset({weights_io.CONFIG_NAME, weights_io.SAFETENSORS_NAME, VOCAB_FILE, MERGES_FILE, CONFIG_FILE})
+
+
+def publish(out: Path, write: Callable[[Path], None]) -> Path:
+    """Run `write(staging_dir)`, then make the staged directory `out` (replacing an earlier conversion there)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory")
+    if out.is_dir() and (foreign := sorted(path.name for path in out.iterdir() if path.name not in CONVERTED_FILES)):
+        raise ValueError(f"--out {out} holds files a conversion does not write ({', '.join(foreign[:4])}): "
+                         "a fine-tuned model? choose another --out or empty it")  # fmt: skip
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: no folder {out.parent}")
+    staged, previous = out.with_name(f".{out.name}.converting"), out.with_name(f".{out.name}.previous")
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        write(staged)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+    if out.exists():
+        out.rename(previous)
+    staged.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
+    return out

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from layoutlmv3.convert import convert_checkpoint
+from layoutlmv3.finetune.config import load_finetune_config
 from layoutlmv3.finetune.train import RESULTS_FILE
 from layoutlmv3.training.checkpointing import Checkpoint, complete_checkpoints
 
@@ -49,6 +50,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def absolute_paths(args: argparse.Namespace) -> None:
+    """Paths as the user meant them from where they ran the probe (the fine-tunes run in the repository root);
+    the default config is the repository's."""
+    if not args.config.is_absolute() and not args.config.exists() and (REPO_ROOT / args.config).is_file():
+        args.config = REPO_ROOT / args.config
+    args.config, args.out, args.checkpoints = args.config.resolve(), args.out.resolve(), args.checkpoints.resolve()
+    if args.data:
+        args.data = str(Path(args.data).resolve())
+
+
+def check_finetune_settings(args: argparse.Namespace, overrides: Sequence[str]) -> None:
+    """The fine-tuning config and its overrides, read now: a typo is one line before any checkpoint is converted,
+    not a failure after the first conversion."""
+    placeholders = ["--model.path", json.dumps(str(args.out / "models" / "TAG"))]
+    load_finetune_config(
+        args.config, [*overrides, *placeholders, *(["--data.dir", json.dumps(args.data)] if args.data else [])]
+    )
+
+
 def probe(checkpoint: Checkpoint, args: argparse.Namespace, overrides: Sequence[str]) -> dict:
     """Convert and fine-tune one checkpoint (skipped when its results exist); returns its results."""
     model, run = args.out / "models" / checkpoint.tag, args.out / "finetune" / checkpoint.tag
@@ -60,7 +83,7 @@ def probe(checkpoint: Checkpoint, args: argparse.Namespace, overrides: Sequence[
     command = [sys.executable, "-m", "launch.finetune", "--config", str(args.config), "--model", str(model)]
     command += ["--out", str(run), *(["--data", args.data] if args.data else []), *overrides]
     logger.info("%s: fine-tuning (step %d): %s", checkpoint.tag, checkpoint.step, " ".join(command))
-    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(command, cwd=REPO_ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"fine-tuning {checkpoint.tag} failed with exit code {done.returncode}")
     return json.loads((run / RESULTS_FILE).read_text())
@@ -72,10 +95,13 @@ def collect(checkpoints: Sequence[Checkpoint], out: Path) -> list[dict]:
     for checkpoint in checkpoints:
         results = out / "finetune" / checkpoint.tag / RESULTS_FILE
         if results.is_file():
-            values = json.loads(results.read_text())
-            metric = next(key for key in values if key.startswith("dev_") and key != "dev_history")[4:]
-            rows.append({"step": checkpoint.step, "tag": checkpoint.tag, "metric": metric,
-                         "dev": values[f"dev_{metric}"], "test": values["test"][metric]})  # fmt: skip
+            try:
+                values = json.loads(results.read_text())
+                metric = next(key for key in values if key.startswith("dev_") and key != "dev_history")[4:]
+                rows.append({"step": checkpoint.step, "tag": checkpoint.tag, "metric": metric,
+                             "dev": values[f"dev_{metric}"], "test": values["test"][metric]})  # fmt: skip
+            except (ValueError, KeyError, TypeError, StopIteration) as error:
+                logger.warning("%s: unreadable, left out of the table (%r); delete it to probe again", results, error)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "probe.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["step", "tag", "metric", "dev", "test"])
@@ -118,6 +144,7 @@ def _chart(rows: list[dict], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    absolute_paths(args)
     checkpoints = sorted(complete_checkpoints(args.checkpoints), key=lambda checkpoint: checkpoint.step)
     if not checkpoints:
         print(f"error: no complete checkpoints in {args.checkpoints}", file=sys.stderr)
@@ -126,16 +153,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --index {args.index}: {args.checkpoints} has {len(checkpoints)} checkpoints", file=sys.stderr)
         return 2
     os.environ.pop("RANK", None)  # each fine-tune is a process of its own, whatever launched this one
+    failed = []
     if not args.collect:
-        chosen = checkpoints if args.index is None else [checkpoints[args.index]]
         try:
-            for checkpoint in chosen:
-                probe(checkpoint, args, overrides)
-        except (OSError, ValueError, RuntimeError) as error:
+            check_finetune_settings(args, overrides)
+        except (OSError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
-            return 1
+            return 2
+        for checkpoint in checkpoints if args.index is None else [checkpoints[args.index]]:
+            try:
+                probe(checkpoint, args, overrides)
+            except (OSError, ValueError, RuntimeError) as error:  # the next checkpoints are still probed
+                logger.error("%s: %s", checkpoint.tag, error)
+                failed.append(checkpoint.tag)
     if args.index is None:
         collect(checkpoints, args.out)
+    if failed:
+        print(f"error: not probed: {', '.join(failed)} (the reasons are logged above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -90,6 +91,31 @@ def test_every_checkpoint_is_fine_tuned_and_charted(probed: Path, tmp_path: Path
     assert probe_main(arguments) == 0  # the loop: step 5 now, step 10 already done; then the chart
     assert_charted(out)
     assert probe_main([*arguments, "--index", "2"]) == 2
+
+
+def test_a_bad_checkpoint_does_not_stop_the_others_and_a_typo_stops_before_any_work(
+    probed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A corrupt checkpoint among good ones is named and left out (exit 1) while the next is probed and charted;
+    a mistyped fine-tuning setting is one line (exit 2) before any checkpoint is converted."""
+    shutil.copytree(probed / "ckpt", tmp_path / "ckpt")
+    for state in (tmp_path / "ckpt" / "step00000005").glob("*model_states.pt"):
+        state.write_bytes(state.read_bytes()[:500])
+    out = tmp_path / "probe"
+    arguments = [
+        "--checkpoints",
+        str(tmp_path / "ckpt"),
+        *probe_arguments(probed, out)[2:],
+        "--logging.progress",
+        "false",
+    ]
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    assert probe_main([*arguments, "--train.stepz", "3"]) == 2
+    assert "'stepz'" in capsys.readouterr().err and not out.exists()
+    assert probe_main(arguments) == 1
+    assert "not probed: step00000005" in capsys.readouterr().err
+    with open(out / "probe.csv") as handle:
+        assert [row["tag"] for row in csv.DictReader(handle)] == ["step00000010"]
 
 
 @requires_slurm

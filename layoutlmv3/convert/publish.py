@@ -21,8 +21,10 @@ def publish(out: Path, write: Callable[[Path], None]) -> Path:
     if out.is_dir() and (foreign := sorted(path.name for path in out.iterdir() if path.name not in CONVERTED_FILES)):
         raise ValueError(f"--out {out} holds files a conversion does not write ({', '.join(foreign[:4])}): "
                          "a fine-tuned model? choose another --out or empty it")  # fmt: skip
-    if not out.parent.is_dir():
-        raise ValueError(f"--out {out}: no folder {out.parent}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot make its folder: {error}") from None
     staged, previous = out.with_name(f".{out.name}.converting"), out.with_name(f".{out.name}.previous")
     shutil.rmtree(staged, ignore_errors=True)
     try:

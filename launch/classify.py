@@ -32,8 +32,9 @@ examples:
   python launch/classify.py --model outputs/finetune/rvl_cdip/best --image page.png
   python launch/classify.py --model outputs/finetune/tiny_classes/best --image scans/ --out classes.jsonl
 
-exit codes: 0 classified; 2 unusable input (a model not fine-tuned for document classes, no pages, a page or
-words file that cannot be read -- named --, an --out that cannot be written; one line on stderr); 1 anything else.
+exit codes: 0 classified; 1 some pages of --image DIR could not be read (each named on stderr, the others
+classified) or anything else; 2 unusable input (a model not fine-tuned for document classes, no pages, the one
+page or its words file unreadable, an --out that cannot be written; one line on stderr).
 """
 
 
@@ -89,24 +90,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no page images ({' '.join(sorted(IMAGE_SUFFIXES))}) under {args.image}", file=sys.stderr)
         return 2
     saved = saved_processing(args.model)  # as the model was fine-tuned, unless told otherwise
+    lines, skipped = [], 0
     try:
         classifier = Classifier(
             args.model, args.max_length or saved.get("max_length", 512), saved.get("boxes", "segment")
         )
-        lines = [json.dumps({"image": str(path), **classify_page(classifier, path, args.words)}) for path in images]
-    except (OSError, ValueError, BadBox, PageRejected, Image.DecompressionBombError) as error:
+        for path in images:
+            try:
+                lines.append(json.dumps({"image": str(path), **classify_page(classifier, path, args.words)}))
+            except PAGE_ERRORS as error:
+                if not args.image.is_dir():
+                    raise
+                print(f"skipped {error}", file=sys.stderr)  # the folder's other pages are still classified
+                skipped += 1
+    except PAGE_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    text = "\n".join(lines) + "\n"
-    if not args.out:
+    text = "".join(line + "\n" for line in lines)
+    if args.out:
+        try:
+            write_file_atomically(args.out, text.encode("utf-8"))
+        except OSError as error:
+            print(f"error: --out {args.out}: {error}", file=sys.stderr)
+            return 2
+    else:
         sys.stdout.write(text)
-        return 0
-    try:
-        write_file_atomically(args.out, text.encode("utf-8"))
-    except OSError as error:
-        print(f"error: --out {args.out}: {error}", file=sys.stderr)
-        return 2
-    return 0
+    if skipped:
+        print(f"{skipped} of {len(images)} pages skipped (named above)", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+PAGE_ERRORS = (OSError, ValueError, BadBox, PageRejected, Image.DecompressionBombError)
 
 
 def page_images(image: Path) -> list[Path]:

@@ -115,6 +115,17 @@ def test_document_classification_learns_on_the_trainer_and_classifies_a_new_page
     assert classify_main(["--model", str(out / "best"), "--image", str(page), "--out", str(tmp_path / "c.jsonl")]) == 0
     answer = json.loads((tmp_path / "c.jsonl").read_text())
     assert answer["class"] in classes and abs(sum(answer["probabilities"].values()) - 1) < 1e-3
+    scans = tmp_path / "scans"  # a folder with one unreadable page among good ones: the others are classified
+    scans.mkdir()
+    for index, source in enumerate(sorted((out / "synthetic" / "test").rglob("*.png"))[:3]):
+        shutil.copy(source, scans / f"{index}.png")
+        shutil.copy(source.with_suffix(".json"), scans / f"{index}.json")
+    (scans / "1.json").write_text('{"words": [{"text": null, "box": [0, 0, 1, 1]}]}')
+    assert classify_main(["--model", str(out / "best"), "--image", str(scans), "--out", str(tmp_path / "d.jsonl")]) == 1
+    assert [json.loads(line)["image"] for line in (tmp_path / "d.jsonl").read_text().splitlines()] == [
+        str(scans / "0.png"),
+        str(scans / "2.png"),
+    ]
     assert torch.is_tensor(model(**{"input_ids": torch.tensor([[0, 5, 2]])}).logits)
 
 

@@ -10,6 +10,7 @@ to transformers' processor on FUNSD pages.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from PIL import Image
 
 from layoutlmv3.page_layout import normalize_box
 from layoutlmv3.tokenizer import Encoding, LayoutLMv3Tokenizer
+
+logger = logging.getLogger(__name__)
 
 RESAMPLE = Image.Resampling.BILINEAR  # LayoutLMv3ImageProcessor's; Pillow antialiases when shrinking
 IMAGE_MEAN, IMAGE_STD = 0.5, 0.5  # IMAGENET_STANDARD_MEAN / STD, per channel
@@ -75,6 +78,7 @@ class LayoutLMv3Processor:
             raise ValueError(f"need 0 <= stride < max_length - 2 (stride: tokens shared by consecutive windows), got "
                              f"stride={stride}, max_length={max_length}")  # fmt: skip
         self.tokenizer, self.image_size, self.max_length, self.stride = tokenizer, image_size, max_length, stride
+        self._said_cut = False
 
     def normalize_boxes(self, boxes: Sequence[Sequence[float]], width: int, height: int) -> list[list[int]]:
         """Pixel boxes -> 0..1000 (a box that cannot belong to the page raises page_layout.BadBox)."""
@@ -101,6 +105,10 @@ class LayoutLMv3Processor:
         room = self.max_length - 4 - self.stride - 1  # the question may take what the page's windows can spare
         if room < 1:
             raise ValueError(f"max_length {self.max_length} with stride {self.stride} leaves no room for a question")
+        if len(question_ids) > min(max_question_tokens, room) and not self._said_cut:
+            self._said_cut = True  # once per processor (a split, a prediction run): the rest are cut alike
+            logger.warning("a question longer than %d tokens is cut to them: %r", min(max_question_tokens, room),
+                           question[:120])  # fmt: skip
         question_ids = question_ids[: min(max_question_tokens, room)]
         ids, token_boxes, word_ids = self.tokenizer.tokenize_words(words, boxes) if words else ([], [], [])
         content = self.max_length - len(question_ids) - 4

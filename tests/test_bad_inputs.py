@@ -168,7 +168,7 @@ def test_an_empty_class_folder_is_named_not_dropped(tmp_path) -> None:
         class_names(tmp_path / "train")
 
 
-def test_windows_refuse_a_negative_stride_and_an_empty_question(tmp_path) -> None:
+def test_windows_refuse_a_negative_stride_and_an_empty_question_and_say_they_cut_a_long_one(caplog) -> None:
     from layoutlmv3.processing import LayoutLMv3Processor
 
     tokenizer = train_bpe(["What", "is", "the", "Date", "12/03/1998"] * 5, vocab_size=300)
@@ -178,6 +178,11 @@ def test_windows_refuse_a_negative_stride_and_an_empty_question(tmp_path) -> Non
     with pytest.raises(ValueError, match="the question is empty"):
         processor.encode_question("   ", ["Date"], [[0, 0, 10, 10]])
     assert len(processor.encode_question("What is the Date?", ["Date"], [[0, 0, 10, 10]])) == 1
+    with caplog.at_level("WARNING"):
+        for _ in range(2):  # said once, not for every long question of a split
+            (window,) = processor.encode_question("What is the Date? " * 40, ["Date"], [[0, 0, 10, 10]])
+    assert [record.message[:42] for record in caplog.records] == ["a question longer than 51 tokens is cut to"]
+    assert window.word_ids.count(0) == 1  # the page's word is still read
 
 
 def test_classify_finds_no_pages_or_an_unwritable_out_before_any_work(tmp_path, capsys) -> None:

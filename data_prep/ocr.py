@@ -101,6 +101,11 @@ def run_tesseract(image: Image.Image, timeout: float) -> str:
         done = subprocess.run(command + ["tsv"], input=pnm, capture_output=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         raise PageRejected(OCR_TIMEOUT, f"tesseract ran over {timeout:g} s") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            "tesseract is not installed or not on PATH (Debian: apt-get install tesseract-ocr), "
+            "or give the page's words as JSON"
+        ) from None
     if done.returncode != 0:
         raise PageRejected(OCR_FAILED, f"tesseract exit {done.returncode}: {done.stderr.decode(errors='replace')}")
     return done.stdout.decode("utf-8", errors="replace")

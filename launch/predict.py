@@ -41,12 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="result JSON (a directory with --image DIR)")
     parser.add_argument("--words", type=Path, help='words JSON {"words": [{"text", "box", "line"?}]} (single image)')
     parser.add_argument("--viz", type=Path, help="PNG with entity boxes (a directory with --image DIR)")
-    parser.add_argument("--page", type=int, default=0, help="page of a multi-page file (single image; default 0)")
+    parser.add_argument(
+        "--page", type=_page_number, default=0, help="page of a multi-page file, from 0 (single image; default 0)"
+    )
     parser.add_argument("--boxes", choices=("segment", "word"), default="segment", help="layout positions")
     parser.add_argument("--max-length", type=int, default=512, help="tokens per window (default 512)")
     parser.add_argument("--stride", type=int, default=128, help="tokens shared by consecutive windows")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     return parser
+
+
+def _page_number(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a page number counts from 0, got {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

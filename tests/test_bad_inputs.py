@@ -214,3 +214,19 @@ def test_a_data_root_whose_pages_all_have_words_is_only_read(tmp_path) -> None:
     config.data.dir = str(tmp_path)
     fill_missing_words(config)
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["a.json", "a.png", "letter", "train"]
+
+
+def test_no_tesseract_on_path_says_what_to_install(tmp_path, monkeypatch) -> None:
+    from data_prep.ocr import run_tesseract
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no tesseract anywhere on PATH
+    with pytest.raises(FileNotFoundError, match="tesseract is not installed or not on PATH"):
+        run_tesseract(Image.new("L", (20, 20), 255), timeout=10)
+
+
+def test_a_negative_page_number_is_a_usage_error(capsys) -> None:
+    from launch.predict import main as predict_main
+
+    with pytest.raises(SystemExit) as stopped:
+        predict_main(["--model", "m", "--image", "a.tif", "--out", "r.json", "--page", "-1"])
+    assert stopped.value.code == 2 and "a page number counts from 0, got '-1'" in capsys.readouterr().err

@@ -10,7 +10,6 @@ byte limit exactly.
 
 from __future__ import annotations
 
-import glob
 import os
 import socket
 import tarfile
@@ -49,7 +48,7 @@ def temporary_path(path: Path) -> Path:
 
 def temporaries_of(path: Path) -> list[Path]:
     """Temporary files of ``path`` left by any process (e.g. one that was killed)."""
-    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    return _temporaries_in(path.parent, {path.name})
 
 
 def remove_temporaries_of(paths: Iterable[Path]) -> list[Path]:
@@ -59,17 +58,22 @@ def remove_temporaries_of(paths: Iterable[Path]) -> list[Path]:
     names: dict[Path, set[str]] = {}
     for path in paths:
         names.setdefault(path.parent, set()).add(path.name)
-    stale = []
-    for folder, wanted in names.items():
-        if not folder.is_dir():
-            continue
-        for entry in os.scandir(folder):  # `temporary_path`'s names: .{name}.{host}.{pid}.tmp (a host may hold dots)
-            stem = entry.name[1:-4] if entry.name.startswith(".") and entry.name.endswith(".tmp") else ""
-            if any(stem[:cut] in wanted for cut, char in enumerate(stem) if char == "."):
-                stale.append(folder / entry.name)
+    stale = sorted(temporary for folder, wanted in names.items() for temporary in _temporaries_in(folder, wanted))
     for path in stale:
         path.unlink(missing_ok=True)
-    return sorted(stale)
+    return stale
+
+
+def _temporaries_in(folder: Path, names: set[str]) -> list[Path]:
+    """`temporary_path`'s files of any of `names` in `folder`: ``.{name}.{host}.{pid}.tmp`` (a host may hold dots)."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in os.scandir(folder):
+        stem = entry.name[1:-4] if entry.name.startswith(".") and entry.name.endswith(".tmp") else ""
+        if any(stem[:cut] in names for cut, char in enumerate(stem) if char == "."):
+            found.append(folder / entry.name)
+    return sorted(found)
 
 
 class ShardSizeMismatch(RuntimeError):

@@ -136,7 +136,7 @@ def classify_page(classifier: Classifier, path: Path, words_path: Path | None) -
         with Image.open(path) as image:
             words = words_of_page(path, image, words_path)  # --words, NAME.json beside it, else Tesseract
             return classifier.classify(image, words)
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+    except PAGE_ERRORS as error:
         if str(path) in str(error):
             raise
         raise ValueError(f"{path}: {error}") from error

@@ -125,11 +125,11 @@ def fill_missing_words(config: FinetuneConfig) -> None:
     """Words files for the pages of a document-class or question root that have none: from data_prep shards
     (data.words_from_shards) where given, else Tesseract. The ranks of a node start together: one does it."""
     root = Path(config.data.dir)
-    if all(words_file(page).is_file() for page in _pages(config.task, root)):
+    pages = _pages(config.task, root)
+    if all(words_file(page).is_file() for page in pages):
         return  # every page has its words: nothing is written (a read-only data root is fine)
     with open(root / ".ocr.lock", "w") as lock:
-        fcntl.lockf(lock, fcntl.LOCK_EX)
-        pages = _pages(config.task, root)
+        fcntl.lockf(lock, fcntl.LOCK_EX)  # the pages stay; which have words files is read again under the lock
         if config.data.words_from_shards:
             written = write_words_from_shards(config.data.words_from_shards, pages)
             logging.getLogger("words").info("%d words files written from %s", written, config.data.words_from_shards)

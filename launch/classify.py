@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from data_prep.page_words import words_of_page
 from data_prep.rejects import PageRejected
@@ -95,13 +96,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         classifier = Classifier(
             args.model, args.max_length or saved.get("max_length", 512), saved.get("boxes", "segment")
         )
-        for path in images:
+        # A bar for a folder (long work); none for one page.
+        for path in tqdm(images, desc="classify", unit="page", disable=not args.image.is_dir()):
             try:
                 lines.append(json.dumps({"image": str(path), **classify_page(classifier, path, args.words)}))
             except PAGE_ERRORS as error:
                 if not args.image.is_dir():
                     raise
-                print(f"skipped {error}", file=sys.stderr)  # the folder's other pages are still classified
+                tqdm.write(f"skipped {error}", file=sys.stderr)  # the folder's other pages are still classified
                 skipped += 1
     except PAGE_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)

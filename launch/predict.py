@@ -136,7 +136,7 @@ def _batch(predictor: Predictor, root: Path, files: list[str], out: Path, viz: P
                     raise image
                 prediction = predictor.predict(image, ocr_words(image), name=relative, page=number)
             except (PageRejected, BadBox) as error:
-                print(f"skipped {relative} page {number}: {error}", file=sys.stderr)
+                tqdm.write(f"skipped {relative} page {number}: {error}", file=sys.stderr)  # above the bar, not into it
                 failed += 1
                 continue
             (out / name).parent.mkdir(parents=True, exist_ok=True)

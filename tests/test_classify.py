@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -75,7 +76,9 @@ def test_scores_and_confusion() -> None:
 CLASSIFY_SEED = 1
 
 
-def test_document_classification_learns_on_the_trainer_and_classifies_a_new_page(tmp_path: Path) -> None:
+def test_document_classification_learns_on_the_trainer_and_classifies_a_new_page(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The issue's claim, held: a short CPU run on the built-in labelled set (synthetic pages, their five templates
     as classes; 160 training / 40 dev / 40 test pages, 200 steps of a fresh tiny model at lr 2e-3, about a minute) classifies unseen pages far
     above chance: test accuracy at least 0.4, twice chance and above always answering the test split's most
@@ -121,7 +124,12 @@ def test_document_classification_learns_on_the_trainer_and_classifies_a_new_page
         shutil.copy(source, scans / f"{index}.png")
         shutil.copy(source.with_suffix(".json"), scans / f"{index}.json")
     (scans / "1.json").write_text('{"words": [{"text": null, "box": [0, 0, 1, 1]}]}')
+    capsys.readouterr()
     assert classify_main(["--model", str(out / "best"), "--image", str(scans), "--out", str(tmp_path / "d.jsonl")]) == 1
+    stderr = capsys.readouterr().err
+    assert re.search(r"(^|\r)skipped .*1\.(json|png)", stderr, re.MULTILINE) and "1 of 3 pages skipped" in stderr, (
+        stderr
+    )
     assert [json.loads(line)["image"] for line in (tmp_path / "d.jsonl").read_text().splitlines()] == [
         str(scans / "0.png"),
         str(scans / "2.png"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -84,12 +85,19 @@ def test_entities_group_bio_spans(model_dir: Path, monkeypatch: pytest.MonkeyPat
     ]
 
 
-def test_batch_mode_writes_one_json_per_page(model_dir: Path, page: Path, tmp_path: Path) -> None:
+def test_batch_mode_writes_one_json_per_page(
+    model_dir: Path, page: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A folder: one JSON per page; a page that cannot be read is named and skipped (exit 1), the others written."""
     (tmp_path / "in" / "sub").mkdir(parents=True)
     Image.open(page).save(tmp_path / "in" / "a.png")
     Image.open(page).convert("RGB").save(tmp_path / "in" / "sub" / "b.jpg")
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a picture")
     argv = ["--model", str(model_dir), "--image", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
-    assert predict_main([*argv, "--viz", str(tmp_path / "viz")]) == 0
+    assert predict_main([*argv, "--viz", str(tmp_path / "viz")]) == 1
+    captured = capsys.readouterr()
+    assert re.search(r"(^|\r)skipped broken\.png page 0: ", captured.err, re.MULTILINE), captured.err
+    assert "(1 page(s) skipped)" in captured.out
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.json")) == [
         "a.json",
         "sub/b.json",

@@ -5,7 +5,8 @@ Each checkpoint becomes a model directory (launch/convert.py's conversion, pretr
 fine-tuned by launch/finetune.py with the given fine-tuning config, in OUT/finetune/TAG. Locally the checkpoints
 run one after another; on Slurm, slurm/finetune_sweep.sbatch runs one array task per checkpoint (--index) and a
 last job collects. Collecting writes OUT/probe.md and OUT/probe.csv (step, dev F1, test F1 per checkpoint) and
-OUT/probe.png (F1 against step). A checkpoint already probed (its results.json exists) is not probed again.
+OUT/probe.png (F1 against step), and prints the table; the fine-tunes' own output goes to stderr with the logs.
+A checkpoint already probed (its results.json exists) is not probed again.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+STDERR_FD = 2
 
 
 def absolute_paths(args: argparse.Namespace) -> None:
@@ -83,7 +85,8 @@ def probe(checkpoint: Checkpoint, args: argparse.Namespace, overrides: Sequence[
     command = [sys.executable, "-m", "launch.finetune", "--config", str(args.config), "--model", str(model)]
     command += ["--out", str(run), *(["--data", args.data] if args.data else []), *overrides]
     logger.info("%s: fine-tuning (step %d): %s", checkpoint.tag, checkpoint.step, " ".join(command))
-    done = subprocess.run(command, cwd=REPO_ROOT)
+    # Its stdout (the results JSON, also in results.json) joins its logs on stderr: the probe's stdout is the table.
+    done = subprocess.run(command, cwd=REPO_ROOT, stdout=STDERR_FD)
     if done.returncode != 0:
         raise RuntimeError(f"fine-tuning {checkpoint.tag} failed with exit code {done.returncode}")
     return json.loads((run / RESULTS_FILE).read_text())
@@ -168,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failed.append(checkpoint.tag)
     if args.index is None:
         collect(checkpoints, args.out)
+        sys.stdout.write((args.out / "probe.md").read_text())
     if failed:
         print(f"error: not probed: {', '.join(failed)} (the reasons are logged above)", file=sys.stderr)
         return 1

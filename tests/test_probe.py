@@ -82,14 +82,18 @@ def assert_charted(out: Path) -> None:
     assert (out / "probe.png").stat().st_size > 1000
 
 
-def test_every_checkpoint_is_fine_tuned_and_charted(probed: Path, tmp_path: Path) -> None:
+def test_every_checkpoint_is_fine_tuned_and_charted(
+    probed: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "probe"
     arguments = [*probe_arguments(probed, out), "--logging.progress", "false"]
     os.environ["DS_ACCELERATOR"] = "cpu"
     assert probe_main([*arguments, "--index", "1"]) == 0  # a Slurm array task: the step-10 checkpoint only
     assert [p.name for p in (out / "finetune").iterdir()] == ["step00000010"]
+    assert capfd.readouterr().out == ""  # the fine-tune's results JSON went to stderr with its logs
     assert probe_main(arguments) == 0  # the loop: step 5 now, step 10 already done; then the chart
     assert_charted(out)
+    assert capfd.readouterr().out == (out / "probe.md").read_text()  # stdout: the table, nothing else
     assert probe_main([*arguments, "--index", "2"]) == 2
 
 

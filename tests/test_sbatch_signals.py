@@ -26,15 +26,20 @@ def _stub(bin_dir: Path, name: str, body: str) -> None:
     path.chmod(0o755)
 
 
-def _run_under_signal_storm(tmp_path: Path, step_exit: int) -> tuple[int, str, int]:
+def _run_under_signal_storm(tmp_path: Path, step_exit: int, signum: int = signal.SIGTERM) -> tuple[int, str, int]:
     """Run the batch script with a stub step that ignores signals and exits `step_exit` after STEP_SECONDS, while
-    SIGTERM hits the whole process group as fast as it can be sent; (exit status, log, signals sent)."""
+    `signum` hits it about a thousand times a second; (exit status, log, signals sent).
+    The stub scontrol writes its requeue requests to tmp_path/requeued."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     # The stub ranks ignore the forwarded signals, as ranks busy in a collective do until their timeout.
     started = tmp_path / "step-started"
     _stub(bin_dir, "srun", f"trap '' TERM USR1\ntouch {started}\nsleep {STEP_SECONDS}\nexit {step_exit}\n")
-    _stub(bin_dir, "scontrol", 'if [ "$1 $2" = "show hostnames" ]; then echo node1; fi\n')
+    _stub(
+        bin_dir,
+        "scontrol",
+        f'if [ "$1 $2" = "show hostnames" ]; then echo node1; else echo "$*" >>{tmp_path}/requeued; fi\n',
+    )
     log_dir = tmp_path / "logs"
     env = {
         **os.environ,
@@ -52,16 +57,18 @@ def _run_under_signal_storm(tmp_path: Path, step_exit: int) -> tuple[int, str, i
     while not started.exists():  # the traps are set before the step starts
         assert process.poll() is None and time.monotonic() < deadline, "the script did not start its step"
         time.sleep(0.01)
+    # Slurm's USR1 (--signal=B:USR1) goes to the batch shell alone; its SIGTERM to every process of the step.
+    send = os.kill if signum == signal.SIGUSR1 else os.killpg
     sent = 0
     storm_end = time.monotonic() + STEP_SECONDS + 1.0  # past the step's end: the script's last lines too
     try:
         while process.poll() is None and time.monotonic() < storm_end:
             try:
-                os.killpg(process.pid, signal.SIGTERM)
+                send(process.pid, signum)
             except ProcessLookupError:
                 break
             sent += 1
-            time.sleep(0.0005)  # about 1000 a second: enough to land in a command substitution of the script
+            time.sleep(0.0005)  # enough to land in a command substitution of the old script every time
         status = process.wait(timeout=30)
     finally:
         if process.poll() is None:
@@ -69,14 +76,29 @@ def _run_under_signal_storm(tmp_path: Path, step_exit: int) -> tuple[int, str, i
     return status, log.read_text(), sent
 
 
-def test_a_signal_storm_does_not_break_the_script_and_it_still_logs_how_the_ranks_ended(tmp_path: Path) -> None:
+def test_a_sigterm_storm_does_not_break_the_script_and_it_still_logs_how_the_ranks_ended(tmp_path: Path) -> None:
     status, log, sent = _run_under_signal_storm(tmp_path, step_exit=9)
     assert "unexpected EOF" not in log and "syntax error" not in log, log[-3000:]
     assert "received TERM: asking the ranks to checkpoint and stop" in log, log[-3000:]
     # bash itself may lose the status when a signal lands just as the step ends; the script then says so.
-    assert "ranks exited with 9\n" in log or "status was lost" in log, log[-3000:]
+    assert "ranks exited with 9\n" in log or "ranks exited with 1 (srun's status was lost" in log, log[-3000:]
     # SIGTERM means scancel, preemption or a lost node: Slurm requeues the last two itself, so the script must not.
     assert "stopped by SIGTERM: not requeueing" in log, log[-3000:]
-    assert "requeueing (attempt" not in log, log[-3000:]
+    assert "requeueing (attempt" not in log and not (tmp_path / "requeued").exists(), log[-3000:]
     assert status in (9, 1), (status, log[-3000:])
-    assert sent > 1000, sent  # the storm lasted the whole step
+    assert sent > 300, sent  # the storm lasted the whole step
+
+
+def test_a_usr1_storm_still_requeues_the_preempted_job_and_never_counts_a_crash(tmp_path: Path) -> None:
+    """USR1 (the time limit's warning) is forwarded and the ranks' exit 42 requeues the job, even when bash loses
+    srun's status to a signal: a lost status after USR1 is not written down as a crash (crashes count against
+    MAX_CRASHES, and a clean preemption must not end the run)."""
+    status, log, sent = _run_under_signal_storm(tmp_path, step_exit=42, signum=signal.SIGUSR1)
+    assert "unexpected EOF" not in log and "syntax error" not in log, log[-3000:]
+    assert "received USR1: asking the ranks to checkpoint and stop" in log, log[-3000:]
+    assert "ranks exited with 42" in log, log[-3000:]
+    assert "preempted after a checkpoint: requeueing (attempt 1 resumes" in log, log[-3000:]
+    assert "crashed" not in log, log[-3000:]
+    assert (tmp_path / "requeued").read_text() == "requeue 7\n"
+    assert status == 0, (status, log[-3000:])
+    assert sent > 300, sent

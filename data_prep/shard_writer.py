@@ -64,6 +64,34 @@ def remove_temporaries_of(paths: Iterable[Path]) -> list[Path]:
     return stale
 
 
+def remove_dead_temporaries_of(paths: Iterable[Path]) -> list[Path]:
+    """Delete the temporaries of these files that processes of this host left and that no longer run (a killed
+    run's); returns what was deleted. For writers with no lock that spans hosts (words files beside the user's
+    pages): another host's temporary, or a live process's, may be a write in progress, and is left alone."""
+    names: dict[Path, set[str]] = {}
+    for path in paths:
+        names.setdefault(path.parent, set()).add(path.name)
+    host = socket.gethostname()
+    stale = []
+    for folder, wanted in names.items():
+        for temporary in _temporaries_in(folder, wanted):
+            writer, _, pid = temporary.name[: -len(".tmp")].rpartition(".")
+            if writer.endswith(f".{host}") and pid.isdigit() and not _running(int(pid)):
+                temporary.unlink(missing_ok=True)
+                stale.append(temporary)
+    return sorted(stale)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _temporaries_in(folder: Path, names: set[str]) -> list[Path]:
     """`temporary_path`'s files of any of `names` in `folder`: ``.{name}.{host}.{pid}.tmp`` (a host may hold dots)."""
     if not folder.is_dir():

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data_prep.page_words import ocr_missing_words, write_words_from_shards
+from data_prep.shard_writer import remove_dead_temporaries_of
 from data_prep.synth import DOCUMENT_KINDS, write_class_split, write_cord_split, write_corpus, write_question_split
 from layoutlmv3.finetune.classes import listed_pages
 from layoutlmv3.finetune.config import (
@@ -130,6 +131,7 @@ def fill_missing_words(config: FinetuneConfig) -> None:
         return  # every page has its words: nothing is written (a read-only data root is fine)
     with open(root / ".ocr.lock", "w") as lock:
         fcntl.lockf(lock, fcntl.LOCK_EX)  # the pages stay; which have words files is read again under the lock
+        remove_dead_temporaries_of(words_file(page) for page in pages)  # of a run killed while writing them
         if config.data.words_from_shards:
             written = write_words_from_shards(config.data.words_from_shards, pages)
             logging.getLogger("words").info("%d words files written from %s", written, config.data.words_from_shards)

@@ -216,6 +216,33 @@ def test_a_data_root_whose_pages_all_have_words_is_only_read(tmp_path) -> None:
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["a.json", "a.png", "letter", "train"]
 
 
+def test_words_temporaries_a_killed_run_left_beside_the_pages_are_removed_on_the_rerun(tmp_path) -> None:
+    """A run killed while writing a page's words file leaves a hidden temporary beside the user's page; the next
+    run, which OCRs the pages still missing words, removes it (a dead writer of this host's), and the words are
+    written."""
+    import socket
+    import subprocess
+
+    from data_prep.synth import write_class_split
+    from launch.finetune import fill_missing_words
+    from layoutlmv3.finetune.config import FinetuneConfig
+    from layoutlmv3.page_layout import words_file
+
+    write_class_split(tmp_path / "train", 1)
+    page = sorted((tmp_path / "train").rglob("*.png"))[0]
+    words_file(page).unlink()  # its OCR was cut short:
+    killed = subprocess.Popen(["true"])
+    killed.wait()
+    left = words_file(page).with_name(f".{words_file(page).name}.{socket.gethostname()}.{killed.pid}.tmp")
+    left.write_bytes(b'{"words": [{"te')
+    config = FinetuneConfig(task="classes")
+    config.data.dir = str(tmp_path)
+    fill_missing_words(config)
+    assert not left.exists()
+    assert json.loads(words_file(page).read_text())["words"]  # Tesseract's words of the page
+    assert sorted(path.name for path in page.parent.iterdir()) == sorted([page.name, words_file(page).name])
+
+
 def test_no_tesseract_on_path_says_what_to_install(tmp_path, monkeypatch) -> None:
     from data_prep.ocr import run_tesseract
 

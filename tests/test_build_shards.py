@@ -36,6 +36,7 @@ from data_prep.samples import encode_npz, line_layout, normalize_box
 from data_prep.shard_writer import (
     ShardWriter,
     encode_members,
+    remove_dead_temporaries_of,
     remove_temporaries_of,
     temporary_path,
     write_file_atomically,
@@ -625,6 +626,26 @@ def test_only_the_named_files_killed_temporaries_are_removed_in_one_listing(tmp_
     assert remove_temporaries_of([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "missing" / "d.json"]) == sorted(
         stale
     )
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+
+def test_without_a_lock_only_this_hosts_dead_writers_temporaries_are_removed(tmp_path: Path) -> None:
+    """remove_dead_temporaries_of (words files beside the user's pages, written with no lock across hosts) takes a
+    temporary only when its writer ran on this host and is gone: another host's may be a write in progress, and so
+    may a live process's."""
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    host = socket.gethostname()
+    dead = tmp_path / f".a.json.{host}.{finished.pid}.tmp"
+    kept = [
+        tmp_path / f".a.json.{host}.{os.getpid()}.tmp",  # alive: this very process
+        tmp_path / f".a.json.{host}x.{finished.pid}.tmp",  # another host whose name begins alike
+        tmp_path / f".a.json.other.host.{finished.pid}.tmp",
+        tmp_path / f".c.json.{host}.{finished.pid}.tmp",  # not a file asked about
+    ]
+    for path in [dead, *kept]:
+        path.write_bytes(b"x")
+    assert remove_dead_temporaries_of([tmp_path / "a.json", tmp_path / "missing" / "b.json"]) == [dead]
     assert sorted(tmp_path.iterdir()) == sorted(kept)
 
 

@@ -45,7 +45,13 @@ from layoutlmv3.training.checkpointing import (
 )
 from layoutlmv3.training.engine import parameter_groups
 from layoutlmv3.training.inputs import check_shards_tokenizer
-from layoutlmv3.training.metrics import METRICS_FILE, device_peak_tflops, estimate_mfu, model_flops_per_sample
+from layoutlmv3.training.metrics import (
+    METRICS_FILE,
+    MetricsLogger,
+    device_peak_tflops,
+    estimate_mfu,
+    model_flops_per_sample,
+)
 from layoutlmv3.training.pretraining_job import run
 from layoutlmv3.training.schedule import learning_rate, warmup_steps
 from layoutlmv3.training.signals import (
@@ -309,6 +315,31 @@ def test_sigusr1_checkpoints_exits_42_and_resumes(world: Path, zero2_run: Launch
     _assert_same_losses(resumed.losses(), zero2_run.losses(), range(1, STEPS + 1))
 
 
+def test_ctrl_c_checkpoints_and_exits_42_with_the_data_loader_workers_alive(world: Path, tmp_path: Path) -> None:
+    """Ctrl-C reaches every process of the terminal's group: the ranks and their data-loader workers. The first is a
+    stop request like SIGUSR1 (the ranks finish the step, save, exit 42); the workers ignore it (forked after the
+    ranks' handler was installed, they would otherwise each announce a stop they do not make) and keep feeding
+    the step under way."""
+    # 8 micro-batches a step: the step under way needs more batches than the workers have prefetched.
+    started = _start(world, tmp_path, "--data.num_workers", "1", "--train.global_batch_size", "16")
+    metrics = tmp_path / "logs" / METRICS_FILE
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not (metrics.exists() and metrics.read_text().strip()):  # a step has completed
+        assert started.process.poll() is None, f"the run ended before its first step:\n{started.output.read_text()}"
+        assert time.monotonic() < deadline, "no step completed in time"
+        time.sleep(0.05)
+    ranks = _rank_processes(started.process.pid)
+    workers = [child for rank in ranks.values() for child in rank.children(recursive=True)]
+    assert workers, "no data-loader worker to reach"
+    for process in [*ranks.values(), *workers]:
+        process.send_signal(signal.SIGINT)
+    stopped = _finish(started)
+    assert stopped.returncode == EXIT_PREEMPTED, stopped.output[-5000:]
+    assert stopped.output.count("Ctrl-C: stopping after this step with a checkpoint") == len(ranks)
+    checkpoint = find_resume_checkpoint(stopped.checkpoints)
+    assert checkpoint is not None and sorted(stopped.losses()) == list(range(1, checkpoint.step + 1))
+
+
 def test_corrupt_shard_is_logged_and_skipped(world: Path, tmp_path: Path) -> None:
     shards = tmp_path / "shards"
     shutil.copytree(world / "shards" / "train", shards)
@@ -437,14 +468,16 @@ def test_unwritable_checkpoint_dir_is_found_before_training_without_a_launcher(w
 
 
 def _rank_processes(launcher: int) -> dict[int, psutil.Process]:
-    """The launcher's rank processes by RANK (the launcher's own helpers carry no RANK)."""
+    """The launcher's rank processes by RANK (the launcher's own helpers carry no RANK; a rank's data-loader workers
+    carry its RANK and command line, and are told apart by their parent: a rank)."""
     ranks = {}
     for child in psutil.Process(launcher).children(recursive=True):
         try:
             environ, command = child.environ(), " ".join(child.cmdline())
+            parent_is_a_rank = "RANK" in child.parent().environ()
         except psutil.Error:
             continue
-        if "RANK" in environ and "pretrain.py" in command:
+        if "RANK" in environ and "pretrain.py" in command and not parent_is_a_rank:
             ranks[int(environ["RANK"])] = child
     return ranks
 
@@ -569,7 +602,11 @@ def test_resume_finds_only_complete_checkpoints(tmp_path: Path) -> None:
     assert newest is not None and (newest.step, newest.world_size) == (20, 2)
     assert resolve_resume("auto", tmp_path) == newest
     assert resolve_resume("auto", tmp_path / "missing") is None
-    assert resolve_resume(str(tmp_path / tag_for(10)), tmp_path).step == 10
+    assert resolve_resume(str(tmp_path / tag_for(20)), tmp_path).step == 20
+    assert resolve_resume(str(tmp_path / tag_for(10)), tmp_path / "branch").step == 10
+    # Into a directory holding newer checkpoints, its saves would be pruned as soon as written (a silent loss).
+    with pytest.raises(ValueError, match=r"holds checkpoints newer than .*step00000010 \(newest: step00000020\)"):
+        resolve_resume(str(tmp_path / tag_for(10)), tmp_path)
     with pytest.raises(ValueError, match="not a complete checkpoint"):
         resolve_resume(str(tmp_path / tag_for(30)), tmp_path)
     with pytest.raises(ValueError, match="already holds checkpoints"):
@@ -583,6 +620,55 @@ def test_stop_request_records_signals_and_restores_handlers() -> None:
         os.kill(os.getpid(), signal.SIGUSR1)
         assert stop.requested and stop.signal == signal.SIGUSR1
     assert signal.getsignal(signal.SIGUSR1) == before
+
+
+def test_a_first_ctrl_c_asks_for_a_checkpoint_and_a_second_aborts(capfd: pytest.CaptureFixture[str]) -> None:
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signal == signal.SIGINT
+        assert "Ctrl-C: stopping after this step with a checkpoint" in capfd.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs at the next bytecode
+    assert signal.getsignal(signal.SIGINT) == before
+
+
+def test_a_second_run_on_one_checkpoint_dir_is_refused_while_the_first_holds_it(tmp_path: Path) -> None:
+    """Two runs on one checkpoint.dir would prune each other's checkpoints: the second waits lock_wait_s for the
+    first, then is refused naming it; once the first is gone (killed: the kernel drops its lock) the next gets in."""
+    from layoutlmv3.training.run_lock import hold_run_lock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from layoutlmv3.training.run_lock import hold_run_lock; "
+         f"hold_run_lock({str(tmp_path)!r}, 0); print('locked', flush=True); time.sleep(120)"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        started = time.monotonic()
+        with pytest.raises(
+            ValueError, match=rf"checkpoint.dir {tmp_path} is in use by another run \(pid {holder.pid} on "
+        ):
+            hold_run_lock(tmp_path, 1.5)
+        assert time.monotonic() - started >= 1.5
+    finally:
+        holder.kill()
+        holder.wait()
+    hold_run_lock(tmp_path, 0)
+    assert f"pid {os.getpid()} on " in (tmp_path / ".run.lock").read_text()  # read, not reopened for writing
+
+
+def test_metrics_rows_past_the_resumed_step_are_dropped(tmp_path: Path) -> None:
+    """Steps an interrupted attempt logged after its last checkpoint are trained again: their old rows (and a row
+    cut by the kill) go, so every step has one row."""
+    rows = [json.dumps({"step": step, "train/loss": 1.0 / step}) for step in range(1, 9)]
+    (tmp_path / METRICS_FILE).write_text("\n".join(rows) + '\n{"step": 9, "train/lo')
+    with MetricsLogger(
+        tmp_path, enabled=True, every=1, total_steps=20, start_step=5, tensorboard=False, progress=False
+    ):
+        pass
+    assert (tmp_path / METRICS_FILE).read_text() == "\n".join(rows[:5]) + "\n"
 
 
 def test_a_mixture_of_corpora_is_configured_and_each_corpus_checked(world: Path, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any
@@ -119,8 +120,17 @@ def build_train_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        worker_init_fn=_ignore_ctrl_c,
     )
     return ShardLoader(dataset, dataloader)
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """Ctrl-C reaches the whole foreground process group, workers included: the training process turns the first
+    into a stop after the step under way (training/signals.py), whose batches the workers must go on making.
+    Without this a worker would run the handler it was forked with, or die of a second Ctrl-C while the training
+    process saves. The workers end with the loader, as always."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _sources(shards: ShardSource | Sequence[WeightedShards]) -> tuple[list[list[Shard]], list[float]]:

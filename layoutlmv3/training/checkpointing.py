@@ -140,6 +140,13 @@ def resolve_resume(resume: str, directory: str | Path, allowed_globals: tuple[st
         return None
     checkpoint = read_checkpoint(resume)
     verify_checkpoint(checkpoint, allowed_globals)
+    newest = find_resume_checkpoint(directory)
+    if newest is not None and newest.step > checkpoint.step:
+        raise ValueError(
+            f"{directory} holds checkpoints newer than {resume} (newest: {newest.tag}): this run's saves would be "
+            "older than them and pruned as soon as written; pass --resume auto to go on from the newest, move the "
+            "newer ones away to roll back, or set checkpoint.dir to a new directory to branch off"
+        )
     return checkpoint
 
 
@@ -326,8 +333,8 @@ def save_checkpoint(
         )
     if engine.global_rank == 0:
         meta = {"step": step, "world_size": dist.get_world_size(), "files": _file_sizes(path), **(record or {})}
-        _write_atomically(path / COMPLETE_FILE, json.dumps(meta))
-        _write_atomically(directory / LATEST_FILE, tag)
+        write_text_atomically(path / COMPLETE_FILE, json.dumps(meta))
+        write_text_atomically(directory / LATEST_FILE, tag)
         _prune(directory, keep)
         logger.info("checkpoint %s complete", path)
     dist.barrier()  # nobody leaves (or exits) before the checkpoint is marked complete
@@ -486,7 +493,8 @@ def _rank_state_file(path: Path, rank: int) -> Path:
     return path / RANK_STATE_DIR / f"rank{rank:05d}.pt"
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` at once (fsync'd): a reader sees the old file or the new one, never half."""
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "w") as handle:
         handle.write(text)

@@ -18,6 +18,8 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .checkpointing import write_text_atomically
+
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
@@ -66,6 +68,26 @@ def estimate_mfu(flops: float, seconds: float, devices: int, peak_tflops: float)
     return flops / seconds / devices / (peak_tflops * 1e12)
 
 
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep the rows of steps up to `step`, the resumed one: the steps an interrupted attempt logged past its last
+    checkpoint are trained again, and would otherwise appear twice (and a row cut by a kill, never whole)."""
+    if not path.is_file():
+        return
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            row_step = None
+        if isinstance(row_step, int) and row_step <= step:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        write_text_atomically(path, "".join(kept))
+        logger.info("%s: %d row(s) past the resumed step %d dropped (they are trained again)", path, dropped, step)
+
+
 class MetricsLogger:
     """No-op unless `enabled` (rank 0). Use as a context manager: it owns the bar and the open files."""
 
@@ -87,6 +109,7 @@ class MetricsLogger:
         if not enabled:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
+        _drop_rows_after(self.directory / METRICS_FILE, start_step)
         self.jsonl = self._stack.enter_context(open(self.directory / METRICS_FILE, "a"))  # noqa: SIM115 (the stack closes it)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

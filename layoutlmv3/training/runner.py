@@ -39,6 +39,7 @@ from .engine import Training, initialize, non_embedding_parameters
 from .extensions import check_build_locks
 from .loop import Run, TrainState, train
 from .metrics import MetricsLogger, device_peak_tflops
+from .run_lock import hold_run_lock
 from .signals import EXIT_BAD_CONFIG, StopRequest
 from .task import Job, JobConfig, ResumableBatches, Task
 
@@ -118,6 +119,8 @@ def _assemble(job: Job, ds_values: dict, resume: str) -> Run:
     rank, world_size = dist.get_rank(), dist.get_world_size()
     ds_values = with_global_batch(ds_values, config.train.global_batch_size, world_size)
     _agreed(lambda: check_writable(config.checkpoint.dir, rank))
+    # Rank 0 locks the directory before a checkpoint is chosen: another run may be writing a newer one.
+    _agreed(lambda: hold_run_lock(config.checkpoint.dir, config.checkpoint.lock_wait_s) if rank == 0 else None)
     checkpoint = _choose_checkpoint(resume, config)
     parameters = sum(parameter.numel() for parameter in model.parameters())  # before ZeRO-3 partitions them
     non_embedding = non_embedding_parameters(model)

@@ -93,6 +93,9 @@ class CheckpointSection:
     dir: str = "checkpoints/pretrain"
     every: int = 1000  # also at the end, on stop_at_step and on preemption; 0: only then
     keep: int = 3  # complete checkpoints kept; older ones are deleted once a newer one is complete
+    # Seconds a run waits for another run's lock on `dir` before it is refused (exit 2): one run per directory.
+    # Covers a requeued attempt whose dead predecessor's lock the file server still holds until its lease ends.
+    lock_wait_s: float = 120.0
     # Extra dotted type names a checkpoint's pickles may reference when resuming (beyond checkpointing's
     # SAFE_GLOBALS): only for plain-data types of a newer DeepSpeed; a resume refuses anything else.
     allowed_globals: tuple[str, ...] = ()
@@ -100,3 +103,4 @@ class CheckpointSection:
     def __post_init__(self) -> None:
         require(self.every >= 0, f"checkpoint.every must be >= 0, got {self.every}")
         require(self.keep >= 1, f"checkpoint.keep must be >= 1, got {self.keep}")
+        require(self.lock_wait_s >= 0, f"checkpoint.lock_wait_s must be >= 0, got {self.lock_wait_s}")

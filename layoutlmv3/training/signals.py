@@ -1,4 +1,5 @@
-"""Preemption: SIGUSR1 / SIGTERM ask the run to stop at the end of its current step, with a checkpoint.
+"""Preemption: SIGUSR1 / SIGTERM (and a first Ctrl-C, SIGINT) ask the run to stop at the end of its current step,
+with a checkpoint; a second Ctrl-C aborts at once, as Ctrl-C usually does.
 
 The handler only records the signal; the loop folds the flag into the all-reduce it does every micro-batch, so
 all ranks see a request that reached any one of them and stop after the same step. The process then exits with
@@ -13,6 +14,7 @@ SIGTERM (after 30 s) and exits 1, and dies on SIGUSR1.
 
 from __future__ import annotations
 
+import os
 import signal
 from types import FrameType
 
@@ -22,11 +24,12 @@ EXIT_TOO_MANY_BAD_STEPS = 3  # NaN/inf losses beyond train.max_bad_steps: requeu
 EXIT_CHECKPOINT_NOT_SAVED = 4  # a checkpoint could not be written (disk full, quota): fix storage, then resume
 EXIT_PREEMPTED = 42  # stopped on a signal after a complete checkpoint: requeue and resume
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+CTRL_C_NOTICE = b"\nCtrl-C: stopping after this step with a checkpoint (exit 42); Ctrl-C again aborts without one\n"
 
 
 class StopRequest:
-    """Records SIGUSR1/SIGTERM while installed (as a context manager); previous handlers come back on exit."""
+    """Records SIGUSR1/SIGTERM/SIGINT while installed (as a context manager); previous handlers come back on exit."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -47,4 +50,7 @@ class StopRequest:
         self._previous.clear()
 
     def _record(self, number: int, frame: FrameType | None) -> None:
-        self.signal = number  # nothing else here: a handler may run between any two bytecodes
+        self.signal = number  # little else here: a handler may run between any two bytecodes
+        if number == signal.SIGINT:  # the next Ctrl-C raises KeyboardInterrupt (Python's own handler)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            os.write(2, CTRL_C_NOTICE)

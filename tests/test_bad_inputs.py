@@ -109,6 +109,9 @@ def test_special_ids_and_the_patch_grid_have_one_source_each() -> None:
         check_inputs_fit(LayoutLMv3Config.from_flavor("tiny", pad_token_id=7), ids, image_grid=14)
     with pytest.raises(ValueError, match="28x28 patch grid, the image tokenizer codes a 14x14 grid"):
         check_inputs_fit(LayoutLMv3Config.from_flavor("tiny", input_size=448), ids, image_grid=14)
+    check_inputs_fit(LayoutLMv3Config.from_flavor("tiny"), ids, image_grid=14, max_length=512)
+    with pytest.raises(ValueError, match="data.max_length 513 is beyond the model's 512 text positions"):
+        check_inputs_fit(LayoutLMv3Config.from_flavor("tiny"), ids, image_grid=14, max_length=513)
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
     with pytest.raises(ValueError, match="RoBERTa-format vocabularies have <s>=0, <pad>=1, </s>=2"):
         LayoutLMv3Tokenizer(vocab, [])

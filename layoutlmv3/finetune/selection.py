@@ -29,7 +29,7 @@ from torch.utils.data import Dataset, default_collate
 from layoutlmv3.model import LayoutLMv3PreTrainedModel
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 from layoutlmv3.training.checkpointing import on_rank_zero
-from layoutlmv3.training.engine import Training, check_special_ids, non_embedding_parameters
+from layoutlmv3.training.engine import Training, check_max_length, check_special_ids, non_embedding_parameters
 from layoutlmv3.training.metrics import encoder_work
 
 from .config import FinetuneConfig
@@ -71,6 +71,7 @@ class FinetuneJobBase:
         )
         special = {"pad": self.tokenizer.pad_token_id, "cls": self.tokenizer.cls_token_id}
         check_special_ids(self.model.config, {**special, "sep": self.tokenizer.sep_token_id})
+        check_max_length(self.model.config, config.data.max_length)
         self.non_embedding = non_embedding_parameters(self.model)  # before ZeRO-3 partitions the weights
         self.tokenizer_fingerprint = self.tokenizer.fingerprint
         self.description = f"{config.model.path} ({config.model.init} weights)"

@@ -80,10 +80,25 @@ def check_special_ids(model_config: LayoutLMv3Config, special_ids: dict[str, int
         raise ValueError(f"the model config's special ids differ from the tokenizer's: {', '.join(wrong)}")
 
 
-def check_inputs_fit(model_config: LayoutLMv3Config, special_ids: dict[str, int], image_grid: int) -> None:
-    """`check_special_ids`, and refuse a patch grid that differs from the image tokenizer's code grid (the MIM
-    labels would address other patches)."""
+def check_max_length(model_config: LayoutLMv3Config, max_length: int) -> None:
+    """Refuse a `data.max_length` beyond the model's text positions: found at start-up, not as a crash at the first
+    step (RoBERTa's positions start after the pad id, so `max_position_embeddings - pad - 1` tokens fit)."""
+    longest = model_config.max_position_embeddings - model_config.pad_token_id - 1
+    if max_length > longest:
+        raise ValueError(
+            f"data.max_length {max_length} is beyond the model's {longest} text positions "
+            f"(max_position_embeddings {model_config.max_position_embeddings}): lower data.max_length"
+        )
+
+
+def check_inputs_fit(
+    model_config: LayoutLMv3Config, special_ids: dict[str, int], image_grid: int, max_length: int | None = None
+) -> None:
+    """`check_special_ids`, `check_max_length`, and refuse a patch grid that differs from the image tokenizer's code
+    grid (the MIM labels would address other patches)."""
     check_special_ids(model_config, special_ids)
+    if max_length is not None:
+        check_max_length(model_config, max_length)
     if model_config.patches_per_side != image_grid:
         raise ValueError(
             f"the model cuts {model_config.input_size} px pages into a {model_config.patches_per_side}x"

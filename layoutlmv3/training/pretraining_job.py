@@ -50,7 +50,7 @@ class PretrainingJob:
             "cls": self.tokenizer.cls_token_id,
             "sep": self.tokenizer.sep_token_id,
         }
-        check_inputs_fit(self.model.config, special_ids, self.image_tokenizer.config.grid_size)
+        check_inputs_fit(self.model.config, special_ids, self.image_tokenizer.config.grid_size, config.data.max_length)
         self.non_embedding = non_embedding_parameters(self.model)  # before ZeRO-3 partitions the weights
         self.tokenizer_fingerprint = self.tokenizer.fingerprint
         self.description = config.model.init_from or config.model.flavor

@@ -340,6 +340,15 @@ def test_ctrl_c_checkpoints_and_exits_42_with_the_data_loader_workers_alive(worl
     assert checkpoint is not None and sorted(stopped.losses()) == list(range(1, checkpoint.step + 1))
 
 
+def test_resuming_with_another_loader_layout_names_the_setting(world: Path, zero2_run: Launch, tmp_path: Path) -> None:
+    """The saved data position belongs to the loader's layout (here data.num_workers 0): a resume with another one
+    is refused at start-up naming the setting and the saved value, not as the loader's internal field."""
+    _copy_checkpoint(zero2_run, 10, tmp_path)
+    result = launch(world, tmp_path, "--data.num_workers", "1")
+    assert result.returncode == EXIT_BAD_CONFIG, result.output[-5000:]
+    assert f"{tag_for(10)} was saved with data.num_workers = 0, this run has 1" in result.output, result.output[-3000:]
+
+
 def test_corrupt_shard_is_logged_and_skipped(world: Path, tmp_path: Path) -> None:
     shards = tmp_path / "shards"
     shutil.copytree(world / "shards" / "train", shards)

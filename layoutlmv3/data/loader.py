@@ -125,6 +125,14 @@ def build_train_loader(
     return ShardLoader(dataset, dataloader)
 
 
+class LoaderLayoutChanged(ValueError):
+    """A saved position of a loader built otherwise: `name` (a constructor argument) was `saved`, is `current`."""
+
+    def __init__(self, name: str, saved: Any, current: Any) -> None:
+        super().__init__(f"cannot resume: state has {name}={saved!r}, loader {current!r}")
+        self.name, self.saved, self.current = name, saved, current
+
+
 def _ignore_ctrl_c(worker_id: int) -> None:
     """Ctrl-C reaches the whole foreground process group, workers included: the training process turns the first
     into a stop after the step under way (training/signals.py), whose batches the workers must go on making.
@@ -412,8 +420,6 @@ class ShardLoader:
         state = {"length_bucket_batches": 0, "weights": [1.0], **state}  # states saved before bucketing / mixing
         for name in _LAYOUT_FIELDS:
             if state[name] != getattr(self.dataset, name):
-                raise ValueError(
-                    f"cannot resume: state has {name}={state[name]!r}, loader {getattr(self.dataset, name)!r}"
-                )
+                raise LoaderLayoutChanged(name, state[name], getattr(self.dataset, name))
         self.epoch, self.batches, self.next_worker = state["epoch"], state["batches"], state["next_worker"]
         self.worker_batches, self.worker_samples = list(state["worker_batches"]), list(state["worker_samples"])

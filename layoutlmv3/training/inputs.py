@@ -81,6 +81,17 @@ def build_collator(
     )
 
 
+# The run-config settings behind the loader's layout (the arguments build_loaders passes), to name in errors.
+LOADER_SETTINGS = {
+    "seed": "train.seed",
+    "num_workers": "data.num_workers",
+    "batch_size": "the micro-batch (train_micro_batch_size_per_gpu)",
+    "epoch_length": "data.epoch_batches",
+    "length_bucket_batches": "data.length_bucket_batches",
+    "weights": "the corpus weights of data.train_shards",
+}
+
+
 def build_loaders(
     config: RunConfig,
     tokenizer: LayoutLMv3Tokenizer,

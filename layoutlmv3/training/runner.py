@@ -21,6 +21,8 @@ import torch.distributed as dist
 import yaml
 from deepspeed.accelerator import get_accelerator
 
+from layoutlmv3.data.loader import LoaderLayoutChanged
+
 from .checkpointing import (
     Checkpoint,
     check_compatible,
@@ -37,6 +39,7 @@ from .distributed import describe_placement, init_distributed, placement_logger
 from .ds_config import load_ds_config, with_global_batch
 from .engine import Training, initialize, non_embedding_parameters
 from .extensions import check_build_locks
+from .inputs import LOADER_SETTINGS
 from .loop import Run, TrainState, train
 from .metrics import MetricsLogger, device_peak_tflops
 from .run_lock import hold_run_lock
@@ -215,7 +218,14 @@ def _resume(
         )
     else:
         rank_state = load_rank_state(checkpoint, training.rank)
-        loader.load_state_dict(rank_state["loader"])
+        try:
+            loader.load_state_dict(rank_state["loader"])
+        except LoaderLayoutChanged as error:
+            setting = LOADER_SETTINGS.get(error.name, error.name)
+            raise ValueError(
+                f"{checkpoint.path} was saved with {setting} = {error.saved!r}, this run has {error.current!r}: the "
+                "data position cannot carry over; resume with the saved value (or start a new checkpoint.dir)"
+            ) from None
         set_rng_state(rank_state["rng"])
     if training.rank == 0:
         _check_global_batch(saved.get("global_batch"), training, checkpoint)

@@ -13,7 +13,7 @@ def read_yaml(path: str | Path) -> Any:
     line and column of a syntax error (parsing a string instead would report `<unicode string>`)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise FileNotFoundError(f"config file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     with open(path, encoding="utf-8") as stream:
         try:
             return yaml.safe_load(stream)

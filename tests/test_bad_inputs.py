@@ -95,6 +95,17 @@ def test_broken_yaml_names_its_file_line_and_column(tmp_path) -> None:
         load_run_config(path)
     with pytest.raises(FileNotFoundError, match=f"config file {tmp_path / 'missing.yaml'} does not exist"):
         load_run_config(tmp_path / "missing.yaml")
+    with pytest.raises(FileNotFoundError, match=f"config file {tmp_path} is a directory"):
+        load_run_config(tmp_path)
+
+
+def test_a_missing_deepspeed_config_names_the_setting(tmp_path) -> None:
+    from layoutlmv3.training.ds_config import load_ds_config
+
+    with pytest.raises(ValueError, match=r"deepspeed: the DeepSpeed config ds_configs/x.json does not exist \(from "):
+        load_ds_config("ds_configs/x.json")
+    with pytest.raises(ValueError, match=f"the DeepSpeed config {tmp_path} is a directory"):
+        load_ds_config(tmp_path)
 
 
 def test_special_ids_and_the_patch_grid_have_one_source_each() -> None:

@@ -474,6 +474,10 @@ def test_unwritable_checkpoint_dir_is_found_before_training_without_a_launcher(w
     assert result.returncode == EXIT_BAD_CONFIG, output[-3000:]
     assert "running as a single process" in output and "mpi4py" not in output
     assert f"checkpoint.dir {blocker / 'checkpoints'} is not writable" in output
+    command[-3:] = [str(tmp_path / "checkpoints"), "--logging.dir", str(blocker / "logs")]  # found now, not at the end
+    result = subprocess.run(command, capture_output=True, text=True, env={**env, "DS_ACCELERATOR": "cpu"}, timeout=120)
+    assert result.returncode == EXIT_BAD_CONFIG, (result.stdout + result.stderr)[-3000:]
+    assert f"logging.dir {blocker / 'logs'} is not writable" in result.stdout + result.stderr
 
 
 def _rank_processes(launcher: int) -> dict[int, psutil.Process]:

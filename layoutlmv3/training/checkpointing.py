@@ -356,9 +356,9 @@ def on_rank_zero(write: Callable[[], None], what: str) -> None:
         raise CheckpointNotSaved(problem[0])
 
 
-def check_writable(directory: str | Path, rank: int) -> None:
-    """Create `directory` and write a probe file in it: an unwritable checkpoint directory is found before the
-    first step, not at the first save (ValueError)."""
+def check_writable(directory: str | Path, rank: int, setting: str = "checkpoint.dir") -> None:
+    """Create `directory` and write a probe file in it: an unwritable checkpoint (or logging) directory is found
+    before the first step, not at the first save (ValueError naming `setting`)."""
     directory = Path(directory)
     probe = directory / f".write_probe.rank{rank:05d}"
     try:
@@ -366,7 +366,7 @@ def check_writable(directory: str | Path, rank: int) -> None:
         probe.write_bytes(b"probe")
         probe.unlink()
     except OSError as error:
-        raise ValueError(f"checkpoint.dir {directory} is not writable: {error.strerror or error}") from None
+        raise ValueError(f"{setting} {directory} is not writable: {error.strerror or error}") from None
 
 
 def warn_if_short_of_space(directory: str | Path, parameters: int, keep: int) -> None:

@@ -56,6 +56,9 @@ REFUSED_KEYS = {
 def load_ds_config(path: str | Path) -> dict[str, Any]:
     """Read and validate a DeepSpeed JSON; returns the dict to pass to `deepspeed.initialize`."""
     path = Path(path)
+    if not path.is_file():  # a relative default read from another directory, a typo: name the setting
+        where = "is a directory" if path.is_dir() else f"does not exist (from {Path.cwd()})"
+        raise ValueError(f"deepspeed: the DeepSpeed config {path} {where}; set `deepspeed` or pass --deepspeed")
     try:
         values = json.loads(path.read_text())
     except json.JSONDecodeError as error:

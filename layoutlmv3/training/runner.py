@@ -122,6 +122,7 @@ def _assemble(job: Job, ds_values: dict, resume: str) -> Run:
     rank, world_size = dist.get_rank(), dist.get_world_size()
     ds_values = with_global_batch(ds_values, config.train.global_batch_size, world_size)
     _agreed(lambda: check_writable(config.checkpoint.dir, rank))
+    _agreed(lambda: check_writable(config.logging.dir, rank, "logging.dir") if rank == 0 else None)  # rank 0 logs
     # Rank 0 locks the directory before a checkpoint is chosen: another run may be writing a newer one.
     _agreed(lambda: hold_run_lock(config.checkpoint.dir, config.checkpoint.lock_wait_s) if rank == 0 else None)
     checkpoint = _choose_checkpoint(resume, config)

@@ -427,6 +427,12 @@ def test_a_checkpoint_of_another_shape_or_vocabulary_is_refused_before_loading(z
         check_compatible(checkpoint, deeper, checkpoint.tokenizer_fingerprint)
     with pytest.raises(ValueError, match="was trained with tokenizer .* data.tokenizer is 0123"):
         check_compatible(checkpoint, checkpoint.model_config, "0123")
+    assert checkpoint.model_class == "LayoutLMv3ForPretraining"
+    check_compatible(checkpoint, checkpoint.model_config, checkpoint.tokenizer_fingerprint, "LayoutLMv3ForPretraining")
+    with pytest.raises(
+        ValueError, match="is a checkpoint of a LayoutLMv3ForPretraining .another job., this run trains"
+    ):
+        check_compatible(checkpoint, {}, checkpoint.tokenizer_fingerprint, "ImageTokenizer")
     with pytest.raises(UnsafeCheckpoint, match="posix.system"):
         planted = checkpoint.path.parent.parent / "planted"
         shutil.copytree(checkpoint.path, planted / checkpoint.tag)

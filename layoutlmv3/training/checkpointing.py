@@ -6,7 +6,7 @@ Layout of `checkpoint.dir`:
         rank_state/rank00000.pt    what DeepSpeed keeps only for rank 0: each rank's loader position, RNG states
         complete                   JSON written last, by rank 0, after a barrier: {"step", "world_size", "files"
                                    (every file's size, checked before resuming), "model_config",
-                                   "tokenizer_fingerprint"}
+                                   "tokenizer_fingerprint", "model_class" (which job: pretraining, image tokenizer)}
         universal/                 DeepSpeed universal checkpoint, made on demand to resume on another world size
     latest                         the newest complete tag, in DeepSpeed's format (zero_to_fp32 reads it)
 
@@ -76,6 +76,7 @@ class Checkpoint:
     files: dict[str, int] | None = field(default=None, compare=False)  # relative path -> size in bytes
     model_config: dict[str, Any] | None = field(default=None, compare=False)
     tokenizer_fingerprint: str | None = field(default=None, compare=False)
+    model_class: str | None = field(default=None, compare=False)  # the trained module's class: which job wrote it
 
     @property
     def root(self) -> Path:
@@ -100,6 +101,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         meta.get("files"),
         meta.get("model_config"),
         meta.get("tokenizer_fingerprint"),
+        meta.get("model_class"),
     )
 
 
@@ -239,10 +241,17 @@ def verify_checkpoint(checkpoint: Checkpoint, allowed_globals: tuple[str, ...] =
             raise DamagedCheckpoint(f"{path} is {actual} bytes, {size} when saved (truncated or replaced)")
 
 
-def check_compatible(checkpoint: Checkpoint, model_config: dict[str, Any], tokenizer_fingerprint: str) -> None:
-    """Refuse, before anything is loaded, a checkpoint of another model shape or vocabulary, naming what differs
-    (instead of DeepSpeed's hundred lines of size mismatches). Execution settings (dropout, attention
+def check_compatible(
+    checkpoint: Checkpoint, model_config: dict[str, Any], tokenizer_fingerprint: str, model_class: str | None = None
+) -> None:
+    """Refuse, before anything is loaded, a checkpoint of another job, model shape or vocabulary, naming what
+    differs (instead of DeepSpeed's hundred lines of size mismatches). Execution settings (dropout, attention
     implementation, recomputation, initialisation) may change on resume."""
+    if model_class and checkpoint.model_class and checkpoint.model_class != model_class:
+        raise ValueError(
+            f"{checkpoint.path} is a checkpoint of a {checkpoint.model_class} (another job), this run trains a "
+            f"{model_class}: resume from a checkpoint of this job, or start a new checkpoint.dir"
+        )
     saved = checkpoint.tokenizer_fingerprint
     if saved is not None and saved != tokenizer_fingerprint:
         raise ValueError(

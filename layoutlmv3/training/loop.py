@@ -191,6 +191,7 @@ def save(run: Run) -> None:
     record = {
         "model_config": run.training.engine.module.config.to_dict(),
         "tokenizer_fingerprint": run.tokenizer_fingerprint,
+        "model_class": type(run.training.engine.module).__name__,
     }
     save_checkpoint(
         run.training.engine, section.dir, run.state.step, run.client_state(), rank_state, section.keep, record

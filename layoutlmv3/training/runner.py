@@ -129,7 +129,7 @@ def _assemble(job: Job, ds_values: dict, resume: str) -> Run:
     parameters = sum(parameter.numel() for parameter in model.parameters())  # before ZeRO-3 partitions them
     non_embedding = non_embedding_parameters(model)
     if checkpoint is not None:
-        check_compatible(checkpoint, model.config.to_dict(), job.tokenizer_fingerprint)
+        check_compatible(checkpoint, model.config.to_dict(), job.tokenizer_fingerprint, type(model).__name__)
     resized = checkpoint is not None and checkpoint.world_size != world_size
     universal = resized and has_partitioned_optimizer(checkpoint)
     if universal:

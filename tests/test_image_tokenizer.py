@@ -457,3 +457,15 @@ def test_command_line_paths_stay_strings_and_old_configs_are_pointed_at_the_new_
     (tmp_path / "old.yaml").write_text("data: {synthetic_pages: 4}\ntraining: {learning_rate: 0.1}\n")
     with pytest.raises(ValueError, match="learning_rate -> train.lr"):
         load_image_tokenizer_config(tmp_path / "old.yaml")
+
+
+def test_unreadable_held_out_pages_are_not_blamed_on_the_split(tmp_path: Path) -> None:
+    """Every page unreadable: the error points at the inputs (each skipped page is logged), not only at
+    data.eval_fraction."""
+    from layoutlmv3.pretraining.image_tokenizer_data import DataConfig, held_out_images, image_source
+
+    for index in range(20):
+        (tmp_path / f"{index}.png").write_bytes(b"not a picture")
+    data = DataConfig(images=str(tmp_path), eval_fraction=0.5)
+    with pytest.raises(ValueError, match="no readable held-out page among 20 folder items: if pages were skipped"):
+        held_out_images(image_source(data), data, 32)

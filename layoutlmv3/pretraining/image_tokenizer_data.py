@@ -255,7 +255,10 @@ def held_out_images(source: ImageSource, data: DataConfig, size: int) -> torch.T
         if len(pages) == data.eval_images:
             break
     if not pages:
-        raise ValueError(f"no held-out pages among {len(source.items)} {source.kind} items: raise data.eval_fraction")
+        raise ValueError(
+            f"no readable held-out page among {len(source.items)} {source.kind} items: if pages were skipped as "
+            "unreadable (logged above), check the inputs; else raise data.eval_fraction"
+        )
     return torch.stack(pages)
 
 

@@ -574,6 +574,21 @@ def test_shards_of_another_tokenizer_are_refused(world: Path) -> None:
         next(iter(loader))
 
 
+def test_shards_without_a_manifest_need_the_epoch_length_named_as_a_setting(world: Path) -> None:
+    from layoutlmv3.training.inputs import check_train_shards_tokenizer
+    from layoutlmv3.training.run_config import load_run_config
+
+    tokenizer = LayoutLMv3Tokenizer.from_pretrained(world / "vocab")
+    pattern = str(world / "shards" / "train" / "shard-000000-{000000..000007}.tar")
+    config = load_run_config(world / "run.yaml", ["--data.train_shards", pattern])
+    with pytest.raises(ValueError, match="data.epoch_batches is needed: the training shards come without a manifest"):
+        check_train_shards_tokenizer(config, tokenizer)
+    check_train_shards_tokenizer(
+        load_run_config(world / "run.yaml", ["--data.train_shards", pattern, "--data.epoch_batches", "4"]), tokenizer
+    )
+    check_train_shards_tokenizer(load_run_config(world / "run.yaml"), tokenizer)  # the folder's manifest counts
+
+
 def test_schedule_warms_up_then_decays_linearly() -> None:
     total, peak = 500_000, 1e-4
     warmup = warmup_steps(total, 0.048)

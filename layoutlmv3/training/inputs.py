@@ -10,7 +10,15 @@ import json
 import tarfile
 from pathlib import Path
 
-from layoutlmv3.data import Collator, ShardLoader, WeightedShards, build_train_loader, list_shards, read_manifest
+from layoutlmv3.data import (
+    Collator,
+    ShardLoader,
+    WeightedShards,
+    build_train_loader,
+    list_shards,
+    read_manifest,
+    total_samples,
+)
 from layoutlmv3.data.remote import RetryPolicy
 from layoutlmv3.data.sample_format import MANIFEST_FILE, META_FILE
 from layoutlmv3.pretraining.collator import PretrainingCollator
@@ -27,11 +35,22 @@ def train_sources(config: RunConfig) -> str | list[WeightedShards]:
     return [WeightedShards(corpus.shards, corpus.weight) for corpus in shards]
 
 
-def check_train_shards_tokenizer(config: RunConfig, tokenizer: LayoutLMv3Tokenizer) -> None:
-    """Every training corpus (and the held-out shards) was tokenized with data.tokenizer."""
+def _patterns(config: RunConfig) -> list[str]:
+    """The shard source of each training corpus."""
     sources = train_sources(config)
-    for source in [sources] if isinstance(sources, str) else [corpus.shards for corpus in sources]:
+    return [sources] if isinstance(sources, str) else [corpus.shards for corpus in sources]
+
+
+def check_train_shards_tokenizer(config: RunConfig, tokenizer: LayoutLMv3Tokenizer) -> None:
+    """Every training corpus (and the held-out shards) was tokenized with data.tokenizer, and an epoch's length is
+    known: from the manifests, or data.epoch_batches."""
+    for source in _patterns(config):
         check_shards_tokenizer(source, tokenizer)
+    if config.data.epoch_batches is None and any(total_samples(list_shards(p)) is None for p in _patterns(config)):
+        raise ValueError(
+            "data.epoch_batches is needed: the training shards come without a manifest (a brace pattern, or a "
+            f"folder without {MANIFEST_FILE}), so the number of batches per epoch is not known"
+        )
     if config.data.val_shards is not None:
         check_shards_tokenizer(config.data.val_shards, tokenizer)
 

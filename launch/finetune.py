@@ -53,7 +53,8 @@ examples:
       --model.init random --out outputs/finetune/scratch   # same architecture and vocabulary, fresh weights
 
 exit codes: as launch/pretrain.py -- 0 done, 2 unusable config or data, 4 a checkpoint could not be written,
-42 stopped by SIGUSR1/SIGTERM after saving a checkpoint (run again to resume), 1 anything else.
+5 output.dir's checkpoints locked by another run, 42 stopped by SIGUSR1/SIGTERM or a first Ctrl-C after saving a
+checkpoint (run again to resume), 1 anything else.
 """
 
 

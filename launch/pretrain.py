@@ -25,8 +25,9 @@ resuming: --resume auto (the default) continues from the newest complete checkpo
 afresh if there is none; on another number of ranks it goes through DeepSpeed's universal checkpoint.
 
 exit codes: 0 done (or train.stop_at_step reached); 2 unusable config or inputs; 3 too many non-finite losses
-(train.max_bad_steps); 4 a checkpoint could not be written (disk full; the previous one is kept); 42 stopped by
-SIGUSR1/SIGTERM after saving a checkpoint: requeue and resume; 1 anything else (a crash, a collective timeout).
+(train.max_bad_steps); 4 a checkpoint could not be written (disk full; the previous one is kept); 5 checkpoint.dir
+is locked by another run (for checkpoint.lock_wait_s); 42 stopped by SIGUSR1/SIGTERM or a first Ctrl-C after saving
+a checkpoint: requeue and resume; 1 anything else (a crash, a collective timeout).
 """
 
 

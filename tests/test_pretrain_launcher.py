@@ -56,6 +56,7 @@ from layoutlmv3.training.pretraining_job import run
 from layoutlmv3.training.schedule import learning_rate, warmup_steps
 from layoutlmv3.training.signals import (
     EXIT_BAD_CONFIG,
+    EXIT_CHECKPOINT_DIR_IN_USE,
     EXIT_CHECKPOINT_NOT_SAVED,
     EXIT_PREEMPTED,
     EXIT_TOO_MANY_BAD_STEPS,
@@ -656,22 +657,50 @@ def test_stop_request_records_signals_and_restores_handlers() -> None:
     assert signal.getsignal(signal.SIGUSR1) == before
 
 
-def test_a_first_ctrl_c_asks_for_a_checkpoint_and_a_second_aborts(capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_first_ctrl_c_asks_for_a_checkpoint_and_a_second_aborts(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first Ctrl-C asks for a checkpoint; the same Ctrl-C passed on again by a launcher (within
+    CTRL_C_REPEAT_S) changes nothing; a later one aborts. Started with Ctrl-C ignored, it stays ignored."""
+    from layoutlmv3.training import signals as signals_module
+
     before = signal.getsignal(signal.SIGINT)
     with StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.signal == signal.SIGINT
         assert "Ctrl-C: stopping after this step with a checkpoint" in capfd.readouterr().err
+        os.kill(os.getpid(), signal.SIGINT)  # torchrun's copy of the same Ctrl-C
+        time.sleep(0.1)
+        monkeypatch.setattr(signals_module, "CTRL_C_REPEAT_S", 0.0)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)  # the handler runs at the next bytecode
     assert signal.getsignal(signal.SIGINT) == before
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopRequest():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_the_ctrl_c_notice_cannot_break_the_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """stderr piped to a `tee` that the same Ctrl-C ended: the notice fails, the stop request stands."""
+
+    def broken_pipe(fd: int, data: bytes) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("layoutlmv3.training.signals.os.write", broken_pipe)
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        assert stop.signal == signal.SIGINT
 
 
 def test_a_second_run_on_one_checkpoint_dir_is_refused_while_the_first_holds_it(tmp_path: Path) -> None:
     """Two runs on one checkpoint.dir would prune each other's checkpoints: the second waits lock_wait_s for the
     first, then is refused naming it; once the first is gone (killed: the kernel drops its lock) the next gets in."""
-    from layoutlmv3.training.run_lock import hold_run_lock
+    from layoutlmv3.training.run_lock import CheckpointDirInUse, hold_run_lock
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from layoutlmv3.training.run_lock import hold_run_lock; "
@@ -682,7 +711,7 @@ def test_a_second_run_on_one_checkpoint_dir_is_refused_while_the_first_holds_it(
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         started = time.monotonic()
         with pytest.raises(
-            ValueError, match=rf"checkpoint.dir {tmp_path} is in use by another run \(pid {holder.pid} on "
+            CheckpointDirInUse, match=rf"checkpoint.dir {tmp_path} is in use by another run \(pid {holder.pid} on "
         ):
             hold_run_lock(tmp_path, 1.5)
         assert time.monotonic() - started >= 1.5
@@ -690,17 +719,38 @@ def test_a_second_run_on_one_checkpoint_dir_is_refused_while_the_first_holds_it(
         holder.kill()
         holder.wait()
     hold_run_lock(tmp_path, 0)
-    assert f"pid {os.getpid()} on " in (tmp_path / ".run.lock").read_text()  # read, not reopened for writing
+    hold_run_lock(tmp_path, 0)  # again in the same process: a no-op, not a second handle
+    assert f"pid {os.getpid()} on " in (tmp_path / ".run.lock").read_text()
+
+
+def test_a_second_launch_on_a_running_runs_checkpoint_dir_exits_5_naming_it(world: Path, tmp_path: Path) -> None:
+    first = _start(world, tmp_path / "first", "--checkpoint.dir", str(tmp_path / "shared"), "--train.steps", "2000")
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not (tmp_path / "shared" / ".run.lock").is_file() or not (tmp_path / "shared" / ".run.lock").read_text():
+            assert first.process.poll() is None and time.monotonic() < deadline, first.output.read_text()[-3000:]
+            time.sleep(0.1)
+        overrides = ["--checkpoint.dir", str(tmp_path / "shared"), "--checkpoint.lock_wait_s", "2"]
+        second = launch(world, tmp_path / "second", *overrides, ranks=1)
+    finally:
+        os.killpg(first.process.pid, signal.SIGKILL)
+        first.process.wait()
+    assert second.returncode == EXIT_CHECKPOINT_DIR_IN_USE, second.output[-5000:]
+    assert f"checkpoint.dir {tmp_path / 'shared'} is in use by another run (pid " in second.output
+    assert not second.losses()
 
 
 def test_metrics_rows_past_the_resumed_step_are_dropped(tmp_path: Path) -> None:
-    """Steps an interrupted attempt logged after its last checkpoint are trained again: their old rows (and a row
-    cut by the kill) go, so every step has one row."""
+    """Steps an interrupted attempt logged after its last checkpoint are trained again: when the run resumes its own
+    checkpoint.dir, their old rows (and a row cut by the kill) go, so every step has one row."""
     rows = [json.dumps({"step": step, "train/loss": 1.0 / step}) for step in range(1, 9)]
     (tmp_path / METRICS_FILE).write_text("\n".join(rows) + '\n{"step": 9, "train/lo')
-    with MetricsLogger(
-        tmp_path, enabled=True, every=1, total_steps=20, start_step=5, tensorboard=False, progress=False
-    ):
+    whole = (tmp_path / METRICS_FILE).read_text()
+    arguments = {"enabled": True, "every": 1, "total_steps": 20, "tensorboard": False, "progress": False}
+    with MetricsLogger(tmp_path, start_step=5, **arguments):  # a fresh run or a branch: maybe another run's rows
+        pass
+    assert (tmp_path / METRICS_FILE).read_text() == whole
+    with MetricsLogger(tmp_path, start_step=5, resumed_in_place=True, **arguments):
         pass
     assert (tmp_path / METRICS_FILE).read_text() == "\n".join(rows[:5]) + "\n"
 

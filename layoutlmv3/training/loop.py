@@ -66,6 +66,7 @@ class Run:
     state: TrainState
     tokenizer_fingerprint: str
     peak_tflops: float | None
+    resumed_in_place: bool = False  # resumed from a checkpoint in its own checkpoint.dir (the same run going on)
 
     def client_state(self) -> dict:
         """The checkpoint's global state (DeepSpeed stores it with the model states)."""

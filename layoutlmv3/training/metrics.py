@@ -89,7 +89,10 @@ def _drop_rows_after(path: Path, step: int) -> None:
 
 
 class MetricsLogger:
-    """No-op unless `enabled` (rank 0). Use as a context manager: it owns the bar and the open files."""
+    """No-op unless `enabled` (rank 0). Use as a context manager: it owns the bar and the open files.
+    `resumed_in_place`: the run resumed a checkpoint of its own checkpoint.dir (the steps logged past it by the
+    interrupted attempt are dropped); a fresh run or a branch off another directory's checkpoint leaves the file's
+    rows alone (they may be another run's)."""
 
     def __init__(
         self,
@@ -100,6 +103,7 @@ class MetricsLogger:
         start_step: int,
         tensorboard: bool = True,
         progress: bool = True,
+        resumed_in_place: bool = False,
     ) -> None:
         self.enabled, self.every, self.total_steps = enabled, every, total_steps
         self.directory = Path(directory)
@@ -109,12 +113,14 @@ class MetricsLogger:
         if not enabled:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        _drop_rows_after(self.directory / METRICS_FILE, start_step)
+        if resumed_in_place:  # the same run going on: its rows past start_step are trained again
+            _drop_rows_after(self.directory / METRICS_FILE, start_step)
         self.jsonl = self._stack.enter_context(open(self.directory / METRICS_FILE, "a"))  # noqa: SIM115 (the stack closes it)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.directory))
+            # purge_step hides TensorBoard's own records of the steps trained again
+            self.writer = SummaryWriter(str(self.directory), purge_step=start_step + 1 if resumed_in_place else None)
             self._stack.callback(self.writer.close)
         if progress:
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)

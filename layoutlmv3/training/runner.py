@@ -42,8 +42,8 @@ from .extensions import check_build_locks
 from .inputs import LOADER_SETTINGS
 from .loop import Run, TrainState, train
 from .metrics import MetricsLogger, device_peak_tflops
-from .run_lock import hold_run_lock
-from .signals import EXIT_BAD_CONFIG, StopRequest
+from .run_lock import CheckpointDirInUse, hold_run_lock
+from .signals import EXIT_BAD_CONFIG, EXIT_CHECKPOINT_DIR_IN_USE, StopRequest
 from .task import Job, JobConfig, ResumableBatches, Task
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,10 @@ def run_job(prepare: Callable[[], Job], resume: str = "auto") -> int:
     placement_logger.info("%s%s", describe_placement(), " (rank variables from Slurm)" if from_slurm else "")
     try:
         assembled = _assemble(job, ds_values, resume)
+    except CheckpointDirInUse as error:
+        logger.error("%s", error)
+        dist.destroy_process_group()
+        return EXIT_CHECKPOINT_DIR_IN_USE
     except (OSError, ValueError) as error:
         logger.error("%s", error)
         dist.destroy_process_group()  # exiting with a live group aborts the interpreter ("terminate called ...")
@@ -91,6 +95,7 @@ def run_job(prepare: Callable[[], Job], resume: str = "auto") -> int:
             start_step=assembled.state.step,
             tensorboard=logging_section.tensorboard,
             progress=logging_section.progress,
+            resumed_in_place=assembled.resumed_in_place,
         ) as metrics,
     ):
         try:
@@ -123,8 +128,7 @@ def _assemble(job: Job, ds_values: dict, resume: str) -> Run:
     ds_values = with_global_batch(ds_values, config.train.global_batch_size, world_size)
     _agreed(lambda: check_writable(config.checkpoint.dir, rank))
     _agreed(lambda: check_writable(config.logging.dir, rank, "logging.dir") if rank == 0 else None)  # rank 0 logs
-    # Rank 0 locks the directory before a checkpoint is chosen: another run may be writing a newer one.
-    _agreed(lambda: hold_run_lock(config.checkpoint.dir, config.checkpoint.lock_wait_s) if rank == 0 else None)
+    _lock_checkpoint_dir(config, rank)
     checkpoint = _choose_checkpoint(resume, config)
     parameters = sum(parameter.numel() for parameter in model.parameters())  # before ZeRO-3 partitions them
     non_embedding = non_embedding_parameters(model)
@@ -150,7 +154,28 @@ def _assemble(job: Job, ds_values: dict, resume: str) -> Run:
         state=state,
         tokenizer_fingerprint=job.tokenizer_fingerprint,
         peak_tflops=device_peak_tflops(training.precision, config.logging.peak_tflops),
+        resumed_in_place=checkpoint is not None and checkpoint.root.resolve() == Path(config.checkpoint.dir).resolve(),
     )
+
+
+def _lock_checkpoint_dir(config: JobConfig, rank: int) -> None:
+    """Rank 0 locks checkpoint.dir before a checkpoint is chosen (another run may be writing a newer one); the
+    others wait in the broadcast, so the wait must end well within the collective timeout."""
+    wait_s = config.checkpoint.lock_wait_s
+    if wait_s > config.train.collective_timeout_s - 30:
+        raise ValueError(
+            f"checkpoint.lock_wait_s {wait_s:g} must stay 30 s below train.collective_timeout_s "
+            f"{config.train.collective_timeout_s:g}: the other ranks wait for rank 0's lock in a collective"
+        )
+    verdict = [""]
+    if rank == 0:
+        try:
+            hold_run_lock(config.checkpoint.dir, wait_s)
+        except CheckpointDirInUse as error:
+            verdict[0] = str(error)
+    dist.broadcast_object_list(verdict, src=0)
+    if verdict[0]:
+        raise CheckpointDirInUse(verdict[0])
 
 
 def _agreed(check) -> None:

@@ -95,6 +95,7 @@ class CheckpointSection:
     keep: int = 3  # complete checkpoints kept; older ones are deleted once a newer one is complete
     # Seconds a run waits for another run's lock on `dir` before it is refused (exit 2): one run per directory.
     # Covers a requeued attempt whose dead predecessor's lock the file server still holds until its lease ends.
+    # At most train.collective_timeout_s - 30: the other ranks wait for rank 0's lock in a collective.
     lock_wait_s: float = 120.0
     # Extra dotted type names a checkpoint's pickles may reference when resuming (beyond checkpointing's
     # SAFE_GLOBALS): only for plain-data types of a newer DeepSpeed; a resume refuses anything else.

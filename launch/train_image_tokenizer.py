@@ -116,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_image_tokenizer_config(args.config, [*overrides, *command_line_overrides(args)])
+        if Path(config.output.dir).exists() and not Path(config.output.dir).is_dir():  # named as the user gave it
+            raise ValueError(f"{'--out' if args.out else 'output.dir'} {config.output.dir} is a file, not a directory")
         if config.data.synthetic_pages > 0:
             config = with_synthetic_folder(config)
     except (OSError, ValueError) as error:  # bad config or output directory: one line, no traceback

@@ -317,6 +317,13 @@ def test_a_16_bit_engine_is_refused(page_folder: Path, tmp_path: Path, caplog: p
     assert "train.autocast: bf16" in caplog.text
 
 
+def test_an_out_that_is_a_file_is_named_as_given(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = REPO_ROOT / "configs" / "image_tokenizer" / "tiny.yaml"
+    (tmp_path / "afile").write_text("x")
+    assert train_main(["--config", str(config), "--out", str(tmp_path / "afile")]) == 2
+    assert f"error: --out {tmp_path / 'afile'} is a file, not a directory" in capsys.readouterr().err
+
+
 def test_launch_script_trains_from_an_image_folder(page_folder: Path, tmp_path: Path) -> None:
     config = REPO_ROOT / "configs" / "image_tokenizer" / "tiny.yaml"
     args = ["--config", str(config), "--images", str(page_folder), "--out", str(tmp_path), "--steps", "3", "--quiet"]

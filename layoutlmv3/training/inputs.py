@@ -105,7 +105,7 @@ LOADER_SETTINGS = {
     "seed": "train.seed",
     "num_workers": "data.num_workers",
     "batch_size": "the micro-batch (train_micro_batch_size_per_gpu)",
-    "epoch_length": "data.epoch_batches",
+    "epoch_length": "the epoch length (data.epoch_batches, or the manifests' sample counts when it is unset)",
     "length_bucket_batches": "data.length_bucket_batches",
     "weights": "the corpus weights of data.train_shards",
 }

@@ -55,9 +55,7 @@ def remove_temporaries_of(paths: Iterable[Path]) -> list[Path]:
     """Delete the temporaries any process left of these files (killed runs), listing each folder once however many
     files it holds; returns what was deleted. Only for the files' one writer (under their locks): a live writer's
     temporary looks the same."""
-    names: dict[Path, set[str]] = {}
-    for path in paths:
-        names.setdefault(path.parent, set()).add(path.name)
+    names = _names_by_folder(paths)
     stale = sorted(temporary for folder, wanted in names.items() for temporary in _temporaries_in(folder, wanted))
     for path in stale:
         path.unlink(missing_ok=True)
@@ -68,9 +66,7 @@ def remove_dead_temporaries_of(paths: Iterable[Path]) -> list[Path]:
     """Delete the temporaries of these files that processes of this host left and that no longer run (a killed
     run's); returns what was deleted. For writers with no lock that spans hosts (words files beside the user's
     pages): another host's temporary, or a live process's, may be a write in progress, and is left alone."""
-    names: dict[Path, set[str]] = {}
-    for path in paths:
-        names.setdefault(path.parent, set()).add(path.name)
+    names = _names_by_folder(paths)
     host = socket.gethostname()
     stale = []
     for folder, wanted in names.items():
@@ -80,6 +76,14 @@ def remove_dead_temporaries_of(paths: Iterable[Path]) -> list[Path]:
                 temporary.unlink(missing_ok=True)
                 stale.append(temporary)
     return sorted(stale)
+
+
+def _names_by_folder(paths: Iterable[Path]) -> dict[Path, set[str]]:
+    """The files' names grouped by folder: each folder is listed once, however many files it holds."""
+    names: dict[Path, set[str]] = {}
+    for path in paths:
+        names.setdefault(path.parent, set()).add(path.name)
+    return names
 
 
 def _running(pid: int) -> bool:

@@ -172,6 +172,16 @@ def _start(world: Path, run_dir: Path, *overrides: str, ranks: int = 2) -> Start
     return Started(process, run_dir, output, port)
 
 
+def _wait_for_a_step(started: Started) -> None:
+    """Until the run's metrics hold a completed step (the run must still be going)."""
+    metrics = started.run_dir / "logs" / METRICS_FILE
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert started.process.poll() is None, f"the run ended before its first step:\n{started.output.read_text()}"
+        assert time.monotonic() < deadline, "no step completed in time"
+        time.sleep(0.05)
+
+
 def _finish(started: Started) -> Launch:
     try:
         started.process.wait(timeout=RUN_TIMEOUT)
@@ -294,12 +304,7 @@ def test_universal_checkpoint_resumes_on_another_world_size(world: Path, zero2_r
 def test_sigusr1_checkpoints_exits_42_and_resumes(world: Path, zero2_run: Launch, tmp_path: Path) -> None:
     """SIGUSR1 to one rank: both stop after the same step, save, exit 42; resuming repeats the straight run."""
     started = _start(world, tmp_path)
-    metrics = tmp_path / "logs" / METRICS_FILE
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while not (metrics.exists() and metrics.read_text().strip()):  # a step has completed
-        assert started.process.poll() is None, f"the run ended before its first step:\n{started.output.read_text()}"
-        assert time.monotonic() < deadline, "no step completed in time"
-        time.sleep(0.05)
+    _wait_for_a_step(started)
     runner = psutil.Process(started.process.pid)
     launcher = next(p for p in runner.children() if "deepspeed.launcher.launch" in p.cmdline())
     rank1 = next(p for p in launcher.children() if "--local_rank=1" in p.cmdline())
@@ -323,12 +328,7 @@ def test_ctrl_c_checkpoints_and_exits_42_with_the_data_loader_workers_alive(worl
     the step under way."""
     # 8 micro-batches a step: the step under way needs more batches than the workers have prefetched.
     started = _start(world, tmp_path, "--data.num_workers", "1", "--train.global_batch_size", "16")
-    metrics = tmp_path / "logs" / METRICS_FILE
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while not (metrics.exists() and metrics.read_text().strip()):  # a step has completed
-        assert started.process.poll() is None, f"the run ended before its first step:\n{started.output.read_text()}"
-        assert time.monotonic() < deadline, "no step completed in time"
-        time.sleep(0.05)
+    _wait_for_a_step(started)
     ranks = _rank_processes(started.process.pid)
     workers = [child for rank in ranks.values() for child in rank.children(recursive=True)]
     assert workers, "no data-loader worker to reach"

@@ -203,6 +203,24 @@ def test_backbone_moves_between_bare_and_head_models(tmp_path):
         assert torch.equal(back(**inputs).last_hidden_state, bare(**inputs).last_hidden_state)
 
 
+def test_a_text_only_model_loads_a_multimodal_checkpoint_and_answers_as_its_text_path(tmp_path):
+    """visual_embed false over a pretrained multimodal checkpoint (text + layout fine-tuning): the visual weights
+    are left out, every other weight is loaded, and the model computes what the full one does without an image."""
+    full = LayoutLMv3Model(tiny()).eval()
+    full.save_pretrained(tmp_path / "full")
+    text_only = LayoutLMv3Model.from_pretrained(tmp_path / "full", visual_embed=False).eval()
+    assert not hasattr(text_only, "visual_embeddings") and not hasattr(text_only, "embedding_norm")
+    inputs = random_inputs(length=20)
+    text = {name: inputs[name] for name in ("input_ids", "bbox", "attention_mask")}
+    with torch.no_grad():
+        assert torch.equal(text_only(**text).last_hidden_state, full(**text).last_hidden_state)
+    with pytest.raises(ValueError, match="visual_embed=False and takes no pixel_values"):
+        text_only(**inputs)
+    text_only.save_pretrained(tmp_path / "text")
+    with pytest.raises(ValueError, match="does not fit this model"):  # the image branch cannot come from nowhere
+        LayoutLMv3Model.from_pretrained(tmp_path / "text", visual_embed=True)
+
+
 def test_prediction_loads_only_a_fine_tuned_head_of_its_own_kind(tmp_path):
     """trained_head (what the prediction tools ask for): a bare backbone or another task's model is refused, since
     its fresh head would answer at random; the right fine-tuned head loads as saved."""

@@ -153,6 +153,11 @@ class LayoutLMv3PreTrainedModel(nn.Module):
         weights = self._align_prefix(weights)
         own = {k: v for k, v in self.state_dict().items() if k not in self.tied_weight_keys}
         backbone = self.base_prefix
+        branches_off = tuple(backbone + prefix for prefix in self._switched_off_prefixes())
+        unused = sorted(k for k in weights if k.startswith(branches_off) and k not in own) if branches_off else []
+        if unused:  # e.g. fine-tuning text + layout only (visual_embed false) from a multimodal checkpoint
+            logger.info("not loading %d weights of %s: this config turns their branch off", len(unused), source)
+            weights = {k: v for k, v in weights.items() if k not in set(unused)}
         missing = sorted(set(own) - set(weights))
         unexpected = sorted(set(weights) - set(own))
         mismatched = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
@@ -186,6 +191,12 @@ class LayoutLMv3PreTrainedModel(nn.Module):
             logger.info("ignoring head weights of %s this model has no place for: %s", source, head_unexpected)
         loadable = {k: v for k, v in weights.items() if k in own and k not in mismatched}
         self.load_state_dict(loadable, strict=False)
+
+    def _switched_off_prefixes(self) -> tuple[str, ...]:
+        """Backbone weight-name prefixes of the modality branches this config turns off (their weights unused)."""
+        config = self.config
+        visual = () if config.visual_embed else ("visual_embeddings.", "embedding_norm.")
+        return visual + (() if config.text_embed else ("text_embeddings.",))
 
     def _align_prefix(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Add or strip the backbone prefix so bare-model and head-model checkpoints load into either."""

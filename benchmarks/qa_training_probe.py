@@ -1,4 +1,4 @@
-"""Why the tiny model does not read the question: a plain-torch training loop over the library's question windows
+"""What makes the tiny model read the question: a plain-torch training loop over the library's question windows
 (no trainer, no DeepSpeed), to try initialisations, dropouts and learning rates in minutes.
 
   # can the model tell apart the four questions of ONE page (all four in every batch)?
@@ -7,6 +7,11 @@
   # the whole training split, dev ANLS every 200 steps (dev: a seeded fifth of the pages, split as the job splits)
   python benchmarks/qa_training_probe.py --data OUT/synthetic --model outputs/models/tiny --init random \\
       --overrides '{"initializer_range": 0.1}'
+
+  # the recipe of configs/finetune/tiny_qa.yaml (every field asked: write_question_split(..., per_page=None))
+  python benchmarks/qa_training_probe.py --data OUT/qa --model outputs/models/tiny --max-length 128 --stride 32 \\
+      --answered-only --text-only --batch 32 --lr 2e-3 --steps 2000 --every 500 --dev-questions 300 \\
+      --overrides '{"hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0}'
 
 OUT/synthetic: the DocVQA-layout root launch/finetune.py writes for configs/finetune/tiny_qa.yaml. With --pages N
 the model trains and is scored on the questions of the first N training pages (memorisation). Prints the mean
@@ -46,6 +51,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=200, help="score every this many steps")
     parser.add_argument("--pages", type=int, default=0, help="train and score on the first N training pages")
     parser.add_argument("--answered-only", action="store_true", help="train on windows that hold the answer")
+    parser.add_argument("--answerless-windows", type=float, default=1.0,
+                        help="fraction of answerless training windows kept (data.answerless_windows)")  # fmt: skip
     parser.add_argument("--dev-questions", type=int, default=200)
     parser.add_argument("--text-only", action="store_true", help="no visual tokens (pixels still read)")
     parser.add_argument("--seed", type=int, default=42, help="the dev split's seed (the job's train.seed)")
@@ -66,7 +73,8 @@ def main() -> None:
     size = model.config.input_size
     train_windows = QuestionWindows(train, tokenizer, args.max_length, args.stride, size)
     dev_windows = QuestionWindows(dev[: args.dev_questions], tokenizer, args.max_length, args.stride, size)
-    items = [item for item in train_windows.items if not args.answered_only or int(item["start_positions"]) > 0]
+    train_windows.keep_answerless(0.0 if args.answered_only else args.answerless_windows, args.seed)
+    items = train_windows.items
     print(f"{len(train)} training questions, {len(items)} windows; {len(dev_windows.questions)} scored", flush=True)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)

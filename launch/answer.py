@@ -18,6 +18,7 @@ from PIL import Image
 
 from data_prep.page_words import words_of_page
 from data_prep.rejects import PageRejected
+from layoutlmv3.finetune.dataset import MODEL_INPUTS, model_inputs
 from layoutlmv3.finetune.qa import Question, QuestionWindows, best_answers
 from layoutlmv3.finetune.selection import saved_processing
 from layoutlmv3.model import LayoutLMv3ForQuestionAnswering
@@ -63,8 +64,8 @@ def answer(args: argparse.Namespace) -> list[dict]:
     windows = QuestionWindows(questions, tokenizer, max_length, stride, model.config.input_size)
     logits = []
     for item in windows.items:
-        inputs = {name: item[name][None] for name in ("input_ids", "bbox", "attention_mask", "pixel_values")}
-        output = model(**inputs)
+        batch = {name: item[name][None] for name in MODEL_INPUTS}
+        output = model(**model_inputs(batch, model.config, "cpu", torch.float32))
         text = item["input_ids"].shape[0]
         logits.append((output.start_logits[0, :text], output.end_logits[0, :text]))
     return [{"question": q.question, "answer": a} for q, a in zip(questions, best_answers(questions, windows, logits))]

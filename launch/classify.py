@@ -21,7 +21,7 @@ from data_prep.page_words import words_of_page
 from data_prep.rejects import PageRejected
 from data_prep.shard_writer import write_file_atomically
 from layoutlmv3.finetune.classes import IMAGE_SUFFIXES
-from layoutlmv3.finetune.dataset import MODEL_INPUTS
+from layoutlmv3.finetune.dataset import model_inputs
 from layoutlmv3.finetune.selection import saved_processing
 from layoutlmv3.model import LayoutLMv3ForSequenceClassification
 from layoutlmv3.page_layout import BadBox, Word, model_words, to_sample_mode
@@ -59,7 +59,8 @@ class Classifier:
         window = self.processor.encode(texts, boxes)[0]
         inputs = {name: torch.tensor([getattr(window, name)]) for name in ("input_ids", "bbox", "attention_mask")}
         inputs["pixel_values"] = page_pixels(image, self.model.config.input_size)[None]
-        probabilities = self.model(**{name: inputs[name] for name in MODEL_INPUTS}).logits.softmax(-1)[0]
+        logits = self.model(**model_inputs(inputs, self.model.config, "cpu", torch.float32)).logits
+        probabilities = logits.softmax(-1)[0]
         ranked = sorted(zip(self.classes, probabilities.tolist(), strict=True), key=lambda pair: -pair[1])
         return {"class": ranked[0][0], "probabilities": {name: round(value, 4) for name, value in ranked}}
 

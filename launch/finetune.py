@@ -93,13 +93,15 @@ def write_synthetic_forms(config: FinetuneConfig) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     data, seed = config.data, config.train.seed
     kind = config.task if config.task in ("classes", "questions") else data.format
-    done = root / f".complete-{kind}-{data.synthetic_train_pages}-{data.synthetic_test_pages}-{seed}"
+    asked = f"-{data.synthetic_questions_per_page or 'all'}q" if kind == "questions" else ""
+    done = root / f".complete-{kind}{asked}-{data.synthetic_train_pages}-{data.synthetic_test_pages}-{seed}"
     with open(root / ".lock", "w") as lock:
         fcntl.lockf(lock, fcntl.LOCK_EX)
         if not done.exists():
             if kind == "questions":  # key -> value questions of the forms, words beside each page
-                write_question_split(root / "train", data.synthetic_train_pages, seed=seed)
-                write_question_split(root / "test", data.synthetic_test_pages, seed=seed + 1)
+                per_page = data.synthetic_questions_per_page or None
+                write_question_split(root / "train", data.synthetic_train_pages, seed=seed, per_page=per_page)
+                write_question_split(root / "test", data.synthetic_test_pages, seed=seed + 1, per_page=per_page)
             elif kind == "classes":  # the page templates as document classes, words beside each page
                 write_class_split(root / "train", data.synthetic_train_pages, seed=seed)
                 write_class_split(root / "test", data.synthetic_test_pages, seed=seed + 1)

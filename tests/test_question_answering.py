@@ -83,6 +83,33 @@ def test_windows_point_at_the_answer_and_the_best_span_is_read_back(tmp_path: Pa
     assert [answers[n] for n in sorted(inside)] == [questions[n].answers[0] for n in sorted(inside)]
 
 
+def test_every_field_can_be_asked_and_answerless_training_windows_are_thinned(tmp_path: Path) -> None:
+    """The built-in set asks up to 4 fields a page, or every field with an answer; with short windows most of a
+    page's windows lack the answer, and data.answerless_windows keeps a seeded fraction of those."""
+    four = write_question_split(tmp_path / "four" / "train", 3, seed=0)
+    every = write_question_split(tmp_path / "every" / "train", 3, seed=0, per_page=None)
+    assert four <= 12 < every
+    questions = read_questions(tmp_path / "every" / "train")
+    asked = [[q.question.lower() for q in questions if q.image_path == page] for page in sorted(
+        {q.image_path for q in questions})]  # fmt: skip
+    assert all(len(fields) == len(set(fields)) for fields in asked) and max(map(len, asked)) > 4  # each field once
+    assert all(question.span is not None for question in questions)  # every answer is a run of the page's words
+
+    tokenizer = train_bpe([word for question in questions for word in question.words], vocab_size=400)
+    windows = lambda: QuestionWindows(questions, tokenizer, 48, 8, 224)  # noqa: E731
+    whole = windows()
+    answerless = [item for item in whole.items if int(item["start_positions"]) == 0]
+    assert len(answerless) > len(whole.items) / 2
+    none, half, again, all_ = windows(), windows(), windows(), windows()
+    none.keep_answerless(0.0, seed=1)
+    half.keep_answerless(0.5, seed=1)
+    again.keep_answerless(0.5, seed=1)
+    all_.keep_answerless(1.0, seed=1)
+    assert len(all_) == len(whole) and all(int(item["start_positions"]) > 0 for item in none.items)
+    assert len(none) == len(whole) - len(answerless) < len(half) < len(whole)
+    assert [int(item["question"]) for item in half.items] == [int(item["question"]) for item in again.items]
+
+
 def test_question_answering_runs_on_the_trainer_and_answers_a_new_question(tmp_path: Path, capsys) -> None:
     _model(tmp_path / "model")
     out = tmp_path / "out"
@@ -145,6 +172,8 @@ def test_two_ranks_under_zero3_score_what_the_kept_model_answers(tmp_path: Path)
     command += ["launch/finetune.py", "--config", "configs/finetune/tiny_qa.yaml", "--model", str(tmp_path / "model")]
     command += ["--out", str(out), "--train.steps", "4", "--logging.val_every", "2", "--logging.progress", "false"]
     command += ["--data.synthetic_train_pages", "6", "--data.synthetic_test_pages", "3"]
+    # the multimodal path (the config's recipe is text only), with the windows the check below makes
+    command += ["--model.overrides.visual_embed", "true", "--data.max_length", "192", "--data.stride", "64"]
     command += ["--deepspeed", str(tmp_path / "zero3.json")]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -12,8 +12,9 @@ from .files import words_json, write_atomically
 from .generate import generate_page, page_id
 
 
-def write_question_split(out_dir: str | Path, pages: int, seed: int = 0, per_page: int = 4) -> int:
-    """Pages ``0..pages-1`` of corpus ``seed`` and up to `per_page` questions each; returns the question count."""
+def write_question_split(out_dir: str | Path, pages: int, seed: int = 0, per_page: int | None = 4) -> int:
+    """Pages ``0..pages-1`` of corpus ``seed`` and up to `per_page` questions each (None: every field with an
+    answer); returns the question count."""
     out = Path(out_dir)
     data = []
     for index in range(pages):
@@ -23,9 +24,11 @@ def write_question_split(out_dir: str | Path, pages: int, seed: int = 0, per_pag
         entities = {entity.id: entity for entity in page.entities}
         asked: set[str] = set()
         for entity in page.entities:
+            if per_page is not None and len(asked) >= per_page:
+                break
             values = [value for key, value in entity.linking if key == entity.id and value in entities]
             field = entity.text.strip().rstrip(":").strip()
-            if not values or not field or field.lower() in asked or len(asked) == per_page:
+            if not values or not field or field.lower() in asked:
                 continue
             answer = entities[values[0]].text.strip()  # a wrapped value's first line: one contiguous run of words
             if answer:

@@ -20,7 +20,7 @@ from layoutlmv3.training.engine import Training
 
 from .classes import ClassifiedPage, class_names, read_class_split
 from .config import FinetuneConfig
-from .dataset import MODEL_INPUTS, load_pixels
+from .dataset import load_pixels, model_config, model_inputs
 from .selection import FinetuneJobBase, SelectionTask, sharded_map
 from .splits import split_dev
 
@@ -101,9 +101,9 @@ class ClassificationTask(SelectionTask):
 @torch.no_grad()
 def _predict(model: torch.nn.Module, batch: dict) -> list[int]:
     parameter = next(model.parameters())
-    inputs = {name: batch[name].to(parameter.device) for name in MODEL_INPUTS}
-    inputs["pixel_values"] = inputs["pixel_values"].to(parameter.dtype)
-    return model(**inputs).logits.argmax(-1).tolist()
+    return (
+        model(**model_inputs(batch, model_config(model), parameter.device, parameter.dtype)).logits.argmax(-1).tolist()
+    )
 
 
 def class_scores(gold: list[int], predicted: list[int], classes: tuple[str, ...]) -> dict:

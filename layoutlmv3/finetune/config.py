@@ -28,6 +28,12 @@ class FinetuneData:
     dev_fraction: float = 0.1  # FUNSD: of training_data, held out (deterministically, by seed) for model selection
     synthetic_train_pages: int = 64  # with no data.dir: forms written by data_prep.synth into output.dir
     synthetic_test_pages: int = 16
+    # task questions with no data.dir: key -> value questions asked per synthetic page, its first fields in page
+    # order ("What is the Date?"); 0 asks every field with an answer (about 14 a page)
+    synthetic_questions_per_page: int = 4
+    # task questions: the fraction of training windows without the answer (they teach "no answer", <s>) that is
+    # kept, seeded; 0 trains on answer-holding windows only (short windows: most of a page's hold no answer)
+    answerless_windows: float = 1.0
     # The entity types to tag (BIO), e.g. [header, question, answer]; null: those the training annotations use.
     # An entity of another type in any split is an error naming the file (never silently O).
     entity_types: list[str] | None = None
@@ -46,6 +52,14 @@ class FinetuneData:
         require(0 < self.dev_fraction < 1, f"data.dev_fraction must lie in (0, 1), got {self.dev_fraction}")
         require(self.synthetic_train_pages >= 2, "data.synthetic_train_pages must be >= 2 (train + dev)")
         require(self.synthetic_test_pages >= 1, "data.synthetic_test_pages must be >= 1")
+        require(
+            self.synthetic_questions_per_page >= 0,
+            f"data.synthetic_questions_per_page must be >= 0 (0: every field), got {self.synthetic_questions_per_page}",
+        )
+        require(
+            0 <= self.answerless_windows <= 1,
+            f"data.answerless_windows must lie in [0, 1], got {self.answerless_windows}",
+        )
         require(self.sub_tokens in SUB_TOKENS, f"data.sub_tokens must be one of {SUB_TOKENS}, got {self.sub_tokens!r}")
         require(
             self.entity_types is None or len(self.entity_types) >= 1,

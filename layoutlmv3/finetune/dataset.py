@@ -9,7 +9,7 @@ reads first sub-tokens either way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +17,34 @@ import torch
 from PIL import Image
 
 from layoutlmv3.constants import IGNORE_INDEX
+from layoutlmv3.model import LayoutLMv3Config
 from layoutlmv3.processing import LayoutLMv3Processor, page_pixels
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 NO_WORD = -1  # word id of specials and padding in tensors
 MODEL_INPUTS = ("input_ids", "bbox", "attention_mask", "pixel_values")
+
+
+def model_config(model: torch.nn.Module) -> LayoutLMv3Config:
+    """The config of a model, or of the model a DeepSpeed engine wraps (the engine's own `config` is its JSON)."""
+    return getattr(model, "module", model).config
+
+
+def model_inputs(
+    batch: Mapping[str, torch.Tensor],
+    config: LayoutLMv3Config,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    extra: tuple[str, ...] = (),
+) -> dict[str, torch.Tensor]:
+    """A batch's model inputs (and `extra` fields, e.g. labels) on `device`, pixels in the model's `dtype`.
+
+    A text-only model (`visual_embed: false`, which refuses pixels) gets none: one data pipeline feeds both."""
+    names = [name for name in (*MODEL_INPUTS, *extra) if name != "pixel_values" or config.visual_embed]
+    inputs = {name: batch[name].to(device, non_blocking=True) for name in names}
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    return inputs
 
 
 def load_pixels(path: Path, size: int = 224) -> torch.Tensor:

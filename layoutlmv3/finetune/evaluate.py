@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 
-from .dataset import MODEL_INPUTS, NO_WORD
+from .dataset import NO_WORD, model_config, model_inputs
 
 
 @dataclass
@@ -63,9 +63,7 @@ WindowRow = tuple[int, torch.Tensor, torch.Tensor]  # (page index, word_ids [T],
 def window_rows(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[WindowRow]:
     """One batch of windows through `model`: a row per window with its class probabilities (on the CPU)."""
     parameter = next(model.parameters())  # where the model runs, and its floating dtype (bf16 under DeepSpeed's)
-    inputs = {name: batch[name].to(parameter.device) for name in MODEL_INPUTS}
-    inputs["pixel_values"] = inputs["pixel_values"].to(parameter.dtype)
-    logits = model(**inputs).logits
+    logits = model(**model_inputs(batch, model_config(model), parameter.device, parameter.dtype)).logits
     probabilities = logits.float().softmax(-1).cpu()
     return [(page, batch["word_ids"][row], probabilities[row]) for row, page in enumerate(batch["page"].tolist())]
 

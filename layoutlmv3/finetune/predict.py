@@ -23,7 +23,7 @@ from layoutlmv3.model import LayoutLMv3ForTokenClassification
 from layoutlmv3.page_layout import Word, model_words, to_sample_mode
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
-from .dataset import MODEL_INPUTS, make_windows, page_pixels
+from .dataset import make_windows, model_inputs, page_pixels
 from .evaluate import merge_windows
 from .funsd import BOX_LEVELS
 
@@ -117,7 +117,8 @@ class Predictor:
             "attention_mask": torch.stack([w.attention_mask for w in windows]),
             "pixel_values": pixels.expand(len(windows), -1, -1, -1),
         }
-        logits = self.model(**{name: batch[name].to(self.device) for name in MODEL_INPUTS}).logits
+        parameter = next(self.model.parameters())
+        logits = self.model(**model_inputs(batch, self.model.config, self.device, parameter.dtype)).logits
         probabilities = logits.float().softmax(-1).cpu()
         merged = merge_windows(len(words), ((i, w.word_ids, probabilities[i]) for i, w in enumerate(windows)))
         return merged.labels, merged.confidences

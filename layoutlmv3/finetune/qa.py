@@ -11,6 +11,7 @@ is not on the page as words trains the model to point at <s> (no answer), and is
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,16 @@ class QuestionWindows(Dataset):
                     "start_positions": torch.tensor(start),
                     "end_positions": torch.tensor(end),
                 })  # fmt: skip
+
+    def keep_answerless(self, fraction: float, seed: int) -> None:
+        """Keep a seeded `fraction` of the windows that point at <s> (the answer not in them), all the others.
+
+        A long page cut into short windows makes most windows answerless; trained on all of them, a small model
+        first learns to say "no answer" and learns to find answers far later (BENCHMARKS.md)."""
+        if fraction >= 1:
+            return
+        rng = random.Random(seed)
+        self.items = [item for item in self.items if int(item["start_positions"]) > 0 or rng.random() < fraction]
 
     def __len__(self) -> int:
         return len(self.items)

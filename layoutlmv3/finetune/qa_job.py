@@ -14,7 +14,7 @@ from layoutlmv3.training.engine import Training
 
 from .anls import anls
 from .config import FinetuneConfig
-from .dataset import MODEL_INPUTS
+from .dataset import model_config, model_inputs
 from .qa import QuestionWindows, best_answers, read_questions
 from .selection import FinetuneJobBase, SelectionTask, sharded_map
 from .splits import split_dev
@@ -60,6 +60,14 @@ class QuestionAnsweringJob(FinetuneJobBase):
             name: QuestionWindows(questions, self.tokenizer, data.max_length, data.stride, size)
             for name, questions in self.questions.items()
         }
+        windows = self.datasets["train"]
+        before = len(windows)
+        windows.keep_answerless(data.answerless_windows, config.train.seed)
+        if not windows.items:
+            raise ValueError("no training window left: data.answerless_windows is 0 and no answer lies in a window")
+        answerless = sum(int(item["start_positions"]) == 0 for item in windows.items)
+        logger.info("training on %d of %d windows (%d without the answer; data.answerless_windows %g)",
+                    len(windows), before, answerless, data.answerless_windows)  # fmt: skip
 
     def make_task(self, training: Training) -> QuestionAnsweringTask:
         return QuestionAnsweringTask(self, training)
@@ -71,10 +79,8 @@ class QuestionAnsweringTask(SelectionTask):
     metric = "anls"
 
     def forward(self, batch: dict) -> list[torch.Tensor]:
-        device = self.training.device
-        names = (*MODEL_INPUTS, "start_positions", "end_positions")
-        inputs = {name: batch[name].to(device, non_blocking=True) for name in names}
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.training.dtype)
+        config, targets = self.job.model.config, ("start_positions", "end_positions")
+        inputs = model_inputs(batch, config, self.training.device, self.training.dtype, targets)
         return [self.training.engine(**inputs).loss]
 
     def score(self, model: torch.nn.Module, split: str, lockstep: bool) -> dict:
@@ -98,9 +104,7 @@ class QuestionAnsweringTask(SelectionTask):
 @torch.no_grad()
 def _span_logits(model: torch.nn.Module, batch: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
     parameter = next(model.parameters())
-    inputs = {name: batch[name].to(parameter.device) for name in MODEL_INPUTS}
-    inputs["pixel_values"] = inputs["pixel_values"].to(parameter.dtype)
-    output = model(**inputs)
+    output = model(**model_inputs(batch, model_config(model), parameter.device, parameter.dtype))
     text = batch["input_ids"].shape[1]  # the head scores visual positions too; answers are text
     return list(
         zip(output.start_logits[:, :text].float().cpu(), output.end_logits[:, :text].float().cpu(), strict=True)

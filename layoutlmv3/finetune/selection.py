@@ -33,7 +33,7 @@ from layoutlmv3.training.engine import Training, check_max_length, check_special
 from layoutlmv3.training.metrics import encoder_work
 
 from .config import FinetuneConfig
-from .dataset import MODEL_INPUTS
+from .dataset import model_inputs
 from .loader import WindowLoader
 
 logger = logging.getLogger(__name__)
@@ -97,9 +97,7 @@ class SelectionTask:
         raise NotImplementedError
 
     def forward(self, batch: dict) -> list[torch.Tensor]:
-        device = self.training.device
-        inputs = {name: batch[name].to(device, non_blocking=True) for name in (*MODEL_INPUTS, "labels")}
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.training.dtype)
+        inputs = model_inputs(batch, self.job.model.config, self.training.device, self.training.dtype, ("labels",))
         return [self.training.engine(**inputs).loss]
 
     def work(self, batch: dict) -> tuple[float, float, float]:

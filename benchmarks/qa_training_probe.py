@@ -70,7 +70,7 @@ def main() -> None:
         kept = sorted({question.image_path for question in train})[: args.pages]
         train = dev = [question for question in train if question.image_path in kept]
         print("pages:", " ".join(path.name for path in kept), flush=True)
-    size = model.config.input_size
+    size = None if args.text_only else model.config.input_size
     train_windows = QuestionWindows(train, tokenizer, args.max_length, args.stride, size)
     dev_windows = QuestionWindows(dev[: args.dev_questions], tokenizer, args.max_length, args.stride, size)
     train_windows.keep_answerless(0.0 if args.answered_only else args.answerless_windows, args.seed)

@@ -61,10 +61,11 @@ def answer(args: argparse.Namespace) -> list[dict]:
         words = words_of_page(args.image, page, args.words)  # --words, NAME.json beside it, else Tesseract
         texts, boxes = model_words(words, *page.size, saved.get("boxes", "segment"))
     questions = [Question(str(n), q, args.image, texts, boxes, [], None) for n, q in enumerate(args.question)]
-    windows = QuestionWindows(questions, tokenizer, max_length, stride, model.config.input_size)
+    size = model.config.input_size if model.config.visual_embed else None
+    windows = QuestionWindows(questions, tokenizer, max_length, stride, size)
     logits = []
     for item in windows.items:
-        batch = {name: item[name][None] for name in MODEL_INPUTS}
+        batch = {name: item[name][None] for name in MODEL_INPUTS if name in item}
         output = model(**model_inputs(batch, model.config, "cpu", torch.float32))
         text = item["input_ids"].shape[0]
         logits.append((output.start_logits[0, :text], output.end_logits[0, :text]))

@@ -99,18 +99,39 @@ class LayoutLMv3Processor:
         processor builds it for question answering), padded to max_length: the question in every window with the
         special box, the page's words split into windows sharing `stride` tokens. Word ids are those of the page's
         words (None on the question and the specials), so answer spans map back to words."""
-        if not question.split():
+        return self.encode_questions([question], words, boxes, max_question_tokens)[0]
+
+    def encode_questions(
+        self,
+        questions: Sequence[str],
+        words: Sequence[str],
+        boxes: Sequence[Sequence[int]],
+        max_question_tokens: int = 64,
+    ) -> list[list[Encoding]]:
+        """`encode_question` for several questions about one page, its words tokenised once (a page is asked
+        about many times: DocVQA's pages, every field of a form)."""
+        if any(not question.split() for question in questions):
             raise ValueError("the question is empty")
-        question_ids = self.tokenizer.tokenize_words(question.split(), [[0, 0, 0, 0]] * len(question.split()))[0]
         room = self.max_length - 4 - self.stride - 1  # the question may take what the page's windows can spare
         if room < 1:
             raise ValueError(f"max_length {self.max_length} with stride {self.stride} leaves no room for a question")
+        page = self.tokenizer.tokenize_words(words, boxes) if words else ([], [], [])
+        return [self._question_windows(question, page, room, max_question_tokens) for question in questions]
+
+    def _question_windows(
+        self,
+        question: str,
+        page: tuple[list[int], list[list[int]], list[int]],
+        room: int,
+        max_question_tokens: int,
+    ) -> list[Encoding]:
+        question_ids = self.tokenizer.tokenize_words(question.split(), [[0, 0, 0, 0]] * len(question.split()))[0]
         if len(question_ids) > min(max_question_tokens, room) and not self._said_cut:
             self._said_cut = True  # once per processor (a split, a prediction run): the rest are cut alike
             logger.warning("a question longer than %d tokens is cut to them: %r", min(max_question_tokens, room),
                            question[:120])  # fmt: skip
         question_ids = question_ids[: min(max_question_tokens, room)]
-        ids, token_boxes, word_ids = self.tokenizer.tokenize_words(words, boxes) if words else ([], [], [])
+        ids, token_boxes, word_ids = page
         content = self.max_length - len(question_ids) - 4
         tokenizer, special = self.tokenizer, [0, 0, 0, 0]
         windows = []

@@ -56,6 +56,10 @@ def test_question_windows_put_the_question_first_and_the_answer_in_the_window_th
     assert all(box == [0, 0, 0, 0] for box in first.bbox[: sep + 2]) and first.word_ids[sep + 2] == 0
     covered = {word for window in windows for word in window.word_ids if word is not None}
     assert covered == set(range(30))
+    processor = LayoutLMv3Processor(tokenizer, max_length=32, stride=8)  # a page's words tokenised once for all
+    together = processor.encode_questions(["What is the Name?", "What is the Date?"], words, [[1, 2, 3, 4]] * 30)
+    alone = processor.encode_question("What is the Date?", words, [[1, 2, 3, 4]] * 30)
+    assert together == [windows, alone] and together[0] != together[1]
 
 
 def _model(directory: Path) -> None:
@@ -108,6 +112,9 @@ def test_every_field_can_be_asked_and_answerless_training_windows_are_thinned(tm
     assert len(all_) == len(whole) and all(int(item["start_positions"]) > 0 for item in none.items)
     assert len(none) == len(whole) - len(answerless) < len(half) < len(whole)
     assert [int(item["question"]) for item in half.items] == [int(item["question"]) for item in again.items]
+    text_only = QuestionWindows(questions, tokenizer, 48, 8, None)  # a text-only model's: no image read
+    assert "pixel_values" in whole.items[0] and all("pixel_values" not in item for item in text_only.items)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(whole.items, text_only.items, strict=True))
 
 
 def test_question_answering_runs_on_the_trainer_and_answers_a_new_question(tmp_path: Path, capsys) -> None:
@@ -134,7 +141,7 @@ def test_question_answering_runs_on_the_trainer_and_answers_a_new_question(tmp_p
 
 def test_a_short_cpu_run_reads_the_question_and_beats_the_question_blind_baseline(tmp_path: Path) -> None:
     """The claim of the built-in question set: tiny_qa.yaml's recipe, shortened for a test (1500 steps over
-    64-token windows at lr 4e-3, about 3.5 CPU minutes with the pages) on a fresh tiny model, answers held-out
+    64-token windows at lr 4e-3, about 3 CPU minutes with the pages) on a fresh tiny model, answers held-out
     pages' questions far better than a model that knows where values sit but not which one is asked
     (question-blind, about 0.07 with every field asked). Measured 0.24 on dev-2c; BENCHMARKS.md has the full run
     (0.67). Fresh weights start at init 0.1: at 0.02 a 64-wide model's attention starts nearly shut."""

@@ -39,7 +39,7 @@ def test_the_expected_files_are_shipped() -> None:
 
 # Stages of the DeepSpeed files named after a job rather than a stage: fine-tuning replicates a 125M model (ZeRO-1
 # on GPU shards only the optimizer state; ZeRO-0 on CPU), the image tokenizer is small (ZeRO-0, fp32 engine).
-JOB_DS_STAGES = {"finetune_bf16": 1, "finetune_cpu_fp32": 0, "image_tokenizer_fp32": 0}
+JOB_DS_STAGES = {"finetune_bf16": 1, "finetune_cpu_fp32": 0, "finetune_cpu_fp32_batch16": 0, "image_tokenizer_fp32": 0}
 
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs" / "finetune").glob("*.yaml")), ids=lambda p: p.stem)

@@ -127,17 +127,31 @@ def read_questions(split_dir: str | Path, boxes: str = "segment") -> list[Questi
 
 class QuestionWindows(Dataset):
     """Every window of every question, with the answer's first and last token in it (0, <s>, when the answer is
-    not in this window or not on the page) and which question it belongs to."""
+    not in this window or not on the page) and which question it belongs to. Each page's words are tokenised
+    once for all its questions; `size` None (a text-only model) reads no page image."""
 
     def __init__(
-        self, questions: Sequence[Question], tokenizer: LayoutLMv3Tokenizer, max_length: int, stride: int, size: int
+        self,
+        questions: Sequence[Question],
+        tokenizer: LayoutLMv3Tokenizer,
+        max_length: int,
+        stride: int,
+        size: int | None,
     ) -> None:
         processor = LayoutLMv3Processor(tokenizer, max_length=max_length, stride=stride)
-        self.questions, self.items, pixels = list(questions), [], {}
+        self.questions, self.items = list(questions), []
+        by_page: dict[Path, list[int]] = {}
         for number, question in enumerate(self.questions):
-            if question.image_path not in pixels:
-                pixels[question.image_path] = load_pixels(question.image_path, size)
-            for window in processor.encode_question(question.question, question.words, question.boxes):
+            by_page.setdefault(question.image_path, []).append(number)
+        encoded: dict[int, list] = {}
+        for numbers in by_page.values():
+            page = self.questions[numbers[0]]  # the questions of a page share its words
+            texts = [self.questions[number].question for number in numbers]
+            encoded.update(zip(numbers, processor.encode_questions(texts, page.words, page.boxes), strict=True))
+        pixels = {path: load_pixels(path, size) for path in by_page} if size is not None else {}
+        for number, question in enumerate(self.questions):
+            image = {"pixel_values": pixels[question.image_path]} if pixels else {}
+            for window in encoded[number]:
                 start = end = 0
                 if question.span is not None:
                     first, last = question.span
@@ -150,7 +164,7 @@ class QuestionWindows(Dataset):
                     "input_ids": torch.tensor(window.input_ids),
                     "bbox": torch.tensor(window.bbox),
                     "attention_mask": torch.tensor(window.attention_mask),
-                    "pixel_values": pixels[question.image_path],
+                    **image,
                     "word_ids": torch.tensor([-1 if w is None else w for w in window.word_ids]),
                     "question": torch.tensor(number),
                     "start_positions": torch.tensor(start),

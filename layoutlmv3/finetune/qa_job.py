@@ -55,7 +55,7 @@ class QuestionAnsweringJob(FinetuneJobBase):
         logger.info("questions: %s; %d of %d training answers found as page words",
                     ", ".join(f"{len(q)} {n}" for n, q in self.questions.items()), located, len(train))  # fmt: skip
         super().__init__(config, SPAN_LABELS)
-        size = self.model.config.input_size
+        size = self.model.config.input_size if self.model.config.visual_embed else None  # text only: no images
         self.datasets = {
             name: QuestionWindows(questions, self.tokenizer, data.max_length, data.stride, size)
             for name, questions in self.questions.items()

@@ -18,7 +18,7 @@ from PIL import Image
 
 from data_prep.page_words import words_of_page
 from data_prep.rejects import PageRejected
-from layoutlmv3.finetune.dataset import MODEL_INPUTS, model_inputs
+from layoutlmv3.finetune.dataset import image_size, model_inputs
 from layoutlmv3.finetune.qa import Question, QuestionWindows, best_answers
 from layoutlmv3.finetune.selection import saved_processing
 from layoutlmv3.model import LayoutLMv3ForQuestionAnswering
@@ -61,11 +61,10 @@ def answer(args: argparse.Namespace) -> list[dict]:
         words = words_of_page(args.image, page, args.words)  # --words, NAME.json beside it, else Tesseract
         texts, boxes = model_words(words, *page.size, saved.get("boxes", "segment"))
     questions = [Question(str(n), q, args.image, texts, boxes, [], None) for n, q in enumerate(args.question)]
-    size = model.config.input_size if model.config.visual_embed else None
-    windows = QuestionWindows(questions, tokenizer, max_length, stride, size)
+    windows = QuestionWindows(questions, tokenizer, max_length, stride, image_size(model.config))
     logits = []
     for item in windows.items:
-        batch = {name: item[name][None] for name in MODEL_INPUTS if name in item}
+        batch = {name: tensor[None] for name, tensor in item.items()}
         output = model(**model_inputs(batch, model.config, "cpu", torch.float32))
         text = item["input_ids"].shape[0]
         logits.append((output.start_logits[0, :text], output.end_logits[0, :text]))

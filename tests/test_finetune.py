@@ -149,6 +149,10 @@ def test_config_checks(tmp_path: Path) -> None:
         load_finetune_config(None)
     with pytest.raises(ValueError, match="model.init must be one of"):
         load_finetune_config(None, ["--model.path", "m", "--model.init", "scratch"])
+    with pytest.raises(ValueError, match=r"data.answerless_windows must lie in \[0, 1\], got 1.5"):
+        load_finetune_config(None, ["--model.path", "m", "--data.answerless_windows", "1.5"])
+    with pytest.raises(ValueError, match="data.synthetic_questions_per_page must be >= 0"):
+        load_finetune_config(None, ["--model.path", "m", "--data.synthetic_questions_per_page", "-1"])
 
 
 def test_random_init_keeps_the_architecture_and_draws_fresh_weights(tmp_path: Path) -> None:

@@ -101,9 +101,8 @@ class ClassificationTask(SelectionTask):
 @torch.no_grad()
 def _predict(model: torch.nn.Module, batch: dict) -> list[int]:
     parameter = next(model.parameters())
-    return (
-        model(**model_inputs(batch, model_config(model), parameter.device, parameter.dtype)).logits.argmax(-1).tolist()
-    )
+    inputs = model_inputs(batch, model_config(model), parameter.device, parameter.dtype)
+    return model(**inputs).logits.argmax(-1).tolist()
 
 
 def class_scores(gold: list[int], predicted: list[int], classes: tuple[str, ...]) -> dict:

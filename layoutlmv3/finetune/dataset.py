@@ -30,6 +30,11 @@ def model_config(model: torch.nn.Module) -> LayoutLMv3Config:
     return getattr(model, "module", model).config
 
 
+def image_size(config: LayoutLMv3Config) -> int | None:
+    """The side pages are read at for `config`'s model; None for a text-only one (no image to read)."""
+    return config.input_size if config.visual_embed else None
+
+
 def model_inputs(
     batch: Mapping[str, torch.Tensor],
     config: LayoutLMv3Config,

@@ -14,7 +14,7 @@ from layoutlmv3.training.engine import Training
 
 from .anls import anls
 from .config import FinetuneConfig
-from .dataset import model_config, model_inputs
+from .dataset import image_size, model_config, model_inputs
 from .qa import QuestionWindows, best_answers, read_questions
 from .selection import FinetuneJobBase, SelectionTask, sharded_map
 from .splits import split_dev
@@ -55,7 +55,7 @@ class QuestionAnsweringJob(FinetuneJobBase):
         logger.info("questions: %s; %d of %d training answers found as page words",
                     ", ".join(f"{len(q)} {n}" for n, q in self.questions.items()), located, len(train))  # fmt: skip
         super().__init__(config, SPAN_LABELS)
-        size = self.model.config.input_size if self.model.config.visual_embed else None  # text only: no images
+        size = image_size(self.model.config)
         self.datasets = {
             name: QuestionWindows(questions, self.tokenizer, data.max_length, data.stride, size)
             for name, questions in self.questions.items()

@@ -154,10 +154,10 @@ class LayoutLMv3PreTrainedModel(nn.Module):
         own = {k: v for k, v in self.state_dict().items() if k not in self.tied_weight_keys}
         backbone = self.base_prefix
         branches_off = tuple(backbone + prefix for prefix in self._switched_off_prefixes())
-        unused = sorted(k for k in weights if k.startswith(branches_off) and k not in own) if branches_off else []
+        unused = {k for k in weights if k.startswith(branches_off) and k not in own}
         if unused:  # e.g. fine-tuning text + layout only (visual_embed false) from a multimodal checkpoint
             logger.info("not loading %d weights of %s: this config turns their branch off", len(unused), source)
-            weights = {k: v for k, v in weights.items() if k not in set(unused)}
+            weights = {k: v for k, v in weights.items() if k not in unused}
         missing = sorted(set(own) - set(weights))
         unexpected = sorted(set(weights) - set(own))
         mismatched = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)

@@ -1,0 +1,42 @@
+"""The shared readers of records from data: JSON files that name themselves, the one checksum."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from layoutlmv3.checksums import StreamDigest, file_digest
+from layoutlmv3.json_files import JsonFileError, parse_json, read_json_file
+
+
+def test_bad_json_names_its_file_and_an_html_page_is_called_one(tmp_path):
+    broken = tmp_path / "manifest.json"
+    broken.write_text('{"shards": [')
+    with pytest.raises(JsonFileError, match=r"manifest\.json is not valid JSON"):
+        read_json_file(broken)
+    with pytest.raises(JsonFileError, match="looks like an HTML page") as caught:
+        parse_json(b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>", "http://127.0.0.1:1/m.json")
+    assert "http://127.0.0.1:1/m.json" in str(caught.value)
+    with pytest.raises(JsonFileError, match="not valid JSON"):
+        parse_json(b"\xff\xfe\x00", "f.json")
+    with pytest.raises(JsonFileError, match="nested too deeply"):
+        parse_json("[" * 100_000 + "]" * 100_000, "deep.json")
+    with pytest.raises(JsonFileError, match="is a directory"):
+        read_json_file(tmp_path)
+    assert read_json_file(_written(tmp_path / "ok.json", '{"a": [1, 2]}')) == {"a": [1, 2]}
+
+
+def test_the_checksum_is_sha256sum_s_and_a_stream_gives_the_same(tmp_path):
+    data = bytes(range(256)) * 9000
+    path = _written(tmp_path / "blob", data)
+    assert file_digest(path) == hashlib.sha256(data).hexdigest()
+    stream = StreamDigest()
+    for start in range(0, len(data), 777):
+        stream.update(data[start : start + 777])
+    assert (stream.hexdigest(), stream.size) == (file_digest(path), len(data))
+
+
+def _written(path, content):
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    return path

@@ -8,6 +8,7 @@ and finally the manifest (manifest.py). Pages that cannot become samples are lis
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import multiprocessing
 import os
@@ -410,6 +411,25 @@ def parse_config(argv: Sequence[str] | None = None) -> BuildConfig:
     )
 
 
+_STORAGE_HINTS = {
+    errno.ENOSPC: "the disk is full: free space, then rerun (finished shards are kept, the rest resumes)",
+    errno.EDQUOT: "the disk quota is exceeded: free space or raise the quota, then rerun (finished shards are kept)",
+    errno.EROFS: "the filesystem is read-only: give --out a writable directory",
+    errno.EACCES: "permission denied: give --out a directory this user can write",
+    errno.EPERM: "operation not permitted: give --out a directory this user can write",
+}
+
+
+def storage_error(error: OSError, out: Path) -> str:
+    """One line for an OSError of the build: the path (the error's own, else --out), what failed and what to do.
+    Nothing partial is published: shards and manifests appear by rename once whole."""
+    path = Path(error.filename) if isinstance(error.filename, str | os.PathLike) else out
+    if not path.resolve().is_relative_to(out.resolve()):
+        return f"cannot read {path}: {error.strerror or error}; check it, then rerun (finished shards are kept)"
+    hint = _STORAGE_HINTS.get(error.errno, "check the storage, then rerun (finished shards are kept)")
+    return f"cannot write {path}: {error.strerror or error}; {hint}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -422,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"error: a worker process died ({error}); finished shards are kept, rerun to resume. If Tesseract "
             f"crashed in-process, LAYOUTLMV3_OCR_ENGINE=cli runs it as a command, which rejects such a page instead"
         )
+    except OSError as error:  # pages are read as data (a bad one is a reject): this is the storage failing
+        sys.exit(f"error: {storage_error(error, config.out)}")
     rejects = sum(manifest["rejects"].values())
     names = output_names(config.task_index, config.num_tasks)
     print(

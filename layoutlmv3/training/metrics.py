@@ -3,6 +3,10 @@
 Values arrive already averaged over ranks (the loop all-reduces them); TensorBoard and metrics.jsonl get every
 step, the log line averages the steps since the previous line. metrics.jsonl is one JSON object per line,
 `{"step": N, "train/loss": ..., ...}` or `{"step": N, "val/loss": ...}`; it is appended to on resume.
+
+Metrics are a record of the run, not the run: when logging.dir cannot be written (a full disk, a quota, a
+vanished mount) one warning names the file and the error, metrics.jsonl and TensorBoard stop, and training,
+checkpoints and the log lines go on.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import contextlib
 import json
 import logging
 import math
+import threading
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -110,22 +116,61 @@ class MetricsLogger:
         self._window: dict[str, list[float]] = defaultdict(list)
         self._stack = contextlib.ExitStack()
         self.writer = self.jsonl = self.bar = None
+        self._files_failed = False
         if not enabled:
             return
+        if progress:
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+            self._stack.callback(self.bar.close)
+            self._stack.enter_context(logging_redirect_tqdm())
+        self._guarded(self.directory, lambda: self._open_files(start_step, tensorboard, resumed_in_place))
+
+    def _open_files(self, start_step: int, tensorboard: bool, resumed_in_place: bool) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         if resumed_in_place:  # the same run going on: its rows past start_step are trained again
             _drop_rows_after(self.directory / METRICS_FILE, start_step)
-        self.jsonl = self._stack.enter_context(open(self.directory / METRICS_FILE, "a"))  # noqa: SIM115 (the stack closes it)
+        if tensorboard:
+            self._stack.enter_context(_quiet_writer_thread_errors())  # left after the files are closed
+        self.jsonl = open(self.directory / METRICS_FILE, "a")  # noqa: SIM115 (closed by _close_files)
+        self._stack.callback(self._close_files)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step hides TensorBoard's own records of the steps trained again
             self.writer = SummaryWriter(str(self.directory), purge_step=start_step + 1 if resumed_in_place else None)
-            self._stack.callback(self.writer.close)
-        if progress:
-            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
-            self._stack.callback(self.bar.close)
-            self._stack.enter_context(logging_redirect_tqdm())
+
+    def _guarded(self, path: Path, write: Callable[[], None]) -> None:
+        """Run `write`; the first OSError of any metrics file warns once, naming `path`, and ends file output."""
+        if self._files_failed:
+            return
+        try:
+            write()
+        except OSError as error:
+            self._files_failed = True
+            logger.warning(
+                "cannot write metrics to %s (%s): metrics.jsonl and TensorBoard stop here, training and checkpoints "
+                "go on; free space in logging.dir (or point it elsewhere) for the next attempt",
+                path,
+                error.strerror or error,
+            )
+            self._close_files()
+
+    def _close_files(self) -> None:
+        """Close the metrics files; errors of a run whose files already failed are not repeated."""
+        jsonl, writer, self.jsonl, self.writer = self.jsonl, self.writer, None, None
+        for close, path in ((getattr(writer, "close", None), self.directory), (getattr(jsonl, "close", None), None)):
+            if close is None:
+                continue
+            try:
+                close()
+            except OSError as error:
+                if not self._files_failed:
+                    self._files_failed = True
+                    logger.warning(
+                        "cannot write metrics to %s (%s): the last metrics may be missing",
+                        path or self.directory / METRICS_FILE,
+                        error.strerror or error,
+                    )
 
     def __enter__(self) -> MetricsLogger:
         return self
@@ -155,11 +200,39 @@ class MetricsLogger:
         logger.info("step %d validation | %s", step, " ".join(f"{k[4:]} {v:.4f}" for k, v in values.items()))
 
     def _write(self, step: int, values: dict[str, float]) -> None:
-        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
-        self.jsonl.flush()
-        if self.writer is not None:
+        row = json.dumps({"step": step, **values}) + "\n"
+
+        def write_row() -> None:
+            self.jsonl.write(row)
+            self.jsonl.flush()
+
+        def write_scalars() -> None:
             for name, value in values.items():
                 self.writer.add_scalar(name, value, step)
+
+        if self.jsonl is not None:
+            self._guarded(self.directory / METRICS_FILE, write_row)
+        if self.writer is not None:
+            self._guarded(self.directory, write_scalars)
+
+
+@contextlib.contextmanager
+def _quiet_writer_thread_errors():
+    """TensorBoard writes from its own thread; a full disk ends that thread with a traceback on stderr and the
+    same error at the next `add_scalar`, which MetricsLogger reports as one warning. This hook drops the thread's
+    traceback (other threads' errors pass through)."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def _summary(means: dict[str, float]) -> str:

@@ -1,0 +1,153 @@
+"""Faults of the machine under a run, on real filesystems: a full disk (a small tmpfs filled up), a read-only one.
+Training launches that meet these faults live in test_pretrain_launcher.py (they share its world)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from data_prep.synth import write_corpus
+from layoutlmv3.tokenizer import train_bpe
+from layoutlmv3.training.metrics import METRICS_FILE, MetricsLogger
+from tests.file_digests import digests
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[callable]:
+    """mount(size, options) -> a fresh tmpfs directory of that size; all unmounted at teardown."""
+    mounted: list[Path] = []
+
+    def mount(size: str, *options: str) -> Path:
+        directory = tmp_path / f"tmpfs{len(mounted)}"
+        directory.mkdir()
+        command = ["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(directory)]
+        if subprocess.run(command, capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(directory)
+        return directory
+
+    try:
+        yield mount
+    finally:
+        for directory in mounted:
+            subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def fill(directory: Path, leave: int = 0) -> Path:
+    """Write a filler file into `directory` until its filesystem has at most `leave` bytes free."""
+    filler = directory / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            while os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize > leave:
+                handle.write(b"\0" * 4096)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+# ---------------------------------------------------------------- data prep on a full or read-only --out
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(6 synthetic pages, a vocabulary, their shards built on a healthy disk: 3 shards, about 180 KB)."""
+    root = tmp_path_factory.mktemp("small_corpus")
+    write_corpus(root / "in", 6, seed=0)
+    words = [
+        word["text"]
+        for path in sorted((root / "in" / "annotations").glob("*.json"))
+        for entity in json.loads(path.read_text())["form"]
+        for word in entity["words"]
+    ]
+    train_bpe(words, vocab_size=300).save_pretrained(root / "vocab")
+    corpus = root / "in", root / "vocab", root / "reference"
+    assert _build_shards(corpus, corpus[2]).returncode == 0
+    return corpus
+
+
+def _build_shards(corpus: tuple[Path, Path, Path], out: Path) -> subprocess.CompletedProcess:
+    pages, vocab, _ = corpus
+    command = [sys.executable, "-m", "data_prep.build_shards", "--input", str(pages), "--out", str(out)]
+    command += ["--ocr", "funsd", "--tokenizer", str(vocab), "--max-samples-per-shard", "2", "--quiet"]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+
+
+def _published(out: Path) -> dict[str, str]:
+    return digests([path for path in out.glob("*") if path.is_file() and not path.name.startswith(".")], out)
+
+
+def test_data_prep_on_a_full_disk_names_the_path_publishes_nothing_partial_and_resumes(
+    small_corpus: tuple[Path, Path, Path], small_tmpfs
+) -> None:
+    disk = small_tmpfs("1m")
+    filler = fill(disk, leave=100_000)  # room for about one shard of three
+    result = _build_shards(small_corpus, disk / "out")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith(f"error: cannot write {disk / 'out'}") and "No space left on device" in lines[0]
+    assert "the disk is full: free space, then rerun" in lines[0]
+    published = _published(disk / "out")
+    assert "manifest.json" not in published
+    reference = _published(small_corpus[2])
+    assert all(reference[name] == digest for name, digest in published.items())  # whole shards only
+
+    filler.unlink()
+    resumed = _build_shards(small_corpus, disk / "out")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _published(disk / "out") == reference
+
+
+def test_data_prep_on_a_read_only_out_is_one_line(small_corpus: tuple[Path, Path, Path], small_tmpfs) -> None:
+    disk = small_tmpfs("1m", "ro")
+    result = _build_shards(small_corpus, disk)
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: cannot write {disk}" in result.stderr and "Read-only file system" in result.stderr
+    assert "give --out a writable directory" in result.stderr
+
+
+# ---------------------------------------------------------------- metrics on a full logging.dir
+
+
+def _values(loss: float) -> dict[str, float]:
+    return {"train/loss": loss, "train/lr": 1e-4, "perf/samples_per_s": 10.0}
+
+
+def test_metrics_on_a_disk_that_fills_up_warn_once_and_go_on(small_tmpfs, caplog: pytest.LogCaptureFixture) -> None:
+    disk = small_tmpfs("256k")
+    caplog.set_level(logging.INFO)
+    with MetricsLogger(disk / "logs", enabled=True, every=1, total_steps=400, start_step=0, progress=False) as metrics:
+        metrics.log_step(1, _values(1.0))
+        fill(disk)
+        for step in range(2, 401):  # rows and TensorBoard records spill onto pages the disk no longer has
+            metrics.log_step(step, _values(1.0 / step))
+        metrics.log_validation(400, {"val/loss": 0.5})
+    warnings = [record.getMessage() for record in caplog.records if "cannot write metrics" in record.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert str(disk / "logs") in warnings[0] and "No space left on device" in warnings[0]
+    assert "step 400/400 | loss 0.0025" in caplog.text  # the log lines go on
+    rows = (disk / "logs" / METRICS_FILE).read_text().splitlines()
+    assert 1 <= len(rows) < 400
+    assert all(math.isfinite(json.loads(row)["train/loss"]) for row in rows[:-1])
+
+
+def test_metrics_on_a_full_disk_from_the_start_warn_once(small_tmpfs, caplog: pytest.LogCaptureFixture) -> None:
+    disk = small_tmpfs("64k")
+    (disk / "logs").mkdir()
+    fill(disk)
+    with MetricsLogger(disk / "logs", enabled=True, every=1, total_steps=50, start_step=0, progress=False) as metrics:
+        for step in range(1, 51):
+            metrics.log_step(step, _values(1.0))
+    assert caplog.text.count("cannot write metrics") == 1, caplog.text

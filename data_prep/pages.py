@@ -1,7 +1,9 @@
 """Find scanned page images under an input root and read them page by page, never crashing on bad files.
 
-Reads TIFF (multi-page included, and CCITT Group 4 bilevel as IIT-CDIP ships it), PNG and JPEG: whatever
-Pillow decodes; and PDF, each page rendered at ``pdf_dpi`` (pdf.py). Pages come out in mode "L" (bilevel and grayscale scans) or "RGB" (colour), the two modes of
+Reads the page files of `layoutlmv3.page_sources.PAGE_SUFFIXES`: TIFF (multi-page included, and CCITT Group 4
+bilevel as IIT-CDIP ships it), PNG, JPEG, GIF, BMP, WebP through Pillow; and PDF, each page rendered at
+``pdf_dpi`` (pdf.py). Every page (each TIFF frame, each PDF page) is measured against the one pixel cap before
+it is decoded: a page over it is a ``page_too_large`` reject. Pages come out in mode "L" (bilevel and grayscale scans) or "RGB" (colour), the two modes of
 a sample image. A file or page that Pillow cannot decode becomes a :class:`PageRejected` in the stream instead
 of an exception, so one corrupt scan never stops a run.
 """
@@ -10,38 +12,65 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from layoutlmv3.page_layout import to_sample_mode
+from layoutlmv3.page_sources import PAGE_SUFFIXES, PDF_SUFFIX, PageTooLarge, check_frame, open_image
 
-from .pdf import DEFAULT_PDF_DPI, PDF_SUFFIX, read_pdf_pages
-from .rejects import UNREADABLE_IMAGE, UNREADABLE_PAGE, PageRejected
+from .pdf import DEFAULT_PDF_DPI, read_pdf_pages
+from .rejects import PAGE_TOO_LARGE, UNREADABLE_IMAGE, UNREADABLE_PAGE, PageRejected
 
-IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", PDF_SUFFIX})
+IMAGE_SUFFIXES = PAGE_SUFFIXES  # the name build_shards and older callers use; one list for every page reader
 
 
 # Files that sit beside page images as their OCR or annotations: not reported as skipped.
 SIDE_FILE_SUFFIXES = frozenset({".json", ".hocr", ".html", ".htm", ".xml"})
 
 
-def scan_inputs(root: Path) -> tuple[list[str], Counter[str]]:
-    """(page files under ``root`` as sorted POSIX paths relative to it, other files counted by suffix).
+@dataclass
+class InputScan:
+    """What a walk of an input folder found: page files (sorted POSIX paths relative to it), other files counted
+    by suffix, and the first of each such suffix as an example."""
 
-    Hidden files (temporaries) and OCR side files are neither; the counter is what a build says it skipped.
-    One walk of the tree, which on a corpus of millions of files on a shared filesystem is minutes.
-    """
-    images, skipped = [], Counter()
+    pages: list[str] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+
+    def skipped_note(self) -> str:
+        """'' if nothing was skipped, else one line naming the files that are not pages (by type, with examples)."""
+        if not self.skipped:
+            return ""
+        kinds = ", ".join(
+            f"{count} {suffix} (e.g. {self.examples[suffix]})" for suffix, count in sorted(self.skipped.items())
+        )
+        return f"skipped {sum(self.skipped.values())} file(s) of other types than pages: {kinds}"
+
+
+def scan_folder(root: Path) -> InputScan:
+    """The page files under ``root`` and what was skipped. Hidden files (temporaries) and OCR side files are
+    neither. One walk of the tree, which on a corpus of millions of files on a shared filesystem is minutes."""
+    scan = InputScan()
     for path in root.rglob("*"):
         if path.name.startswith(".") or not path.is_file():
             continue
         suffix = path.suffix.lower()
-        if suffix in IMAGE_SUFFIXES:
-            images.append(path.relative_to(root).as_posix())
+        if suffix in PAGE_SUFFIXES:
+            scan.pages.append(path.relative_to(root).as_posix())
         elif suffix not in SIDE_FILE_SUFFIXES:
-            skipped[suffix or "(no suffix)"] += 1
-    return sorted(images), skipped
+            kind = suffix or "(no suffix)"
+            scan.skipped[kind] += 1
+            scan.examples.setdefault(kind, path.relative_to(root).as_posix())
+    scan.pages.sort()
+    return scan
+
+
+def scan_inputs(root: Path) -> tuple[list[str], Counter[str]]:
+    """(page files under ``root`` as sorted POSIX paths relative to it, other files counted by suffix)."""
+    scan = scan_folder(root)
+    return scan.pages, scan.skipped
 
 
 def find_images(root: Path) -> list[str]:
@@ -63,7 +92,10 @@ def read_pages(
         yield from read_pdf_pages(path, start_page, pdf_dpi)
         return
     try:
-        image = Image.open(path)
+        image = open_image(path, check=False)  # each frame is measured in _load_page, before it is decoded
+    except PageTooLarge as error:
+        yield start_page, PageRejected(PAGE_TOO_LARGE, error)
+        return
     except Exception as error:
         yield start_page, PageRejected(UNREADABLE_IMAGE, f"{type(error).__name__}: {error}")
         return
@@ -82,7 +114,7 @@ def read_pages(
 def _pages_until_broken(path: Path, start_page: int) -> Iterator[tuple[int, Image.Image | PageRejected]]:
     """Pages of a multi-page file whose page count Pillow cannot read: each readable page in turn, then the page
     whose directory is broken as UNREADABLE_PAGE (the ones after it cannot be located)."""
-    with Image.open(path) as image:
+    with Image.open(path) as image:  # read_pages opened it already: no decompression bomb at the header
         page = start_page
         while True:
             try:
@@ -102,7 +134,23 @@ def _pages_until_broken(path: Path, start_page: int) -> Iterator[tuple[int, Imag
 def _load_page(image: Image.Image, page: int) -> Image.Image | PageRejected:
     try:
         image.seek(page)
+        check_frame(image, f"page {page}")  # before decoding: Pillow measures only a file's first frame
+    except PageTooLarge as error:
+        return PageRejected(PAGE_TOO_LARGE, error)
+    except Exception as error:
+        return PageRejected(UNREADABLE_PAGE, f"{type(error).__name__}: {error}")
+    try:
         image.load()
         return to_sample_mode(image)
     except Exception as error:
         return PageRejected(UNREADABLE_PAGE, f"{type(error).__name__}: {error}")
+
+
+def read_page(path: Path, page: int = 0, pdf_dpi: int = DEFAULT_PDF_DPI) -> Image.Image:
+    """One page of a file (any of PAGE_SUFFIXES; other files as Pillow reads them), for the prediction tools:
+    a page that cannot be read, or one over the pixel cap, is a ValueError naming the file, page and reason."""
+    for number, image in read_pages(path, page, pdf_dpi):
+        if isinstance(image, PageRejected):
+            raise ValueError(f"{path} page {number}: {image}")
+        return image
+    raise ValueError(f"{path} has no page {page}")

@@ -4,7 +4,11 @@ Born-digital PDFs (and scans an OCR engine already made searchable) carry their 
 text layer is exact and far faster than OCR. Scanned PDFs without text get OCR like any image (``--ocr
 tesseract``; see :class:`TextLayerFirst`). Rendering and text extraction use PDFium (pypdfium2, a wheel with
 the library inside: no system tools). An encrypted or broken PDF becomes an ``unreadable_image`` reject with
-the reason, never a crash.
+the reason, never a crash. A page is measured before it is rendered: one over the pixel cap at ``dpi``
+(`layoutlmv3.page_sources`) is a ``page_too_large`` reject and is never rendered.
+
+Text-layer boxes are in PDF page space; the rendered image shows the page's CropBox (whose origin need not be
+0,0), turned by its ``/Rotate``. `_PageToPixels` maps one onto the other, so words land on their ink.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from .rejects import UNREADABLE_IMAGE, UNREADABLE_PAGE, PageRejected
+from layoutlmv3.page_sources import PDF_SUFFIX, PageTooLarge, check_page_pixels, pdf_page_pixels
+
+from .rejects import PAGE_TOO_LARGE, UNREADABLE_IMAGE, UNREADABLE_PAGE, PageRejected
 from .words import Ocr, Word
 
-PDF_SUFFIX = ".pdf"
+__all__ = ["DEFAULT_PDF_DPI", "PDF_SUFFIX", "TextLayerFirst", "read_pdf_pages", "text_layer_words"]
 DEFAULT_PDF_DPI = 200  # pages are squashed to 224 px anyway; 200 dpi keeps small print legible for OCR
 POINTS_PER_INCH = 72.0
 LINE_BREAKS = frozenset("\r\n")
@@ -45,7 +51,18 @@ def read_pdf_pages(path: Path, start_page: int, dpi: int) -> Iterator[tuple[int,
     try:
         for number in range(start_page, len(document)):
             try:
-                image = document[number].render(scale=dpi / POINTS_PER_INCH).to_pil()
+                page = document[number]
+                width_pt, height_pt = page.get_size()
+                where = f"PDF page {number} ({width_pt:g}x{height_pt:g} pt) at {dpi} dpi"
+                check_page_pixels(*pdf_page_pixels(width_pt, height_pt, dpi), where)
+            except PageTooLarge as error:
+                yield number, PageRejected(PAGE_TOO_LARGE, error)
+                continue
+            except Exception as error:
+                yield number, PageRejected(UNREADABLE_PAGE, f"PDF page: {type(error).__name__}: {error}")
+                continue
+            try:
+                image = page.render(scale=dpi / POINTS_PER_INCH).to_pil()
                 image = image.convert("RGB") if image.mode != "L" else image
                 image.info["dpi"] = (dpi, dpi)
                 yield number, image
@@ -56,13 +73,13 @@ def read_pdf_pages(path: Path, start_page: int, dpi: int) -> Iterator[tuple[int,
 
 
 def text_layer_words(path: Path, page: int, image_size: tuple[int, int]) -> list[Word]:
-    """The page's text-layer words, boxes in pixels of the rendered image; words of one text line share a line
-    id (PDFium marks line ends with generated line breaks). Empty for a page without text (a scan)."""
+    """The page's text-layer words, boxes in pixels of the rendered image (its CropBox turned by /Rotate); words of
+    one text line share a line id (PDFium marks line ends with generated line breaks). Words wholly outside the
+    CropBox are not on the image and are left out; the others are clipped to it. Empty for a page without text."""
     document = _open(path)
     try:
         pdf_page = document[page]
-        width_pt, height_pt = pdf_page.get_size()
-        sx, sy = image_size[0] / width_pt, image_size[1] / height_pt
+        to_pixels = _PageToPixels(pdf_page, image_size)
         text_page = pdf_page.get_textpage()
         words: list[Word] = []
         chars: list[str] = []
@@ -72,9 +89,9 @@ def text_layer_words(path: Path, page: int, image_size: tuple[int, int]) -> list
         def finish() -> None:
             nonlocal chars, box
             if chars and box is not None:
-                left, bottom, right, top = box
-                pixel_box = (left * sx, (height_pt - top) * sy, right * sx, (height_pt - bottom) * sy)
-                words.append(Word("".join(chars), tuple(round(v, 2) for v in pixel_box), line))
+                pixel_box = to_pixels.box(*box)
+                if pixel_box is not None:
+                    words.append(Word("".join(chars), tuple(round(v, 2) for v in pixel_box), line))
             chars, box = [], None
 
         for index in range(text_page.count_chars()):
@@ -95,6 +112,38 @@ def text_layer_words(path: Path, page: int, image_size: tuple[int, int]) -> list
         return words
     finally:
         document.close()
+
+
+class _PageToPixels:
+    """PDF page space -> pixels of the page as rendered: PDFium shows the CropBox (else the MediaBox; its corner
+    need not be 0,0) turned clockwise by the page's /Rotate, scaled to the image."""
+
+    def __init__(self, page, image_size: tuple[int, int]) -> None:
+        self.left, self.bottom, self.right, self.top = page.get_cropbox()
+        self.rotation = page.get_rotation() % 360
+        width_pt, height_pt = self.right - self.left, self.top - self.bottom
+        shown = (height_pt, width_pt) if self.rotation in (90, 270) else (width_pt, height_pt)
+        self.size = image_size
+        self.sx, self.sy = image_size[0] / shown[0], image_size[1] / shown[1]
+
+    def point(self, x: float, y: float) -> tuple[float, float]:
+        u, v = x - self.left, self.top - y  # points from the crop box's top-left corner, before the turn
+        width_pt, height_pt = self.right - self.left, self.top - self.bottom
+        if self.rotation == 90:
+            u, v = height_pt - v, u
+        elif self.rotation == 180:
+            u, v = width_pt - u, height_pt - v
+        elif self.rotation == 270:
+            u, v = v, width_pt - u
+        return u * self.sx, v * self.sy
+
+    def box(self, left: float, bottom: float, right: float, top: float) -> tuple[float, ...] | None:
+        """A page-space box in pixels, clipped to the image; None when none of it is on the image."""
+        (x0, y0), (x1, y1) = self.point(left, bottom), self.point(right, top)
+        width, height = self.size
+        x0, x1 = max(min(x0, x1), 0.0), min(max(x0, x1), float(width))
+        y0, y1 = max(min(y0, y1), 0.0), min(max(y0, y1), float(height))
+        return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
 
 
 class TextLayerFirst:

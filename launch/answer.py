@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from data_prep.page_words import words_of_page
+from data_prep.pages import read_page
 from data_prep.rejects import PageRejected
 from layoutlmv3.finetune.dataset import image_size, model_inputs
 from layoutlmv3.finetune.qa import Question, QuestionWindows, best_answers
@@ -56,10 +57,9 @@ def answer(args: argparse.Namespace) -> list[dict]:
     max_length = saved.get("max_length", 512) if args.max_length is None else args.max_length
     stride = saved.get("stride", 128) if args.stride is None else args.stride
     tokenizer = LayoutLMv3Tokenizer.from_pretrained(args.model)
-    with Image.open(args.image) as image:
-        page = to_sample_mode(image)
-        words = words_of_page(args.image, page, args.words)  # --words, NAME.json beside it, else Tesseract
-        texts, boxes = model_words(words, *page.size, saved.get("boxes", "segment"))
+    page = to_sample_mode(read_page(args.image))  # any page file; one over the pixel cap is refused unread
+    words = words_of_page(args.image, page, args.words)  # --words, NAME.json beside it, else Tesseract
+    texts, boxes = model_words(words, *page.size, saved.get("boxes", "segment"))
     questions = [Question(str(n), q, args.image, texts, boxes, [], None) for n, q in enumerate(args.question)]
     windows = QuestionWindows(questions, tokenizer, max_length, stride, image_size(model.config))
     logits = []

@@ -1,7 +1,8 @@
 """Classify pages with a fine-tuned document classifier (launch/finetune.py with task: classes): image (+ OCR
 words) -> the class and every class's probability, as JSON.
 
-Words come from Tesseract unless --words gives them (JSON: {"words": [{"text", "box": [x0, y0, x1, y1], "line"}]},
+A page is any of layoutlmv3.page_sources.PAGE_SUFFIXES (a PDF's first page); with --image DIR, files there of
+another type are listed as skipped. Words come from Tesseract unless --words gives them (JSON: {"words": [{"text", "box": [x0, y0, x1, y1], "line"}]},
 pixel boxes); the layout positions and the image are prepared as in training (the page's first window).
 """
 
@@ -18,13 +19,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from data_prep.page_words import words_of_page
+from data_prep.pages import read_page, scan_folder
 from data_prep.rejects import PageRejected
 from data_prep.shard_writer import write_file_atomically
-from layoutlmv3.finetune.classes import IMAGE_SUFFIXES
 from layoutlmv3.finetune.dataset import model_inputs
 from layoutlmv3.finetune.selection import saved_processing
 from layoutlmv3.model import LayoutLMv3ForSequenceClassification
 from layoutlmv3.page_layout import BadBox, Word, model_words, to_sample_mode
+from layoutlmv3.page_sources import PAGE_SUFFIXES
 from layoutlmv3.processing import LayoutLMv3Processor, page_pixels
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
@@ -89,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     images = page_images(args.image)
     if not images:
-        print(f"error: no page images ({' '.join(sorted(IMAGE_SUFFIXES))}) under {args.image}", file=sys.stderr)
+        print(f"error: no page images ({' '.join(sorted(PAGE_SUFFIXES))}) under {args.image}", file=sys.stderr)
         return 2
     saved = saved_processing(args.model)  # as the model was fine-tuned, unless told otherwise
     lines, skipped = [], 0
@@ -127,18 +129,21 @@ PAGE_ERRORS = (OSError, ValueError, BadBox, PageRejected, Image.DecompressionBom
 
 
 def page_images(image: Path) -> list[Path]:
-    """The page, or every page image under a folder (sorted; other files are not pages)."""
+    """The page, or every page file under a folder (sorted); files of other types there are listed on stderr."""
     if not image.is_dir():
         return [image]
-    return sorted(path for path in image.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+    scan = scan_folder(image)
+    if note := scan.skipped_note():
+        print(f"{image}: {note}", file=sys.stderr)
+    return [image / relative for relative in scan.pages]
 
 
 def classify_page(classifier: Classifier, path: Path, words_path: Path | None) -> dict:
     """One page's class; a page that cannot be read is an error naming it (one bad scan in a folder is found)."""
     try:
-        with Image.open(path) as image:
-            words = words_of_page(path, image, words_path)  # --words, NAME.json beside it, else Tesseract
-            return classifier.classify(image, words)
+        image = read_page(path)  # the same reader, suffixes and pixel cap as predict.py and data prep
+        words = words_of_page(path, image, words_path)  # --words, NAME.json beside it, else Tesseract
+        return classifier.classify(image, words)
     except PAGE_ERRORS as error:
         if str(path) in str(error):
             raise

@@ -1,9 +1,10 @@
 """Label the words of form pages with a fine-tuned LayoutLMv3 model (HEADER / QUESTION / ANSWER entities).
 
-A page image (PNG, JPEG, TIFF) is read with Tesseract unless --words gives its words; the result is JSON with
+A page (PNG, JPEG, TIFF, GIF, BMP, WebP, PDF: layoutlmv3.page_sources.PAGE_SUFFIXES) is read with Tesseract unless --words gives its words; the result is JSON with
 every word's label and confidence and the grouped entities (label, text, pixel box, confidence), and with
 --viz a PNG with one coloured box per entity. --image DIR processes every image under DIR (every page of a
-multi-page TIFF) into --out DIR: NAME.json for a file's first page, NAME.pN.json for page N > 0.
+multi-page TIFF) into --out DIR: NAME.json for a file's first page, NAME.pN.json for page N > 0; files there
+of another type are listed as skipped. A page over the pixel cap is refused unread.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from data_prep.ocr import Word
 from data_prep.page_words import ocr_words
-from data_prep.pages import find_images, read_pages
+from data_prep.pages import read_page, read_pages, scan_folder
 from data_prep.rejects import PageRejected
 from layoutlmv3.finetune.predict import Predictor, draw
 from layoutlmv3.page_layout import BadBox, read_words
@@ -90,7 +91,10 @@ def check_paths(args: argparse.Namespace) -> list[str] | None:
         raise ValueError("--words goes with a single --image FILE")
     if file := next((path for path in outputs if path.exists() and not path.is_dir()), None):
         raise ValueError(f"{file} is a file: with --image DIR, --out and --viz name folders")
-    files = find_images(args.image)
+    scan = scan_folder(args.image)
+    if note := scan.skipped_note():
+        print(f"{args.image}: {note}", file=sys.stderr)
+    files = scan.pages
     if not files:
         raise ValueError(f"no page images under {args.image}")
     by_result: dict[str, str] = {}
@@ -111,17 +115,13 @@ def check_device(device: str) -> None:
 
 
 def _page(predictor: Predictor, path: Path, page: int, words: list[Word] | None, out: Path, viz: Path | None) -> None:
-    for number, image in read_pages(path, page):
-        if isinstance(image, PageRejected):
-            raise image
-        prediction = predictor.predict(image, ocr_words(image) if words is None else words, name=str(path), page=number)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(prediction.to_json(), encoding="utf-8")
-        if viz:
-            viz.parent.mkdir(parents=True, exist_ok=True)
-            draw(image, prediction).save(viz)
-        return
-    raise ValueError(f"{path} has no page {page}")
+    image = read_page(path, page)  # a page that cannot be read, or is over the pixel cap: ValueError naming it
+    prediction = predictor.predict(image, ocr_words(image) if words is None else words, name=str(path), page=page)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(prediction.to_json(), encoding="utf-8")
+    if viz:
+        viz.parent.mkdir(parents=True, exist_ok=True)
+        draw(image, prediction).save(viz)
 
 
 def _batch(predictor: Predictor, root: Path, files: list[str], out: Path, viz: Path | None) -> int:

@@ -1,0 +1,68 @@
+"""What counts as a page file, and how large a page may be: one list of suffixes and one pixel cap for every page
+source (images through Pillow, each frame of a TIFF, PDF pages before they are rendered).
+
+A 300-byte PDF whose page measures 14400 pt renders at 200 dpi as 40000 x 40000 pixels (1.6 G pixels, ~5 GB as
+RGB); a PNG header can promise as much. Pillow refuses only images over twice its own warning limit, and only
+the first frame of a file; a PDF page has no limit at all. Every reader of pages checks the size here first --
+before decoding or rendering -- and refuses what is over the cap with `PageTooLarge`, naming the size and the cap.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from PIL import Image
+
+# Pillow's own decompression-bomb warning limit (1024**3 // 4 // 3 pixels): a 600-dpi A3 page is 70 M pixels.
+MAX_PAGE_PIXELS = 89_478_485
+
+PDF_SUFFIX = ".pdf"
+# Page files read through Pillow (fine-tuning reads these); the prediction tools and data prep also render PDFs.
+IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
+PAGE_SUFFIXES = IMAGE_SUFFIXES | {PDF_SUFFIX}
+
+
+class PageTooLarge(ValueError):
+    """A page with more pixels than MAX_PAGE_PIXELS (a decompression bomb, or a PDF page of absurd size)."""
+
+
+def check_page_pixels(width: int, height: int, where: str, cap: int | None = None) -> None:
+    """Refuse a `width` x `height` page over `cap` pixels (default MAX_PAGE_PIXELS; a zero size too), naming
+    `where`."""
+    cap = MAX_PAGE_PIXELS if cap is None else cap
+    if width <= 0 or height <= 0 or width * height > cap:
+        raise PageTooLarge(
+            f"{where}: a {width}x{height} page ({width * height / 1e6:.1f} M pixels) is over the cap of "
+            f"{cap / 1e6:.1f} M pixels (refused unread: a decompression bomb or a page of absurd size)"
+        )
+
+
+def pdf_page_pixels(width_pt: float, height_pt: float, dpi: float) -> tuple[int, int]:
+    """The size in pixels that a `width_pt` x `height_pt` PDF page renders at `dpi` (as PDFium rounds: up)."""
+    scale = dpi / 72.0
+    return math.ceil(width_pt * scale), math.ceil(height_pt * scale)
+
+
+def open_image(path: str | Path, check: bool = True) -> Image.Image:
+    """A page image opened (header only, nothing decoded yet) and its first frame checked against the cap:
+    PageTooLarge naming `path` for a page over it, Pillow's own errors for a file it cannot read. Use as
+    ``with open_image(p) as im``; a caller that seeks to frames checks each with `check_frame` (and may pass
+    ``check=False``, so a huge first frame does not cost the file's other pages)."""
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as error:  # over twice Pillow's limit: refused by Pillow itself
+        raise PageTooLarge(f"{path}: over the cap of {MAX_PAGE_PIXELS / 1e6:.1f} M pixels ({error})") from None
+    if not check:
+        return image
+    try:
+        check_frame(image, str(path))
+    except PageTooLarge:
+        image.close()
+        raise
+    return image
+
+
+def check_frame(image: Image.Image, where: str) -> None:
+    """The current frame of an opened image against the cap (Pillow checks only the first frame of a file)."""
+    check_page_pixels(*image.size, where)

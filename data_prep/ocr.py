@@ -27,13 +27,14 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from layoutlmv3.json_files import JsonFileError, parse_json
 
 from .pdf import TextLayerFirst
 from .rejects import OCR_FAILED, OCR_INVALID, OCR_MISSING, OCR_TIMEOUT, PageRejected
@@ -157,10 +158,12 @@ class JsonOcr:
 
 def _load_json_pages(path: Path) -> dict[int, list[Word]] | PageRejected:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_bytes(), path.name)  # named as before: rejects carry the source's path
     except FileNotFoundError:
         return PageRejected(OCR_MISSING, f"no OCR file {path.name}")
-    except (OSError, ValueError) as error:
+    except JsonFileError as error:  # the message names the file
+        return PageRejected(OCR_INVALID, str(error))
+    except OSError as error:
         return PageRejected(OCR_INVALID, f"{path.name}: {error}")
     try:
         pages: dict[int, list[Word]] = {}
@@ -185,7 +188,7 @@ class FunsdOcr:
         if page != 0:
             raise PageRejected(OCR_MISSING, f"FUNSD annotations describe page 0 only, not page {page}")
         try:
-            form = json.loads(annotation.read_text(encoding="utf-8"))["form"]
+            form = parse_json(annotation.read_bytes(), annotation.name)["form"]
             return [
                 Word(_text(word["text"]), _box(word["box"]), _integer(entity["id"]))
                 for entity in form
@@ -193,6 +196,8 @@ class FunsdOcr:
             ]
         except FileNotFoundError:
             raise PageRejected(OCR_MISSING, f"no annotation {annotation.name}") from None
+        except JsonFileError as error:  # names the file
+            raise PageRejected(OCR_INVALID, str(error)) from None
         except (OSError, KeyError, TypeError, ValueError) as error:
             raise PageRejected(OCR_INVALID, f"{annotation.name}: {type(error).__name__}: {error}") from None
 

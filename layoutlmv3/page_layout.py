@@ -9,7 +9,6 @@ BOX_MARGIN of the page beyond its edges, means the words do not fit this page (w
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 from PIL import Image
 
+from layoutlmv3.json_files import read_json_file
 from layoutlmv3.tokenizer import MAX_COORD
 
 BOX_MARGIN = 0.1  # fraction of the page a box may overhang an edge before it is absurd (beyond that: refused)
@@ -111,10 +111,7 @@ def read_words(path: str | Path) -> list[Word]:
     """Words given as JSON, ``{"words": [{"text": "Date:", "box": [x0, y0, x1, y1], "line": 3}, ...]}`` (or the bare
     list) with pixel boxes; without `line`, each word is its own line. Prediction and document classification
     read OCR words this way."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a JSON words file: {error}") from error
+    data = read_json_file(path)  # broken JSON: JsonFileError (a ValueError) naming the file
     entries = data.get("words") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         got = f"an object with keys {sorted(data)[:5]}" if isinstance(data, dict) else type(data).__name__

@@ -135,7 +135,7 @@ def test_special_ids_and_the_patch_grid_have_one_source_each() -> None:
         ('{"words": [{"text": null, "box": [0, 0, 1, 1]}]}', "a word's text must be a string, got None"),
         ('{"words": [{"text": {"a": 1}, "box": [0, 0, 1, 1]}]}', "a word's text must be a string"),
         ('{"words": [{"text": "x"}]}', 'each word needs a "text" and a 4-number "box"'),
-        ("not json", "not a JSON words file"),
+        ("not json", "is not valid JSON"),
     ],
 )
 def test_a_bad_words_file_is_an_error_naming_it(tmp_path, content, message) -> None:
@@ -206,7 +206,9 @@ def test_classify_finds_no_pages_or_an_unwritable_out_before_any_work(tmp_path, 
     (tmp_path / "scans").mkdir()
     (tmp_path / "scans" / "readme.txt").write_text("no pages here")
     assert classify_main(["--model", str(tmp_path / "model"), "--image", str(tmp_path / "scans")]) == 2
-    assert "error: no page images (.jpeg .jpg .png .tif .tiff) under" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: no page images (.bmp .gif .jpeg .jpg .pdf .png .tif .tiff .webp) under" in err
+    assert "skipped 1 file(s) of other types than pages: 1 .txt (e.g. readme.txt)" in err
     Image.new("L", (20, 20), 255).save(tmp_path / "scans" / "p.png")
     out = tmp_path / "missing" / "classes.jsonl"
     assert (

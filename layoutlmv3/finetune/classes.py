@@ -6,7 +6,8 @@ one sub-folder per class holding the page images, or with an index file ``SPLIT.
 ``labels/train.txt`` style: an image path relative to the root, a space, the class name or number). The words of
 ``page.png`` are in ``page.json`` (`page_layout.read_words`' format: text + pixel box + line); launch/finetune.py
 writes them with Tesseract for images that have none. The class list comes from the training split (sorted names)
-unless given, and travels with the model as its id2label.
+unless given, and travels with the model as its id2label. An index line's path must stay inside the root
+(`layoutlmv3.data_roots`): a line reaching out of it is refused naming the index file and line.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
+from layoutlmv3.data_roots import inside_root
 from layoutlmv3.page_layout import BadBox, model_words, read_words, words_file
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+from layoutlmv3.page_sources import IMAGE_SUFFIXES, open_image
 
 
 @dataclass
@@ -43,7 +42,7 @@ def listed_pages(split_dir: Path) -> list[tuple[Path, str]]:
                 path, _, label = line.strip().rpartition(" ")
                 if not path:
                     raise ValueError(f"{index}:{number}: expected 'relative/path label', got {line!r}")
-                entries.append((split_dir.parent / path, label))
+                entries.append((inside_root(split_dir.parent, path, f"{index}:{number}"), label))
         return entries
     if not split_dir.is_dir():
         raise FileNotFoundError(f"{split_dir}: no such split (expected a folder per class, or {index.name})")
@@ -88,7 +87,7 @@ def page_words(image: Path, boxes: str = "segment") -> tuple[list[str], list[lis
     source = words_file(image)
     if not source.is_file():
         raise FileNotFoundError(f"{image} has no words file {source.name} (launch/finetune.py runs OCR for it)")
-    with Image.open(image) as opened:
+    with open_image(image) as opened:  # header only; a page over the pixel cap is refused naming it
         width, height = opened.size
     try:
         return model_words(read_words(source), width, height, boxes)

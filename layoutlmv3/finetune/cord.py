@@ -9,13 +9,12 @@ the page, is taken); a segment box is the union of the line's words, the counter
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
+from layoutlmv3.json_files import read_json_file
 from layoutlmv3.page_layout import BadBox, normalize_box
+from layoutlmv3.page_sources import open_image
 
 from .funsd import BOX_LEVELS, Page, bio_labels, image_for
 
@@ -24,11 +23,7 @@ CORD_SPLITS = ("train", "dev", "test")
 
 def cord_entity_types(split_dir: str | Path) -> tuple[str, ...]:
     """The categories the split's receipts use (upper case), in `bio_labels` order."""
-    found = {
-        _category(line, path)
-        for path in _annotations(Path(split_dir))
-        for line in json.loads(path.read_text(encoding="utf-8"))["valid_line"]
-    }
+    found = {_category(line, path) for path in _annotations(Path(split_dir)) for line in read_valid_lines(path)}
     return tuple(label.split("-", 1)[1] for label in bio_labels(found)[1::2])
 
 
@@ -43,12 +38,12 @@ def read_cord_split(split_dir: str | Path, boxes: str, labels: Sequence[str]) ->
 def read_cord_page(json_path: Path, image_path: Path, boxes: str, labels: Sequence[str]) -> Page:
     if boxes not in BOX_LEVELS:
         raise ValueError(f"boxes must be one of {BOX_LEVELS}, got {boxes!r}")
-    with Image.open(image_path) as image:
+    with open_image(image_path) as image:  # header only; a page over the pixel cap is refused naming it
         width, height = image.size
     label_ids = {label: index for index, label in enumerate(labels)}
     known = [label[2:] for label in labels if label.startswith("B-")]
     words, word_boxes, word_labels = [], [], []
-    for number, line in enumerate(json.loads(json_path.read_text(encoding="utf-8"))["valid_line"]):
+    for number, line in enumerate(read_valid_lines(json_path)):
         kind = _category(line, json_path)
         if kind not in known:
             raise ValueError(
@@ -67,6 +62,16 @@ def read_cord_page(json_path: Path, image_path: Path, boxes: str, labels: Sequen
             words.append(str(word["text"]).strip())
             word_labels.append(label_ids[f"{'B' if position == 0 else 'I'}-{kind}"])
     return Page(json_path.stem, image_path, words, word_boxes, word_labels)
+
+
+def read_valid_lines(path: Path) -> list[dict]:
+    """The annotated lines of a CORD receipt; a file that is not JSON, or not ``{"valid_line": [{...}, ...]}``, is a
+    ValueError naming it."""
+    data = read_json_file(path)  # broken JSON: JsonFileError (a ValueError) naming the file
+    lines = data.get("valid_line") if isinstance(data, dict) else None
+    if not isinstance(lines, list) or not all(isinstance(line, dict) for line in lines):
+        raise ValueError(f'{path}: expected a CORD annotation {{"valid_line": [objects]}}')
+    return lines
 
 
 def _category(line: dict, path: Path) -> str:

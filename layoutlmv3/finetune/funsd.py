@@ -11,14 +11,13 @@ would give them no token, so they could neither be labelled nor predicted.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
+from layoutlmv3.json_files import read_json_file
 from layoutlmv3.page_layout import BadBox, normalize_box
+from layoutlmv3.page_sources import open_image
 
 ENTITY_TYPES = ("HEADER", "QUESTION", "ANSWER")  # FUNSD's, in the order its label ids have always had
 OUTSIDE = "OTHER"  # the entity type that is no entity (O)
@@ -52,7 +51,7 @@ def entity_types(split_dir: str | Path) -> tuple[str, ...]:
     """The entity types the annotations of a split use (upper case, OTHER included), in `bio_labels` order."""
     found = set()
     for path in _annotations(Path(split_dir)):
-        for entity in json.loads(path.read_text(encoding="utf-8"))["form"]:
+        for entity in read_form(path):
             found.add(_entity_kind(entity, path, None))
     return tuple(label.split("-", 1)[1] for label in bio_labels(found)[1::2]) + ((OUTSIDE,) if OUTSIDE in found else ())
 
@@ -77,9 +76,9 @@ def read_page(annotation_path: Path, image_path: Path, boxes: str = "segment", l
     """Words in annotation order (entity by entity), the way FUNSD readers order them."""
     if boxes not in BOX_LEVELS:
         raise ValueError(f"boxes must be one of {BOX_LEVELS}, got {boxes!r}")
-    with Image.open(image_path) as image:
+    with open_image(image_path) as image:  # header only; a page over the pixel cap is refused naming it
         width, height = image.size
-    form = json.loads(annotation_path.read_text(encoding="utf-8"))["form"]
+    form = read_form(annotation_path)
     label_ids = {label: index for index, label in enumerate(labels)}
     known = tuple(label[2:] for label in labels if label.startswith("B-"))
     words, word_boxes, word_labels = [], [], []
@@ -98,6 +97,22 @@ def read_page(annotation_path: Path, image_path: Path, boxes: str = "segment", l
             tag = "O" if kind == OUTSIDE else f"{'B' if position == 0 else 'I'}-{kind}"
             word_labels.append(label_ids[tag])
     return Page(annotation_path.stem, image_path, words, word_boxes, word_labels)
+
+
+def read_form(path: Path) -> list[dict]:
+    """The entities of a FUNSD annotation file; a file that is not JSON, or not ``{"form": [{...}, ...]}`` with
+    each entity's "words" a list of objects, is a ValueError naming it."""
+    data = read_json_file(path)  # broken JSON: JsonFileError (a ValueError) naming the file
+    form = data.get("form") if isinstance(data, dict) else None
+    if not isinstance(form, list):
+        raise ValueError(f'{path}: expected a FUNSD annotation {{"form": [entities]}}')
+    for number, entity in enumerate(form):
+        words = entity.get("words") if isinstance(entity, dict) else None
+        if not isinstance(words, list) or not all(isinstance(word, dict) for word in words):
+            raise ValueError(f'{path}: entity {number} is not an object with a "words" list of objects')
+        if not all(isinstance(word.get("text"), str) for word in words):
+            raise ValueError(f'{path}: entity {number} has a word whose "text" is not a string')
+    return form
 
 
 def _entity_kind(entity: dict, annotation_path: Path, known: Sequence[str] | None) -> str:

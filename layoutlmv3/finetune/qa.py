@@ -5,12 +5,12 @@ Layout of a split (DocVQA's): one JSON file ``{split}/{split}.json`` (or ``*_v1.
 ``{"data": [{"questionId", "question", "image": "documents/NAME.png", "answers": [...]}, ...]}``, images relative
 to the split, each page's words in NAME.json beside it (`page_layout.read_words`' format). In training an answer
 is the first run of words whose text equals an accepted answer (case and spaces aside); a question whose answer
-is not on the page as words trains the model to point at <s> (no answer), and is still scored (ANLS).
+is not on the page as words trains the model to point at <s> (no answer), and is still scored (ANLS). An entry's
+"image" must stay inside the split (`layoutlmv3.data_roots`): one reaching out is refused naming the file and entry.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from layoutlmv3.data_roots import inside_root
+from layoutlmv3.json_files import read_json_file
 from layoutlmv3.processing import LayoutLMv3Processor
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
@@ -66,13 +68,11 @@ def question_file(split_dir: Path) -> Path:
 
 
 def question_entries(split_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
-    """The split's question file and its entries, checked: each has an "image" and a non-empty "question", and
-    "answers" (optional: DocVQA withholds the test split's) is a list of strings; a bad entry is named."""
+    """The split's question file and its entries, checked: each has an "image" (a path inside the split) and a
+    non-empty "question", and "answers" (optional: DocVQA withholds the test split's) is a list of strings; a bad
+    entry is named. Each entry's page is at `entry_image`."""
     source = question_file(split_dir)
-    try:
-        data = json.loads(source.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{source}: not JSON: {error}") from error
+    data = read_json_file(source)  # broken JSON: JsonFileError (a ValueError) naming the file
     entries = data.get("data") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise ValueError(f'{source}: expected DocVQA\'s {{"data": [{{"question", "image", "answers"}}, ...]}}')
@@ -86,7 +86,13 @@ def question_entries(split_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
         )  # fmt: skip
         if problem:
             raise ValueError(f"{source}: question {index} ({str(entry)[:80]}) {problem}")
+        entry_image(split_dir, source, index, entry)  # refused now if it leads outside the split
     return source, entries
+
+
+def entry_image(split_dir: Path, source: Path, index: int, entry: dict[str, Any]) -> Path:
+    """The page of question `index` of `source`: its "image" under the split, refused if it leads outside it."""
+    return inside_root(split_dir, entry["image"], f"{source}: question {index}")
 
 
 def _string_list(value: Any) -> bool:
@@ -95,7 +101,8 @@ def _string_list(value: Any) -> bool:
 
 def question_images(split_dir: Path) -> list[Path]:
     """The page images a split's questions are about."""
-    return sorted({split_dir / entry["image"] for entry in question_entries(split_dir)[1]})
+    source, entries = question_entries(split_dir)
+    return sorted({entry_image(split_dir, source, index, entry) for index, entry in enumerate(entries)})
 
 
 def read_questions(split_dir: str | Path, boxes: str = "segment") -> list[Question]:
@@ -103,8 +110,8 @@ def read_questions(split_dir: str | Path, boxes: str = "segment") -> list[Questi
     source, entries = question_entries(split_dir)
     pages: dict[Path, tuple[list[str], list[list[int]]]] = {}
     questions = []
-    for entry in entries:
-        image = split_dir / entry["image"]
+    for index, entry in enumerate(entries):
+        image = entry_image(split_dir, source, index, entry)
         if image not in pages:
             pages[image] = page_words(image, boxes)
         words, page_boxes = pages[image]

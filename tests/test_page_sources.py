@@ -1,0 +1,305 @@
+"""Pages and the data roots they come from: paths named in data files stay inside their root, one pixel cap for
+every page source (checked before decoding or rendering), PDF text-layer boxes on the rendered ink for rotated
+and cropped pages, one list of page suffixes for single-file and folder mode, JSON files named when broken."""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep.pages import read_page, read_pages
+from data_prep.pdf import text_layer_words
+from data_prep.rejects import PAGE_TOO_LARGE
+from layoutlmv3 import page_sources
+from layoutlmv3.data_roots import OutsideDataRoot, inside_root
+from layoutlmv3.page_sources import PageTooLarge
+
+# --------------------------------------------------------------------------------------------------------------
+# Hand-made PDFs: a page per dict, text in Helvetica (PDFium's built-in base-14 font), placed in page space.
+
+
+def write_pdf(path: Path, pages: list[dict]) -> None:
+    """A minimal PDF: each page {"media": [l, b, r, t], "crop": [...]?, "rotate": int?, "words": [(x, y, text)]}."""
+    objects = ["<</Type/Catalog/Pages 2 0 R>>", None, "<</Type/Font/Subtype/Type1/BaseFont/Helvetica>>"]
+    kids = []
+    for page in pages:
+        content = "".join(f"BT /F1 24 Tf {x} {y} Td ({text}) Tj ET\n" for x, y, text in page.get("words", []))
+        objects.append(f"<</Length {len(content)}>>stream\n{content}endstream")
+        extra = (f"/CropBox[{' '.join(map(str, page['crop']))}]" if "crop" in page else "") + (
+            f"/Rotate {page['rotate']}" if "rotate" in page else ""
+        )
+        objects.append(
+            f"<</Type/Page/Parent 2 0 R/MediaBox[{' '.join(map(str, page['media']))}]{extra}"
+            f"/Resources<</Font<</F1 3 0 R>>>>/Contents {len(objects)} 0 R>>"
+        )
+        kids.append(f"{len(objects)} 0 R")
+    objects[1] = f"<</Type/Pages/Kids[{' '.join(kids)}]/Count {len(kids)}>>"
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n".encode("latin-1")
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{offset:010d} 00000 n \n" for offset in offsets).encode()
+    out += f"trailer\n<</Size {len(objects) + 1}/Root 1 0 R>>\nstartxref\n{xref}\n%%EOF\n".encode()
+    path.write_bytes(bytes(out))
+
+
+def ink(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("L")) < 128
+
+
+def covered(mask: np.ndarray, boxes: list[tuple[float, ...]], pad: int = 2) -> np.ndarray:
+    inside = np.zeros_like(mask)
+    for x0, y0, x1, y1 in boxes:
+        inside[max(int(y0) - pad, 0) : int(y1) + pad + 1, max(int(x0) - pad, 0) : int(x1) + pad + 1] = True
+    return inside
+
+
+TEXT = [(40, 120, "Invoice"), (40, 60, "Total"), (170, 60, "99")]
+PAGES = [
+    {"media": [0, 0, 300, 200], "words": TEXT},  # the plain case, for reference
+    *({"media": [0, 0, 300, 200], "rotate": turn, "words": TEXT} for turn in (90, 180, 270)),
+    {"media": [100, 200, 400, 400], "words": [(x + 100, y + 200, text) for x, y, text in TEXT]},  # origin not 0,0
+    {"media": [0, 0, 600, 400], "crop": [20, 30, 320, 230], "words": [*TEXT, (400, 300, "Outside")]},
+    {"media": [0, 0, 600, 400], "crop": [20, 30, 320, 230], "rotate": 90, "words": TEXT},
+]
+
+
+def test_text_layer_boxes_cover_the_rendered_ink_of_rotated_and_cropped_pages(tmp_path: Path) -> None:
+    """Each word's box sits on ink, and the boxes together hold (nearly) all the ink of the page: with /Rotate
+    or a CropBox/MediaBox away from 0,0 they used to land on blank paper."""
+    write_pdf(tmp_path / "pages.pdf", PAGES)
+    rendered = list(read_pages(tmp_path / "pages.pdf", 0, pdf_dpi=100))
+    assert len(rendered) == len(PAGES)
+    for number, image in rendered:
+        assert isinstance(image, Image.Image), image
+        mask = ink(image)
+        assert mask.sum() > 100, f"page {number} rendered no text"
+        words = text_layer_words(tmp_path / "pages.pdf", number, image.size)
+        assert sorted(word.text for word in words) == ["99", "Invoice", "Total"], f"page {number}: {words}"
+        for word in words:
+            x0, y0, x1, y1 = word.box
+            assert 0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height, f"page {number}: {word}"
+            box_ink = mask[int(y0) : int(y1) + 1, int(x0) : int(x1) + 1].mean()
+            assert box_ink > 0.05, f"page {number}: {word.text!r} box {word.box} covers no ink ({box_ink:.3f})"
+        held = (mask & covered(mask, [word.box for word in words])).sum() / mask.sum()
+        assert held > 0.97, f"page {number}: the word boxes hold only {held:.0%} of the page's ink"
+    turned = [image for _, image in rendered]
+    assert turned[1].size == (turned[0].height, turned[0].width)  # the rotation is in the rendered page
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One pixel cap for every page source, checked before anything is decoded or rendered.
+
+
+def test_a_tiny_pdf_with_a_huge_page_is_rejected_before_it_is_rendered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pypdfium2
+
+    write_pdf(tmp_path / "bomb.pdf", [{"media": [0, 0, 14400, 14400], "words": [(10, 10, "x")]}, PAGES[0]])
+    assert (tmp_path / "bomb.pdf").stat().st_size < 1000
+    rendered = []
+    original = pypdfium2.PdfPage.render
+    monkeypatch.setattr(pypdfium2.PdfPage, "render", lambda self, **kw: rendered.append(1) or original(self, **kw))
+    started = time.monotonic()
+    (first, bomb), (second, page) = read_pages(tmp_path / "bomb.pdf", 0, pdf_dpi=200)
+    assert time.monotonic() - started < 5
+    assert rendered == [1]  # only the normal page was rendered
+    assert (first, bomb.reason) == (0, PAGE_TOO_LARGE)
+    assert "14400x14400 pt" in bomb.detail and "40000x40000" in bomb.detail and "over the cap of 89.5 M" in bomb.detail
+    assert second == 1 and isinstance(page, Image.Image)
+    with pytest.raises(ValueError, match=r"bomb.pdf page 0: page_too_large: .*14400x14400 pt"):
+        read_page(tmp_path / "bomb.pdf")  # the prediction tools' reader
+
+
+def png_header(path: Path, width: int, height: int) -> None:
+    """A PNG that promises width x height 8-bit grey pixels (and holds one row): a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (width + 1))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def test_an_image_over_the_cap_is_refused_by_every_reader_naming_size_and_cap(tmp_path: Path) -> None:
+    """12000 x 12000 is under twice Pillow's limit (it only warns); every page reader refuses it unread."""
+    png_header(tmp_path / "big.png", 12000, 12000)
+    ((page, rejected),) = list(read_pages(tmp_path / "big.png"))
+    assert (page, rejected.reason) == (0, PAGE_TOO_LARGE)
+    assert "12000x12000 page (144.0 M pixels) is over the cap of 89.5 M pixels" in rejected.detail
+    with pytest.raises(ValueError, match=r"big.png page 0: page_too_large"):
+        read_page(tmp_path / "big.png")
+    from layoutlmv3.finetune.classes import page_words
+
+    (tmp_path / "big.json").write_text('{"words": [{"text": "x", "box": [1, 1, 5, 5]}]}')
+    with pytest.raises(PageTooLarge, match=r"big.png: a 12000x12000 page"):
+        page_words(tmp_path / "big.png")  # classification and question answering
+    from layoutlmv3.finetune.funsd import read_page as read_funsd_page
+
+    (tmp_path / "big_form.json").write_text('{"form": []}')
+    with pytest.raises(PageTooLarge, match=r"big.png: a 12000x12000 page"):
+        read_funsd_page(tmp_path / "big_form.json", tmp_path / "big.png")
+    png_header(tmp_path / "huge.png", 30000, 30000)  # Pillow's own refusal is turned into the same error
+    with pytest.raises(PageTooLarge, match=r"huge.png: over the cap of 89.5 M pixels"):
+        page_sources.open_image(tmp_path / "huge.png")
+
+
+def test_each_frame_of_a_tiff_is_measured_not_only_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    small, large = Image.new("L", (100, 100), 255), Image.new("L", (1000, 1000), 255)
+    small.save(tmp_path / "pages.tif", save_all=True, append_images=[large, small])
+    monkeypatch.setattr(page_sources, "MAX_PAGE_PIXELS", 500_000)
+    pages = list(read_pages(tmp_path / "pages.tif"))
+    assert [number for number, _ in pages] == [0, 1, 2]
+    assert isinstance(pages[0][1], Image.Image) and isinstance(pages[2][1], Image.Image)
+    assert pages[1][1].reason == PAGE_TOO_LARGE and "1000x1000 page" in pages[1][1].detail
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Paths named in data files stay inside their data root.
+
+
+def _class_root(tmp_path: Path) -> tuple[Path, Path]:
+    root, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    (root / "pages").mkdir(parents=True)
+    elsewhere.mkdir()
+    for folder in (root / "pages", elsewhere):
+        Image.new("L", (40, 40), 255).save(folder / "page.png")
+    (root / "pages" / "page.json").write_text('{"words": [{"text": "Dear", "box": [1, 1, 9, 9]}]}')
+    return root, elsewhere
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "link"])
+def test_a_classification_index_line_leading_outside_the_root_is_refused(tmp_path: Path, kind: str) -> None:
+    """Named with file and line, before any page is read or any words file written (outside or in the root)."""
+    from launch.finetune import fill_missing_words
+    from layoutlmv3.finetune.classes import class_names, listed_pages
+    from layoutlmv3.finetune.config import FinetuneConfig
+
+    root, elsewhere = _class_root(tmp_path)
+    (root / "pages" / "link.png").symlink_to(elsewhere / "page.png")
+    line = {"dotdot": "../elsewhere/page.png", "absolute": str(elsewhere / "page.png"), "link": "pages/link.png"}[kind]
+    (root / "train.txt").write_text(f"pages/page.png letter\n{line} memo\n")
+    (root / "test.txt").write_text("pages/page.png letter\n")
+    before = sorted(path.name for path in elsewhere.iterdir())
+    with pytest.raises(OutsideDataRoot, match=rf"train.txt:2: '{line}' .*(leads outside|absolute path)"):
+        listed_pages(root / "train")
+    with pytest.raises(OutsideDataRoot, match=r"train.txt:2"):
+        class_names(root / "train")
+    config = FinetuneConfig(task="classes")
+    config.data.dir = str(root)
+    with pytest.raises(OutsideDataRoot, match=r"train.txt:2"):
+        fill_missing_words(config)  # would OCR the page and write page.json beside it
+    assert sorted(path.name for path in elsewhere.iterdir()) == before
+    assert not (root / "pages" / "link.json").exists()
+
+
+@pytest.mark.parametrize("image", ["../elsewhere/page.png", "ABSOLUTE", "documents/link.png", "documents/../../x.png"])
+def test_a_question_whose_image_leads_outside_the_split_is_refused(tmp_path: Path, image: str) -> None:
+    from layoutlmv3.finetune.qa import question_images, read_questions
+
+    split, elsewhere = tmp_path / "train", tmp_path / "elsewhere"
+    (split / "documents").mkdir(parents=True)
+    elsewhere.mkdir()
+    Image.new("L", (40, 40), 255).save(elsewhere / "page.png")
+    (split / "documents" / "link.png").symlink_to(elsewhere / "page.png")
+    image = str(elsewhere / "page.png") if image == "ABSOLUTE" else image
+    entries = [{"image": "documents/p.png", "question": "What?", "answers": ["x"]}, {"image": image, "question": "Q?"}]
+    (split / "train.json").write_text(json.dumps({"data": entries}))
+    for reader in (question_images, read_questions):
+        with pytest.raises(OutsideDataRoot, match=r"train.json: question 1: .*(leads outside|absolute path)"):
+            reader(split)
+    assert sorted(path.name for path in elsewhere.iterdir()) == ["page.png"]
+
+
+def test_paths_inside_the_root_pass_links_included(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "p.png").write_bytes(b"")
+    (tmp_path / "b").symlink_to(tmp_path / "a")  # a link that stays inside
+    assert inside_root(tmp_path, "b/p.png", "x") == tmp_path / "b" / "p.png"
+    assert inside_root(tmp_path, "a/../a/p.png", "x") == tmp_path / "a" / ".." / "a" / "p.png"
+    for bad in ("", None, 3, "a/\0"):
+        with pytest.raises(OutsideDataRoot, match="x: "):
+            inside_root(tmp_path, bad, "x")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One list of page suffixes for single-file and folder mode; what a folder holds besides pages is listed.
+
+
+def _folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "scans"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.png", "b.gif", "sub/c.bmp"):
+        Image.new("RGB", (30, 30), "white").save(folder / name)
+    (folder / "notes.xyz").write_text("not a page")
+    (folder / "a.json").write_text('{"words": []}')  # a words file beside its page: not reported
+    return folder
+
+
+def test_folder_mode_reads_gif_and_bmp_pages_and_lists_what_it_skipped(tmp_path: Path, capsys) -> None:
+    from launch.classify import page_images
+    from launch.predict import build_parser, check_paths
+
+    folder = _folder(tmp_path)
+    assert [path.relative_to(folder).as_posix() for path in page_images(folder)] == ["a.png", "b.gif", "sub/c.bmp"]
+    assert "skipped 1 file(s) of other types than pages: 1 .xyz (e.g. notes.xyz)" in capsys.readouterr().err
+    args = build_parser().parse_args(["--model", "m", "--image", str(folder), "--out", str(tmp_path / "out")])
+    assert check_paths(args) == ["a.png", "b.gif", "sub/c.bmp"]
+    assert "1 .xyz (e.g. notes.xyz)" in capsys.readouterr().err
+    for name in ("b.gif", "sub/c.bmp"):  # single-file mode reads the same files
+        assert read_page(folder / name).size == (30, 30)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A JSON file from data that does not parse is named.
+
+
+def test_broken_funsd_cord_and_docvqa_files_are_named(tmp_path: Path) -> None:
+    from layoutlmv3.finetune.cord import cord_entity_types
+    from layoutlmv3.finetune.funsd import entity_types, read_split
+    from layoutlmv3.finetune.qa import read_questions
+
+    (tmp_path / "funsd" / "annotations").mkdir(parents=True)
+    (tmp_path / "funsd" / "images").mkdir()
+    Image.new("L", (40, 40), 255).save(tmp_path / "funsd" / "images" / "f.png")
+    broken = tmp_path / "funsd" / "annotations" / "f.json"
+    for content, message in (('{"form": [', "is not valid JSON"), ('{"forms": []}', "expected a FUNSD annotation")):
+        broken.write_text(content)
+        for reader in (entity_types, read_split):
+            with pytest.raises(ValueError, match=rf"{broken}.*{message}"):
+                reader(tmp_path / "funsd")
+    (tmp_path / "cord" / "json").mkdir(parents=True)
+    (tmp_path / "cord" / "json" / "r.json").write_text("<html>502 Bad Gateway</html>")
+    with pytest.raises(ValueError, match=r"r.json is not valid JSON \(it looks like an HTML page"):
+        cord_entity_types(tmp_path / "cord")
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "train.json").write_text('{"data": [}')
+    with pytest.raises(ValueError, match=r"train.json is not valid JSON"):
+        read_questions(tmp_path / "train")
+
+
+def test_data_prep_names_a_broken_ocr_json_in_the_reject(tmp_path: Path) -> None:
+    from data_prep.ocr import make_ocr
+    from data_prep.rejects import OCR_INVALID, PageRejected
+
+    Image.new("L", (40, 40), 255).save(tmp_path / "p.png")
+    (tmp_path / "p.json").write_text('{"pages": [')
+    with pytest.raises(PageRejected) as raised:
+        make_ocr("json", 10).read(tmp_path / "p.png", 0, Image.new("L", (40, 40)))
+    assert raised.value.reason == OCR_INVALID and raised.value.detail.startswith("p.json is not valid JSON")
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -44,19 +45,20 @@ def pdf_page_pixels(width_pt: float, height_pt: float, dpi: float) -> tuple[int,
     return math.ceil(width_pt * scale), math.ceil(height_pt * scale)
 
 
-def open_image(path: str | Path, check: bool = True) -> Image.Image:
+def open_image(path: str | Path | BinaryIO, check: bool = True) -> Image.Image:
     """A page image opened (header only, nothing decoded yet) and its first frame checked against the cap:
     PageTooLarge naming `path` for a page over it, Pillow's own errors for a file it cannot read. Use as
     ``with open_image(p) as im``; a caller that seeks to frames checks each with `check_frame` (and may pass
     ``check=False``, so a huge first frame does not cost the file's other pages)."""
+    where = str(path) if isinstance(path, str | Path) else "an image in memory"
     try:
         image = Image.open(path)
     except Image.DecompressionBombError as error:  # over twice Pillow's limit: refused by Pillow itself
-        raise PageTooLarge(f"{path}: over the cap of {MAX_PAGE_PIXELS / 1e6:.1f} M pixels ({error})") from None
+        raise PageTooLarge(f"{where}: over the cap of {MAX_PAGE_PIXELS / 1e6:.1f} M pixels ({error})") from None
     if not check:
         return image
     try:
-        check_frame(image, str(path))
+        check_frame(image, where)
     except PageTooLarge:
         image.close()
         raise

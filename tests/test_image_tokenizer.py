@@ -274,11 +274,14 @@ def _png_header_only(width: int, height: int) -> bytes:
 def test_a_decompression_bomb_is_skipped_and_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     Image.new("L", (64, 80), 255).save(tmp_path / "page.png")
     (tmp_path / "bomb.png").write_bytes(_png_header_only(40_000, 40_000))  # 1.6 G pixels > Pillow's 179 M limit
+    (tmp_path / "big.png").write_bytes(_png_header_only(12_000, 12_000))  # 144 M: Pillow only warns; over the cap
     source = image_source(DataConfig(images=str(tmp_path)))
     with caplog.at_level(logging.WARNING):
         pages = list(source.read(source.items, 112, lambda key: True))
     assert [key for key, _ in pages] == ["page"]
-    assert f"skipping image {tmp_path / 'bomb.png'}: too large to decode safely (DecompressionBombError" in caplog.text
+    assert f"skipping image {tmp_path / 'bomb.png'}: too large to decode safely (PageTooLarge" in caplog.text
+    assert f"skipping image {tmp_path / 'big.png'}: too large to decode safely (PageTooLarge" in caplog.text
+    assert "a 12000x12000 page (144.0 M pixels) is over the cap of 89.5 M pixels" in caplog.text
 
 
 # ---- configs and command line -------------------------------------------------------------------------------

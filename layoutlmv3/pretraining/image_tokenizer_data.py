@@ -38,13 +38,12 @@ from layoutlmv3.config_loading import require
 from layoutlmv3.data.remote import shard_samples
 from layoutlmv3.data.sample_format import TOKENIZER_IMAGE_FILE
 from layoutlmv3.data.shards import list_shards
+from layoutlmv3.page_sources import IMAGE_SUFFIXES, PageTooLarge, open_image
 from layoutlmv3.processing import resize_page
 
 from .image_tokenizer import ImageTokenizer
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 @dataclass
@@ -118,7 +117,7 @@ def decode_page(raw: RawPage, size: int) -> np.ndarray | None:
         logger.warning("skipping %s: no %s", where, TOKENIZER_IMAGE_FILE)
         return None
     try:
-        with Image.open(payload if isinstance(payload, str) else io.BytesIO(payload)) as image:
+        with open_image(payload if isinstance(payload, str) else io.BytesIO(payload)) as image:  # the pixel cap
             return np.array(resize_page(image.convert("RGB"), size), dtype=np.uint8)
     except Exception as error:  # Pillow's many error types; a decompression bomb among them
         _skipped(where if isinstance(payload, str) else f"{where} ({TOKENIZER_IMAGE_FILE})", error)
@@ -129,9 +128,9 @@ _skip_count = itertools.count(1)  # per process (each DataLoader worker counts i
 
 
 def _skipped(what: str, error: Exception) -> None:
-    """A page that cannot be decoded (corrupt, or a decompression bomb: more pixels than Pillow's safety limit)
+    """A page that cannot be decoded (corrupt, or a decompression bomb: more pixels than page_sources.MAX_PAGE_PIXELS)
     costs one page, never the run; each is logged with a running count."""
-    kind = "too large to decode safely" if isinstance(error, Image.DecompressionBombError) else "unreadable"
+    kind = "too large to decode safely" if isinstance(error, PageTooLarge) else "unreadable"
     logger.warning(
         "skipping %s: %s (%s: %s); %d skipped so far", what, kind, type(error).__name__, error, next(_skip_count)
     )
@@ -143,7 +142,7 @@ def image_source(data: DataConfig) -> ImageSource:
         root = Path(data.images)
         files = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
-            raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {root}")
+            raise FileNotFoundError(f"no {'/'.join(sorted(IMAGE_SUFFIXES))} images under {root}")
         return ImageSource("folder", tuple(files), root=str(root))
     if data.shards is not None:
         urls = [shard.url for shard in list_shards(data.shards)]  # pretraining's one reading of a shard source

@@ -115,11 +115,11 @@ def text_layer_words(path: Path, page: int, image_size: tuple[int, int]) -> list
 
 
 class _PageToPixels:
-    """PDF page space -> pixels of the page as rendered: PDFium shows the CropBox (else the MediaBox; its corner
-    need not be 0,0) turned clockwise by the page's /Rotate, scaled to the image."""
+    """PDF page space -> pixels of the page as rendered: PDFium shows the CropBox clipped to the MediaBox (its
+    corner need not be 0,0), turned clockwise by the page's /Rotate, scaled to the image."""
 
     def __init__(self, page, image_size: tuple[int, int]) -> None:
-        self.left, self.bottom, self.right, self.top = page.get_cropbox()
+        self.left, self.bottom, self.right, self.top = page.get_bbox()  # the CropBox within the MediaBox
         self.rotation = page.get_rotation() % 360
         width_pt, height_pt = self.right - self.left, self.top - self.bottom
         shown = (height_pt, width_pt) if self.rotation in (90, 270) else (width_pt, height_pt)

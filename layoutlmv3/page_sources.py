@@ -32,7 +32,9 @@ def check_page_pixels(width: int, height: int, where: str, cap: int | None = Non
     """Refuse a `width` x `height` page over `cap` pixels (default MAX_PAGE_PIXELS; a zero size too), naming
     `where`."""
     cap = MAX_PAGE_PIXELS if cap is None else cap
-    if width <= 0 or height <= 0 or width * height > cap:
+    if width <= 0 or height <= 0:
+        raise PageTooLarge(f"{where}: a {width}x{height} page has no area")
+    if width * height > cap:
         raise PageTooLarge(
             f"{where}: a {width}x{height} page ({width * height / 1e6:.1f} M pixels) is over the cap of "
             f"{cap / 1e6:.1f} M pixels (refused unread: a decompression bomb or a page of absurd size)"

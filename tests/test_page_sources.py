@@ -71,6 +71,7 @@ PAGES = [
     {"media": [100, 200, 400, 400], "words": [(x + 100, y + 200, text) for x, y, text in TEXT]},  # origin not 0,0
     {"media": [0, 0, 600, 400], "crop": [20, 30, 320, 230], "words": [*TEXT, (400, 300, "Outside")]},
     {"media": [0, 0, 600, 400], "crop": [20, 30, 320, 230], "rotate": 90, "words": TEXT},
+    {"media": [10, 20, 310, 220], "crop": [-50, -50, 900, 900], "rotate": 270, "words": TEXT},  # crop past media
 ]
 
 

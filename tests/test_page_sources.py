@@ -123,6 +123,24 @@ def test_a_tiny_pdf_with_a_huge_page_is_rejected_before_it_is_rendered(
         read_page(tmp_path / "bomb.pdf")  # the prediction tools' reader
 
 
+def test_data_prep_rejects_the_huge_pdf_page_and_builds_the_others(tmp_path: Path) -> None:
+    """Through build_shards: the huge page is a page_too_large reject (counted, detail naming size and cap); the
+    rotated and cropped pages of the same run become samples from their text layer."""
+    from data_prep.build_shards import BuildConfig, build
+    from layoutlmv3.tokenizer import train_bpe
+
+    (tmp_path / "in").mkdir()
+    write_pdf(tmp_path / "in" / "bomb.pdf", [{"media": [0, 0, 5000, 14400], "words": [(10, 10, "x")]}, PAGES[1]])
+    write_pdf(tmp_path / "in" / "pages.pdf", PAGES)
+    train_bpe(["Invoice", "Total", "99", "x"] * 5, vocab_size=300).save_pretrained(tmp_path / "vocab")
+    build(BuildConfig(tmp_path / "in", tmp_path / "out", "tesseract", tmp_path / "vocab", progress_bar=False))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["rejects"] == {PAGE_TOO_LARGE: 1} and manifest["total_samples"] == len(PAGES) + 1
+    (reject,) = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert (reject["source"], reject["page"], reject["reason"]) == ("bomb.pdf", 0, PAGE_TOO_LARGE)
+    assert "5000x14400 pt" in reject["detail"] and "over the cap of 89.5 M pixels" in reject["detail"]
+
+
 def png_header(path: Path, width: int, height: int) -> None:
     """A PNG that promises width x height 8-bit grey pixels (and holds one row): a decompression bomb's header."""
 

@@ -158,3 +158,33 @@ def test_path_and_device_mistakes_are_named_before_the_model_is_loaded(tmp_path:
         assert predict_main([*model, *argv]) == 2, argv
         assert message in capsys.readouterr().err, argv
     assert sorted(path.name for path in scans.iterdir()) == ["good.jpg", "good.png"]
+
+
+def test_a_page_over_the_pixel_cap_is_refused_unread_alone_or_in_a_folder(
+    model_dir: Path, page: Path, tmp_path: Path, capsys
+) -> None:
+    """One --image: exit 2 naming the file, page, size and cap. In a folder: named and skipped, the others done; a
+    .gif and a .bmp page are read, a file of another type is listed as skipped."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    header = struct.pack(">IIBBBBB", 12000, 12000, 8, 0, 0, 0, 0)  # a header promising 144 M pixels
+    (scans / "big.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    argv = ["--model", str(model_dir), "--words", str(tmp_path / "w.json")]
+    (tmp_path / "w.json").write_text('{"words": [{"text": "Date", "box": [1, 1, 9, 9]}]}')
+    assert predict_main([*argv, "--image", str(scans / "big.png"), "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"{scans / 'big.png'} page 0: page_too_large" in err and "12000x12000 page" in err and "89.5 M" in err
+    with Image.open(page) as image:
+        image.save(scans / "gif_form.gif")
+        image.convert("RGB").save(scans / "bmp_form.bmp")
+    (scans / "notes.xyz").write_text("not a page")
+    assert predict_main(["--model", str(model_dir), "--image", str(scans), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "skipped big.png page 0: page_too_large" in err and "1 .xyz (e.g. notes.xyz)" in err
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["bmp_form.json", "gif_form.json"]

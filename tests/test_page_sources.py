@@ -286,10 +286,11 @@ def test_folder_mode_reads_gif_and_bmp_pages_and_lists_what_it_skipped(tmp_path:
 
 
 def test_broken_funsd_cord_and_docvqa_files_are_named(tmp_path: Path) -> None:
-    from layoutlmv3.finetune.cord import cord_entity_types
+    from layoutlmv3.finetune.cord import cord_entity_types, read_cord_page
     from layoutlmv3.finetune.funsd import entity_types, read_split
     from layoutlmv3.finetune.qa import read_questions
 
+    LABELS = ("O", "B-MENU.NM", "I-MENU.NM")
     (tmp_path / "funsd" / "annotations").mkdir(parents=True)
     (tmp_path / "funsd" / "images").mkdir()
     Image.new("L", (40, 40), 255).save(tmp_path / "funsd" / "images" / "f.png")
@@ -299,10 +300,19 @@ def test_broken_funsd_cord_and_docvqa_files_are_named(tmp_path: Path) -> None:
         for reader in (entity_types, read_split):
             with pytest.raises(ValueError, match=rf"{broken}.*{message}"):
                 reader(tmp_path / "funsd")
+    broken.write_text(
+        json.dumps({"form": [{"id": 0, "label": "header", "words": [{"text": "A"}], "box": [1, 1, 5, 5]}]})
+    )
+    with pytest.raises(ValueError, match=rf"{broken}: entity 0 or one of its words has no \"box\""):
+        read_split(tmp_path / "funsd")
     (tmp_path / "cord" / "json").mkdir(parents=True)
     (tmp_path / "cord" / "json" / "r.json").write_text("<html>502 Bad Gateway</html>")
     with pytest.raises(ValueError, match=r"r.json is not valid JSON \(it looks like an HTML page"):
         cord_entity_types(tmp_path / "cord")
+    lines = [{"category": "menu.nm", "words": [{"text": "Tea", "quad": {"x1": "nan"}}]}]
+    (tmp_path / "cord" / "json" / "r.json").write_text(json.dumps({"valid_line": lines}))
+    with pytest.raises(ValueError, match=r"r.json: valid_line 0: a word without a quad of numbers"):
+        read_cord_page(tmp_path / "cord" / "json" / "r.json", tmp_path / "funsd" / "images" / "f.png", "word", LABELS)
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "train.json").write_text('{"data": [}')
     with pytest.raises(ValueError, match=r"train.json is not valid JSON"):

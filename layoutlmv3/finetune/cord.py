@@ -50,8 +50,16 @@ def read_cord_page(json_path: Path, image_path: Path, boxes: str, labels: Sequen
                 f"{json_path}: valid_line {number} has category {line['category']!r}, which is not one of "
                 f"{', '.join(kind.lower() for kind in known)}"
             )
-        line_words = [word for word in line.get("words", []) if str(word.get("text", "")).strip()]
-        extents = [_extent(word["quad"], width, height) for word in line_words]
+        words_of_line = line.get("words", [])
+        if not isinstance(words_of_line, list) or not all(isinstance(word, dict) for word in words_of_line):
+            raise ValueError(f'{json_path}: valid_line {number}: "words" must be a list of objects')
+        line_words = [word for word in words_of_line if str(word.get("text", "")).strip()]
+        try:
+            extents = [_extent(word["quad"], width, height) for word in line_words]
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
+            raise ValueError(
+                f"{json_path}: valid_line {number}: a word without a quad of numbers ({error!r})"
+            ) from None
         segment = [min(e[0] for e in extents), min(e[1] for e in extents), max(e[2] for e in extents),
                    max(e[3] for e in extents)] if extents else None  # fmt: skip
         for position, (word, extent) in enumerate(zip(line_words, extents, strict=True)):

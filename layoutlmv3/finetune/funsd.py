@@ -110,8 +110,8 @@ def read_form(path: Path) -> list[dict]:
         words = entity.get("words") if isinstance(entity, dict) else None
         if not isinstance(words, list) or not all(isinstance(word, dict) for word in words):
             raise ValueError(f'{path}: entity {number} is not an object with a "words" list of objects')
-        if not all(isinstance(word.get("text"), str) for word in words):
-            raise ValueError(f'{path}: entity {number} has a word whose "text" is not a string')
+        if not all(isinstance(word.get("text"), str) and "box" in word for word in words) or "box" not in entity:
+            raise ValueError(f'{path}: entity {number} or one of its words has no "box", or a word no "text" string')
     return form
 
 

@@ -5,8 +5,9 @@ Layout of `checkpoint.dir`:
     step00001000/                  one DeepSpeed tag: model and optimizer shards, written by DeepSpeed
         rank_state/rank00000.pt    what DeepSpeed keeps only for rank 0: each rank's loader position, RNG states
         complete                   JSON written last, by rank 0, after a barrier: {"step", "world_size", "files"
-                                   (every file's size, checked before resuming), "model_config",
-                                   "tokenizer_fingerprint", "model_class" (which job: pretraining, image tokenizer)}
+                                   (every file's size), "sha256" (every file's checksum), "model_config",
+                                   "tokenizer_fingerprint", "model_class" (which job: pretraining, image tokenizer,
+                                   fine-tuning)}
         universal/                 DeepSpeed universal checkpoint, made on demand to resume on another world size
     latest                         the newest complete tag, in DeepSpeed's format (zero_to_fp32 reads it)
 
@@ -17,11 +18,17 @@ DeepSpeed's own `latest` update is switched off (save_latest=False): it would mo
 A save that fails on any rank (disk full, quota, I/O error) is agreed on by all ranks, its partial tag deleted,
 and `CheckpointNotSaved` raised: the previous complete checkpoint stays the one to resume from.
 
-Resuming verifies before loading (rank 0, the verdict broadcast): every file recorded in `complete` is present
-at its saved size (a truncated copy or a lost file is named), and every `.pt` file's pickle references only
-tensors and a short allow-list of types (`SAFE_GLOBALS`): DeepSpeed loads with `weights_only=False`, which would
-run code planted in a checkpoint directory. `--resume auto` falls back to the newest checkpoint that verifies
-(a damaged one is renamed `TAG.damaged` so a later save cannot mix with its files); an unsafe file is refused.
+Every reader opens a checkpoint through `open_checkpoint` (resume, launch/convert.py, the probe), which verifies
+before anything is unpickled: the `complete` record parses and has the right shape (fields, types, file names
+inside the tag), every `.pt` file's pickle references only tensors and a short allow-list of types
+(`SAFE_GLOBALS`: DeepSpeed loads with `weights_only=False`, which would run code planted in a checkpoint
+directory), no `.pt` file is there that the save did not write, and every recorded file is present at its saved
+size and checksum (a truncated copy, a lost file, a byte flipped in place are named). Rank 0 of a save hashes
+the files with the other ranks (each a share), so a save costs one read of the checkpoint; resuming reads it once
+on rank 0 (SHA-256 at about 1.5 GB/s a core). Records written before checksums were (sizes only), or before
+sizes were, still verify as far as they go. `--resume auto` falls back to the newest checkpoint that verifies (a
+damaged one, an unreadable record included, is renamed `TAG.damaged` so a later save cannot mix with its files;
+never a fresh start from step 0); an unsafe file is refused.
 
 The global client state (step, samples, the resolved run config, the tokenizer fingerprint) travels inside
 DeepSpeed's checkpoint (`client_state`); per-rank state goes to rank_state/ because ZeRO-1/2 write the client
@@ -43,13 +50,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from layoutlmv3.checksums import ALGORITHM, file_digest
+from layoutlmv3.json_files import JsonFileError, read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +78,14 @@ def tag_for(step: int) -> str:
 @dataclass(frozen=True)
 class Checkpoint:
     """A complete checkpoint: its tag directory, the step it holds and the world size that wrote it, plus what
-    `complete` records (None in checkpoints written before it did)."""
+    `complete` records (None in checkpoints written before it did). Read with `read_checkpoint`, which checks
+    the record's shape; `verify_checkpoint` checks the files against it."""
 
     path: Path
     step: int
     world_size: int
     files: dict[str, int] | None = field(default=None, compare=False)  # relative path -> size in bytes
+    digests: dict[str, str] | None = field(default=None, compare=False)  # relative path -> hex SHA-256
     model_config: dict[str, Any] | None = field(default=None, compare=False)
     tokenizer_fingerprint: str | None = field(default=None, compare=False)
     model_class: str | None = field(default=None, compare=False)  # the trained module's class: which job wrote it
@@ -87,37 +99,112 @@ class Checkpoint:
         return self.path.name
 
 
+def tag_step(path: str | Path) -> int:
+    """The step in a tag directory's name (step00001000 -> 1000)."""
+    return int(TAG_PATTERN.fullmatch(Path(path).name).group(1))
+
+
+MAX_RECORD_BYTES = 16 << 20  # a record lists a file per rank and kind: a few hundred kB at thousands of ranks
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
-    """The checkpoint in tag directory `path`; refuses one whose `complete` marker is missing."""
+    """The checkpoint in tag directory `path`, from its `complete` record. A missing record is ValueError (a save
+    was interrupted); a record that does not parse or has the wrong shape is DamagedCheckpoint, naming it."""
     path = Path(path)
     marker = path / COMPLETE_FILE
     if not marker.is_file():
         raise ValueError(f"{path} is not a complete checkpoint (no {COMPLETE_FILE} marker: a save was interrupted)")
-    meta = json.loads(marker.read_text())
+    try:
+        if marker.stat().st_size > MAX_RECORD_BYTES:
+            raise DamagedCheckpoint(f"{marker} is {marker.stat().st_size} bytes, not a checkpoint record")
+        meta = read_json_file(marker)
+    except JsonFileError as error:
+        raise DamagedCheckpoint(f"{error} (the checkpoint's record is damaged)") from None
+    except OSError as error:
+        raise _read_failure(marker, error) from None
+    return _checkpoint_from_record(path, marker, meta)
+
+
+def _checkpoint_from_record(path: Path, marker: Path, meta: Any) -> Checkpoint:
+    """`meta` checked field by field: a record edited, cut or overwritten by something else is damaged."""
+
+    def wrong(what: str) -> DamagedCheckpoint:
+        return DamagedCheckpoint(f"{marker} is not a valid checkpoint record: {what}")
+
+    def whole(name: str, least: int) -> int:
+        value = meta.get(name)
+        if type(value) is not int or value < least:
+            raise wrong(f"{name!r} must be a whole number >= {least}, got {_short(value)}")
+        return value
+
+    def optional(name: str, kind: type) -> Any:
+        value = meta.get(name)
+        if value is not None and not isinstance(value, kind):
+            raise wrong(f"{name!r} must be {'an object' if kind is dict else 'a string'}, got {_short(value)}")
+        return value
+
+    if not isinstance(meta, dict):
+        raise wrong(f"expected a JSON object, got {_short(meta)}")
+    step, world_size = whole("step", 0), whole("world_size", 1)
+    if TAG_PATTERN.fullmatch(path.name) and tag_step(path) != step:
+        raise wrong(f"it records step {step}, its directory is {path.name}")
+    files = optional("files", dict)
+    for name, size in (files or {}).items():
+        if not _inside_tag(name):
+            raise wrong(f"file name {_short(name)} is not a path inside the checkpoint")
+        if type(size) is not int or size < 0:
+            raise wrong(f"the size of {name} must be a whole number >= 0, got {_short(size)}")
+    digests = optional(ALGORITHM, dict)
+    for name, digest in (digests or {}).items():
+        if name not in (files or {}):
+            raise wrong(f"{_short(name)} has a checksum but no recorded size")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise wrong(f"the {ALGORITHM} of {name} must be 64 hex digits, got {_short(digest)}")
     return Checkpoint(
         path,
-        int(meta["step"]),
-        int(meta["world_size"]),
-        meta.get("files"),
-        meta.get("model_config"),
-        meta.get("tokenizer_fingerprint"),
-        meta.get("model_class"),
+        step,
+        world_size,
+        files,
+        digests,
+        optional("model_config", dict),
+        optional("tokenizer_fingerprint", str),
+        optional("model_class", str),
     )
 
 
-def complete_checkpoints(directory: str | Path) -> list[Checkpoint]:
-    """Complete checkpoints under `directory`, oldest first."""
+def _inside_tag(name: Any) -> bool:
+    """Whether a recorded file name is a plain relative path (no way out of the tag directory)."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        return False
+    parts = PurePosixPath(name).parts
+    return not PurePosixPath(name).is_absolute() and all(part not in ("", ".", "..") for part in parts)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def checkpoint_tags(directory: str | Path) -> list[Path]:
+    """Tag directories under `directory` that hold a `complete` record, readable or not, oldest first (by the
+    step in their names): what resuming and the probe consider, a damaged record included."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
     tags = [p for p in directory.iterdir() if TAG_PATTERN.fullmatch(p.name) and (p / COMPLETE_FILE).is_file()]
+    return sorted(tags, key=tag_step)
+
+
+def complete_checkpoints(directory: str | Path) -> list[Checkpoint]:
+    """Complete checkpoints under `directory` whose records are readable, oldest first (listing and pruning; an
+    unreadable record is left alone here, and set aside as damaged by `--resume auto`)."""
     checkpoints = []
-    for path in tags:
+    for path in checkpoint_tags(directory):
         try:
             checkpoints.append(read_checkpoint(path))
-        except (ValueError, KeyError, TypeError) as error:  # a marker cut short or edited: not a complete save
-            logger.warning("ignoring %s: its %s marker is unreadable (%s)", path, COMPLETE_FILE, error)
-    return sorted(checkpoints, key=lambda c: c.step)
+        except ValueError as error:
+            logger.warning("ignoring %s: %s", path, error)
+    return checkpoints
 
 
 def find_resume_checkpoint(directory: str | Path) -> Checkpoint | None:
@@ -126,43 +213,47 @@ def find_resume_checkpoint(directory: str | Path) -> Checkpoint | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def open_checkpoint(path: str | Path, allowed_globals: tuple[str, ...] = ()) -> Checkpoint:
+    """The one way in: tag directory `path`'s record read and its files verified (`verify_checkpoint`) before
+    anything of it is unpickled. DamagedCheckpoint, UnsafeCheckpoint or ValueError (no record) otherwise."""
+    checkpoint = read_checkpoint(path)
+    verify_checkpoint(checkpoint, allowed_globals)
+    return checkpoint
+
+
 def resolve_resume(resume: str, directory: str | Path, allowed_globals: tuple[str, ...] = ()) -> Checkpoint | None:
     """`auto`: the newest complete checkpoint that verifies, if any; `none`: start afresh; else a tag directory's
     path (which must verify). Damaged checkpoints met by `auto` are logged, renamed and skipped; a checkpoint
     holding unsafe pickles is refused (UnsafeCheckpoint) rather than skipped: someone planted or replaced it."""
     if resume == "auto":
         return _newest_verified(Path(directory), allowed_globals)
+    tags = checkpoint_tags(directory)
     if resume == "none":
-        existing = find_resume_checkpoint(directory)
-        if existing is not None:
+        if tags:
             raise ValueError(
-                f"{directory} already holds checkpoints (newest: {existing.tag}); a fresh run would mix with "
+                f"{directory} already holds checkpoints (newest: {tags[-1].name}); a fresh run would mix with "
                 "them and prune them: pass --resume auto, or set checkpoint.dir to a new directory"
             )
         return None
-    checkpoint = read_checkpoint(resume)
-    verify_checkpoint(checkpoint, allowed_globals)
-    newest = find_resume_checkpoint(directory)
-    if newest is not None and newest.step > checkpoint.step:
+    checkpoint = open_checkpoint(resume, allowed_globals)
+    if tags and tag_step(tags[-1]) > checkpoint.step:
         raise ValueError(
-            f"{directory} holds checkpoints newer than {resume} (newest: {newest.tag}): this run's saves would be "
-            "older than them and pruned as soon as written; pass --resume auto to go on from the newest, move the "
-            "newer ones away to roll back, or set checkpoint.dir to a new directory to branch off"
+            f"{directory} holds checkpoints newer than {resume} (newest: {tags[-1].name}): this run's saves would "
+            "be older than them and pruned as soon as written; pass --resume auto to go on from the newest, move "
+            "the newer ones away to roll back, or set checkpoint.dir to a new directory to branch off"
         )
     return checkpoint
 
 
 def _newest_verified(directory: Path, allowed_globals: tuple[str, ...]) -> Checkpoint | None:
-    checkpoints = complete_checkpoints(directory)
     damaged = []
-    for checkpoint in reversed(checkpoints):
+    for path in reversed(checkpoint_tags(directory)):
         try:
-            verify_checkpoint(checkpoint, allowed_globals)
+            checkpoint = open_checkpoint(path, allowed_globals)
         except DamagedCheckpoint as error:
             damaged.append(str(error))
-            aside = checkpoint.path.with_name(f"{checkpoint.tag}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
-            checkpoint.path.rename(aside)  # kept as evidence (a rename: instant, whatever its size)
-            logger.error("checkpoint %s is damaged, moved to %s and skipped: %s", checkpoint.tag, aside, error)
+            aside = _set_aside(path)
+            logger.error("checkpoint %s is damaged, moved to %s and skipped: %s", path.name, aside, error)
             continue
         if damaged:
             logger.warning("resuming from %s, the newest checkpoint that verifies", checkpoint.path)
@@ -176,6 +267,17 @@ def _newest_verified(directory: Path, allowed_globals: tuple[str, ...]) -> Check
             "repair or move them away, or pass --resume PATH"
         )
     return None
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a damaged tag to TAG.damaged-TIME (kept as evidence; a rename is instant whatever its size, and a
+    later save of the same step cannot mix with its files)."""
+    stem = f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+    aside, count = path.with_name(stem), 1
+    while aside.exists():  # set aside twice within a second (a copy of it put back, a quick requeue)
+        aside, count = path.with_name(f"{stem}.{count}"), count + 1
+    path.rename(aside)
+    return aside
 
 
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.EACCES, errno.EPERM, errno.EAGAIN, errno.ETIMEDOUT})
@@ -207,22 +309,23 @@ SAFE_GLOBALS = frozenset(
 
 
 def verify_checkpoint(checkpoint: Checkpoint, allowed_globals: tuple[str, ...] = ()) -> None:
-    """Raise DamagedCheckpoint for a missing or resized file, UnsafeCheckpoint for a pickle that would run code.
+    """Raise UnsafeCheckpoint for a pickle that would run code, DamagedCheckpoint for a file missing, added,
+    resized or changed since the save (ValueError when the storage, not the file, fails: retry later).
 
     The pickle scan (first, so a planted file is refused rather than skipped as damaged) reads only each file's
-    pickle, not its tensor data; sizes then catch truncation and lost files. `allowed_globals` extends
-    SAFE_GLOBALS (checkpoint.allowed_globals, for types of a newer DeepSpeed).
+    pickle, not its tensor data; then no `.pt` file may be there that the save did not record (DeepSpeed globs
+    `*optim_states.pt`), and every recorded file must have its size and, when recorded, its checksum.
+    `allowed_globals` extends SAFE_GLOBALS (checkpoint.allowed_globals, for types of a newer DeepSpeed).
     """
     allowed = SAFE_GLOBALS | set(allowed_globals)
-    for path in sorted(checkpoint.path.rglob("*.pt")):
+    pickles = sorted(checkpoint.path.rglob("*.pt"))
+    for path in pickles:
         if f"{UNIVERSAL_DIR}.partial" in path.relative_to(checkpoint.path).parts:
             continue  # an interrupted conversion: deleted and redone before use
         try:
             found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         except OSError as error:
-            if error.errno in TRANSIENT_ERRNOS:  # the storage, not the file: do not set a good checkpoint aside
-                raise ValueError(f"cannot read {path} now ({error.strerror}); retry when the storage is back") from None
-            raise DamagedCheckpoint(f"{path} is not a readable torch checkpoint: {_one_line(error)}") from None
+            raise _read_failure(path, error) from None
         except Exception as error:
             raise DamagedCheckpoint(f"{path} is not a readable torch checkpoint: {_one_line(error)}") from None
         unsafe = sorted(set(found) - allowed)
@@ -232,13 +335,42 @@ def verify_checkpoint(checkpoint: Checkpoint, allowed_globals: tuple[str, ...] =
                 "trainer never holds (was the file replaced?). If these are plain-data types of a newer DeepSpeed, "
                 "list them in checkpoint.allowed_globals"
             )
-    for name, size in (checkpoint.files or {}).items():
+    if checkpoint.files is None:
+        return  # written before `complete` recorded its files
+    for path in pickles:
+        name = path.relative_to(checkpoint.path)
+        if name.parts[0] not in _MADE_AFTER_THE_SAVE and name.as_posix() not in checkpoint.files:
+            raise DamagedCheckpoint(f"{path} was not written by the save (not in {COMPLETE_FILE}): added since")
+    for name, size in checkpoint.files.items():
         path = checkpoint.path / name
         if not path.is_file():
             raise DamagedCheckpoint(f"{path} is missing (saved with {size} bytes)")
         actual = path.stat().st_size
         if actual != size:
             raise DamagedCheckpoint(f"{path} is {actual} bytes, {size} when saved (truncated or replaced)")
+    for name, digest in (checkpoint.digests or {}).items():
+        path = checkpoint.path / name
+        try:
+            actual = file_digest(path)
+        except OSError as error:
+            raise _read_failure(path, error) from None
+        if actual != digest:
+            raise DamagedCheckpoint(
+                f"{path} differs from the file saved ({ALGORITHM} {actual[:12]}..., {digest[:12]}... when saved): "
+                "corrupted or overwritten in place"
+            )
+
+
+# Folders a tag gets after its save (the universal form made on demand to resume on another world size).
+_MADE_AFTER_THE_SAVE = frozenset({UNIVERSAL_DIR, f"{UNIVERSAL_DIR}.partial"})
+
+
+def _read_failure(path: Path, error: OSError) -> ValueError:
+    """A file that cannot be read: the storage (EIO, a stale handle: do not set a good checkpoint aside, retry)
+    or the file (damaged)."""
+    if error.errno in TRANSIENT_ERRNOS:
+        return ValueError(f"cannot read {path} now ({error.strerror}); retry when the storage is back")
+    return DamagedCheckpoint(f"{path} is not readable: {_one_line(error)}")
 
 
 def check_compatible(
@@ -329,7 +461,9 @@ def save_checkpoint(
             failure = _describe_write_failure(error, path)
     failed = torch.tensor([float(bool(failure))], device=engine.device)  # NCCL takes device tensors only
     dist.all_reduce(failed)  # every rank's files are written, or some rank failed
-    if failed.item():
+    if not failed.item():
+        files, failure = _file_records(path, engine.global_rank, dist.get_world_size())
+    if failed.item() or failure:
         if failure:
             logger.error("rank %d: %s", engine.global_rank, failure)
         if engine.global_rank == 0:
@@ -341,13 +475,35 @@ def save_checkpoint(
             f"checkpoint ({previous.path if previous else 'none'}) is kept"
         )
     if engine.global_rank == 0:
-        meta = {"step": step, "world_size": dist.get_world_size(), "files": _file_sizes(path), **(record or {})}
-        write_text_atomically(path / COMPLETE_FILE, json.dumps(meta))
+        sizes = {name: size for name, (size, _) in files.items()}
+        digests = {name: digest for name, (_, digest) in files.items()}
+        meta = {"step": step, "world_size": dist.get_world_size(), "files": sizes, ALGORITHM: digests}
+        write_text_atomically(path / COMPLETE_FILE, json.dumps({**meta, **(record or {})}))
         write_text_atomically(directory / LATEST_FILE, tag)
         _prune(directory, keep)
         logger.info("checkpoint %s complete", path)
     dist.barrier()  # nobody leaves (or exits) before the checkpoint is marked complete
     return path
+
+
+def _file_records(path: Path, rank: int, world_size: int) -> tuple[dict[str, tuple[int, str]], str]:
+    """Collective: every file of the saved tag (but `complete`) with its size and checksum, each rank reading a
+    share (rank 0 lists them); returns them and "" on every rank, or a failure some rank met reading one back."""
+    listing: list[list[str] | None] = [_saved_files(path) if rank == 0 else None]
+    dist.broadcast_object_list(listing, src=0)
+    share: dict[str, tuple[int, str]] = {}
+    problem = ""
+    for name in (listing[0] or [])[rank::world_size]:
+        try:
+            share[name] = ((path / name).stat().st_size, file_digest(path / name))
+        except OSError as error:
+            problem = f"cannot read back {path / name}: {_one_line(error)}"
+            break
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, (share, problem))
+    problems = [text for _, text in gathered if text]
+    files = {name: record for records, _ in gathered for name, record in records.items()}
+    return dict(sorted(files.items())), problems[0] if problems else ""
 
 
 def on_rank_zero(write: Callable[[], None], what: str) -> None:
@@ -408,13 +564,13 @@ def _describe_write_failure(error: Exception, path: Path) -> str:
     return f"{reason} at {path}"
 
 
-def _file_sizes(path: Path) -> dict[str, int]:
-    """Every file of a tag directory (but `complete`) with its size, by path relative to the tag."""
-    return {
-        file.relative_to(path).as_posix(): file.stat().st_size
+def _saved_files(path: Path) -> list[str]:
+    """Every file of a tag directory (but `complete`), by path relative to the tag."""
+    return [
+        file.relative_to(path).as_posix()
         for file in sorted(path.rglob("*"))
         if file.is_file() and file.name != COMPLETE_FILE
-    }
+    ]
 
 
 def _one_line(error: Exception) -> str:

@@ -1,6 +1,9 @@
 """Convert a model for use elsewhere: a DeepSpeed pretraining checkpoint, or a transformers LayoutLMv3 directory,
 into a self-contained model directory (config.json + model.safetensors + tokenizer files) that
 `LayoutLMv3ForTokenClassification.from_pretrained` (and, with --to hf, transformers) loads.
+
+A checkpoint is verified before anything of it is loaded (its `complete` record, pickles that would run code,
+file sizes and checksums): a damaged, planted or other job's checkpoint is exit 2 with the file named.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config_path=args.config,
                 tokenizer_dir=args.tokenizer,
             )
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # a damaged, unsafe or other job's checkpoint included: named
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

@@ -6,7 +6,10 @@ fine-tuned by launch/finetune.py with the given fine-tuning config, in OUT/finet
 run one after another; on Slurm, slurm/finetune_sweep.sbatch runs one array task per checkpoint (--index) and a
 last job collects. Collecting writes OUT/probe.md and OUT/probe.csv (step, dev F1, test F1 per checkpoint) and
 OUT/probe.png (F1 against step), and prints the table; the fine-tunes' own output goes to stderr with the logs.
-A checkpoint already probed (its results.json exists) is not probed again.
+A checkpoint already probed (its results.json exists) is not probed again. Each checkpoint is verified before
+it is converted (launch/convert.py's checks): a damaged one is named and left out (exit 1, the others probed); a
+checkpoint holding a pickle that would run code, or one of another job (image tokenizer, fine-tuning), stops the
+probe (exit 2).
 """
 
 from __future__ import annotations
@@ -22,9 +25,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from layoutlmv3.convert import convert_checkpoint
+from layoutlmv3.convert.checkpoint import check_pretraining_checkpoint
 from layoutlmv3.finetune.config import load_finetune_config
 from layoutlmv3.finetune.train import RESULTS_FILE
-from layoutlmv3.training.checkpointing import Checkpoint, complete_checkpoints
+from layoutlmv3.training.checkpointing import (
+    DamagedCheckpoint,
+    UnsafeCheckpoint,
+    checkpoint_tags,
+    read_checkpoint,
+    tag_step,
+)
 
 logger = logging.getLogger("probe")
 
@@ -74,12 +84,26 @@ def check_finetune_settings(args: argparse.Namespace, overrides: Sequence[str]) 
     )
 
 
-def probe(checkpoint: Checkpoint, args: argparse.Namespace, overrides: Sequence[str]) -> dict:
-    """Convert and fine-tune one checkpoint (skipped when its results exist); returns its results."""
-    model, run = args.out / "models" / checkpoint.tag, args.out / "finetune" / checkpoint.tag
+def check_kinds(tags: Sequence[Path]) -> None:
+    """Refuse, before any work, checkpoints of another job (their records name its model): the image
+    tokenizer's or a fine-tuning run's checkpoints have no pretraining model to fine-tune. A damaged record is
+    left to its turn (named, the others probed)."""
+    for tag in tags:
+        try:
+            checkpoint = read_checkpoint(tag)
+        except DamagedCheckpoint:
+            continue
+        check_pretraining_checkpoint(checkpoint)
+
+
+def probe(tag: Path, args: argparse.Namespace, overrides: Sequence[str]) -> dict:
+    """Convert (verified first) and fine-tune the checkpoint in tag directory `tag` (skipped when its results
+    exist); returns its results."""
+    model, run = args.out / "models" / tag.name, args.out / "finetune" / tag.name
     if (run / RESULTS_FILE).is_file():
-        logger.info("%s: already probed", checkpoint.tag)
+        logger.info("%s: already probed", tag.name)
         return json.loads((run / RESULTS_FILE).read_text())
+    checkpoint = read_checkpoint(tag)
     if not (model / "config.json").is_file():
         convert_checkpoint(checkpoint, model, drop_pretraining_heads=True)
     command = [sys.executable, "-m", "launch.finetune", "--config", str(args.config), "--model", str(model)]
@@ -92,16 +116,16 @@ def probe(checkpoint: Checkpoint, args: argparse.Namespace, overrides: Sequence[
     return json.loads((run / RESULTS_FILE).read_text())
 
 
-def collect(checkpoints: Sequence[Checkpoint], out: Path) -> list[dict]:
-    """The rows of every probed checkpoint, written as probe.md, probe.csv and probe.png."""
+def collect(tags: Sequence[Path], out: Path) -> list[dict]:
+    """The rows of every probed checkpoint (tag directories), written as probe.md, probe.csv and probe.png."""
     rows = []
-    for checkpoint in checkpoints:
-        results = out / "finetune" / checkpoint.tag / RESULTS_FILE
+    for tag in tags:
+        results = out / "finetune" / tag.name / RESULTS_FILE
         if results.is_file():
             try:
                 values = json.loads(results.read_text())
                 metric = next(key for key in values if key.startswith("dev_") and key != "dev_history")[4:]
-                rows.append({"step": checkpoint.step, "tag": checkpoint.tag, "metric": metric,
+                rows.append({"step": tag_step(tag), "tag": tag.name, "metric": metric,
                              "dev": values[f"dev_{metric}"], "test": values["test"][metric]})  # fmt: skip
             except (ValueError, KeyError, TypeError, StopIteration) as error:
                 logger.warning("%s: unreadable, left out of the table (%r); delete it to probe again", results, error)
@@ -115,7 +139,7 @@ def collect(checkpoints: Sequence[Checkpoint], out: Path) -> list[dict]:
     lines += [f"| {row['step']} | {row['dev']:.4f} | {row['test']:.4f} |" for row in rows]
     (out / "probe.md").write_text("\n".join(lines) + "\n")
     _chart(rows, out / "probe.png")
-    missing = len(checkpoints) - len(rows)
+    missing = len(tags) - len(rows)
     logger.info(
         "%d checkpoint(s) in %s%s", len(rows), out / "probe.md", f"; {missing} not probed yet" if missing else ""
     )
@@ -148,29 +172,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     absolute_paths(args)
-    checkpoints = sorted(complete_checkpoints(args.checkpoints), key=lambda checkpoint: checkpoint.step)
-    if not checkpoints:
+    tags = checkpoint_tags(args.checkpoints)  # a damaged record included: named when its turn comes
+    if not tags:
         print(f"error: no complete checkpoints in {args.checkpoints}", file=sys.stderr)
         return 2
-    if args.index is not None and not 0 <= args.index < len(checkpoints):
-        print(f"error: --index {args.index}: {args.checkpoints} has {len(checkpoints)} checkpoints", file=sys.stderr)
+    if args.index is not None and not 0 <= args.index < len(tags):
+        print(f"error: --index {args.index}: {args.checkpoints} has {len(tags)} checkpoints", file=sys.stderr)
         return 2
     os.environ.pop("RANK", None)  # each fine-tune is a process of its own, whatever launched this one
     failed = []
     if not args.collect:
+        chosen = tags if args.index is None else [tags[args.index]]
         try:
+            check_kinds(chosen)
             check_finetune_settings(args, overrides)
         except (OSError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        for checkpoint in checkpoints if args.index is None else [checkpoints[args.index]]:
+        for tag in chosen:
             try:
-                probe(checkpoint, args, overrides)
+                probe(tag, args, overrides)
+            except UnsafeCheckpoint as error:  # planted or replaced: nothing more of this directory is opened
+                print(f"error: {error}", file=sys.stderr)
+                return 2
             except (OSError, ValueError, RuntimeError) as error:  # the next checkpoints are still probed
-                logger.error("%s: %s", checkpoint.tag, error)
-                failed.append(checkpoint.tag)
+                logger.error("%s: %s", tag.name, error)
+                failed.append(tag.name)
     if args.index is None:
-        collect(checkpoints, args.out)
+        collect(tags, args.out)
         sys.stdout.write((args.out / "probe.md").read_text())
     if failed:
         print(f"error: not probed: {', '.join(failed)} (the reasons are logged above)", file=sys.stderr)

@@ -4,6 +4,11 @@ DeepSpeed's `get_fp32_state_dict_from_zero_checkpoint` consolidates the fp32 mas
 model shape is the model config recorded in the checkpoint's `complete` file at save time (older checkpoints:
 rebuilt from the run config in the client state); the tokenizer is copied from the run's `data.tokenizer`
 directory, checked against the fingerprint the checkpoint recorded.
+
+A checkpoint comes from elsewhere as often as not: it is verified (`checkpointing.verify_checkpoint`: record,
+pickles, sizes, checksums) before anything of it is unpickled (DeepSpeed's consolidation loads with
+`weights_only=False`), and a checkpoint of another job (the image tokenizer's, a fine-tuning run's) is named as
+such with what to do instead.
 """
 
 from __future__ import annotations
@@ -16,7 +21,16 @@ from typing import Any
 
 import torch
 
-from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3Model, hf_interop, weights_io
+from layoutlmv3.model import (
+    LayoutLMv3Config,
+    LayoutLMv3ForQuestionAnswering,
+    LayoutLMv3ForSequenceClassification,
+    LayoutLMv3ForTokenClassification,
+    LayoutLMv3Model,
+    hf_interop,
+    weights_io,
+)
+from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer
 from layoutlmv3.pretraining.model import LayoutLMv3ForPretraining
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 from layoutlmv3.training.checkpointing import (
@@ -25,6 +39,7 @@ from layoutlmv3.training.checkpointing import (
     Checkpoint,
     complete_checkpoints,
     read_checkpoint,
+    verify_checkpoint,
 )
 
 from .publish import publish
@@ -40,7 +55,8 @@ MIM_DECODER = "mim_head.decoder.weight"
 
 def resolve_tag(directory: str | Path, tag: str = "latest") -> Checkpoint:
     """The complete checkpoint `tag` under `directory` ("latest": the tag its `latest` file names); `directory`
-    may also be a tag directory itself."""
+    may also be a tag directory itself. Its record is read and checked (DamagedCheckpoint naming it); the files
+    are verified by `convert_checkpoint`."""
     directory = Path(directory)
     if (directory / COMPLETE_FILE).is_file():
         return read_checkpoint(directory)
@@ -50,7 +66,10 @@ def resolve_tag(directory: str | Path, tag: str = "latest") -> Checkpoint:
         latest = directory / LATEST_FILE
         if not latest.is_file():
             raise ValueError(f"{directory} has no {LATEST_FILE} file: pass --tag (complete tags: {_tags(directory)})")
-        tag = latest.read_text().strip()
+        with open(latest, "rb") as handle:
+            tag = handle.read(256).decode("utf-8", "replace").strip()
+    if not tag or tag in (".", "..") or "/" in tag or "\\" in tag:  # a tag is a folder of `directory`, no more
+        raise ValueError(f"{tag!r} is not a checkpoint tag (a folder name such as step00001000) in {directory}")
     if not (directory / tag).is_dir():
         raise ValueError(f"{directory} has no checkpoint tag {tag!r}; complete tags: {_tags(directory)}")
     return read_checkpoint(directory / tag)
@@ -73,6 +92,8 @@ def convert_checkpoint(
     """
     if to not in FORMATS:
         raise ValueError(f"--to must be one of {FORMATS}, got {to!r}")
+    verify_checkpoint(checkpoint)  # before anything is unpickled: DeepSpeed's loads would run planted code
+    check_pretraining_checkpoint(checkpoint)
     client = read_client_state(checkpoint)
     tokenizer = LayoutLMv3Tokenizer.from_pretrained(_tokenizer_dir(client, tokenizer_dir))
     expected = client.get("tokenizer_fingerprint")
@@ -100,6 +121,47 @@ def convert_checkpoint(
     publish(out, write)
     logger.info("wrote %s (%s format, step %d)", out, to, checkpoint.step)
     return out
+
+
+class NotAPretrainingCheckpoint(ValueError):
+    """A checkpoint of another job (the image tokenizer, fine-tuning): there is nothing to convert."""
+
+
+# What to do with a fine-tuned model, by the fine-tuning job's model class: its launcher.
+FINETUNED_TOOLS = {
+    LayoutLMv3ForTokenClassification.__name__: "launch/predict.py",
+    LayoutLMv3ForSequenceClassification.__name__: "launch/classify.py",
+    LayoutLMv3ForQuestionAnswering.__name__: "launch/answer.py",
+}
+
+
+def check_pretraining_checkpoint(checkpoint: Checkpoint) -> None:
+    """Refuse a checkpoint whose record names another job's model, saying what kind it is and where that job's
+    usable output is (checkpoints before the record named the class pass; their run config is checked later)."""
+    kind = checkpoint.model_class
+    if kind is None or kind == LayoutLMv3ForPretraining.__name__:
+        return
+    output = checkpoint.root.parent  # checkpoint.dir defaults to OUTPUT/checkpoints in both jobs
+    if kind == ImageTokenizer.__name__:
+        found = (output / weights_io.SAFETENSORS_NAME).is_file()
+        raise NotAPretrainingCheckpoint(
+            f"{checkpoint.path} is an image-tokenizer checkpoint ({kind}), not a pretraining one: "
+            "launch/train_image_tokenizer.py --out already wrote the tokenizer's weights (config.json + "
+            f"model.safetensors) when it finished{f', here: {output}' if found else ''}; point a pretraining "
+            "run's data.image_tokenizer at that directory. convert.py converts pretraining checkpoints"
+        )
+    if kind in FINETUNED_TOOLS:
+        best = output / "best"
+        raise NotAPretrainingCheckpoint(
+            f"{checkpoint.path} is a fine-tuning checkpoint ({kind}), not a pretraining one: the fine-tuning run's "
+            f"model directory (OUTPUT/best{f', here: {best}' if (best / weights_io.CONFIG_NAME).is_file() else ''}) "
+            f"is its output; use it directly with {FINETUNED_TOOLS[kind]} --model. convert.py converts "
+            "pretraining checkpoints"
+        )
+    raise NotAPretrainingCheckpoint(
+        f"{checkpoint.path} is a checkpoint of a {kind}, not of pretraining ({LayoutLMv3ForPretraining.__name__}): "
+        "convert.py converts pretraining checkpoints only"
+    )
 
 
 def read_client_state(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -167,7 +229,16 @@ def _build(
 
 
 def _tokenizer_dir(client: dict[str, Any], given: str | Path | None) -> Path:
-    path = Path(given) if given else Path(client["config"]["data"]["tokenizer"])
+    if given:
+        path = Path(given)
+    else:
+        data = (client.get("config") or {}).get("data") or {}
+        if not isinstance(data, dict) or not isinstance(data.get("tokenizer"), str):
+            raise ValueError(
+                "the checkpoint's run config has no data.tokenizer: not a pretraining checkpoint (an image "
+                "tokenizer's or a fine-tuning run's?); pass --tokenizer DIR if it is one"
+            )
+        path = Path(data["tokenizer"])
     if not (path / "vocab.json").is_file():
         raise FileNotFoundError(f"tokenizer directory {path} has no vocab.json: pass --tokenizer DIR")
     return path

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -305,6 +307,62 @@ def test_preempted_fine_tuning_resumes_exactly(forms: Path, one_rank: FineTuned,
     assert resumed.results == one_rank.results
     kept = (tmp_path / BEST_DIR / "model.safetensors").read_bytes()
     assert kept == (one_rank.out / BEST_DIR / "model.safetensors").read_bytes()
+
+
+def test_a_batch_without_a_labelled_token_has_a_finite_loss_and_no_gradient() -> None:
+    """A window of empty words or of a long word's inside has no labelled token: its loss is 0, not 0/0 = NaN
+    (which the trainer takes for divergence), and nothing reaches the weights; the same for answers outside the
+    window in question answering."""
+    from layoutlmv3.model import LayoutLMv3ForQuestionAnswering
+
+    config = LayoutLMv3Config.from_flavor("tiny", vocab_size=100, num_labels=3)
+    inputs = {"input_ids": torch.randint(3, 100, (2, 16)), "bbox": torch.zeros(2, 16, 4, dtype=torch.long)}
+    inputs["pixel_values"] = torch.zeros(2, 3, config.input_size, config.input_size)
+    classifier = LayoutLMv3ForTokenClassification(config)
+    loss = classifier(**inputs, labels=torch.full((2, 16), -100)).loss
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(torch.count_nonzero(p.grad) == 0 for p in classifier.parameters() if p.grad is not None)
+    labelled = torch.full((2, 16), -100)
+    labelled[0, 3] = 1
+    assert torch.isfinite(classifier(**inputs, labels=labelled).loss) and classifier(**inputs, labels=labelled).loss > 0
+    reader = LayoutLMv3ForQuestionAnswering(LayoutLMv3Config.from_flavor("tiny", vocab_size=100, num_labels=2))
+    outside = torch.tensor([10_000, 10_000])  # past every position (text and visual) of the window
+    assert reader(**inputs, start_positions=outside, end_positions=outside).loss.item() == 0.0
+
+
+def _odd_pages(data: Path, seed: int) -> list[str]:
+    """Add two training pages that make windows without a labelled token -- one whose words are all empty, one
+    holding a 100,000-character word -- named so that the dev split (of `seed`) leaves both in train."""
+    ids = sorted(path.stem for path in (data / "training_data" / "annotations").glob("*.json"))
+    candidates = ([f"{a}_empty", f"{b}_long"] for a in ids for b in ids)  # sorted among the pages at all places
+    names = next(pair for pair in candidates if set(pair) <= set(split_dev([*ids, *pair], 0.25, seed, str)[0]))
+    words = [[{"text": "", "box": [10, 10, 20, 20]}, {"text": "", "box": [30, 10, 40, 20]}]]
+    long_word = "".join(random.Random(0).choice("abcdefghijklmnopqrstuvwxyz") for _ in range(100_000))
+    words.append([{"text": "Total", "box": [10, 10, 60, 20]}, {"text": long_word, "box": [70, 10, 190, 20]}])
+    for name, entity_words in zip(names, words, strict=True):
+        Image.new("RGB", (200, 100), "white").save(data / "training_data" / "images" / f"{name}.png")
+        form = [{"id": 0, "label": "question", "box": [10, 10, 190, 20], "words": entity_words}]
+        (data / "training_data" / "annotations" / f"{name}.json").write_text(json.dumps({"form": form}))
+    return names
+
+
+def test_windows_without_a_labelled_token_are_left_out_and_counted(forms: Path, tmp_path: Path) -> None:
+    """Such pages among the training data: the run trains with finite losses to the end (not exit 3,
+    "diverged"), and one warning counts the windows left out and names their pages."""
+    data = tmp_path / "data"
+    shutil.copytree(forms / "data", data)
+    names = _odd_pages(data, seed=0)
+    command = _finetune_command(forms, tmp_path / "out", 1, "--train.steps", "6", "--logging.val_every", "6")
+    command[command.index("--data") + 1] = str(data)
+    command += ["--train.seed", "0"]
+    run = _run(command, tmp_path / "out")
+    assert run.code == 0, run.log[-3000:]
+    assert re.search(r"\d{4} of \d{4} training windows hold no labelled token", run.log), run.log[-3000:]
+    assert all(name in run.log for name in names)
+    assert "non-finite loss" not in run.log
+    rows = [row for row in _metrics(tmp_path / "out") if "train/loss" in row]
+    assert len(rows) == 6 and all(math.isfinite(row["train/loss"]) and row["train/bad_steps"] == 0 for row in rows)
 
 
 def test_help() -> None:

@@ -5,10 +5,15 @@ A page longer than `max_length` tokens becomes several windows that overlap by `
 `evaluate.merge_windows` maps predictions back onto words. Labels sit on each word's first sub-token, or with a
 `continuation` map on every sub-token (later ones get the word's continuation label: B-X -> I-X); evaluation
 reads first sub-tokens either way.
+
+A training window without a single labelled token (a page whose words are all empty, the inside of a word longer
+than a window) would make a loss of 0/0 = NaN: `drop_unlabelled` leaves such windows out, counted in one warning
+that names their pages (the model's loss is also finite for such a batch: `model.heads.labelled_cross_entropy`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +25,8 @@ from layoutlmv3.constants import IGNORE_INDEX
 from layoutlmv3.model import LayoutLMv3Config
 from layoutlmv3.processing import LayoutLMv3Processor, page_pixels
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+
+logger = logging.getLogger(__name__)
 
 NO_WORD = -1  # word id of specials and padding in tensors
 MODEL_INPUTS = ("input_ids", "bbox", "attention_mask", "pixel_values")
@@ -114,6 +121,7 @@ class WindowDataset(torch.utils.data.Dataset):
         stride: int,
         image_size: int = 224,
         continuation: Sequence[int] | None = None,
+        drop_unlabelled: bool = False,
     ) -> None:
         self.pages = list(pages)
         self.windows = [
@@ -123,7 +131,24 @@ class WindowDataset(torch.utils.data.Dataset):
                 tokenizer, index, page.words, page.boxes, page.labels, max_length, stride, continuation
             )
         ]
+        self.unlabelled = 0  # windows left out for want of a labelled token
+        if drop_unlabelled:
+            self.windows = self._labelled_windows()
         self.pixels = [load_pixels(page.image_path, image_size) for page in self.pages]
+
+    def _labelled_windows(self) -> list[Window]:
+        labelled = [w.labels is None or bool((w.labels != IGNORE_INDEX).any()) for w in self.windows]
+        kept = [window for window, keep in zip(self.windows, labelled, strict=True) if keep]
+        self.unlabelled = len(self.windows) - len(kept)
+        if self.unlabelled:
+            pages = sorted({window.page for window, keep in zip(self.windows, labelled, strict=True) if not keep})
+            named = ", ".join(str(getattr(self.pages[page], "image_path", page)) for page in pages[:3])
+            logger.warning(
+                "%d of %d training windows hold no labelled token (pages whose words are empty, the inside of a word "
+                "longer than a window) and are left out; on %d page(s): %s%s",
+                self.unlabelled, len(self.windows), len(pages), named, ", ..." if len(pages) > 3 else "",
+            )  # fmt: skip
+        return kept
 
     def __len__(self) -> int:
         return len(self.windows)

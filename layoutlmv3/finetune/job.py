@@ -39,6 +39,7 @@ class FinetuneJob(FinetuneJobBase):
             name: WindowDataset(
                 pages, self.tokenizer, data.max_length, data.stride, self.model.config.input_size,
                 continuation if data.sub_tokens == "all" and name == "train" else None,
+                drop_unlabelled=name == "train",
             )
             for name, pages in self.pages.items()
         }  # fmt: skip

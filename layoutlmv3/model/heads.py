@@ -75,3 +75,13 @@ class WordPatchAlignmentHead(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.out(self.activation(self.dense(hidden_states))).squeeze(-1)
+
+
+def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Mean cross-entropy over the positions whose label is not `ignore_index` (logits [N, C], labels [N]).
+
+    Equal to `cross_entropy(..., ignore_index=ignore_index)` whenever a position is labelled; with none (a window of
+    empty words, the inside of a long word, an answer outside every window of a batch) it is 0 with a zero
+    gradient instead of 0/0 = NaN, which the trainer would count as divergence."""
+    total = nn.functional.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp(min=1)

@@ -18,7 +18,7 @@ from . import hf_interop, weights_io
 from .config import IGNORE_INDEX, LayoutLMv3Config
 from .embeddings import TextEmbeddings, VisualEmbeddings, check_boxes, patch_grid_boxes
 from .encoder import Encoder, EncoderLayer
-from .heads import ClassificationHead, MaskedLMHead
+from .heads import ClassificationHead, MaskedLMHead, labelled_cross_entropy
 from .outputs import (
     LayoutLMv3ModelOutput,
     MaskedLMOutput,
@@ -316,7 +316,7 @@ class LayoutLMv3ForTokenClassification(LayoutLMv3PreTrainedModel):
         logits = self.classifier(hidden.last_hidden_state[:, : input_ids.shape[1]])
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+            loss = labelled_cross_entropy(logits.flatten(0, 1), labels.flatten(), IGNORE_INDEX)
         return TokenClassifierOutput(loss, logits, hidden.hidden_states, hidden.attentions)
 
 
@@ -401,9 +401,7 @@ class LayoutLMv3ForQuestionAnswering(LayoutLMv3PreTrainedModel):
         if start_positions is not None and end_positions is not None:
             ignored = start_logits.shape[1]
             losses = [
-                nn.functional.cross_entropy(
-                    logits.float(), positions.reshape(-1).clamp(0, ignored), ignore_index=ignored
-                )
+                labelled_cross_entropy(logits, positions.reshape(-1).clamp(0, ignored), ignored)
                 for logits, positions in ((start_logits, start_positions), (end_logits, end_positions))
             ]
             loss = (losses[0] + losses[1]) / 2

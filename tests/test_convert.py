@@ -199,8 +199,8 @@ def test_non_finite_weights_are_refused_and_the_old_output_is_kept(
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     real = checkpoint_module.consolidate
 
-    def with_a_nan(checkpoint):
-        weights = real(checkpoint)
+    def with_a_nan(checkpoint, **options):
+        weights = real(checkpoint, **options)
         next(iter(weights.values())).view(-1)[0] = float("nan")
         return weights
 

@@ -101,7 +101,7 @@ def convert_checkpoint(
         raise ValueError(
             f"the tokenizer has fingerprint {tokenizer.fingerprint}, the checkpoint was trained with {expected}"
         )
-    weights = consolidate(checkpoint)
+    weights = consolidate(checkpoint, verified=True)
     if broken := [name for name, tensor in weights.items() if not torch.isfinite(tensor).all()]:
         raise ValueError(f"{checkpoint.path}: non-finite values in {len(broken)} weights ({', '.join(broken[:4])}): "
                          "a corrupt file, or a run that diverged; convert an earlier tag")  # fmt: skip
@@ -179,9 +179,15 @@ def read_client_state(checkpoint: Checkpoint) -> dict[str, Any]:
     raise ValueError(f"{checkpoint.path} has none of {MODEL_STATES}: not a DeepSpeed checkpoint")
 
 
-def consolidate(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
-    """All ranks' fp32 weights as one state dict (DeepSpeed's own consolidation, its chatter kept off stdout)."""
+def consolidate(checkpoint: Checkpoint, verified: bool = False) -> dict[str, torch.Tensor]:
+    """All ranks' fp32 weights as one state dict (DeepSpeed's own consolidation, its chatter kept off stdout).
+
+    DeepSpeed unpickles with `weights_only=False`: the checkpoint is verified first unless the caller just did
+    (`verified`)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    if not verified:
+        verify_checkpoint(checkpoint)
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):

@@ -14,6 +14,7 @@ import webdataset as wds
 from PIL import Image
 
 import layoutlmv3.data.loader as loader_module
+from layoutlmv3.checksums import file_digest
 from layoutlmv3.data import (
     Collator,
     PageSample,
@@ -88,7 +89,8 @@ def _page(rng: np.random.Generator, key: str, length: int, mode: str = "L") -> d
 
 
 def _write_dataset(root: Path, counts: tuple[int, ...], bad_key: str | None = None, source: str = "doc") -> list[str]:
-    """Shards + manifest as data_prep writes them; returns the keys of the decodable samples."""
+    """Shards + manifest as data_prep writes them (each shard's samples, size and sha256); returns the keys of the
+    decodable samples."""
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     entries, keys = [], []
@@ -103,7 +105,9 @@ def _write_dataset(root: Path, counts: tuple[int, ...], bad_key: str | None = No
                 else:
                     keys.append(key)
                 writer.write(sample)
-        entries.append({"name": name, "samples": count, "bytes": (root / name).stat().st_size})
+        entries.append(
+            {"name": name, "samples": count, "bytes": (root / name).stat().st_size, "sha256": file_digest(root / name)}
+        )
     manifest = {
         "format_version": MANIFEST_FORMAT_VERSION,
         "tokenizer": "test",

@@ -1,16 +1,21 @@
 """Shards and their manifest read over HTTP from a real server on the loopback interface (one that drops
 connections mid-shard, and one shard that never comes through) and through `pipe:` commands: retried with
-back-off, the samples exactly those of a local read, a shard that keeps failing skipped and counted."""
+back-off, the samples exactly those of a local read, a shard that keeps failing skipped and counted. Servers that
+never answer or trickle, and commands that never write, fail each attempt at its deadline; a remote shard that is
+not the file its manifest entry describes fails its attempts too."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import logging
+import socket
 import tarfile
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,6 +62,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     _FlakyHandler.cut_at = {}
     handler = functools.partial(_FlakyHandler, directory=str(root))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.handle_error = lambda request, address: None  # a client that hangs up early (as tests make it) is no news
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -182,3 +188,162 @@ def test_https_with_the_servers_certificate_trusted(server, tmp_path: Path, monk
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+# ---------------------------------------------------------------- deadlines: stalled servers and commands
+
+
+DEADLINE = RetryPolicy(attempts=2, first_delay_s=0.01, deadline_s=1.0)
+
+
+@contextlib.contextmanager
+def _raw_server(answer: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """A TCP server on 127.0.0.1 that hands each connection to `answer` in a thread of its own (ended at exit)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop, threads = threading.Event(), []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=answer, args=(connection, stop), daemon=True)
+            thread.start()
+            threads.append(thread)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+        for thread in threads:
+            thread.join(5)
+
+
+def _never_answer(connection: socket.socket, stop: threading.Event) -> None:
+    with connection:
+        stop.wait()
+
+
+def _trickle(connection: socket.socket, stop: threading.Event) -> None:
+    """Headers at once, then a byte of the body every 0.25 s: no single recv ever times out."""
+    with connection:
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+        while not stop.wait(0.25):
+            try:
+                connection.sendall(b"\0")
+            except OSError:
+                return
+
+
+def _deadline_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("deadline of")]
+
+
+@pytest.mark.parametrize("answer", [_never_answer, _trickle], ids=["never-answers", "trickles"])
+def test_a_stalled_server_fails_each_attempt_at_its_deadline_then_the_shard_is_skipped(answer, caplog) -> None:
+    from layoutlmv3.data.remote import read_json, shard_samples
+
+    with _raw_server(answer) as url, caplog.at_level(logging.WARNING):
+        started = time.monotonic()
+        assert list(shard_samples(f"{url}/train-000000.tar", DEADLINE, expected=4)) == []
+        took = time.monotonic() - started
+        assert 2 * DEADLINE.deadline_s <= took < 2 * DEADLINE.deadline_s + 3
+        assert caplog.text.count("DeadlineExceeded") == 1  # the first attempt, retried; the second ends the shard
+        assert f"skipping the rest of shard {url}/train-000000.tar after 2 failed attempts" in caplog.text
+        started = time.monotonic()
+        with pytest.raises(OSError, match=f"cannot read {url}/manifest.json: .*no complete answer after 1 s"):
+            read_json(f"{url}/manifest.json", DEADLINE)  # a manifest: the same deadline, the same retries
+        assert time.monotonic() - started < 2 * DEADLINE.deadline_s + 3
+    assert not _deadline_threads()
+
+
+def test_a_pipe_command_that_never_writes_is_killed_with_its_children_at_the_deadline(tmp_path: Path, caplog) -> None:
+    from layoutlmv3.data.remote import shard_samples
+
+    pids = tmp_path / "pids"
+    command = f"pipe:sleep 1000 & echo $! >> {pids}; echo $$ >> {pids}; wait"
+    with caplog.at_level(logging.WARNING):
+        started = time.monotonic()
+        assert list(shard_samples(command, DEADLINE)) == []
+        assert time.monotonic() - started < 2 * DEADLINE.deadline_s + 3
+    assert "DeadlineExceeded" in caplog.text and "after 2 failed attempts" in caplog.text
+    started_pids = [int(pid) for pid in pids.read_text().split()]
+    assert len(started_pids) == 4  # two attempts, a shell and its sleep each
+    assert not [pid for pid in started_pids if _alive(pid)]
+    assert not _deadline_threads()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a parent that does not reap it is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_the_deadline_counts_waiting_not_the_consumers_time(tmp_path: Path) -> None:
+    """A reader paused between samples (the training step) is not waiting on the source: a shard read slowly by
+    its consumer is read whole, even past the deadline in wall time."""
+    from layoutlmv3.data.remote import shard_samples
+
+    root = tmp_path / "shards"
+    _write_dataset(root, (4,), source="slow")
+    url = f"pipe:cat {list_shards(root)[0].url}"
+    samples = []
+    for sample in shard_samples(url, RetryPolicy(attempts=1, first_delay_s=0, deadline_s=0.5), expected=4):
+        samples.append(sample["__key__"])
+        time.sleep(0.3)
+    assert len(samples) == 4
+
+
+def test_the_deadline_is_a_config_setting() -> None:
+    from layoutlmv3.training.run_config import DataSection
+
+    assert DataSection(remote_deadline_s=30).remote_deadline_s == 30
+    for bad in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="data.remote_deadline_s must be a positive number"):
+            DataSection(remote_deadline_s=bad)
+
+
+# ---------------------------------------------------------------- records: a remote shard checked as it streams
+
+
+def test_a_remote_shard_other_than_its_manifest_entry_is_retried_then_skipped(server, caplog) -> None:
+    url, root = server
+    shards = list_shards(root)
+    changed = Path(shards[1].url)
+    data = changed.read_bytes()
+    at = data.rindex(b'"w0"')
+    changed.write_bytes(data[:at] + b'"x0"' + data[at + 4 :])  # same name and size, other content
+    with caplog.at_level(logging.WARNING):
+        keys = _keys(list(_exact(f"{url}/manifest.json")))
+    name = changed.name
+    assert _FlakyHandler.requests[name] == FAST_RETRY.attempts
+    assert f"skipping the rest of shard {url}/{name} after 3 failed attempts" in caplog.text
+    assert "ShardMismatch" in caplog.text and "sha256" in caplog.text
+    assert len([key for key in keys if key.startswith("web__1_pdf")]) == COUNTS[1] - 1  # the last one never given
+
+
+def test_a_remote_shard_of_another_size_fails_before_any_sample(server, caplog) -> None:
+    from layoutlmv3.data.remote import shard_samples
+
+    url, root = server
+    shard = list_shards(root)[0]
+    Path(shard.url).write_bytes(Path(shard.url).read_bytes() + bytes(10240))  # a longer file: its Content-Length
+    with caplog.at_level(logging.WARNING):
+        got = list(shard_samples(f"{url}/{Path(shard.url).name}", FAST_RETRY, shard.samples, shard.bytes, shard.sha256))
+    assert got == [] and f"its manifest entry records {shard.bytes}" in caplog.text
+
+
+def test_a_remote_manifest_that_is_a_web_page_is_named(server) -> None:
+    from layoutlmv3.json_files import JsonFileError
+
+    url, root = server
+    (root / "manifest.json").write_text("<!DOCTYPE html><html><body>502 Bad Gateway</body></html>")
+    with pytest.raises(JsonFileError, match=f"{url}/manifest.json is not valid JSON .*HTML page"):
+        list_shards(f"{url}/manifest.json")

@@ -195,7 +195,7 @@ class ShardDataset(IterableDataset):
         super().__init__()
         self.sources, self.weights, self.retry = sources, weights or [1.0] * len(sources), retry
         self.shards = [shard for source in sources for shard in source]
-        self.counts = {shard.url: shard.samples for shard in self.shards}
+        self.records = {shard.url: shard for shard in self.shards}  # what the manifest says of each shard
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.epoch_length, self.shuffle_buffer, self.collate_fn = epoch_length, shuffle_buffer, collate_fn
@@ -275,7 +275,7 @@ class ShardDataset(IterableDataset):
             samples = self._mixed_samples(epoch, worker)
         else:
             urls = self._resampled_urls(epoch, worker) if self.resampled else iter(self.worker_shards(epoch, worker))
-            samples = _read_shards(urls, self.retry, self.counts)
+            samples = _read_shards(urls, self.retry, self.records)
         if self.shuffle_buffer > 1:
             seed = _derive_seed(self.seed, epoch, self.rank, worker, 1)
             samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=seed)(samples)
@@ -300,7 +300,7 @@ class ShardDataset(IterableDataset):
     def _mixed_samples(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
         """Samples of a mixture: each one's corpus drawn by weight, then the next sample of that corpus's stream."""
         streams = [
-            _read_shards(self._resampled_urls(epoch, worker, index), self.retry, self.counts)
+            _read_shards(self._resampled_urls(epoch, worker, index), self.retry, self.records)
             for index in range(len(self.sources))
         ]
         rng = random.Random(_derive_seed(self.seed, epoch, self.rank, worker, 4))
@@ -326,13 +326,15 @@ def _page_groups(raw: Iterator[dict[str, Any]], samples: int, size: int) -> Iter
         yield pages, samples
 
 
-def _read_shards(urls: Iterator[str], retry: RetryPolicy, counts: dict[str, int | None]) -> Iterator[dict[str, Any]]:
-    """Raw samples of the shards in turn (remote ones retried, see remote.py; `counts`: the manifest's sample
-    counts, a shorter read being a failure); an unreadable shard or its unreadable rest is logged and skipped."""
+def _read_shards(urls: Iterator[str], retry: RetryPolicy, records: dict[str, Shard]) -> Iterator[dict[str, Any]]:
+    """Raw samples of the shards in turn (remote ones retried, see remote.py; `records`: what the manifest says of
+    each -- sample count, size, sha256 -- a shard that differs being damaged); an unreadable or damaged shard, or its
+    unreadable rest, is logged and skipped."""
     empty_run = 0
     for url in urls:
         count = 0
-        for sample in shard_samples(url, retry, counts.get(url)):
+        record = records.get(url) or Shard(url)
+        for sample in shard_samples(url, retry, record.samples, record.bytes, record.sha256):
             count += 1
             yield sample
         empty_run = 0 if count else empty_run + 1

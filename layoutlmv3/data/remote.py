@@ -8,15 +8,28 @@ and with it the exact-resume position -- is the same as an undisturbed read. A s
 skipped with a warning that says how many samples of it were read and how many shards were skipped so far:
 never a silent loss. Local files are not retried (their corruption does not heal); their unreadable rest is
 skipped with a warning, as before.
+
+Remote reads can also stall: a server that accepts and never answers, one that trickles a byte now and then, a
+command that never writes. Every attempt (at a shard, at a manifest) has a deadline on the total time spent
+waiting for it (`RetryPolicy.deadline_s`, deadline.py); when it passes, the socket is shut down or the command's
+process group killed, and the attempt counts as failed like any other.
+
+A shard whose manifest entry records its size and sha256 is checked as its bytes pass (layoutlmv3.checksums):
+another file under the shard's name (other content, more or fewer samples) is a damaged shard -- a failed attempt
+for a remote one, logged and skipped for a local one. The last sample is held back until the check passes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import itertools
-import json
 import logging
+import math
+import os
+import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -27,19 +40,33 @@ from typing import IO, Any
 
 from webdataset import tariterators
 
+from layoutlmv3.checksums import StreamDigest
+from layoutlmv3.data.deadline import Deadline, DeadlineExceeded  # noqa: F401 (DeadlineExceeded: for callers)
+from layoutlmv3.json_files import parse_json
+
 logger = logging.getLogger(__name__)
 
 REMOTE_PREFIXES = ("http://", "https://", "pipe:")
-HTTP_TIMEOUT_S = 60.0
+HTTP_TIMEOUT_S = 60.0  # one socket operation (connect, TLS handshake, one recv); the deadline bounds the attempt
+MAX_SMALL_FILE_BYTES = 1 << 28  # a manifest larger than 256 MiB is not one (a server sending for ever)
 _skipped_shards = itertools.count(1)  # per process (each DataLoader worker counts its own)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often a remote read is tried, and the back-off between tries (first_delay_s, doubled each time)."""
+    """How often a remote read is tried, the back-off between tries (first_delay_s, doubled each time), and the
+    deadline of one try: the seconds it may spend waiting on the server or command in all (not the time the
+    consumer spends between samples), after which it is cut off and counts as failed."""
 
     attempts: int = 5
     first_delay_s: float = 2.0
+    deadline_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or not self.first_delay_s >= 0:
+            raise ValueError(f"RetryPolicy needs attempts >= 1 and first_delay_s >= 0, got {self}")
+        if not (math.isfinite(self.deadline_s) and self.deadline_s > 0):
+            raise ValueError(f"RetryPolicy.deadline_s must be a positive number of seconds, got {self.deadline_s}")
 
     def delay(self, failures: int) -> float:
         return self.first_delay_s * 2 ** (failures - 1)
@@ -48,87 +75,201 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
+class ShardMismatch(OSError):
+    """A shard that is not the file its manifest entry describes (size, checksum or sample count)."""
+
+
+class SourceTooLarge(ValueError):
+    """A small file (a manifest) that goes on past MAX_SMALL_FILE_BYTES: not retried."""
+
+
 def is_remote(url: str) -> bool:
     return url.startswith(REMOTE_PREFIXES)
 
 
-def open_stream(url: str) -> IO[bytes]:
-    """A readable binary stream of `url` (a local path, an http(s) URL or a `pipe:` command's stdout)."""
+def open_stream(url: str, deadline_s: float = DEFAULT_RETRY.deadline_s) -> IO[bytes]:
+    """A readable binary stream of `url` (a local path, an http(s) URL or a `pipe:` command's stdout); a remote
+    one gets a deadline of `deadline_s` seconds of waiting in all, and must be closed (or abandoned)."""
     if url.startswith(("http://", "https://")):
-        return _CheckedResponse(urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S))  # noqa: S310 (user's URLs)
+        return _HttpStream(url, deadline_s)  # type: ignore[return-value]
     if url.startswith("pipe:"):
-        return _PipeStream(url[len("pipe:") :])
+        return _PipeStream(url[len("pipe:") :], deadline_s)  # type: ignore[return-value]
     return open(url, "rb")  # noqa: SIM115 (closed by the caller)
 
 
-class _CheckedResponse:
-    """An HTTP body that raises when the connection ends before Content-Length bytes (http.client returns b""
-    then, which a tar reader can mistake for the end of the archive when the cut falls between members)."""
+def _watched_connection(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+    """`base` whose socket the deadline shuts down when it passes (a blocked recv then returns at once)."""
 
-    def __init__(self, response: http.client.HTTPResponse) -> None:
-        self.response = response
+    class Watched(base):  # type: ignore[valid-type,misc]
+        def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.deadline = deadline
+
+        def connect(self) -> None:
+            """Connect (bounded by the socket timeout), then hand the socket to the deadline: urllib drops its own
+            reference once the headers are in, while the body is still read through it."""
+            super().connect()
+            self.deadline.on_expiry(functools.partial(_shut_down, self.sock))
+
+    return Watched
+
+
+_WatchedHTTP = _watched_connection(http.client.HTTPConnection)
+_WatchedHTTPS = _watched_connection(http.client.HTTPSConnection)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    """End a connection under a reader blocked in recv (which then returns at once); a socket already closed
+    raises (ignored), so a number reused by another file is never touched."""
+    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: under TLS too, without a TLS goodbye
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_WatchedHTTP, deadline=self.deadline), req)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_WatchedHTTPS, deadline=self.deadline), req, context=self._context)
+
+
+class _HttpStream:
+    """An HTTP body read under a deadline (redirects and proxies as urllib handles them), that raises when the
+    connection ends before Content-Length bytes (http.client returns b"" then, which a tar reader can mistake for
+    the end of the archive when the cut falls between members)."""
+
+    def __init__(self, url: str, deadline_s: float) -> None:
+        self.url = url
+        self.deadline = Deadline(deadline_s, url)
+        opener = urllib.request.build_opener(_WatchedHTTPHandler(self.deadline), _WatchedHTTPSHandler(self.deadline))
+        try:
+            with self.deadline.waiting():
+                self.response = opener.open(url, timeout=min(HTTP_TIMEOUT_S, deadline_s))
+        except BaseException:
+            self.deadline.close()
+            raise
+        self.declared_size: int | None = self.response.length  # Content-Length, when the server sends one
+
+    def __repr__(self) -> str:
+        return self.url
 
     def read(self, size: int = -1) -> bytes:
-        data = self.response.read(size)
-        if not data and size != 0 and self.response.length:  # bytes still owed
-            raise http.client.IncompleteRead(b"", self.response.length)
+        with self.deadline.waiting():
+            data = self.response.read(size)
+            if not data and size != 0 and self.response.length:  # bytes still owed
+                raise http.client.IncompleteRead(b"", self.response.length)
         return data
 
     def close(self) -> None:
-        self.response.close()
+        try:
+            self.response.close()
+        finally:
+            self.deadline.close()
 
     def abandon(self) -> None:
-        self.response.close()
+        self.close()
 
 
 class _PipeStream:
-    """stdout of a shell command; closing waits for it and turns a non-zero exit into an error. stderr goes to a
-    temporary file (a pipe nobody reads would block a chatty command once 64 KB are written)."""
+    """stdout of a shell command, in a process group of its own (killed whole: a pipeline's every process), under a
+    deadline. Closing waits for it and turns a non-zero exit into an error. stderr goes to a temporary file (a
+    pipe nobody reads would block a chatty command once 64 KB are written)."""
 
-    def __init__(self, command: str) -> None:
+    def __init__(self, command: str, deadline_s: float) -> None:
         self.command = command
-        self.errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close/abandon)
-        self.process = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=self.errors)  # noqa: S602
+        self.deadline = Deadline(deadline_s, f"pipe:{command}")
+        try:
+            self.errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close/abandon)
+            self.process = subprocess.Popen(  # noqa: S602 (the user's command; names from data are checked)
+                command, shell=True, stdout=subprocess.PIPE, stderr=self.errors, start_new_session=True
+            )
+        except BaseException:
+            self.deadline.close()
+            raise
+        self.deadline.on_expiry(self._kill)
+
+    def __repr__(self) -> str:
+        return f"pipe:{self.command}"
+
+    def _kill(self) -> None:
+        """SIGKILL to the command's process group (the group outlives its leader: never another process's)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def read(self, size: int = -1) -> bytes:
-        return self.process.stdout.read(size)
+        with self.deadline.waiting():
+            return self.process.stdout.read(size)
 
     def close(self) -> None:
-        self.process.stdout.close()
-        code = self.process.wait()
-        self.errors.seek(0)
-        error = self.errors.read().decode(errors="replace").strip()
-        self.errors.close()
+        try:
+            self.process.stdout.close()
+            with self.deadline.waiting():  # until it exits, left unreaped: its process group is still its own
+                os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOWAIT)
+            self._kill()  # what the command left running in the background
+            code = self.process.wait()
+            error = self._stderr() if code != 0 else ""
+        finally:
+            self._end()
         if code != 0:
-            raise OSError(f"pipe command exited with {code}: {self.command}: {error[-300:]}")
+            raise OSError(f"pipe command exited with {code}: {self.command}: {error}")
 
     def exit_problem(self) -> str | None:
-        """The command's own failure (non-zero exit, its stderr), which explains a broken read better."""
+        """The command's own failure (non-zero exit, its stderr), which explains a broken read better; None when
+        it was cut off by the deadline (that is the explanation)."""
+        if self.deadline.expired:
+            return None
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=1.0)
         if self.process.returncode in (None, 0):
             return None
-        self.errors.seek(0)
-        error = self.errors.read().decode(errors="replace").strip()
-        return f"pipe command exited with {self.process.returncode}: {self.command}: {error[-300:]}"
+        return f"pipe command exited with {self.process.returncode}: {self.command}: {self._stderr()}"
 
     def abandon(self) -> None:
         """Stop reading early: end the command without caring how it exits."""
-        self.process.kill()
-        self.process.stdout.close()
-        self.process.wait()
+        try:
+            self._kill()
+            self.process.stdout.close()
+            self.process.wait()
+        finally:
+            self._end()
+
+    def _stderr(self) -> str:
+        self.errors.seek(0)
+        return self.errors.read().decode(errors="replace").strip()[-300:]
+
+    def _end(self) -> None:
+        """No process of the command, no watchdog and no file outlives the read."""
+        if self.process.returncode is None:
+            self._kill()
+            self.process.wait()
+        self.deadline.close()
         self.errors.close()
 
 
-def read_text(url: str, retry: RetryPolicy = DEFAULT_RETRY) -> str:
-    """A whole small file (a manifest), with the same retries as shards."""
+def read_bytes(url: str, retry: RetryPolicy = DEFAULT_RETRY, limit: int = MAX_SMALL_FILE_BYTES) -> bytes:
+    """A whole small file (a manifest), with the same retries and deadline as shards; more than `limit` bytes is
+    refused (SourceTooLarge), not retried."""
     for failures in itertools.count(1):
         try:
-            stream = open_stream(url)
+            stream = open_stream(url, retry.deadline_s)
             try:
-                return stream.read().decode("utf-8")
-            finally:
-                stream.close()
+                data = _read_at_most(stream, url, limit)
+            except BaseException:
+                _abandon(stream)
+                raise
+            stream.close()
+            return data
+        except SourceTooLarge:
+            raise
         except Exception as error:
             if not is_remote(url) or failures >= retry.attempts:
                 raise OSError(f"cannot read {url}: {error}") from error
@@ -136,33 +277,113 @@ def read_text(url: str, retry: RetryPolicy = DEFAULT_RETRY) -> str:
     raise AssertionError("unreachable")
 
 
+def _read_at_most(stream: IO[bytes], url: str, limit: int) -> bytes:
+    parts, size = [], 0
+    while chunk := stream.read(1 << 20):
+        size += len(chunk)
+        if size > limit:
+            raise SourceTooLarge(f"{url} goes on past {limit} bytes: not a manifest (or a server that never stops)")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def read_text(url: str, retry: RetryPolicy = DEFAULT_RETRY) -> str:
+    """A whole small file as UTF-8 text (see read_bytes)."""
+    data = read_bytes(url, retry)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{url} is not UTF-8 text: {error}") from None
+
+
 def read_json(url: str, retry: RetryPolicy = DEFAULT_RETRY) -> Any:
-    return json.loads(read_text(url, retry))
+    """A small JSON file (a manifest) at `url`; JSON that does not parse (an HTML error page) is a JsonFileError
+    naming the URL."""
+    return parse_json(read_bytes(url, retry), url)
+
+
+class _Verified:
+    """A shard's byte stream checked against its manifest entry as it passes: a declared size (the file's, the
+    Content-Length) that differs is refused before any sample; more bytes than recorded as soon as they come;
+    the total size and sha256 once the stream has ended (`finish`)."""
+
+    def __init__(self, stream: IO[bytes], url: str, size: int | None, sha256: str | None) -> None:
+        self.stream, self.url, self.size, self.sha256 = stream, url, size, sha256
+        self.digest = StreamDigest() if sha256 is not None else None
+        self.count = 0
+        declared = _declared_size(stream)
+        if size is not None and declared is not None and declared != size:
+            raise ShardMismatch(f"{url} is {declared} bytes, its manifest entry records {size}: not the same shard")
+
+    def __repr__(self) -> str:
+        return self.url
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.count += len(data)
+        if self.digest is not None:
+            self.digest.update(data)
+        if self.size is not None and self.count > self.size:
+            raise ShardMismatch(f"{self.url} goes on past the {self.size} bytes its manifest entry records")
+        return data
+
+    def finish(self) -> None:
+        """Read what the tar reader left (the archive's end padding) and compare size and checksum."""
+        if self.size is None and self.digest is None:
+            return
+        while self.read(1 << 20):
+            pass
+        if self.size is not None and self.count != self.size:
+            raise ShardMismatch(f"{self.url} is {self.count} bytes, its manifest entry records {self.size}")
+        if self.digest is not None and self.digest.hexdigest() != self.sha256:
+            raise ShardMismatch(
+                f"{self.url} has sha256 {self.digest.hexdigest()}, its manifest entry records {self.sha256}: "
+                "not the shard the manifest describes"
+            )
+
+
+def _declared_size(stream: IO[bytes]) -> int | None:
+    if isinstance(stream, _HttpStream):
+        return stream.declared_size
+    if isinstance(stream, _PipeStream):
+        return None
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        return os.fstat(stream.fileno()).st_size
+    return None
 
 
 def shard_samples(
-    url: str, retry: RetryPolicy = DEFAULT_RETRY, expected: int | None = None
+    url: str,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    expected: int | None = None,
+    size: int | None = None,
+    sha256: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The samples of one shard (webdataset's grouping: `__key__`, `__url__`, one entry per file).
 
     A remote shard whose read fails is read again from the start, skipping the samples already given. The last
-    sample is held back until the stream has ended cleanly (a command's exit 0, the whole HTTP body), because a
-    cut inside it would yield it incomplete; and a shard ending with fewer samples than `expected` (the manifest's
-    count) counts as a failed read. A consumer that stops early ends the read without retrying.
+    sample is held back until the stream has ended cleanly (a command's exit 0, the whole HTTP body) and matches
+    its manifest entry, because a cut inside it would yield it incomplete. `expected`, `size` and `sha256` are
+    the manifest's sample count, byte size and checksum (each None when not recorded): a shard with other
+    samples, bytes or content counts as a failed read. A consumer that stops early ends the read without retrying.
     """
     given = 0
     for failures in itertools.count(1):
         stream = None
         try:
-            stream = open_stream(url)
+            stream = open_stream(url, retry.deadline_s)
+            checked = _Verified(stream, url, size, sha256)
             count, held = 0, None
-            for sample in _grouped(stream, url):
+            for sample in _grouped(checked, url):
                 if held is not None:
                     count += 1
                     if count > given:
                         given += 1
                         yield from _yield_or_abandon(held, stream)
                 held = sample
+                if expected is not None and count + 1 > expected:
+                    raise ShardMismatch(f"{url} holds more than the {expected} samples its manifest entry records")
+            checked.finish()
             stream, closing = None, stream
             closing.close()  # a command's non-zero exit raises here
             count += held is not None
@@ -207,7 +428,7 @@ def _abandon(stream: Any) -> None:
         (stream.abandon if hasattr(stream, "abandon") else stream.close)()
 
 
-def _grouped(stream: IO[bytes], url: str) -> Iterator[dict[str, Any]]:
+def _grouped(stream: IO[bytes] | _Verified, url: str) -> Iterator[dict[str, Any]]:
     files = tariterators.tar_file_iterator(stream)
     return tariterators.group_by_keys({**item, "__url__": url} for item in files)
 

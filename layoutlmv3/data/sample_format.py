@@ -31,8 +31,11 @@ SHARD_PATTERN = "{prefix}-{index:06d}.tar"
 MANIFEST_FILE = "manifest.json"
 REJECTS_FILE = "rejects.jsonl"
 # manifest.json keys: {"format_version": 1, "tokenizer": fingerprint, "image_size": IMAGE_SIZE,
-#   "tokenizer_image_size": TOKENIZER_IMAGE_SIZE, "shards": [{"name": str, "samples": int, "bytes": int}],
+#   "tokenizer_image_size": TOKENIZER_IMAGE_SIZE,
+#   "shards": [{"name": str, "samples": int, "bytes": int, "sha256": hex str}],
 #   "total_samples": int, "rejects": {reason: count}, "seed": int}
+# A shard's name is a plain relative file name (layoutlmv3.data.shards.check_shard_name); "sha256" (of the whole
+# tar file) is absent from manifests written before it was recorded, which still load unchecked.
 MANIFEST_FORMAT_VERSION = 1
 
 

@@ -1,9 +1,17 @@
-"""Which shards make up a dataset, and how many samples each holds (the loader needs counts to size epochs)."""
+"""Which shards make up a dataset, how many samples each holds (the loader needs counts to size epochs), and what
+each shard file is (its size and sha256, checked as it is read).
+
+A manifest is data, not code: its shard names are joined to the manifest's directory, URL or `pipe:` command, so
+each must be a plain relative file name (`check_shard_name`): no path that leaves the manifest's directory, no
+character a shell would read. A manifest that breaks this, or whose entries have the wrong shape, is refused
+whole with a `ManifestError` naming it and the entry.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+import re
+import shlex
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,14 +25,92 @@ from layoutlmv3.data.sample_format import (
     MANIFEST_FORMAT_VERSION,
     TOKENIZER_IMAGE_SIZE,
 )
+from layoutlmv3.json_files import read_json_file
+
+MAX_SHARD_NAME = 1024
+_NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")  # no leading dot ('..', hidden) or dash (an option)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class ManifestError(ValueError):
+    """A manifest (or a task manifest, a progress record) whose content is not what a reader can trust: the
+    message names the file or URL and the entry."""
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One tar file; `samples` is None when the shard did not come from a manifest."""
+    """One tar file; `samples` (and `bytes`, `sha256`) are None when not recorded (a shard from a pattern, a
+    manifest written before sizes or checksums were)."""
 
     url: str
     samples: int | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One manifest entry, checked: a plain relative name, a sample count, and the size and sha256 if recorded."""
+
+    name: str
+    samples: int
+    bytes: int | None = None
+    sha256: str | None = None
+
+
+def check_shard_name(name: object) -> str | None:
+    """Why `name` cannot be a shard's name in a manifest, or None when it can: a relative path of parts made of
+    letters, digits, `.`, `_` and `-` (none starting with `.` or `-`), ending in `.tar`. Such a name stays inside
+    the manifest's directory and means nothing to a shell."""
+    if not isinstance(name, str):
+        return f"a name must be a string, got {type(name).__name__}"
+    if len(name) > MAX_SHARD_NAME:
+        return f"a name of {len(name)} characters (at most {MAX_SHARD_NAME})"
+    if not name.endswith(".tar"):
+        return "a shard name must end in .tar"
+    if not all(_NAME_PART.fullmatch(part) for part in name.split("/")):
+        return (
+            "not a plain relative file name (allowed: letters, digits, '.', '_', '-' and '/' between parts; no "
+            "absolute path, no '..', no part starting with '.' or '-', no space or shell character)"
+        )
+    return None
+
+
+def parse_shard_entry(entry: object, where: str, index: int) -> ShardEntry:
+    """Entry `index` of the shard list at `where` (a manifest, a progress record), checked: ManifestError naming
+    both otherwise."""
+    if not isinstance(entry, dict):
+        raise ManifestError(f"{where}: shard entry {index} is not an object: {_short(entry)}")
+    name = entry.get("name")
+    if (problem := check_shard_name(name)) is not None:
+        raise ManifestError(f"{where}: shard entry {index} has name {_short(name)}: {problem}; refused whole")
+    samples, size, sha256 = entry.get("samples"), entry.get("bytes"), entry.get("sha256")
+    if not _count(samples):
+        raise ManifestError(f"{where}: shard {name}: samples must be an integer >= 0, got {_short(samples)}")
+    if size is not None and not _count(size):
+        raise ManifestError(f"{where}: shard {name}: bytes must be an integer >= 0, got {_short(size)}")
+    if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+        raise ManifestError(f"{where}: shard {name}: sha256 must be 64 lowercase hex digits, got {_short(sha256)}")
+    return ShardEntry(name, samples, size, sha256)
+
+
+def manifest_entries(manifest: object, where: str, at_least_one: bool = True) -> list[ShardEntry]:
+    """The checked shard entries of a parsed manifest (or progress record): its "shards" list."""
+    shards = manifest.get("shards") if isinstance(manifest, dict) else None
+    if not isinstance(shards, list):
+        raise ManifestError(f"{where}: 'shards' must be a list of shard entries, got {_short(shards)}")
+    if not shards and at_least_one:
+        raise ManifestError(f"{where}: the manifest lists no shards")
+    return [parse_shard_entry(entry, where, index) for index, entry in enumerate(shards)]
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 ShardSource = str | Path | Sequence[str | Path | Shard]
@@ -48,7 +134,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         path = Path(path)
         if path.is_dir():
             path = path / MANIFEST_FILE
-        manifest = json.loads(path.read_text())
+        manifest = read_json_file(path)
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{path}: not a manifest (a JSON object expected, got {type(manifest).__name__})")
     expected = {
         "format_version": MANIFEST_FORMAT_VERSION,
         "image_size": IMAGE_SIZE,
@@ -56,7 +144,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     }
     for field, value in expected.items():
         if manifest.get(field) != value:
-            raise ValueError(f"{path}: {field} is {manifest.get(field)!r}, this reader needs {value!r}")
+            raise ManifestError(f"{path}: {field} is {_short(manifest.get(field))}, this reader needs {value!r}")
     return manifest
 
 
@@ -67,7 +155,8 @@ def list_shards(source: ShardSource) -> list[Shard]:
     """
     if isinstance(source, str) and is_remote(source) and source.endswith(f"/{MANIFEST_FILE}"):
         base = source[: -len(MANIFEST_FILE)]
-        return _listed_shards(source, read_manifest(source), lambda name: base + name)
+        quote = shlex.quote if source.startswith("pipe:") else str  # checked names need none: a second guard
+        return _listed_shards(source, read_manifest(source), lambda name: base + quote(name))
     if isinstance(source, str | Path):
         path = Path(source)
         if path.is_dir() or path.name == MANIFEST_FILE:
@@ -100,11 +189,12 @@ def total_samples(shards: Sequence[Shard]) -> int | None:
 
 def _manifest_shards(path: Path) -> list[Shard]:
     root = path if path.is_dir() else path.parent
-    return _listed_shards(str(path), read_manifest(path), lambda name: str(root / name))
+    return _listed_shards(str(root / MANIFEST_FILE), read_manifest(path), lambda name: str(root / name))
 
 
-def _listed_shards(where: str, manifest: dict[str, Any], locate: Any) -> list[Shard]:
-    shards = [Shard(locate(entry["name"]), int(entry["samples"])) for entry in manifest["shards"]]
-    if not shards:
-        raise ValueError(f"{where}: the manifest lists no shards")
-    return shards
+def _listed_shards(where: str, manifest: dict[str, Any], locate: Callable[[str], str]) -> list[Shard]:
+    """The manifest's shards, each located from its (checked) name."""
+    return [
+        Shard(locate(entry.name), entry.samples, entry.bytes, entry.sha256)
+        for entry in manifest_entries(manifest, where)
+    ]

@@ -122,7 +122,7 @@ def build_loaders(
 ) -> tuple[ShardLoader, ShardLoader | None]:
     """This rank's train loader and, with data.val_shards, its validation loader."""
     data = config.data
-    retry = RetryPolicy(data.remote_attempts, data.remote_retry_s)
+    retry = RetryPolicy(data.remote_attempts, data.remote_retry_s, data.remote_deadline_s)
     train = build_train_loader(
         train_sources(config),
         batch_size=batch_size,

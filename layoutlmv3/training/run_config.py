@@ -7,6 +7,7 @@ source of truth, read back from the engine.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,19 @@ class DataSection:
     # each failure) before a shard that keeps failing is skipped with a warning (layoutlmv3/data/remote.py).
     remote_attempts: int = 5
     remote_retry_s: float = 2.0
+    # The deadline of one attempt at a remote shard or manifest: seconds spent waiting on the server or command in
+    # all (not the training time between samples). Past it the connection is cut or the command's process group
+    # killed, and the attempt counts as failed: a stalled or trickling server never holds a rank for ever. Raise
+    # it for links slower than about 2 MB/s on 1 GB shards.
+    remote_deadline_s: float = 600.0
 
     def __post_init__(self) -> None:
         require(self.remote_attempts >= 1, f"data.remote_attempts must be >= 1, got {self.remote_attempts}")
         require(self.remote_retry_s >= 0, f"data.remote_retry_s must be >= 0, got {self.remote_retry_s}")
+        require(
+            math.isfinite(self.remote_deadline_s) and self.remote_deadline_s > 0,
+            f"data.remote_deadline_s must be a positive number of seconds, got {self.remote_deadline_s}",
+        )
         require(self.max_length >= 3, f"data.max_length must be >= 3, got {self.max_length}")
         require(
             self.pad_to in ("max_length", "longest") or (isinstance(self.pad_to, int) and self.pad_to > 0),

@@ -21,6 +21,8 @@ from layoutlmv3.data.sample_format import (
     REJECTS_FILE,
     TOKENIZER_IMAGE_SIZE,
 )
+from layoutlmv3.data.shards import ManifestError
+from layoutlmv3.json_files import JsonFileError, parse_json, read_json_file
 
 from .rejects import Reject
 from .shard_writer import ShardRecord, remove_temporaries_of, write_file_atomically
@@ -69,26 +71,66 @@ def merge_task_manifests(out: Path) -> dict:
     """Merge the task manifests in ``out`` into manifest.json + rejects.jsonl; returns the merged manifest.
 
     Refuses (MergeError) if tasks are missing, two job sizes are mixed, the tasks disagree on tokenizer, seed
-    or format, or a listed shard is missing or of the wrong size.
+    or format, a listed shard is missing or of the wrong size, or a task's manifest or rejects file is not what a
+    task writes (broken JSON, a wrong shape: the file named). Shard entries keep every field (size, sha256).
     """
     tasks = _task_manifest_paths(out)
-    manifests = [json.loads(path.read_text(encoding="utf-8")) for path in tasks]
+    manifests = [_task_manifest(path) for path in tasks]
     for key in SHARED_KEYS:
         values = {json.dumps(manifest[key]) for manifest in manifests}
         if len(values) > 1:
             raise MergeError(f"task manifests disagree on {key!r}: {sorted(values)}")
-    shards = [ShardRecord.from_json(shard) for manifest in manifests for shard in manifest["shards"]]
+    try:
+        shards = [
+            shard
+            for path, manifest in zip(tasks, manifests, strict=True)
+            for shard in ShardRecord.list_from_json(manifest, str(path))
+        ]
+    except ManifestError as error:
+        raise MergeError(str(error)) from None
     check_shards(out, shards)
     num_tasks = len(tasks)
     rejects = [
-        Reject.from_json(json.loads(line))
+        reject
         for task in range(num_tasks)
-        for line in (out / TASK_REJECTS.format(task=task, tasks=num_tasks)).read_text(encoding="utf-8").splitlines()
+        for reject in _task_rejects(out / TASK_REJECTS.format(task=task, tasks=num_tasks))
     ]
     merged = make_manifest(manifests[0]["tokenizer"], manifests[0]["seed"], shards, rejects)
     remove_temporaries_of([out / MANIFEST_FILE, out / REJECTS_FILE])  # a killed merge's; one merge runs at a time
     write_outputs(out, (MANIFEST_FILE, REJECTS_FILE), merged, rejects)
     return merged
+
+
+def _task_manifest(path: Path) -> dict:
+    """A task's manifest, parsed, with the keys every task shares (MergeError naming the file otherwise)."""
+    try:
+        manifest = read_json_file(path)
+    except (OSError, JsonFileError) as error:
+        raise MergeError(f"cannot read task manifest {path}: {error}") from None
+    if not isinstance(manifest, dict):
+        raise MergeError(f"{path}: not a task manifest (a JSON object expected, got {type(manifest).__name__})")
+    missing = [key for key in SHARED_KEYS if key not in manifest]
+    if missing:
+        raise MergeError(f"{path}: not a task manifest of build_shards (no {', '.join(missing)})")
+    return manifest
+
+
+def _task_rejects(path: Path) -> list[Reject]:
+    """A task's rejects, one JSON record a line (MergeError naming the file and line otherwise)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise MergeError(f"cannot read task rejects {path}: {error}") from None
+    rejects = []
+    for number, line in enumerate(lines, 1):
+        where = f"{path} line {number}"
+        try:
+            rejects.append(Reject.from_json(parse_json(line, where)))
+        except JsonFileError as error:
+            raise MergeError(str(error)) from None
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise MergeError(f"{where}: not a reject record ({type(error).__name__}: {error})") from None
+    return rejects
 
 
 def _task_manifest_paths(out: Path) -> list[Path]:

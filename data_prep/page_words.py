@@ -22,6 +22,8 @@ from pathlib import Path
 from PIL import Image
 
 from layoutlmv3.data.sample_format import MANIFEST_FILE, META_FILE
+from layoutlmv3.data.shards import list_shards
+from layoutlmv3.json_files import parse_json
 from layoutlmv3.page_layout import read_words, to_sample_mode, words_file
 from layoutlmv3.tokenizer import MAX_COORD
 
@@ -68,8 +70,8 @@ def shard_words(shards_dir: str | Path) -> dict[str, dict]:
     ``*.tar``); only the small meta members are read, never the images."""
     shards_dir = Path(shards_dir)
     manifest = shards_dir / MANIFEST_FILE
-    if manifest.is_file():
-        shards = [shards_dir / shard["name"] for shard in json.loads(manifest.read_text())["shards"]]
+    if manifest.is_file():  # its names checked: plain file names inside shards_dir (ManifestError otherwise)
+        shards = [Path(shard.url) for shard in list_shards(manifest)]
     else:
         shards = sorted(shards_dir.glob("*.tar"))
     if not shards:
@@ -81,10 +83,11 @@ def shard_words(shards_dir: str | Path) -> dict[str, dict]:
             with tarfile.open(shard) as tar:
                 for member in tar:
                     if member.isfile() and member.name.endswith(suffix):
-                        meta = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+                        text = tar.extractfile(member).read()  # type: ignore[union-attr]
+                        meta = parse_json(text, f"{shard} member {member.name}")
                         if int(meta.get("page", 0)) == 0:
                             pages[str(meta["source"])] = meta
-        except (tarfile.TarError, KeyError, TypeError, ValueError) as error:  # ValueError: bad JSON too
+        except (OSError, tarfile.TarError, AttributeError, KeyError, TypeError, ValueError) as error:  # bad JSON too
             raise ValueError(f"{shard}: not a readable data_prep shard ({type(error).__name__}: {error})") from None
     return pages
 

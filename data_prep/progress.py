@@ -17,6 +17,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from layoutlmv3.data.shards import ManifestError
+from layoutlmv3.json_files import JsonFileError, read_json_file
+
 from .rejects import Reject
 from .shard_writer import ShardRecord, write_file_atomically
 
@@ -24,7 +27,8 @@ PROGRESS_DIR = "progress"
 
 
 class ProgressMismatch(RuntimeError):
-    """The output directory holds a chunk built from other settings or inputs."""
+    """The output directory holds a chunk built from other settings or inputs, or a progress record that cannot be
+    read (the message names it)."""
 
 
 @dataclass
@@ -47,11 +51,14 @@ class ChunkProgress:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> ChunkProgress:
+    def from_json(cls, data: dict, where: str = "a progress record") -> ChunkProgress:
+        """Raises ManifestError, KeyError, TypeError or ValueError for a record of the wrong shape."""
         file_index, page = data["cursor"]
+        if not isinstance(data["digest"], str):
+            raise TypeError(f"digest is {type(data['digest']).__name__}, not a string")
         return cls(
             digest=data["digest"],
-            shards=[ShardRecord.from_json(shard) for shard in data["shards"]],
+            shards=ShardRecord.list_from_json(data, where),
             rejects=[Reject.from_json(reject) for reject in data["rejects"]],
             cursor=(int(file_index), int(page)),
             done=bool(data["done"]),
@@ -62,13 +69,23 @@ def load_progress(path: Path, digest: str) -> ChunkProgress:
     """The saved progress at ``path``, or a fresh one; raises ProgressMismatch if it was made by another build."""
     if not path.is_file():
         return ChunkProgress(digest)
-    progress = ChunkProgress.from_json(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        progress = ChunkProgress.from_json(read_json_file(path), str(path))
+    except (ManifestError, JsonFileError) as error:  # these name the file
+        raise ProgressMismatch(f"{error}; {_REBUILD}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ProgressMismatch(
+            f"{path} is not a progress record ({type(error).__name__}: {error}); {_REBUILD}"
+        ) from None
     if progress.digest != digest:
         raise ProgressMismatch(
             f"{path} was written with other settings or input files (digest {progress.digest} != {digest}); "
             "use the settings of the first run, or a fresh --out directory"
         )
     return progress
+
+
+_REBUILD = "delete it to rebuild that chunk (its shards are rewritten), or use a fresh --out directory"
 
 
 def save_progress(path: Path, progress: ChunkProgress) -> None:

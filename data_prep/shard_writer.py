@@ -17,6 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from layoutlmv3.checksums import StreamDigest
+from layoutlmv3.data.shards import ManifestError, ShardEntry, manifest_entries, parse_shard_entry
+
 BLOCK = tarfile.BLOCKSIZE  # 512
 RECORD = tarfile.RECORDSIZE  # tar files are padded to a multiple of this, like GNU tar and Python's tarfile
 END_OF_ARCHIVE = 2 * BLOCK
@@ -26,18 +29,36 @@ TAR_ENCODING = "utf-8"
 
 @dataclass(frozen=True)
 class ShardRecord:
-    """A finished shard, as listed in the manifest."""
+    """A finished shard, as listed in the manifest: its size and sha256 let a reader tell it from another file
+    under its name (`sha256` is None only in records written before checksums were)."""
 
     name: str
     samples: int
     bytes: int
+    sha256: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "samples": self.samples, "bytes": self.bytes}
+        record: dict[str, object] = {"name": self.name, "samples": self.samples, "bytes": self.bytes}
+        if self.sha256 is not None:
+            record["sha256"] = self.sha256
+        return record
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> ShardRecord:
-        return cls(str(data["name"]), int(data["samples"]), int(data["bytes"]))
+    def from_json(cls, data: object, where: str = "a shard record", index: int = 0) -> ShardRecord:
+        """A record read back (a task manifest, a progress record), checked like a manifest's entries by the
+        loader; ManifestError naming `where` otherwise."""
+        return cls._of(parse_shard_entry(data, where, index), where)
+
+    @classmethod
+    def list_from_json(cls, data: object, where: str) -> list[ShardRecord]:
+        """The "shards" list of a task manifest or progress record (possibly empty), checked."""
+        return [cls._of(entry, where) for entry in manifest_entries(data, where, at_least_one=False)]
+
+    @classmethod
+    def _of(cls, entry: ShardEntry, where: str) -> ShardRecord:
+        if entry.bytes is None:
+            raise ManifestError(f"{where}: shard {entry.name} has no size ('bytes')")
+        return cls(entry.name, entry.samples, entry.bytes, entry.sha256)
 
 
 def temporary_path(path: Path) -> Path:
@@ -137,6 +158,7 @@ class ShardWriter:
         self.path = path
         self.samples = 0
         self._member_bytes = 0
+        self._digest = StreamDigest()  # of the bytes as written: the record's checksum without a second read
         self._file = open(temporary_path(path), "wb")  # noqa: SIM115 (closed by commit/discard)
 
     @property
@@ -150,13 +172,16 @@ class ShardWriter:
 
     def add(self, members: bytes) -> None:
         self._file.write(members)
+        self._digest.update(members)
         self._member_bytes += len(members)
         self.samples += 1
 
     def commit(self) -> ShardRecord:
         """Finish the tar, make it durable, and give it its final name (atomically)."""
         size = self.size
-        self._file.write(bytes(size - self._member_bytes))
+        end = bytes(size - self._member_bytes)
+        self._file.write(end)
+        self._digest.update(end)
         self._file.flush()
         os.fsync(self._file.fileno())
         written = os.fstat(self._file.fileno()).st_size
@@ -166,7 +191,7 @@ class ShardWriter:
             raise ShardSizeMismatch(f"{self.path}: wrote {written} bytes, expected {size}; not published")
         os.replace(temporary_path(self.path), self.path)
         _sync_directory(self.path.parent)
-        return ShardRecord(self.path.name, self.samples, size)
+        return ShardRecord(self.path.name, self.samples, size, self._digest.hexdigest())
 
     def discard(self) -> None:
         self._file.close()

@@ -239,6 +239,12 @@ def test_a_pt_file_added_after_the_save_is_damage(pretrain: Path, caplog: pytest
     assert "zero_pp_rank_1_mp_rank_00_optim_states.pt was not written by the save" in caplog.text
 
 
+def test_a_fifo_among_the_pickles_is_damage_not_a_hang(pretrain: Path, caplog: pytest.LogCaptureFixture) -> None:
+    os.mkfifo(pretrain / tag_for(10) / "extra.pt")
+    assert resolve_resume("auto", pretrain).step == 5
+    assert "extra.pt is not a regular file" in caplog.text
+
+
 def test_records_written_before_checksums_or_sizes_still_resume(pretrain: Path) -> None:
     marker = pretrain / tag_for(10) / COMPLETE_FILE
     record = json.loads(marker.read_text())

@@ -322,6 +322,8 @@ def verify_checkpoint(checkpoint: Checkpoint, allowed_globals: tuple[str, ...] =
     for path in pickles:
         if f"{UNIVERSAL_DIR}.partial" in path.relative_to(checkpoint.path).parts:
             continue  # an interrupted conversion: deleted and redone before use
+        if not path.is_file():  # a FIFO would block the scan for ever, a device feed it without end
+            raise DamagedCheckpoint(f"{path} is not a regular file")
         try:
             found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         except OSError as error:

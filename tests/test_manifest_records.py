@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from data_prep.manifest import MergeError, make_manifest, merge_task_manifests, output_names, write_outputs
 from data_prep.merge_manifests import main as merge_main
@@ -289,3 +292,72 @@ def test_words_from_shards_refuse_a_manifest_name_outside_and_name_a_broken_meta
     shard.write_bytes(data[:at] + b"{]" + data[at + 2 :])
     with pytest.raises(ValueError, match=rf"{shard}.*{shard} member .*meta\.json is not valid JSON"):
         shard_words(root)
+
+
+# ---------------------------------------------------------------- fuzz: any manifest gives safe shards or a named error
+
+FUZZ = settings(
+    max_examples=150,
+    deadline=2000,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=8,
+)
+NAMES = st.one_of(
+    st.sampled_from([*BAD_NAMES, "a.tar", "sub/b.tar", "a/./b.tar", "C:\\x.tar", "~/x.tar", "%2e%2e/x.tar"]),
+    st.text(max_size=24),
+    st.text(alphabet="ab./-_ $;`|&<>*?'\"\\\n\x00~", max_size=16).map(lambda text: text + ".tar"),
+)
+ENTRY = st.fixed_dictionaries(
+    {"name": NAMES, "samples": st.one_of(st.integers(-3, 9), JSON)},
+    optional={
+        "bytes": st.one_of(st.integers(-3, 10**12), JSON),
+        "sha256": st.one_of(st.text("0123456789abcdefABCDEF", min_size=63, max_size=65), JSON),
+    },
+)
+VALID_ENTRY = st.fixed_dictionaries(
+    {
+        "name": st.from_regex(
+            r"[A-Za-z0-9_][A-Za-z0-9._-]{0,8}(/[A-Za-z0-9_][A-Za-z0-9._-]{0,8}){0,2}\.tar", fullmatch=True
+        ),
+        "samples": st.integers(0, 9),
+    },
+    optional={"bytes": st.integers(0, 10**12), "sha256": st.text("0123456789abcdef", min_size=64, max_size=64)},
+)
+HEADER = {"format_version": 1, "tokenizer": "t", "image_size": 224, "tokenizer_image_size": 112}
+SHARD_LISTS = st.one_of(
+    st.lists(VALID_ENTRY, min_size=1, max_size=3), st.lists(st.one_of(VALID_ENTRY, ENTRY, JSON), max_size=4), JSON
+)
+MANIFESTS = st.one_of(JSON, st.fixed_dictionaries({"shards": SHARD_LISTS}).map(lambda part: {**HEADER, **part}))
+
+
+@FUZZ
+@given(manifest=MANIFESTS)
+def test_fuzz_any_manifest_gives_shards_inside_its_folder_or_a_named_error(tmp_path: Path, manifest: object) -> None:
+    root = tmp_path / "fuzz"
+    root.mkdir(exist_ok=True)
+    (root / MANIFEST_FILE).write_text(json.dumps(manifest))
+    try:
+        shards = list_shards(root)
+    except ManifestError as error:
+        assert str(root / MANIFEST_FILE) in str(error)
+        return
+    assert shards
+    for shard in shards:
+        assert Path(shard.url).resolve().is_relative_to(root.resolve()) and shard.url.endswith(".tar")
+        assert isinstance(shard.samples, int) and not isinstance(shard.samples, bool) and shard.samples >= 0
+        assert shard.bytes is None or (isinstance(shard.bytes, int) and shard.bytes >= 0)
+        assert shard.sha256 is None or len(shard.sha256) == 64
+
+
+@FUZZ
+@given(data=st.binary(max_size=200))
+def test_fuzz_any_bytes_as_a_manifest_are_a_named_error(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / MANIFEST_FILE).write_bytes(data)
+    with pytest.raises((JsonFileError, ManifestError), match=re.escape(str(tmp_path / MANIFEST_FILE))):
+        list_shards(tmp_path)

@@ -145,6 +145,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     for field, value in expected.items():
         if manifest.get(field) != value:
             raise ManifestError(f"{path}: {field} is {_short(manifest.get(field))}, this reader needs {value!r}")
+    if not isinstance(manifest.get("tokenizer"), str):
+        raise ManifestError(
+            f"{path}: tokenizer must be the tokenizer's fingerprint, got {_short(manifest.get('tokenizer'))}"
+        )
     return manifest
 
 

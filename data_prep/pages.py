@@ -3,7 +3,8 @@
 Reads the page files of `layoutlmv3.page_sources.PAGE_SUFFIXES`: TIFF (multi-page included, and CCITT Group 4
 bilevel as IIT-CDIP ships it), PNG, JPEG, GIF, BMP, WebP through Pillow; and PDF, each page rendered at
 ``pdf_dpi`` (pdf.py). Every page (each TIFF frame, each PDF page) is measured against the one pixel cap before
-it is decoded: a page over it is a ``page_too_large`` reject. Pages come out in mode "L" (bilevel and grayscale scans) or "RGB" (colour), the two modes of
+it is decoded: a page over it is a ``page_too_large`` reject; a file's pages past MAX_PAGES_PER_FILE are one
+``too_many_pages`` reject. A FIFO, device or broken link named like a page is listed as skipped, never opened. Pages come out in mode "L" (bilevel and grayscale scans) or "RGB" (colour), the two modes of
 a sample image. A file or page that Pillow cannot decode becomes a :class:`PageRejected` in the stream instead
 of an exception, so one corrupt scan never stops a run.
 """
@@ -17,17 +18,26 @@ from pathlib import Path
 
 from PIL import Image
 
+from layoutlmv3 import page_sources
 from layoutlmv3.page_layout import to_sample_mode
-from layoutlmv3.page_sources import PAGE_SUFFIXES, PDF_SUFFIX, PageTooLarge, check_frame, open_image
+from layoutlmv3.page_sources import (
+    PAGE_SUFFIXES,
+    PDF_SUFFIX,
+    PageTooLarge,
+    check_frame,
+    open_image,
+    pages_past_cap,
+)
 
 from .pdf import DEFAULT_PDF_DPI, read_pdf_pages
-from .rejects import PAGE_TOO_LARGE, UNREADABLE_IMAGE, UNREADABLE_PAGE, PageRejected
+from .rejects import PAGE_TOO_LARGE, TOO_MANY_PAGES, UNREADABLE_IMAGE, UNREADABLE_PAGE, PageRejected
 
 IMAGE_SUFFIXES = PAGE_SUFFIXES  # the name build_shards and older callers use; one list for every page reader
 
 
 # Files that sit beside page images as their OCR or annotations: not reported as skipped.
 SIDE_FILE_SUFFIXES = frozenset({".json", ".hocr", ".html", ".htm", ".xml"})
+NOT_A_FILE = "(broken link or not a regular file)"  # how a scan lists entries that are neither file nor folder
 
 
 @dataclass
@@ -50,11 +60,16 @@ class InputScan:
 
 
 def scan_folder(root: Path) -> InputScan:
-    """The page files under ``root`` and what was skipped. Hidden files (temporaries) and OCR side files are
-    neither. One walk of the tree, which on a corpus of millions of files on a shared filesystem is minutes."""
+    """The page files under ``root`` and what was skipped (broken links, FIFOs and devices among it, whatever their
+    suffix). Hidden files (temporaries) and OCR side files are neither. One walk of the tree, which on a corpus of millions of files on a shared filesystem is minutes."""
     scan = InputScan()
     for path in root.rglob("*"):
-        if path.name.startswith(".") or not path.is_file():
+        if path.name.startswith("."):
+            continue
+        if not path.is_file():
+            if not path.is_dir():  # a broken link, FIFO, socket or device: never opened (a FIFO blocks), but listed
+                scan.skipped[NOT_A_FILE] += 1
+                scan.examples.setdefault(NOT_A_FILE, path.relative_to(root).as_posix())
             continue
         suffix = path.suffix.lower()
         if suffix in PAGE_SUFFIXES:
@@ -105,8 +120,11 @@ def read_pages(
         except Exception:  # a broken page directory further on: Pillow cannot count, but the pages before it read
             count = None
         if count is not None:
-            for page in range(start_page, count):
+            for page in range(start_page, min(count, page_sources.MAX_PAGES_PER_FILE)):
                 yield page, _load_page(image, page)
+            if count > max(page_sources.MAX_PAGES_PER_FILE, start_page):
+                first = max(page_sources.MAX_PAGES_PER_FILE, start_page)
+                yield first, PageRejected(TOO_MANY_PAGES, pages_past_cap(first, "image", count))
             return
     yield from _pages_until_broken(path, start_page)
 
@@ -114,9 +132,12 @@ def read_pages(
 def _pages_until_broken(path: Path, start_page: int) -> Iterator[tuple[int, Image.Image | PageRejected]]:
     """Pages of a multi-page file whose page count Pillow cannot read: each readable page in turn, then the page
     whose directory is broken as UNREADABLE_PAGE (the ones after it cannot be located)."""
-    with Image.open(path) as image:  # read_pages opened it already: no decompression bomb at the header
+    with open_image(path, check=False) as image:  # each frame is measured in _load_page
         page = start_page
         while True:
+            if page >= page_sources.MAX_PAGES_PER_FILE:
+                yield page, PageRejected(TOO_MANY_PAGES, pages_past_cap(page, "image"))
+                return
             try:
                 image.seek(page)
             except EOFError:

@@ -18,9 +18,17 @@ from pathlib import Path
 
 from PIL import Image
 
-from layoutlmv3.page_sources import PDF_SUFFIX, PageTooLarge, check_page_pixels, pdf_page_pixels
+from layoutlmv3 import page_sources
+from layoutlmv3.data_roots import check_regular_file
+from layoutlmv3.page_sources import (
+    PDF_SUFFIX,
+    PageTooLarge,
+    check_page_pixels,
+    pages_past_cap,
+    pdf_page_pixels,
+)
 
-from .rejects import PAGE_TOO_LARGE, UNREADABLE_IMAGE, UNREADABLE_PAGE, PageRejected
+from .rejects import PAGE_TOO_LARGE, TOO_MANY_PAGES, UNREADABLE_IMAGE, UNREADABLE_PAGE, PageRejected
 from .words import Ocr, Word
 
 __all__ = ["DEFAULT_PDF_DPI", "PDF_SUFFIX", "TextLayerFirst", "read_pdf_pages", "text_layer_words"]
@@ -32,6 +40,10 @@ LINE_BREAKS = frozenset("\r\n")
 def _open(path: Path):
     import pypdfium2 as pdfium
 
+    try:
+        check_regular_file(path)  # PDFium would block for ever opening a FIFO
+    except (OSError, ValueError) as error:
+        raise PageRejected(UNREADABLE_IMAGE, f"PDF: {error}") from None
     try:
         return pdfium.PdfDocument(path)
     except pdfium.PdfiumError as error:
@@ -49,7 +61,8 @@ def read_pdf_pages(path: Path, start_page: int, dpi: int) -> Iterator[tuple[int,
         yield start_page, rejected
         return
     try:
-        for number in range(start_page, len(document)):
+        count = len(document)
+        for number in range(start_page, min(count, page_sources.MAX_PAGES_PER_FILE)):
             try:
                 page = document[number]
                 width_pt, height_pt = page.get_size()
@@ -68,6 +81,9 @@ def read_pdf_pages(path: Path, start_page: int, dpi: int) -> Iterator[tuple[int,
                 yield number, image
             except Exception as error:  # PDFium raises on damaged page content
                 yield number, PageRejected(UNREADABLE_PAGE, f"PDF page: {type(error).__name__}: {error}")
+        if count > max(page_sources.MAX_PAGES_PER_FILE, start_page):
+            first = max(page_sources.MAX_PAGES_PER_FILE, start_page)
+            yield first, PageRejected(TOO_MANY_PAGES, pages_past_cap(first, "PDF", count))
     finally:
         document.close()
 

@@ -4,15 +4,38 @@ A classification index line, a DocVQA question's ``"image"``, any file that name
 may be hostile: ``../elsewhere/page.png``, ``/abs/path`` or a link planted in the root would have a page read,
 OCR'd and a words file written beside it outside the root the user gave. Every reader that takes a path out of a
 data file joins it to its root here, and only here.
+
+What such a path names must also be a regular file: a FIFO called ``page.png`` blocks whoever opens it for ever
+(until some writer appears), a device never ends. `check_regular_file` refuses those by their kind before they
+are opened (a file swapped for a FIFO between the check and the open is not caught: the data root is the user's).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 
 class OutsideDataRoot(ValueError):
     """A path named in a data file that leads outside its data root; the message names the file and line or entry."""
+
+
+class NotARegularFile(ValueError):
+    """A data file or page that is a FIFO, socket, device or folder: reading it would block or never end."""
+
+
+FILE_KINDS = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"),
+              (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))  # fmt: skip
+
+
+def check_regular_file(path: str | Path) -> None:
+    """Refuse (NotARegularFile naming `path` and its kind) anything but a regular file, links followed, without
+    opening it; a missing file or broken link is FileNotFoundError as for open()."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in FILE_KINDS if test(mode)), "special file")
+        raise NotARegularFile(f"{path} is a {kind}, not a regular file: refused unread")
 
 
 def inside_root(root: str | Path, relative: object, where: str) -> Path:
@@ -24,6 +47,10 @@ def inside_root(root: str | Path, relative: object, where: str) -> Path:
         raise OutsideDataRoot(f"{where}: expected a path relative to {root}, got {relative!r}")
     if "\x00" in relative:
         raise OutsideDataRoot(f"{where}: the path {relative!r} holds a NUL character")
+    try:
+        os.fsencode(relative)
+    except UnicodeError:  # a lone surrogate from JSON ("\ud800"): no file on this system can have that name
+        raise OutsideDataRoot(f"{where}: the path {relative!r} cannot be a file name here (not encodable)") from None
     if Path(relative).is_absolute():
         raise OutsideDataRoot(f"{where}: {relative!r} is an absolute path; paths in data files are relative to {root}")
     base = root.resolve()

@@ -15,8 +15,14 @@ from typing import BinaryIO
 
 from PIL import Image
 
+from layoutlmv3.data_roots import check_regular_file
+
 # Pillow's own decompression-bomb warning limit (1024**3 // 4 // 3 pixels): a 600-dpi A3 page is 70 M pixels.
 MAX_PAGE_PIXELS = 89_478_485
+
+# Pages read from one file: a 120 kB PDF can list one page object 20000 times, a 2 MB TIFF hold 20000 frames, and
+# every page becomes a sample (and an OCR run). Real documents stay far below; pages past it are one reject.
+MAX_PAGES_PER_FILE = 10_000
 
 PDF_SUFFIX = ".pdf"
 # Page files read through Pillow (fine-tuning reads these); the prediction tools and data prep also render PDFs.
@@ -28,17 +34,30 @@ class PageTooLarge(ValueError):
     """A page with more pixels than MAX_PAGE_PIXELS (a decompression bomb, or a PDF page of absurd size)."""
 
 
+class PageWithoutArea(ValueError):
+    """A page whose size is zero (a PDF CropBox wholly outside its MediaBox, a zero-width box): nothing to read."""
+
+
 def check_page_pixels(width: int, height: int, where: str, cap: int | None = None) -> None:
-    """Refuse a `width` x `height` page over `cap` pixels (default MAX_PAGE_PIXELS; a zero size too), naming
-    `where`."""
+    """Refuse a `width` x `height` page over `cap` pixels (default MAX_PAGE_PIXELS) with PageTooLarge, and one
+    of no area with PageWithoutArea (not "too large": a damaged page, not a bomb), naming `where`."""
     cap = MAX_PAGE_PIXELS if cap is None else cap
     if width <= 0 or height <= 0:
-        raise PageTooLarge(f"{where}: a {width}x{height} page has no area")
+        raise PageWithoutArea(f"{where}: a {width}x{height} page has no area (nothing is shown)")
     if width * height > cap:
         raise PageTooLarge(
             f"{where}: a {width}x{height} page ({width * height / 1e6:.1f} M pixels) is over the cap of "
             f"{cap / 1e6:.1f} M pixels (refused unread: a decompression bomb or a page of absurd size)"
         )
+
+
+def pages_past_cap(first: int, where: str, count: int | None = None) -> str:
+    """The message for the pages of a file from `first` = MAX_PAGES_PER_FILE on (`count` of them in all, if known)."""
+    total = f"of its {count} pages " if count is not None else ""
+    return (
+        f"{where}: pages {total}from {first} on are not read: over the cap of {MAX_PAGES_PER_FILE} pages per file "
+        "(split the file if it really is one document)"
+    )
 
 
 def pdf_page_pixels(width_pt: float, height_pt: float, dpi: float) -> tuple[int, int]:
@@ -49,10 +68,13 @@ def pdf_page_pixels(width_pt: float, height_pt: float, dpi: float) -> tuple[int,
 
 def open_image(path: str | Path | BinaryIO, check: bool = True) -> Image.Image:
     """A page image opened (header only, nothing decoded yet) and its first frame checked against the cap:
-    PageTooLarge naming `path` for a page over it, Pillow's own errors for a file it cannot read. Use as
+    PageTooLarge naming `path` for a page over it, NotARegularFile for a FIFO/device/folder (refused before it is
+    opened: opening a FIFO blocks), Pillow's own errors for a file it cannot read. Use as
     ``with open_image(p) as im``; a caller that seeks to frames checks each with `check_frame` (and may pass
     ``check=False``, so a huge first frame does not cost the file's other pages)."""
     where = str(path) if isinstance(path, str | Path) else "an image in memory"
+    if isinstance(path, str | Path):
+        check_regular_file(path)
     try:
         image = Image.open(path)
     except Image.DecompressionBombError as error:  # over twice Pillow's limit: refused by Pillow itself

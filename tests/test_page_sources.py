@@ -4,7 +4,9 @@ and cropped pages, one list of page suffixes for single-file and folder mode, JS
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import struct
 import sys
 import time
@@ -332,3 +334,132 @@ def test_data_prep_names_a_broken_ocr_json_in_the_reject(tmp_path: Path) -> None
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Attacked as a hostile data root would: special files named like pages, files of absurdly many pages, odd PDF
+# boxes, names no file can have.
+
+
+def _within(seconds: float, call, fifos: list[Path]):
+    """`call()`'s result or exception, failing the test (not hanging it) if it blocks: a reader stuck opening a
+    FIFO is released by opening the FIFO's other end."""
+    import threading
+
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # handed to the test below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        for fifo in fifos:
+            with contextlib.suppress(OSError):  # the blocked open returns (then reads EOF)
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(5)
+        pytest.fail(f"{call} blocked for more than {seconds} s on a FIFO")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def test_a_fifo_or_folder_named_like_a_page_is_refused_unread_and_never_blocks(tmp_path: Path) -> None:
+    """Opening a FIFO for reading waits for a writer for ever: every page reader (data prep, the prediction tools,
+    fine-tuning) and data prep's OCR side files refuse it by its kind; a folder scan lists it (and a broken link)."""
+    from data_prep.ocr import make_ocr
+    from data_prep.pages import scan_folder
+    from data_prep.rejects import OCR_INVALID, UNREADABLE_IMAGE, PageRejected
+    from layoutlmv3.data_roots import NotARegularFile
+    from layoutlmv3.finetune.classes import page_words
+
+    fifos = [tmp_path / "z.png", tmp_path / "z.pdf", tmp_path / "p.json"]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    (tmp_path / "x.png").mkdir()
+    (tmp_path / "y.png").symlink_to(tmp_path / "gone.png")
+    Image.new("L", (40, 40), 255).save(tmp_path / "p.png")
+    (tmp_path / "z.json").write_text('{"words": []}')  # words beside the FIFO page: fine-tuning would open it
+
+    for name in ("z.png", "z.pdf", "x.png"):
+        ((page, rejected),) = _within(5, lambda name=name: list(read_pages(tmp_path / name)), fifos)
+        assert (page, rejected.reason) == (0, UNREADABLE_IMAGE)
+        assert f"{tmp_path / name} is a " in rejected.detail and "not a regular file" in rejected.detail
+    with pytest.raises(ValueError, match=r"z.png page 0: unreadable_image: .*FIFO \(named pipe\), not a regular"):
+        _within(5, lambda: read_page(tmp_path / "z.png"), fifos)  # predict.py / classify.py / answer.py
+    with pytest.raises(NotARegularFile, match=r"z.png is a FIFO"):
+        _within(5, lambda: page_words(tmp_path / "z.png"), fifos)  # classification and question answering
+    with pytest.raises(PageRejected) as raised:  # data prep's --ocr json side file
+        _within(5, lambda: make_ocr("json", 10).read(tmp_path / "p.png", 0, Image.new("L", (40, 40))), fifos)
+    assert raised.value.reason == OCR_INVALID and "p.json is a FIFO" in raised.value.detail
+
+    scan = scan_folder(tmp_path)
+    assert scan.pages == ["p.png"]
+    assert "4 (broken link or not a regular file)" in scan.skipped_note()  # y.png, z.png, z.pdf, p.json
+
+
+def test_pages_past_the_per_file_cap_are_one_reject(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 120 kB PDF can list one page 20000 times, a 2 MB TIFF hold 20000 frames: each would be a sample and an
+    OCR run. Pages past MAX_PAGES_PER_FILE are one too_many_pages reject naming the count and the cap."""
+    from data_prep.rejects import TOO_MANY_PAGES
+
+    monkeypatch.setattr(page_sources, "MAX_PAGES_PER_FILE", 3)
+    frames = [Image.new("L", (20, 20), 255) for _ in range(5)]
+    frames[0].save(tmp_path / "many.tif", save_all=True, append_images=frames[1:])
+    write_pdf(tmp_path / "many.pdf", [PAGES[0]] * 5)
+    for name in ("many.tif", "many.pdf"):
+        pages = list(read_pages(tmp_path / name, 0, pdf_dpi=50))
+        assert [number for number, _ in pages] == [0, 1, 2, 3]
+        assert all(isinstance(image, Image.Image) for _, image in pages[:3])
+        assert pages[3][1].reason == TOO_MANY_PAGES
+        assert "of its 5 pages from 3 on are not read: over the cap of 3 pages per file" in pages[3][1].detail
+        ((number, rejected),) = list(read_pages(tmp_path / name, 4, pdf_dpi=50))  # a resumed run, past the cap
+        assert (number, rejected.reason) == (4, TOO_MANY_PAGES)
+        with pytest.raises(ValueError, match=rf"{name} page 3: too_many_pages"):
+            read_page(tmp_path / name, 3, pdf_dpi=50)  # predict.py's page N
+
+
+ODD_PAGES = [  # all survive: PDFium normalises these, and the boxes follow what it renders
+    {"media": [0, 0, 300, 200], "rotate": 45, "words": TEXT},  # not a multiple of 90: PDFium shows it unturned
+    {"media": [0, 0, 300, 200], "rotate": -90, "words": TEXT},  # = 270
+    {"media": [0, 0, 300, 200], "rotate": 450, "words": TEXT},  # = 90
+    {"media": [300, 200, 0, 0], "words": TEXT},  # an inverted MediaBox
+    {"media": [0, 0, 300, 200], "crop": [300, 200, 0, 0], "words": TEXT},  # an inverted CropBox
+    {"media": [-1e6, -1e6, -999700, -999800], "words": [(x - 1e6, y - 1e6, text) for x, y, text in TEXT]},
+]
+
+
+def test_odd_rotations_and_inverted_boxes_keep_the_words_on_their_ink(tmp_path: Path) -> None:
+    write_pdf(tmp_path / "odd.pdf", ODD_PAGES)
+    for number, image in read_pages(tmp_path / "odd.pdf", 0, pdf_dpi=100):
+        mask = ink(image)
+        words = text_layer_words(tmp_path / "odd.pdf", number, image.size)
+        assert sorted(word.text for word in words) == ["99", "Invoice", "Total"], f"page {number}: {words}"
+        held = (mask & covered(mask, [word.box for word in words])).sum() / mask.sum()
+        assert held > 0.97, f"page {number}: the word boxes hold only {held:.0%} of the page's ink"
+
+
+def test_a_pdf_page_with_nothing_shown_is_unreadable_not_too_large(tmp_path: Path) -> None:
+    """A CropBox wholly outside the MediaBox shows nothing (0x0 pt): a damaged page, not a decompression bomb."""
+    from data_prep.rejects import UNREADABLE_PAGE
+
+    write_pdf(tmp_path / "empty.pdf", [{"media": [0, 0, 300, 200], "crop": [1000, 1000, 1300, 1200]}, PAGES[0]])
+    (first, rejected), (second, page) = read_pages(tmp_path / "empty.pdf", 0, pdf_dpi=50)
+    assert (first, rejected.reason) == (0, UNREADABLE_PAGE) and "a 0x0 page has no area" in rejected.detail
+    assert second == 1 and isinstance(page, Image.Image)
+
+
+@pytest.mark.parametrize("name", ["\ud800.png", "pages/\udfff"])
+def test_a_path_no_file_can_have_is_refused_naming_the_entry(tmp_path: Path, name: str) -> None:
+    """JSON may hold a lone surrogate ("\\ud800"): refused as a path, naming the question, not a UnicodeEncodeError."""
+    from layoutlmv3.finetune.qa import read_questions
+
+    (tmp_path / "train").mkdir()
+    entries = [{"image": name, "question": "What?"}]
+    (tmp_path / "train" / "train.json").write_text(json.dumps({"data": entries}))
+    with pytest.raises(OutsideDataRoot, match=r"train.json: question 0: the path .* cannot be a file name here"):
+        read_questions(tmp_path / "train")

@@ -6,6 +6,8 @@ ZeRO-2 run is both the end-to-end test and the reference that resumed runs must 
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import math
 import os
@@ -15,9 +17,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import psutil
 import pytest
@@ -341,6 +346,82 @@ def test_ctrl_c_checkpoints_and_exits_42_with_the_data_loader_workers_alive(worl
     assert checkpoint is not None and sorted(stopped.losses()) == list(range(1, checkpoint.step + 1))
 
 
+class _StallingShards(http.server.SimpleHTTPRequestHandler):
+    """Serves a shard directory; once `served` shards have been sent, shard requests get no answer until `flowing`
+    is set (a remote store that stopped responding)."""
+
+    served = 0
+    limit = 0
+    flowing = threading.Event()
+    stalled = threading.Event()  # a request is being held
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.endswith(".tar"):
+            cls = type(self)
+            cls.served += 1
+            if cls.served > cls.limit:
+                cls.stalled.set()
+                cls.flowing.wait()
+        super().do_GET()
+
+
+@pytest.fixture
+def stalling_server(world: Path) -> Iterator[str]:
+    _StallingShards.served, _StallingShards.limit = 0, 10  # about 5 shards (15 samples) a rank: steps 1-3 or so
+    _StallingShards.flowing, _StallingShards.stalled = threading.Event(), threading.Event()
+    handler = functools.partial(_StallingShards, directory=str(world / "shards" / "train"))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/manifest.json"
+    finally:
+        _StallingShards.flowing.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.slow
+def test_a_stop_while_a_rank_waits_for_data_saves_the_last_step_and_resumes_exactly(
+    world: Path, zero2_run: Launch, tmp_path: Path, stalling_server: str
+) -> None:
+    """The shard server stops answering: a rank waits for its next batch inside the loader. SIGUSR1 to the ranks
+    is still honoured within a bound: the step under way is dropped on every rank, the last completed step is
+    saved (loader position included, not the batches read ahead) and the run exits 42; resuming with the server
+    answering again repeats the straight run's losses."""
+    started = _start(world, tmp_path, "--data.train_shards", stalling_server)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not _StallingShards.stalled.is_set():
+            assert started.process.poll() is None and time.monotonic() < deadline, started.output.read_text()[-3000:]
+            time.sleep(0.1)
+        _wait_for_a_step(started)
+        time.sleep(1)  # the other rank runs into the collective
+        signalled = time.monotonic()
+        for process in _rank_processes(started.process.pid).values():
+            process.send_signal(signal.SIGUSR1)
+        started.process.wait(timeout=60)
+        waited = time.monotonic() - signalled
+    finally:
+        if started.process.poll() is None:
+            os.killpg(started.process.pid, signal.SIGKILL)
+    stopped = _finish(started)
+    assert stopped.returncode == EXIT_PREEMPTED, stopped.output[-5000:]
+    assert waited < 40, waited
+    checkpoint = find_resume_checkpoint(stopped.checkpoints)
+    assert checkpoint is not None, stopped.output[-5000:]
+    assert sorted(stopped.losses()) == list(range(1, checkpoint.step + 1))
+    assert f"step {checkpoint.step + 1} dropped; saving a checkpoint at step {checkpoint.step}" in stopped.output
+
+    _StallingShards.flowing.set()
+    last = checkpoint.step + 2
+    resumed = launch(world, tmp_path, "--data.train_shards", stalling_server, "--train.stop_at_step", str(last))
+    assert resumed.returncode == 0, resumed.output[-5000:]
+    _assert_same_losses(resumed.losses(), zero2_run.losses(), range(1, last + 1))
+
+
 def test_resuming_with_another_loader_layout_names_the_setting(world: Path, zero2_run: Launch, tmp_path: Path) -> None:
     """The saved data position belongs to the loader's layout (here data.num_workers 0): a resume with another one
     is refused at start-up naming the setting and the saved value, not as the loader's internal field."""
@@ -467,6 +548,47 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint_and_stops(world: 
         assert sorted(result.losses()) == list(range(1, 11))
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def _fill(filler: IO[bytes]) -> None:
+    """Write to `filler` until its filesystem has no space left."""
+    try:
+        while True:
+            filler.write(b"\0" * 4096)
+            filler.flush()
+    except OSError:
+        pass
+
+
+@pytest.mark.slow
+def test_a_full_logging_dir_warns_once_and_training_goes_on(world: Path, tmp_path: Path) -> None:
+    """logging.dir fills up after the first step: one warning names it, metrics stop, the run finishes with its
+    checkpoints (in checkpoint.dir, elsewhere) and exit 0 instead of a traceback."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(small)]).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        logs = small / "logs"
+        filler = open(small / "filler", "wb", buffering=0)  # noqa: SIM115 (closed below)
+        started = _start(world, tmp_path, "--logging.dir", str(logs), ranks=1)
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not ((logs / METRICS_FILE).exists() and (logs / METRICS_FILE).read_text().strip()):
+            assert started.process.poll() is None and time.monotonic() < deadline, started.output.read_text()[-3000:]
+            time.sleep(0.02)
+        _fill(filler)
+        result = _finish(started)
+        rows = (logs / METRICS_FILE).read_text().splitlines()
+    finally:
+        filler.close()
+        subprocess.run(["umount", "-l", str(small)], check=False)
+    assert result.returncode == 0, result.output[-5000:]
+    assert result.output.count("cannot write metrics to") == 1, result.output[-5000:]
+    assert f"cannot write metrics to {logs}" in result.output
+    assert "Traceback" not in result.output
+    assert 1 <= len(rows) < STEPS
+    assert f"step {STEPS}/{STEPS} | loss" in result.output  # the log lines go on
+    assert [c.step for c in [find_resume_checkpoint(result.checkpoints)] if c] == [STEPS]
 
 
 def test_unwritable_checkpoint_dir_is_found_before_training_without_a_launcher(world: Path, tmp_path: Path) -> None:

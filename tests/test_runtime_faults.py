@@ -9,15 +9,21 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from data_prep.synth import write_corpus
+from layoutlmv3.data import build_train_loader
 from layoutlmv3.tokenizer import train_bpe
 from layoutlmv3.training.metrics import METRICS_FILE, MetricsLogger
+from layoutlmv3.training.prefetch import PrefetchedBatches
 from tests.file_digests import digests
+from tests.test_data_loader import _write_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,3 +157,63 @@ def test_metrics_on_a_full_disk_from_the_start_warn_once(small_tmpfs, caplog: py
         for step in range(1, 51):
             metrics.log_step(step, _values(1.0))
     assert caplog.text.count("cannot write metrics") == 1, caplog.text
+
+
+# ---------------------------------------------------------------- the train loop's reading thread
+
+
+def _prefetching(root: Path) -> tuple[PrefetchedBatches, object]:
+    loader = build_train_loader(root, 1, num_workers=0, seed=3, shuffle_buffer=0, epoch_length=3)
+    return PrefetchedBatches(loader), loader
+
+
+def test_the_reading_thread_hands_out_the_loaders_batches_with_the_position_after_each(tmp_path: Path) -> None:
+    """The position kept is the one after the last batch handed out, never one counting a batch read ahead; and
+    the reading thread draws nothing from the global torch RNG (the loop seeds dropout from it), not even when it
+    starts the next epoch's iterator."""
+    _write_dataset(tmp_path / "shards", (4, 3))
+    straight = build_train_loader(tmp_path / "shards", 1, num_workers=0, seed=3, shuffle_buffer=0, epoch_length=3)
+    expected = [(batch["input_ids"], straight.state_dict()) for _, batch in zip(range(7), _epochs(straight))]
+    batches, _ = _prefetching(tmp_path / "shards")
+    with batches:
+        torch.manual_seed(0)
+        for input_ids, position in expected:
+            time.sleep(0.05)  # the thread reads ahead (and across the epoch boundary)
+            assert torch.equal(batches.next(lambda: False)["input_ids"], input_ids)
+            assert batches.position == position
+        drawn = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(drawn, torch.rand(1))
+
+
+def _epochs(loader: object) -> Iterator[dict]:
+    while True:
+        yield from loader
+
+
+def test_a_wait_for_a_batch_gives_up_when_asked(tmp_path: Path) -> None:
+    """A loader that blocks (here: on a lock) cannot hold the loop: `give_up` is asked while it waits."""
+
+    class Stalled:
+        def __init__(self) -> None:
+            self.release = threading.Event()
+
+        def __iter__(self) -> Iterator[dict]:
+            self.release.wait()
+            yield {"x": 1}
+
+        def state_dict(self) -> dict:
+            return {"at": 0}
+
+        def load_state_dict(self, state: dict) -> None:
+            pass
+
+    stalled = Stalled()
+    batches = PrefetchedBatches(stalled)
+    deadline = time.monotonic() + 0.5
+    started = time.monotonic()
+    assert batches.next(lambda: time.monotonic() > deadline) is None
+    assert 0.5 <= time.monotonic() - started < 2
+    stalled.release.set()
+    assert batches.next(lambda: False) == {"x": 1}
+    batches.close()

@@ -11,6 +11,15 @@ with zero would not help: 0 * NaN is NaN in the backward pass), no collective is
 the step is completed by the next micro-batch. Skips are counted (`bad_steps`, kept in checkpoints); past
 `train.max_bad_steps` the run stops with EXIT_TOO_MANY_BAD_STEPS.
 
+Stopping while data is awaited. Batches come from a reading thread (training.prefetch), so a rank whose next
+batch does not come (a shard server that stopped answering) still sees a stop request: after
+BATCH_WAIT_AFTER_STOP_S it gives up waiting. Before each forward pass one small all-reduce says whether every
+rank holds its micro-batch (ZeRO-3's forward has collectives of its own, which a rank without a batch would never
+join); if one gave up, every rank drops the step under way (nothing of it was applied: weights change only at its
+last micro-batch), rolls its counters, loader position and RNG back to the last completed step and saves that
+step's checkpoint, then exits 42. A request that reaches only ranks that have their batch is folded into the
+all-reduce as before, but reaches the waiting rank only once it has its batch (Slurm and Ctrl-C signal every rank).
+
 Determinism (what makes a resumed run repeat the uninterrupted one): dropout is reseeded before every
 micro-batch from (seed, rank, micro-batches drawn), the loader resumes its exact position, the task's own state
 (e.g. the best dev score) comes back with it, pretraining's collator seeds masks by (seed, epoch, sample key),
@@ -24,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +44,7 @@ from .checkpointing import CheckpointNotSaved, rng_state, save_checkpoint
 from .engine import Training
 from .heartbeat import Heartbeat
 from .metrics import MetricsLogger, estimate_mfu
+from .prefetch import PrefetchedBatches
 from .schedule import learning_rate
 from .signals import EXIT_CHECKPOINT_NOT_SAVED, EXIT_OK, EXIT_PREEMPTED, EXIT_TOO_MANY_BAD_STEPS, StopRequest
 from .task import JobConfig, Task
@@ -44,6 +54,8 @@ logger = logging.getLogger(__name__)
 # Layout of the tensor all-reduced after every forward pass: counters, then the task's metrics.
 BAD, STOP, SAMPLES, TOKENS, FLOPS = range(5)
 FIRST_METRIC = 5
+# After a stop request, how long a rank waits for its next batch before the step under way is dropped.
+BATCH_WAIT_AFTER_STOP_S = 10.0
 
 
 @dataclass
@@ -54,6 +66,15 @@ class TrainState:
     samples: int = 0  # samples drawn by all ranks, skipped micro-batches included
     batches: int = 0  # micro-batches drawn per rank (ranks draw in lockstep): seeds dropout, numbers debug NaNs
     bad_steps: int = 0  # micro-batches skipped for a non-finite loss
+
+
+@dataclass
+class Boundary:
+    """The last completed step as a checkpoint records it besides the engine: counters, loader position, RNG."""
+
+    state: TrainState
+    loader: dict
+    rng: dict
 
 
 @dataclass
@@ -101,72 +122,121 @@ def _train(run: Run, stop: StopRequest, metrics: MetricsLogger, heartbeat: Heart
         if state.step >= settings.steps:
             run.task.finish()
         return EXIT_OK
-    batches = _endless(run.task.loader)
-    saved_step = state.step  # resumed from a checkpoint of this step (0: none needed)
-    run.training.engine.train()
-    started = time.perf_counter()
-    while state.step < last_step:
-        lr = learning_rate(
-            state.step + 1, settings.steps, settings.lr, settings.warmup_ratio, settings.min_lr_ratio, settings.decay
-        )
-        run.training.set_learning_rate(lr)
-        try:
-            totals, stop_requested = train_step(run, batches, stop, heartbeat)
-        except _TooManyBadSteps:
-            return EXIT_TOO_MANY_BAD_STEPS
-        state.step += 1
-        metrics.log_step(state.step, _step_values(run, totals, lr, time.perf_counter() - started))
-        val_every = run.config.logging.val_every
-        if _due(state.step, val_every) or (val_every and state.step == settings.steps):
-            heartbeat.arrive(f"the validation after step {state.step}")
-            values = run.task.validate(state.step)
-            if values:
-                metrics.log_validation(state.step, values)
-        if stop_requested:
-            if run.training.rank == 0:
-                logger.warning("stop requested by a signal: saving a checkpoint at step %d and exiting", state.step)
-            heartbeat.arrive(f"the checkpoint of step {state.step}")
-            save(run)
-            return EXIT_PREEMPTED
-        if _due(state.step, run.config.checkpoint.every):
-            heartbeat.arrive(f"the checkpoint of step {state.step}")
-            save(run)
-            saved_step = state.step
-        started = time.perf_counter()  # validation and checkpoints are not part of the next step's throughput
+    with PrefetchedBatches(run.task.loader) as batches:
+        boundary = _boundary(run, batches)
+        saved_step = state.step  # resumed from a checkpoint of this step (0: none needed)
+        run.training.engine.train()
+        started = time.perf_counter()
+        while state.step < last_step:
+            lr = learning_rate(
+                state.step + 1,
+                settings.steps,
+                settings.lr,
+                settings.warmup_ratio,
+                settings.min_lr_ratio,
+                settings.decay,
+            )
+            run.training.set_learning_rate(lr)
+            try:
+                totals, stop_requested = train_step(run, batches, stop, heartbeat)
+            except _TooManyBadSteps:
+                return EXIT_TOO_MANY_BAD_STEPS
+            except _StepDropped:
+                return _stop_at_boundary(run, boundary, saved_step, heartbeat)
+            state.step += 1
+            metrics.log_step(state.step, _step_values(run, totals, lr, time.perf_counter() - started))
+            val_every = run.config.logging.val_every
+            if _due(state.step, val_every) or (val_every and state.step == settings.steps):
+                heartbeat.arrive(f"the validation after step {state.step}")
+                values = run.task.validate(state.step)
+                if values:
+                    metrics.log_validation(state.step, values)
+            boundary = _boundary(run, batches)
+            if stop_requested:
+                if run.training.rank == 0:
+                    logger.warning("stop requested by a signal: saving a checkpoint at step %d and exiting", state.step)
+                heartbeat.arrive(f"the checkpoint of step {state.step}")
+                save(run, boundary)
+                return EXIT_PREEMPTED
+            if _due(state.step, run.config.checkpoint.every):
+                heartbeat.arrive(f"the checkpoint of step {state.step}")
+                save(run, boundary)
+                saved_step = state.step
+            started = time.perf_counter()  # validation and checkpoints are not part of the next step's throughput
     if saved_step != state.step:
         heartbeat.arrive(f"the checkpoint of step {state.step}")
-        save(run)
+        save(run, boundary)
     if state.step >= settings.steps:
         heartbeat.arrive("the task's finish")
         run.task.finish()
     return EXIT_OK
 
 
+def _boundary(run: Run, batches: PrefetchedBatches) -> Boundary:
+    return Boundary(dataclasses.replace(run.state), batches.position, rng_state())
+
+
+def _stop_at_boundary(run: Run, boundary: Boundary, saved_step: int, heartbeat: Heartbeat) -> int:
+    """A rank gave up waiting for data after a stop request: every rank drops the step under way and saves the
+    last completed one (unless its checkpoint exists already), then the run exits 42."""
+    run.state.__dict__.update(dataclasses.asdict(boundary.state))
+    step = run.state.step
+    if run.training.rank == 0:
+        logger.warning(
+            "stop requested while a rank waited for its next batch (%g s after the request): step %d dropped; %s",
+            BATCH_WAIT_AFTER_STOP_S,
+            step + 1,
+            f"saving a checkpoint at step {step} and exiting" if step != saved_step else "exiting",
+        )
+    if step != saved_step:
+        heartbeat.arrive(f"the checkpoint of step {step}")
+        save(run, boundary)
+    return EXIT_PREEMPTED
+
+
+class _StepDropped(Exception):
+    """Some rank gave up waiting for its micro-batch after a stop request."""
+
+
 class _TooManyBadSteps(Exception):
     pass
 
 
-def train_step(run: Run, batches: Iterator[dict], stop: StopRequest, heartbeat: Heartbeat) -> tuple[torch.Tensor, bool]:
+def train_step(
+    run: Run, batches: PrefetchedBatches, stop: StopRequest, heartbeat: Heartbeat
+) -> tuple[torch.Tensor, bool]:
     """`accumulation_steps` good micro-batches through the engine, non-finite ones skipped on every rank.
 
     Returns the all-reduced figures summed over the good micro-batches, and whether any rank was asked to stop.
+    Raises _StepDropped on every rank when a rank gave up waiting for its micro-batch after a stop request.
     """
     settings, state, training = run.config.train, run.state, run.training
     totals = torch.zeros(FIRST_METRIC + len(run.task.metric_names), dtype=torch.float64)
     stop_requested, good = False, 0
+    stop_seen: list[float] = []  # when this rank learned of a request from a peer (through the all-reduce)
+
+    def give_up() -> bool:
+        since = [moment for moment in (stop.requested_at, *stop_seen) if moment is not None]
+        return bool(since) and time.monotonic() - min(since) >= BATCH_WAIT_AFTER_STOP_S
+
     while good < training.accumulation_steps:
-        batch = next(batches)
+        batch = batches.next(give_up)
+        point = f"step {state.step + 1} (micro-batch {state.batches + 1})"
+        heartbeat.arrive(f"the batch check of {point}")
+        if _any_rank_without_a_batch(run, batch is None):
+            raise _StepDropped
         state.batches += 1
         torch.manual_seed(_derive_seed(settings.seed, training.rank, state.batches))
         metrics = run.task.forward(batch)
         loss = metrics[0]
         if training.rank == 0 and state.batches in settings.debug_nan_batches:
             loss = loss * float("nan")
-        point = f"step {state.step + 1} (micro-batch {state.batches})"
         heartbeat.arrive(f"the loss all-reduce of {point}")
         reduced = _reduce_micro_batch(run, batch, loss, metrics[1:], stop.requested)
         state.samples += int(reduced[SAMPLES])
-        stop_requested |= bool(reduced[STOP] > 0)
+        if reduced[STOP] > 0 and not stop_requested:
+            stop_requested = True
+            stop_seen.append(time.monotonic())
         if reduced[BAD] > 0:
             state.bad_steps += 1
             _log_bad_step(training.rank, state, int(reduced[BAD]), settings.max_bad_steps)
@@ -181,13 +251,20 @@ def train_step(run: Run, batches: Iterator[dict], stop: StopRequest, heartbeat: 
     return totals, stop_requested
 
 
+def _any_rank_without_a_batch(run: Run, without: bool) -> bool:
+    """One small all-reduce before the forward pass: did any rank give up waiting for its micro-batch?"""
+    flag = torch.tensor([float(without)], dtype=torch.float64, device=run.training.device)
+    dist.all_reduce(flag)
+    return bool(flag.item() > 0)
+
+
 def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
-def save(run: Run) -> None:
-    """A complete checkpoint of the current step (collective)."""
-    rank_state = {"loader": run.task.loader.state_dict(), "rng": rng_state()}
+def save(run: Run, boundary: Boundary) -> None:
+    """A complete checkpoint of the step `boundary` ends (collective); `run.state` is that step's."""
+    rank_state = {"loader": boundary.loader, "rng": boundary.rng}
     section = run.config.checkpoint
     record = {
         "model_config": run.training.engine.module.config.to_dict(),
@@ -217,12 +294,6 @@ def _log_bad_step(rank: int, state: TrainState, ranks: int, limit: int) -> None:
             state.bad_steps,
             limit,
         )
-
-
-def _endless(loader: Iterable[dict]) -> Iterator[dict]:
-    """Batches epoch after epoch (each `iter` of the loader continues from its position)."""
-    while True:
-        yield from loader
 
 
 def _reduce_micro_batch(

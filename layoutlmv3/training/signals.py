@@ -3,7 +3,9 @@ with a checkpoint; a second Ctrl-C (more than CTRL_C_REPEAT_S later: launchers s
 on again) aborts at once, as Ctrl-C usually does.
 
 The handler only records the signal; the loop folds the flag into the all-reduce it does every micro-batch, so
-all ranks see a request that reached any one of them and stop after the same step. The process then exits with
+all ranks see a request that reached any one of them and stop after the same step. A rank waiting for its next
+batch (a stalled shard server) looks at the flag while it waits: after `loop.BATCH_WAIT_AFTER_STOP_S` without the
+batch it gives up, every rank drops the step under way, and they save the checkpoint of the last completed step. The process then exits with
 `EXIT_PREEMPTED`, which a Slurm script turns into a requeue; the requeued job resumes with `--resume auto`:
 
     #SBATCH --signal=USR1@300        # USR1 to the job's tasks 5 minutes before the time limit
@@ -40,6 +42,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.requested_at: float | None = None  # time.monotonic() of the request
         self._previous: dict[int, object] = {}
         self._first_ctrl_c: float | None = None
 
@@ -66,6 +69,8 @@ class StopRequest:
                 raise KeyboardInterrupt  # a second Ctrl-C: abort now, as Python's own handler would
             return  # the same Ctrl-C again: the terminal's and a launcher's copy
         self.signal = number
+        if self.requested_at is None:
+            self.requested_at = time.monotonic()
         if number == signal.SIGINT:
             self._first_ctrl_c = time.monotonic()
             with contextlib.suppress(OSError):  # stderr piped to a `tee` the same Ctrl-C ended: the stop stands

@@ -28,6 +28,10 @@ PDF_SUFFIX = ".pdf"
 # Page files read through Pillow (fine-tuning reads these); the prediction tools and data prep also render PDFs.
 IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
 PAGE_SUFFIXES = IMAGE_SUFFIXES | {PDF_SUFFIX}
+# The Pillow decoders a page may reach, whatever its name says: Pillow picks a decoder by content among ~40,
+# EPS among them, which runs Ghostscript on the file (a long line of code-execution bugs), and many rarely used
+# ones. A "page.png" that is anything else is unreadable. (JPEG's decoder also opens MPO, several JPEG pictures.)
+PAGE_FORMATS = ("TIFF", "PNG", "JPEG", "GIF", "BMP", "WEBP")
 
 
 class PageTooLarge(ValueError):
@@ -69,14 +73,15 @@ def pdf_page_pixels(width_pt: float, height_pt: float, dpi: float) -> tuple[int,
 def open_image(path: str | Path | BinaryIO, check: bool = True) -> Image.Image:
     """A page image opened (header only, nothing decoded yet) and its first frame checked against the cap:
     PageTooLarge naming `path` for a page over it, NotARegularFile for a FIFO/device/folder (refused before it is
-    opened: opening a FIFO blocks), Pillow's own errors for a file it cannot read. Use as
+    opened: opening a FIFO blocks), Pillow's own errors for a file it cannot read or that is not one of
+    PAGE_FORMATS (UnidentifiedImageError). Use as
     ``with open_image(p) as im``; a caller that seeks to frames checks each with `check_frame` (and may pass
     ``check=False``, so a huge first frame does not cost the file's other pages)."""
     where = str(path) if isinstance(path, str | Path) else "an image in memory"
     if isinstance(path, str | Path):
         check_regular_file(path)
     try:
-        image = Image.open(path)
+        image = Image.open(path, formats=PAGE_FORMATS)  # never EPS (Ghostscript) or another exotic decoder
     except Image.DecompressionBombError as error:  # over twice Pillow's limit: refused by Pillow itself
         raise PageTooLarge(f"{where}: over the cap of {MAX_PAGE_PIXELS / 1e6:.1f} M pixels ({error})") from None
     if not check:

@@ -5,6 +5,7 @@ and cropped pages, one list of page suffixes for single-file and folder mode, JS
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import struct
@@ -463,3 +464,33 @@ def test_a_path_no_file_can_have_is_refused_naming_the_entry(tmp_path: Path, nam
     (tmp_path / "train" / "train.json").write_text(json.dumps({"data": entries}))
     with pytest.raises(OutsideDataRoot, match=r"train.json: question 0: the path .* cannot be a file name here"):
         read_questions(tmp_path / "train")
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n0 0 moveto 16 16 lineto stroke showpage\n"
+
+
+def test_a_page_that_is_really_postscript_never_reaches_ghostscript(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow picks its decoder by content: an EPS named page.png was opened as EPS, whose load runs Ghostscript on
+    the file (a code-execution surface). Pages and shard images are read by the page decoders only."""
+    from PIL import EpsImagePlugin
+
+    from data_prep.rejects import UNREADABLE_IMAGE
+    from layoutlmv3.data.decode import decode_png
+
+    ran = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: ran.append(args) or 1 / 0)
+    (tmp_path / "page.png").write_bytes(EPS)
+    ((page, rejected),) = list(read_pages(tmp_path / "page.png"))
+    assert (page, rejected.reason) == (0, UNREADABLE_IMAGE) and "cannot identify image file" in rejected.detail
+    with pytest.raises(ValueError, match=r"page.png page 0: unreadable_image"):
+        read_page(tmp_path / "page.png")  # predict.py / classify.py / answer.py
+    with pytest.raises(OSError, match="cannot identify image file"):
+        page_sources.open_image(io.BytesIO(EPS))  # image-tokenizer pages from shards
+    with pytest.raises(OSError, match="cannot identify image file"):
+        decode_png(EPS, 16)  # pretraining's shard images
+    assert ran == []
+    Image.new("L", (16, 16), 255).save(tmp_path / "real.png")
+    with page_sources.open_image(tmp_path / "real.png") as real:  # the page formats still open
+        assert real.format == "PNG"

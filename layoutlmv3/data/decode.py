@@ -69,7 +69,7 @@ def decode_tokens(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def decode_png(data: bytes, size: int) -> np.ndarray:
     """A square PNG of `size` px -> uint8 [size, size, 3]; grayscale becomes RGB without copying."""
-    with Image.open(io.BytesIO(data)) as image:
+    with Image.open(io.BytesIO(data), formats=["PNG"]) as image:  # only PNG: never EPS (runs Ghostscript) & co.
         if image.size != (size, size):
             raise ValueError(f"image is {image.size}, expected {size}x{size}")
         if image.mode == "L":

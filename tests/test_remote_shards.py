@@ -7,6 +7,7 @@ not the file its manifest entry describes fails its attempts too."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import http.server
 import logging
@@ -347,3 +348,84 @@ def test_a_remote_manifest_that_is_a_web_page_is_named(server) -> None:
     (root / "manifest.json").write_text("<!DOCTYPE html><html><body>502 Bad Gateway</body></html>")
     with pytest.raises(JsonFileError, match=f"{url}/manifest.json is not valid JSON .*HTML page"):
         list_shards(f"{url}/manifest.json")
+
+
+# ---------------------------------------------------------------- every reader: the image tokenizer, the checks
+
+
+def _serve_manifest_only(manifest: bytes) -> Callable[[socket.socket, threading.Event], None]:
+    """Answers GET /manifest.json with `manifest`; any other request (a shard) is accepted and never answered."""
+
+    def answer(connection: socket.socket, stop: threading.Event) -> None:
+        with connection:
+            request = connection.recv(65536)
+            if b" /manifest.json " in request.split(b"\r\n", 1)[0]:
+                head = f"HTTP/1.0 200 OK\r\nContent-Length: {len(manifest)}\r\n\r\n".encode()
+                connection.sendall(head + manifest)
+                return
+            stop.wait()
+
+    return answer
+
+
+def test_the_image_tokenizer_reads_shards_through_the_loaders_checked_path(tmp_path: Path, caplog) -> None:
+    """A shard other than its manifest entry (same name and size, other content) is damage for the image
+    tokenizer's pages too: its last sample is never given and the mismatch is named."""
+    from layoutlmv3.pretraining.image_tokenizer_data import DataConfig, image_source
+
+    root = tmp_path / "shards"
+    _write_dataset(root, (3, 3), source="tok")
+    changed = Path(list_shards(root)[1].url)
+    data = changed.read_bytes()
+    at = data.rindex(b'"w0"')
+    changed.write_bytes(data[:at] + b'"x0"' + data[at + 4 :])
+    source = image_source(DataConfig(shards=str(root)))
+    assert source.records[str(changed)].sha256 is not None
+    with caplog.at_level(logging.WARNING):
+        keys = [key for key, _, _ in source.raw(source.items, lambda key: True)]
+    assert len([key for key in keys if key.startswith("tok__0_pdf")]) == 3
+    assert len([key for key in keys if key.startswith("tok__1_pdf")]) == 2  # the last one held back, then refused
+    assert f"skipping unreadable data in shard {changed}" in caplog.text and "sha256" in caplog.text
+
+
+def test_the_image_tokenizer_takes_its_remote_attempts_and_deadline_from_the_config(tmp_path: Path, caplog) -> None:
+    from layoutlmv3.pretraining.image_tokenizer_data import DataConfig, image_source
+
+    root = tmp_path / "shards"
+    _write_dataset(root, (2,), source="tok")
+    settings = {"remote_attempts": 2, "remote_retry_s": 0.01, "remote_deadline_s": 0.5}
+    with _raw_server(_serve_manifest_only((root / "manifest.json").read_bytes())) as url:
+        source = image_source(DataConfig(shards=f"{url}/manifest.json", **settings))
+        assert source.items == (f"{url}/train-000000.tar",) and source.retry == RetryPolicy(2, 0.01, 0.5)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            assert list(source.raw(source.items, lambda key: True)) == []
+        assert time.monotonic() - started < 2 * 0.5 + 3
+        assert f"skipping the rest of shard {url}/train-000000.tar after 2 failed attempts" in caplog.text
+    with _raw_server(_never_answer) as url:
+        started = time.monotonic()
+        with pytest.raises(OSError, match="no complete answer after 0.5 s"):
+            image_source(DataConfig(shards=f"{url}/manifest.json", **settings))
+        assert time.monotonic() - started < 2 * 0.5 + 3
+    for bad in ({"remote_deadline_s": 0}, {"remote_deadline_s": float("nan")}, {"remote_attempts": 0}):
+        with pytest.raises(ValueError, match="data.remote_"):
+            DataConfig(shards=str(root), **bad)
+
+
+def test_the_tokenizer_check_and_the_loader_read_a_remote_manifest_with_the_configs_deadline(caplog) -> None:
+    from layoutlmv3.tokenizer import train_bpe
+    from layoutlmv3.training.inputs import check_train_shards_tokenizer
+    from layoutlmv3.training.run_config import DataSection, RunConfig
+
+    tokenizer = train_bpe(["a", "b"] * 5, vocab_size=300)
+    with _raw_server(_never_answer) as url:
+        data = DataSection(train_shards=f"{url}/manifest.json", remote_attempts=2, remote_retry_s=0.01)
+        config = RunConfig(data=dataclasses.replace(data, remote_deadline_s=0.5))
+        started = time.monotonic()
+        with pytest.raises(OSError, match=f"cannot read {url}/manifest.json: .*no complete answer after 0.5 s"):
+            check_train_shards_tokenizer(config, tokenizer)
+        assert time.monotonic() - started < 2 * 0.5 + 3
+        started = time.monotonic()
+        with pytest.raises(OSError, match="no complete answer after 1 s"):
+            build_train_loader(f"{url}/manifest.json", 2, num_workers=0, retry=DEADLINE)
+        assert time.monotonic() - started < 2 * DEADLINE.deadline_s + 3

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import random
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
@@ -84,7 +84,7 @@ def build_train_loader(
     resampled stream per corpus and draws the corpus of every sample by weight from its own seeded generator, so
     the samples follow the weights whatever the shard sizes, and a resumed loader repeats the mixture exactly.
     """
-    sources, weights = _sources(shards)
+    sources, weights = _sources(shards, retry)
     if len(sources) > 1 and not resampled:
         raise ValueError("a weighted mixture of corpora is read in resampled mode (training), not as exact epochs")
     shard_list = [shard for source in sources for shard in source]
@@ -141,10 +141,13 @@ def _ignore_ctrl_c(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _sources(shards: ShardSource | Sequence[WeightedShards]) -> tuple[list[list[Shard]], list[float]]:
-    """The corpora (each a non-empty shard list) and their weights; a plain source is one corpus of weight 1."""
+def _sources(
+    shards: ShardSource | Sequence[WeightedShards], retry: RetryPolicy
+) -> tuple[list[list[Shard]], list[float]]:
+    """The corpora (each a non-empty shard list) and their weights; a plain source is one corpus of weight 1.
+    Remote manifests are read with `retry`, like the shards."""
     if isinstance(shards, list | tuple) and shards and all(isinstance(item, WeightedShards) for item in shards):
-        sources = [list_shards(item.shards) for item in shards]
+        sources = [list_shards(item.shards, retry) for item in shards]
         weights = [float(item.weight) for item in shards]
         empty = [str(item.shards) for item, source in zip(shards, sources, strict=True) if not source]
         if empty:
@@ -152,7 +155,7 @@ def _sources(shards: ShardSource | Sequence[WeightedShards]) -> tuple[list[list[
         if any(weight <= 0 for weight in weights):
             raise ValueError(f"mixture weights must be > 0, got {weights}")
         return sources, weights
-    source = list_shards(shards)
+    source = list_shards(shards, retry)
     if not source:
         raise ValueError("no shards")
     return [source], [1.0]
@@ -275,7 +278,7 @@ class ShardDataset(IterableDataset):
             samples = self._mixed_samples(epoch, worker)
         else:
             urls = self._resampled_urls(epoch, worker) if self.resampled else iter(self.worker_shards(epoch, worker))
-            samples = _read_shards(urls, self.retry, self.records)
+            samples = read_shards(urls, self.retry, self.records)
         if self.shuffle_buffer > 1:
             seed = _derive_seed(self.seed, epoch, self.rank, worker, 1)
             samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=seed)(samples)
@@ -300,7 +303,7 @@ class ShardDataset(IterableDataset):
     def _mixed_samples(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
         """Samples of a mixture: each one's corpus drawn by weight, then the next sample of that corpus's stream."""
         streams = [
-            _read_shards(self._resampled_urls(epoch, worker, index), self.retry, self.records)
+            read_shards(self._resampled_urls(epoch, worker, index), self.retry, self.records)
             for index in range(len(self.sources))
         ]
         rng = random.Random(_derive_seed(self.seed, epoch, self.rank, worker, 4))
@@ -326,8 +329,8 @@ def _page_groups(raw: Iterator[dict[str, Any]], samples: int, size: int) -> Iter
         yield pages, samples
 
 
-def _read_shards(urls: Iterator[str], retry: RetryPolicy, records: dict[str, Shard]) -> Iterator[dict[str, Any]]:
-    """Raw samples of the shards in turn (remote ones retried, see remote.py; `records`: what the manifest says of
+def read_shards(urls: Iterable[str], retry: RetryPolicy, records: dict[str, Shard]) -> Iterator[dict[str, Any]]:
+    """The one checked path every shard reader takes (this loader, the image tokenizer's pages). Raw samples of the shards in turn (remote ones retried, see remote.py; `records`: what the manifest says of
     each -- sample count, size, sha256 -- a shard that differs being damaged); an unreadable or damaged shard, or its
     unreadable rest, is logged and skipped."""
     empty_run = 0

@@ -18,7 +18,7 @@ from typing import Any
 
 import braceexpand
 
-from layoutlmv3.data.remote import is_remote, read_json
+from layoutlmv3.data.remote import DEFAULT_RETRY, RetryPolicy, is_remote, read_json
 from layoutlmv3.data.sample_format import (
     IMAGE_SIZE,
     MANIFEST_FILE,
@@ -125,11 +125,11 @@ class WeightedShards:
     weight: float
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Load a `manifest.json` (or the one inside a directory; or at an http(s)/pipe: URL), refusing formats this
-    reader does not understand."""
+def read_manifest(path: str | Path, retry: RetryPolicy = DEFAULT_RETRY) -> dict[str, Any]:
+    """Load a `manifest.json` (or the one inside a directory; or at an http(s)/pipe: URL, read with `retry`: the
+    run's attempts and deadline), refusing formats this reader does not understand."""
     if isinstance(path, str) and is_remote(path):
-        manifest = read_json(path)
+        manifest = read_json(path, retry)
     else:
         path = Path(path)
         if path.is_dir():
@@ -152,15 +152,16 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def list_shards(source: ShardSource) -> list[Shard]:
+def list_shards(source: ShardSource, retry: RetryPolicy = DEFAULT_RETRY) -> list[Shard]:
     """Expand a dataset directory / manifest path, a brace pattern or a list of paths into shards.
 
-    A directory or `manifest.json` gives sample counts; a pattern or plain paths give none (`samples` is None).
+    A directory or `manifest.json` gives sample counts (and sizes, checksums); a pattern or plain paths give none
+    (`samples` is None). A remote manifest is read with `retry` (the run's data.remote_* settings).
     """
     if isinstance(source, str) and is_remote(source) and source.endswith(f"/{MANIFEST_FILE}"):
         base = source[: -len(MANIFEST_FILE)]
         quote = shlex.quote if source.startswith("pipe:") else str  # checked names need none: a second guard
-        return _listed_shards(source, read_manifest(source), lambda name: base + quote(name))
+        return _listed_shards(source, read_manifest(source, retry), lambda name: base + quote(name))
     if isinstance(source, str | Path):
         path = Path(source)
         if path.is_dir() or path.name == MANIFEST_FILE:

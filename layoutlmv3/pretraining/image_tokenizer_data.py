@@ -26,7 +26,7 @@ import random
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,10 @@ import torch
 from PIL import Image
 
 from layoutlmv3.config_loading import require
-from layoutlmv3.data.remote import shard_samples
+from layoutlmv3.data.loader import read_shards
+from layoutlmv3.data.remote import DEFAULT_RETRY, RetryPolicy
 from layoutlmv3.data.sample_format import TOKENIZER_IMAGE_FILE
-from layoutlmv3.data.shards import list_shards
+from layoutlmv3.data.shards import Shard, list_shards
 from layoutlmv3.page_sources import IMAGE_SUFFIXES, PageTooLarge, open_image
 from layoutlmv3.processing import resize_page
 
@@ -60,6 +61,12 @@ class DataConfig:
     num_workers: int = 2  # threads decoding pages
     # Keep decoded training pages in memory after the first epoch (37 KB each at 112 px): small datasets only.
     cache_in_memory: bool = False
+    # Shards at http(s):// URLs or `pipe:` commands, as pretraining's data.remote_*: attempts per shard or manifest,
+    # the first back-off (doubled each time), and the deadline of one attempt (seconds of waiting on the server or
+    # command in all) after which it is cut off (layoutlmv3/data/remote.py).
+    remote_attempts: int = 5
+    remote_retry_s: float = 2.0
+    remote_deadline_s: float = 600.0
 
     def __post_init__(self) -> None:
         sources = [self.images is not None, self.shards is not None, self.synthetic_pages > 0]
@@ -68,6 +75,17 @@ class DataConfig:
         require(self.eval_images >= 1, f"data.eval_images must be >= 1, got {self.eval_images}")
         require(self.shuffle_buffer >= 1, f"data.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         require(self.num_workers >= 1, f"data.num_workers (decoding threads) must be >= 1, got {self.num_workers}")
+        require(self.remote_attempts >= 1, f"data.remote_attempts must be >= 1, got {self.remote_attempts}")
+        require(self.remote_retry_s >= 0, f"data.remote_retry_s must be >= 0, got {self.remote_retry_s}")
+        require(
+            math.isfinite(self.remote_deadline_s) and self.remote_deadline_s > 0,
+            f"data.remote_deadline_s must be a positive number of seconds, got {self.remote_deadline_s}",
+        )
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The policy every remote read of this source uses (its manifest and its shards)."""
+        return RetryPolicy(self.remote_attempts, self.remote_retry_s, self.remote_deadline_s)
 
 
 PageImage = tuple[str, np.ndarray]  # (page key, uint8 [S, S, 3])
@@ -76,15 +94,21 @@ RawPage = tuple[str, str | bytes | None, str]  # (page key, file path or tok.png
 
 @dataclass(frozen=True)
 class ImageSource:
-    """A list of items (image files or shard URLs) and how to read pages from them."""
+    """A list of items (image files or shard URLs) and how to read pages from them: shards as the pretraining
+    loader reads them, each checked against what its manifest records (`records`: samples, size, sha256) and
+    remote ones with the config's `retry` (attempts, deadline)."""
 
     kind: str  # "folder" or "shards"
     items: tuple[str, ...]
     root: str = ""  # folder: keys are paths relative to it
+    records: dict[str, Shard] = field(default_factory=dict, compare=False)  # shards: url -> its manifest entry
+    retry: RetryPolicy = DEFAULT_RETRY
 
     def raw(self, items: Iterable[str], keep: Callable[[str], bool]) -> Iterator[RawPage]:
         """Undecoded pages of `items` whose key passes `keep`."""
-        return self._raw_folder(items, keep) if self.kind == "folder" else _raw_shards(items, keep)
+        if self.kind == "folder":
+            return self._raw_folder(items, keep)
+        return _raw_shards(items, keep, self.records, self.retry)
 
     def read(self, items: Iterable[str], size: int, keep: Callable[[str], bool]) -> Iterator[PageImage]:
         """Decoded pages of `items` whose key passes `keep`, resized to `size` (unreadable ones skipped)."""
@@ -100,14 +124,15 @@ class ImageSource:
                 yield key, path, f"image {path}"
 
 
-def _raw_shards(urls: Iterable[str], keep: Callable[[str], bool]) -> Iterator[RawPage]:
-    """Shards read as pretraining reads them (`data.remote`: local, http(s)://, pipe:, retried; an unreadable
-    shard logged and skipped)."""
-    for url in urls:
-        for sample in shard_samples(url):
-            key = sample["__key__"]
-            if keep(key):
-                yield key, sample.get(TOKENIZER_IMAGE_FILE), f"sample {key} of {url}"
+def _raw_shards(
+    urls: Iterable[str], keep: Callable[[str], bool], records: dict[str, Shard], retry: RetryPolicy
+) -> Iterator[RawPage]:
+    """Shards read through pretraining's one checked path (`loader.read_shards`: local, http(s)://, pipe:, under
+    the deadline and retried; a shard other than its manifest entry, or unreadable, logged and skipped)."""
+    for sample in read_shards(urls, retry, records):
+        key = sample["__key__"]
+        if keep(key):
+            yield key, sample.get(TOKENIZER_IMAGE_FILE), f"sample {key} of {sample['__url__']}"
 
 
 def decode_page(raw: RawPage, size: int) -> np.ndarray | None:
@@ -145,10 +170,11 @@ def image_source(data: DataConfig) -> ImageSource:
             raise FileNotFoundError(f"no {'/'.join(sorted(IMAGE_SUFFIXES))} images under {root}")
         return ImageSource("folder", tuple(files), root=str(root))
     if data.shards is not None:
-        urls = [shard.url for shard in list_shards(data.shards)]  # pretraining's one reading of a shard source
-        if not urls:
+        shards = list_shards(data.shards, data.retry)  # pretraining's one reading of a shard source
+        if not shards:
             raise FileNotFoundError(f"no shards match {data.shards}")
-        return ImageSource("shards", tuple(urls))
+        records = {shard.url: shard for shard in shards}
+        return ImageSource("shards", tuple(shard.url for shard in shards), records=records, retry=data.retry)
     raise ValueError(
         "data.synthetic_pages: synthetic pages are made by data_prep, not the library; launch/train_image_tokenizer.py "
         "writes them to a folder and trains on it (data.images)"

@@ -19,7 +19,7 @@ from layoutlmv3.data import (
     read_manifest,
     total_samples,
 )
-from layoutlmv3.data.remote import RetryPolicy
+from layoutlmv3.data.remote import DEFAULT_RETRY, RetryPolicy
 from layoutlmv3.data.sample_format import MANIFEST_FILE, META_FILE
 from layoutlmv3.pretraining.collator import PretrainingCollator
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
@@ -41,29 +41,40 @@ def _patterns(config: RunConfig) -> list[str]:
     return [sources] if isinstance(sources, str) else [corpus.shards for corpus in sources]
 
 
+def remote_retry(config: RunConfig) -> RetryPolicy:
+    """The run's policy for remote shards and manifests (data.remote_attempts, remote_retry_s, remote_deadline_s):
+    every remote read of the run uses it, so a stalled server is cut off when the config says."""
+    data = config.data
+    return RetryPolicy(data.remote_attempts, data.remote_retry_s, data.remote_deadline_s)
+
+
 def check_train_shards_tokenizer(config: RunConfig, tokenizer: LayoutLMv3Tokenizer) -> None:
     """Every training corpus (and the held-out shards) was tokenized with data.tokenizer, and an epoch's length is
     known: from the manifests, or data.epoch_batches."""
+    retry = remote_retry(config)
     for source in _patterns(config):
-        check_shards_tokenizer(source, tokenizer)
-    if config.data.epoch_batches is None and any(total_samples(list_shards(p)) is None for p in _patterns(config)):
+        check_shards_tokenizer(source, tokenizer, retry)
+    if config.data.epoch_batches is None and any(
+        total_samples(list_shards(pattern, retry)) is None for pattern in _patterns(config)
+    ):
         raise ValueError(
             "data.epoch_batches is needed: the training shards come without a manifest (a brace pattern, or a "
             f"folder without {MANIFEST_FILE}), so the number of batches per epoch is not known"
         )
     if config.data.val_shards is not None:
-        check_shards_tokenizer(config.data.val_shards, tokenizer)
+        check_shards_tokenizer(config.data.val_shards, tokenizer, retry)
 
 
-def check_shards_tokenizer(shards: str, tokenizer: LayoutLMv3Tokenizer) -> None:
+def check_shards_tokenizer(shards: str, tokenizer: LayoutLMv3Tokenizer, retry: RetryPolicy = DEFAULT_RETRY) -> None:
     """Refuse shards tokenized with another vocabulary, before training: the manifest records the tokenizer's
     fingerprint; shards named by a pattern have none, so the first sample of the first shard is read instead
-    (the loader then checks every sample's own fingerprint as it reads it)."""
+    (the loader then checks every sample's own fingerprint as it reads it). A remote manifest is read with `retry`
+    (the run's data.remote_* settings: attempts and deadline)."""
     path = Path(shards)
     if path.is_dir() or path.name == MANIFEST_FILE:
-        recorded, where = read_manifest(shards)["tokenizer"], shards  # the str: it may be an http(s) URL
+        recorded, where = read_manifest(shards, retry)["tokenizer"], shards  # the str: it may be an http(s) URL
     else:
-        first = list_shards(shards)[0].url
+        first = list_shards(shards, retry)[0].url
         recorded, where = first_sample_tokenizer(first), first
         if recorded is None:
             return  # remote (read when training) or without a readable sample: the loader checks as it reads
@@ -122,7 +133,7 @@ def build_loaders(
 ) -> tuple[ShardLoader, ShardLoader | None]:
     """This rank's train loader and, with data.val_shards, its validation loader."""
     data = config.data
-    retry = RetryPolicy(data.remote_attempts, data.remote_retry_s, data.remote_deadline_s)
+    retry = remote_retry(config)
     train = build_train_loader(
         train_sources(config),
         batch_size=batch_size,
@@ -141,7 +152,7 @@ def build_loaders(
     )
     if data.val_shards is None:
         return train, None
-    shards = list_shards(data.val_shards)
+    shards = list_shards(data.val_shards, retry)
     # Fewer held-out shards than ranks: every rank evaluates all of them (same mean, no idle rank).
     split = (rank, world_size) if len(shards) >= world_size else (0, 1)
     val = build_train_loader(

@@ -22,6 +22,7 @@ from layoutlmv3.data import build_train_loader
 from layoutlmv3.tokenizer import train_bpe
 from layoutlmv3.training.metrics import METRICS_FILE, MetricsLogger
 from layoutlmv3.training.prefetch import PrefetchedBatches
+from layoutlmv3.training.runner import _check_logging_dir
 from tests.file_digests import digests
 from tests.test_data_loader import _write_dataset
 
@@ -157,6 +158,17 @@ def test_metrics_on_a_full_disk_from_the_start_warn_once(small_tmpfs, caplog: py
         for step in range(1, 51):
             metrics.log_step(step, _values(1.0))
     assert caplog.text.count("cannot write metrics") == 1, caplog.text
+
+
+def test_a_full_logging_dir_does_not_stop_a_run_from_starting(small_tmpfs, tmp_path: Path) -> None:
+    """A requeued run whose logging disk is full still trains (metrics warn once); a logging.dir that cannot be a
+    directory is a mistake in the config, found before training."""
+    disk = small_tmpfs("64k")
+    fill(disk)
+    _check_logging_dir(str(disk / "logs"))
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match=f"logging.dir {tmp_path / 'a-file' / 'logs'} is not writable"):
+        _check_logging_dir(str(tmp_path / "a-file" / "logs"))
 
 
 # ---------------------------------------------------------------- the train loop's reading thread

@@ -193,6 +193,11 @@ class MetricsLogger:
             logger.info("step %d/%d | %s", step, self.total_steps, _summary(means))
             self._window.clear()
 
+    def write_text(self, name: str, text: str) -> None:
+        """A file beside the metrics (e.g. the resolved run config), under the same rule: a failure warns once."""
+        if self.enabled:
+            self._guarded(self.directory / name, lambda: (self.directory / name).write_text(text))
+
     def log_validation(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return

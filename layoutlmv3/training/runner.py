@@ -11,6 +11,8 @@ replacement). Step, samples seen and the skip count carry over.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -98,6 +100,8 @@ def run_job(prepare: Callable[[], Job], resume: str = "auto") -> int:
             resumed_in_place=assembled.resumed_in_place,
         ) as metrics,
     ):
+        plain = json.loads(json.dumps(config.to_dict()))  # tuples -> lists for YAML
+        metrics.write_text(RESOLVED_CONFIG_FILE, yaml.safe_dump(plain, sort_keys=False))  # beside the metrics
         try:
             code = train(assembled, stop, metrics)
         except Exception as error:
@@ -127,7 +131,7 @@ def _assemble(job: Job, ds_values: dict, resume: str) -> Run:
     rank, world_size = dist.get_rank(), dist.get_world_size()
     ds_values = with_global_batch(ds_values, config.train.global_batch_size, world_size)
     _agreed(lambda: check_writable(config.checkpoint.dir, rank))
-    _agreed(lambda: check_writable(config.logging.dir, rank, "logging.dir") if rank == 0 else None)  # rank 0 logs
+    _agreed(lambda: _check_logging_dir(config.logging.dir) if rank == 0 else None)  # rank 0 logs
     _lock_checkpoint_dir(config, rank)
     checkpoint = _choose_checkpoint(resume, config)
     parameters = sum(parameter.numel() for parameter in model.parameters())  # before ZeRO-3 partitions them
@@ -156,6 +160,24 @@ def _assemble(job: Job, ds_values: dict, resume: str) -> Run:
         peak_tflops=device_peak_tflops(training.precision, config.logging.peak_tflops),
         resumed_in_place=checkpoint is not None and checkpoint.root.resolve() == Path(config.checkpoint.dir).resolve(),
     )
+
+
+def _check_logging_dir(directory: str) -> None:
+    """logging.dir must be a directory this run can write (a mistake in the config: exit 2 before training). A full
+    one (no space, quota) is no reason not to train: metrics are not the run; MetricsLogger says so once."""
+    path = Path(directory)
+    probe = path / ".write_probe.logging"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as handle:
+            handle.write(b"probe")
+            handle.flush()
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise ValueError(f"logging.dir {path} is not writable: {error.strerror or error}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
 
 
 def _lock_checkpoint_dir(config: JobConfig, rank: int) -> None:
@@ -278,7 +300,7 @@ def _check_global_batch(saved: int | None, training: Training, checkpoint: Check
 
 
 def _describe(name: str, config: JobConfig, training: Training, parameters: int, non_embedding: int) -> None:
-    """Log the resolved set-up and keep the resolved config beside the metrics (rank 0)."""
+    """Log the resolved set-up (rank 0)."""
     logger.info(
         "model %s: %.1fM parameters (%.1fM non-embedding) | %s, ZeRO-%d | micro-batch %d x accumulation %d x %d "
         "ranks = global batch %d | %d steps",
@@ -293,10 +315,6 @@ def _describe(name: str, config: JobConfig, training: Training, parameters: int,
         training.global_batch,
         config.train.steps,
     )
-    directory = Path(config.logging.dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    plain = json.loads(json.dumps(config.to_dict()))  # tuples -> lists for YAML
-    (directory / RESOLVED_CONFIG_FILE).write_text(yaml.safe_dump(plain, sort_keys=False))
 
 
 def _changed_settings(saved: dict, current: dict, prefix: str = "") -> list[str]:

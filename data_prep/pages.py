@@ -115,41 +115,32 @@ def read_pages(
         yield start_page, PageRejected(UNREADABLE_IMAGE, f"{type(error).__name__}: {error}")
         return
     with image:
+        yield from _frames(image, start_page)
+
+
+def _frames(image: Image.Image, start_page: int) -> Iterator[tuple[int, Image.Image | PageRejected]]:
+    """Each frame of an opened file from ``start_page`` in turn, until its end. A frame whose directory is broken
+    is UNREADABLE_PAGE and the last (the ones after it cannot be located); frames from MAX_PAGES_PER_FILE on are
+    one TOO_MANY_PAGES reject. Frames are not counted up front: Pillow's n_frames walks a TIFF's page directories
+    in quadratic time (100000 frames in a 10 MB file: minutes, 1 M: hours), seeking stops at the cap."""
+    page = start_page
+    while True:
         try:
-            count = getattr(image, "n_frames", 1)
-        except Exception:  # a broken page directory further on: Pillow cannot count, but the pages before it read
-            count = None
-        if count is not None:
-            for page in range(start_page, min(count, page_sources.MAX_PAGES_PER_FILE)):
-                yield page, _load_page(image, page)
-            if count > max(page_sources.MAX_PAGES_PER_FILE, start_page):
-                first = max(page_sources.MAX_PAGES_PER_FILE, start_page)
-                yield first, PageRejected(TOO_MANY_PAGES, pages_past_cap(first, "image", count))
+            image.seek(page)
+        except EOFError:
             return
-    yield from _pages_until_broken(path, start_page)
-
-
-def _pages_until_broken(path: Path, start_page: int) -> Iterator[tuple[int, Image.Image | PageRejected]]:
-    """Pages of a multi-page file whose page count Pillow cannot read: each readable page in turn, then the page
-    whose directory is broken as UNREADABLE_PAGE (the ones after it cannot be located)."""
-    with open_image(path, check=False) as image:  # each frame is measured in _load_page
-        page = start_page
-        while True:
-            if page >= page_sources.MAX_PAGES_PER_FILE:
+        except Exception as error:
+            if page >= page_sources.MAX_PAGES_PER_FILE:  # past the cap whatever is there
                 yield page, PageRejected(TOO_MANY_PAGES, pages_past_cap(page, "image"))
                 return
-            try:
-                image.seek(page)
-            except EOFError:
-                return
-            except Exception as error:
-                detail = (
-                    f"{type(error).__name__}: {error} (its page directory is broken: later pages cannot be located)"
-                )
-                yield page, PageRejected(UNREADABLE_PAGE, detail)
-                return
-            yield page, _load_page(image, page)
-            page += 1
+            detail = f"{type(error).__name__}: {error} (its page directory is broken: later pages cannot be located)"
+            yield page, PageRejected(UNREADABLE_PAGE, detail)
+            return
+        if page >= page_sources.MAX_PAGES_PER_FILE:
+            yield page, PageRejected(TOO_MANY_PAGES, pages_past_cap(page, "image"))
+            return
+        yield page, _load_page(image, page)
+        page += 1
 
 
 def _load_page(image: Image.Image, page: int) -> Image.Image | PageRejected:

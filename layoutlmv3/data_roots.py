@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -38,10 +39,12 @@ def check_regular_file(path: str | Path) -> None:
         raise NotARegularFile(f"{path} is a {kind}, not a regular file: refused unread")
 
 
-def inside_root(root: str | Path, relative: object, where: str) -> Path:
+def inside_root(root: str | Path, relative: object, where: str, beside: Callable[[Path], Path] | None = None) -> Path:
     """``root / relative``, refused (OutsideDataRoot naming `where`, e.g. ``index.txt:3``) unless it is a relative
     path that resolves, links followed, inside ``root`` -- the file and the folder it sits in, where its words file
-    is written. The joined (unresolved) path is returned, so names stay as the user laid them out."""
+    is written, and ``beside(path)`` when given (the words file read with it: a link planted there would feed a
+    file from outside the root to the reader). The joined (unresolved) path is returned, so names stay as the
+    user laid them out."""
     root = Path(root)
     if not isinstance(relative, str) or not relative.strip():
         raise OutsideDataRoot(f"{where}: expected a path relative to {root}, got {relative!r}")
@@ -56,13 +59,16 @@ def inside_root(root: str | Path, relative: object, where: str) -> Path:
     base = root.resolve()
     joined = root / relative
     try:
-        reached_paths = (joined.resolve(), joined.parent.resolve())
-    except (OSError, RuntimeError) as error:  # a link loop
+        reached_paths = [(repr(relative), joined.resolve()), (repr(relative), joined.parent.resolve())]
+        if beside is not None:
+            companion = beside(joined)
+            reached_paths.append((f"{companion.name!r} beside {relative!r}", companion.resolve()))
+    except (OSError, RuntimeError, ValueError) as error:  # a link loop; a name `beside` cannot derive from
         raise OutsideDataRoot(f"{where}: {relative!r} cannot be resolved: {error}") from None
-    for reached in reached_paths:
+    for what, reached in reached_paths:
         if not reached.is_relative_to(base):
             raise OutsideDataRoot(
-                f"{where}: {relative!r} leads outside the data root {root} (to {reached}); "
+                f"{where}: {what} leads outside the data root {root} (to {reached}); "
                 "paths in data files must stay inside it (links included)"
             )
     return joined

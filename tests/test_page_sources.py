@@ -528,3 +528,31 @@ def test_a_page_that_is_really_postscript_never_reaches_ghostscript(
     Image.new("L", (16, 16), 255).save(tmp_path / "real.png")
     with page_sources.open_image(tmp_path / "real.png") as real:  # the page formats still open
         assert real.format == "PNG"
+
+
+def test_a_words_file_planted_as_a_link_out_of_the_root_is_refused(tmp_path: Path) -> None:
+    """The page is inside the root but its words file page.json is a link to a file elsewhere: that file was read
+    as the page's words. Refused naming the index line / question, like a link planted for the page."""
+    from layoutlmv3.finetune.classes import listed_pages, read_class_split
+    from layoutlmv3.finetune.qa import read_questions
+
+    root, elsewhere = _class_root(tmp_path)
+    (elsewhere / "secret.json").write_text('{"words": [{"text": "SECRET", "box": [1, 1, 9, 9]}]}')
+    (root / "pages" / "page.json").unlink()
+    (root / "pages" / "page.json").symlink_to(elsewhere / "secret.json")
+    (root / "train.txt").write_text("pages/page.png letter\n")
+    with pytest.raises(OutsideDataRoot, match=r"train.txt:1: 'page.json' beside 'pages/page.png' leads outside"):
+        read_class_split(root / "train", ["letter"])
+    (root / "pages" / "page.json").unlink()
+    (root / "pages" / "page.json").symlink_to(elsewhere / "never-written.json")  # dangling: OCR would fill it
+    with pytest.raises(OutsideDataRoot, match=r"train.txt:1: 'page.json' beside"):
+        listed_pages(root / "train")
+    (root / "pages" / "page.json").unlink()
+    (root / "pages" / "page.json").symlink_to(root / "pages" / "real.json")  # a link that stays inside is fine
+    assert listed_pages(root / "train") == [(root / "pages" / "page.png", "letter")]
+
+    (root / "pages" / "page.json").unlink()
+    (root / "pages" / "page.json").symlink_to(elsewhere / "secret.json")
+    (root / "pages" / "pages.json").write_text(json.dumps({"data": [{"image": "page.png", "question": "Who?"}]}))
+    with pytest.raises(OutsideDataRoot, match=r"pages.json: question 0: 'page.json' beside 'page.png' leads outside"):
+        read_questions(root / "pages")

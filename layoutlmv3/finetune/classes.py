@@ -42,7 +42,7 @@ def listed_pages(split_dir: Path) -> list[tuple[Path, str]]:
                 path, _, label = line.strip().rpartition(" ")
                 if not path:
                     raise ValueError(f"{index}:{number}: expected 'relative/path label', got {line!r}")
-                entries.append((inside_root(split_dir.parent, path, f"{index}:{number}"), label))
+                entries.append((inside_root(split_dir.parent, path, f"{index}:{number}", beside=words_file), label))
         return entries
     if not split_dir.is_dir():
         raise FileNotFoundError(f"{split_dir}: no such split (expected a folder per class, or {index.name})")

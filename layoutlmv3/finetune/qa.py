@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from layoutlmv3.data_roots import inside_root
 from layoutlmv3.json_files import read_json_file
+from layoutlmv3.page_layout import words_file
 from layoutlmv3.processing import LayoutLMv3Processor
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
@@ -92,7 +93,7 @@ def question_entries(split_dir: Path) -> tuple[Path, list[dict[str, Any]]]:
 
 def entry_image(split_dir: Path, source: Path, index: int, entry: dict[str, Any]) -> Path:
     """The page of question `index` of `source`: its "image" under the split, refused if it leads outside it."""
-    return inside_root(split_dir, entry["image"], f"{source}: question {index}")
+    return inside_root(split_dir, entry["image"], f"{source}: question {index}", beside=words_file)
 
 
 def _string_list(value: Any) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from layoutlmv3.convert import convert_checkpoint, convert_from_hf, resolve_tag
+from layoutlmv3.convert.checkpoint import add_allow_global
 
 EPILOG = """\
 examples:
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="config.json giving the model shape (default: rebuilt from the run config)"
     )
     parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: the run's data.tokenizer)")
+    add_allow_global(parser)
     return parser
 
 
@@ -60,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 drop_pretraining_heads=args.drop_pretraining_heads,
                 config_path=args.config,
                 tokenizer_dir=args.tokenizer,
+                allowed_globals=tuple(args.allow_global),
             )
     except (ValueError, OSError) as error:  # a damaged, unsafe or other job's checkpoint included: named
         print(f"error: {error}", file=sys.stderr)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from layoutlmv3.convert import convert_checkpoint
-from layoutlmv3.convert.checkpoint import check_pretraining_checkpoint
+from layoutlmv3.convert.checkpoint import add_allow_global, check_pretraining_checkpoint
 from layoutlmv3.finetune.config import load_finetune_config
 from layoutlmv3.finetune.train import RESULTS_FILE
 from layoutlmv3.training.checkpointing import (
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="fine-tuning data root (default: the config's, or synthetic forms)")
     parser.add_argument("--index", type=int, help="probe only the INDEX-th checkpoint by step (a Slurm array task)")
     parser.add_argument("--collect", action="store_true", help="only write the table and chart of what is done")
+    add_allow_global(parser)
     return parser
 
 
@@ -105,7 +106,7 @@ def probe(tag: Path, args: argparse.Namespace, overrides: Sequence[str]) -> dict
         return json.loads((run / RESULTS_FILE).read_text())
     checkpoint = read_checkpoint(tag)
     if not (model / "config.json").is_file():
-        convert_checkpoint(checkpoint, model, drop_pretraining_heads=True)
+        convert_checkpoint(checkpoint, model, drop_pretraining_heads=True, allowed_globals=tuple(args.allow_global))
     command = [sys.executable, "-m", "launch.finetune", "--config", str(args.config), "--model", str(model)]
     command += ["--out", str(run), *(["--data", args.data] if args.data else []), *overrides]
     logger.info("%s: fine-tuning (step %d): %s", checkpoint.tag, checkpoint.step, " ".join(command))

@@ -13,9 +13,11 @@ such with what to do instead.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 from layoutlmv3.training.checkpointing import (
     COMPLETE_FILE,
     LATEST_FILE,
+    TAG_PATTERN,
     Checkpoint,
     complete_checkpoints,
     read_checkpoint,
@@ -56,23 +59,40 @@ MIM_DECODER = "mim_head.decoder.weight"
 def resolve_tag(directory: str | Path, tag: str = "latest") -> Checkpoint:
     """The complete checkpoint `tag` under `directory` ("latest": the tag its `latest` file names); `directory`
     may also be a tag directory itself. Its record is read and checked (DamagedCheckpoint naming it); the files
-    are verified by `convert_checkpoint`."""
-    directory = Path(directory)
-    if (directory / COMPLETE_FILE).is_file():
+    are verified by `convert_checkpoint`. `directory` is the user's (its links resolved); a tag, from `latest` or
+    --tag, must be a tag name (stepNNNNNNNN): a folder of `directory`, nothing else."""
+    directory = Path(directory).resolve()
+    if os.path.lexists(directory / COMPLETE_FILE):
         return read_checkpoint(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no such checkpoint directory")
+    source = "--tag"
     if tag == "latest":
         latest = directory / LATEST_FILE
         if not latest.is_file():
             raise ValueError(f"{directory} has no {LATEST_FILE} file: pass --tag (complete tags: {_tags(directory)})")
-        with open(latest, "rb") as handle:
-            tag = handle.read(256).decode("utf-8", "replace").strip()
-    if not tag or tag in (".", "..") or "/" in tag or "\\" in tag:  # a tag is a folder of `directory`, no more
-        raise ValueError(f"{tag!r} is not a checkpoint tag (a folder name such as step00001000) in {directory}")
-    if not (directory / tag).is_dir():
+        with open(latest, "rb") as handle:  # DeepSpeed's format: the tag alone; a longer file is not one
+            tag, source = handle.read(64).decode("utf-8", "replace").strip(), str(latest)
+    if not TAG_PATTERN.fullmatch(tag):
+        raise ValueError(
+            f"{source} names {tag[:40]!r}, not a checkpoint tag (a folder name such as step00001000) in "
+            f"{directory}; complete tags: {_tags(directory)}"
+        )
+    if not os.path.lexists(directory / tag):
         raise ValueError(f"{directory} has no checkpoint tag {tag!r}; complete tags: {_tags(directory)}")
     return read_checkpoint(directory / tag)
+
+
+def add_allow_global(parser: argparse.ArgumentParser) -> None:
+    """--allow-global: what checkpoint.allowed_globals is to a resume, for tools that read no run config."""
+    parser.add_argument(
+        "--allow-global",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a dotted type name a checkpoint's pickles may reference beyond the built-in allow-list (repeatable; "
+        "only plain-data types of a newer DeepSpeed, named by a refusal)",
+    )
 
 
 def convert_checkpoint(
@@ -83,16 +103,18 @@ def convert_checkpoint(
     drop_pretraining_heads: bool = False,
     config_path: str | Path | None = None,
     tokenizer_dir: str | Path | None = None,
+    allowed_globals: tuple[str, ...] = (),
 ) -> Path:
     """Write `checkpoint` as a model directory `out` (config.json, model.safetensors, tokenizer files).
 
     `to="hf"` writes transformers' layout, which has no pretraining heads, so it implies dropping them.
     `config_path` (a config.json, ours or transformers') replaces the shape rebuilt from the run config; a
-    checkpoint of another size is refused with the offending weights named.
+    checkpoint of another size is refused with the offending weights named. `allowed_globals`: pickled types
+    allowed beyond checkpointing.SAFE_GLOBALS (--allow-global), the user's word, never the checkpoint's.
     """
     if to not in FORMATS:
         raise ValueError(f"--to must be one of {FORMATS}, got {to!r}")
-    verify_checkpoint(checkpoint)  # before anything is unpickled: DeepSpeed's loads would run planted code
+    verify_checkpoint(checkpoint, allowed_globals)  # before anything is unpickled: DeepSpeed would run planted code
     check_pretraining_checkpoint(checkpoint)
     client = read_client_state(checkpoint)
     tokenizer = LayoutLMv3Tokenizer.from_pretrained(_tokenizer_dir(client, tokenizer_dir))
@@ -179,7 +201,9 @@ def read_client_state(checkpoint: Checkpoint) -> dict[str, Any]:
     raise ValueError(f"{checkpoint.path} has none of {MODEL_STATES}: not a DeepSpeed checkpoint")
 
 
-def consolidate(checkpoint: Checkpoint, verified: bool = False) -> dict[str, torch.Tensor]:
+def consolidate(
+    checkpoint: Checkpoint, verified: bool = False, allowed_globals: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
     """All ranks' fp32 weights as one state dict (DeepSpeed's own consolidation, its chatter kept off stdout).
 
     DeepSpeed unpickles with `weights_only=False`: the checkpoint is verified first unless the caller just did
@@ -187,7 +211,7 @@ def consolidate(checkpoint: Checkpoint, verified: bool = False) -> dict[str, tor
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     if not verified:
-        verify_checkpoint(checkpoint)
+        verify_checkpoint(checkpoint, allowed_globals)
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):

@@ -27,8 +27,15 @@ size and checksum (a truncated copy, a lost file, a byte flipped in place are na
 the files with the other ranks (each a share), so a save costs one read of the checkpoint; resuming reads it once
 on rank 0 (SHA-256 at about 1.5 GB/s a core). Records written before checksums were (sizes only), or before
 sizes were, still verify as far as they go. `--resume auto` falls back to the newest checkpoint that verifies (a
-damaged one, an unreadable record included, is renamed `TAG.damaged` so a later save cannot mix with its files;
-never a fresh start from step 0); an unsafe file is refused.
+damaged one, an unreadable record included, is renamed `TAG.damaged-YYYYmmddTHHMMSS` (`.1`, `.2`... when set aside
+twice in a second) so a later save cannot mix with its files; never a fresh start from step 0); an unsafe file is
+refused. Pruning after a save sets aside the same way an older tag whose record is damaged, once.
+
+A checkpoint may come from elsewhere: nothing of it is read through a link (a link in a tag, or a tag that is a
+link, is damage; links in paths a user gives are the user's), a tag read from `latest` or --tag must be a tag name,
+the record is read at most MAX_RECORD_BYTES, and the allowed pickled types come from the user (run config or
+command line), never from the checkpoint. Nothing in a tag but its pickles is loaded, and nothing is executed
+(DeepSpeed's zero_to_fp32.py copy in checkpoint.dir is never run: its module is imported from DeepSpeed itself).
 
 The global client state (step, samples, the resolved run config, the tokenizer fingerprint) travels inside
 DeepSpeed's checkpoint (`client_state`); per-rank state goes to rank_state/ because ZeRO-1/2 write the client
@@ -45,6 +52,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -59,7 +67,7 @@ import torch
 import torch.distributed as dist
 
 from layoutlmv3.checksums import ALGORITHM, file_digest
-from layoutlmv3.json_files import JsonFileError, read_json_file
+from layoutlmv3.json_files import JsonFileError, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -109,15 +117,29 @@ MAX_RECORD_BYTES = 16 << 20  # a record lists a file per rank and kind: a few hu
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """The checkpoint in tag directory `path`, from its `complete` record. A missing record is ValueError (a save
-    was interrupted); a record that does not parse or has the wrong shape is DamagedCheckpoint, naming it."""
+    was interrupted); a record that does not parse or has the wrong shape is DamagedCheckpoint, naming it, and so
+    is a tag or record that is not its own (a link) or not a regular file. The record is read at most
+    MAX_RECORD_BYTES + 1 bytes (a huge file, or one growing, is damaged, never read whole)."""
     path = Path(path)
     marker = path / COMPLETE_FILE
-    if not marker.is_file():
-        raise ValueError(f"{path} is not a complete checkpoint (no {COMPLETE_FILE} marker: a save was interrupted)")
+    _refuse_link(path)  # resuming or pruning it would read or delete another directory's files
     try:
-        if marker.stat().st_size > MAX_RECORD_BYTES:
-            raise DamagedCheckpoint(f"{marker} is {marker.stat().st_size} bytes, not a checkpoint record")
-        meta = read_json_file(marker)
+        kind = marker.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise ValueError(
+            f"{path} is not a complete checkpoint (no {COMPLETE_FILE} marker: a save was interrupted)"
+        ) from None
+    except OSError as error:
+        raise _read_failure(marker, error) from None
+    _refuse_link(marker)
+    if not stat.S_ISREG(kind):
+        raise DamagedCheckpoint(f"{marker} is not a regular file (a folder, FIFO or device): not a checkpoint record")
+    try:
+        with open(marker, "rb") as handle:
+            data = handle.read(MAX_RECORD_BYTES + 1)
+        if len(data) > MAX_RECORD_BYTES:
+            raise DamagedCheckpoint(f"{marker} is over {MAX_RECORD_BYTES} bytes, not a checkpoint record")
+        meta = parse_json(data, str(marker))
     except JsonFileError as error:
         raise DamagedCheckpoint(f"{error} (the checkpoint's record is damaged)") from None
     except OSError as error:
@@ -191,8 +213,14 @@ def checkpoint_tags(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    tags = [p for p in directory.iterdir() if TAG_PATTERN.fullmatch(p.name) and (p / COMPLETE_FILE).is_file()]
+    tags = [p for p in directory.iterdir() if TAG_PATTERN.fullmatch(p.name) and _has_record(p)]
     return sorted(tags, key=tag_step)
+
+
+def _has_record(path: Path) -> bool:
+    """Whether tag directory `path` has a `complete` entry of any kind (a link or folder is a damaged record,
+    named, not an incomplete save left unseen)."""
+    return os.path.lexists(path / COMPLETE_FILE)
 
 
 def complete_checkpoints(directory: str | Path) -> list[Checkpoint]:
@@ -235,7 +263,7 @@ def resolve_resume(resume: str, directory: str | Path, allowed_globals: tuple[st
                 "them and prune them: pass --resume auto, or set checkpoint.dir to a new directory"
             )
         return None
-    checkpoint = open_checkpoint(resume, allowed_globals)
+    checkpoint = open_checkpoint(Path(resume).resolve(), allowed_globals)  # the user's path: its links are theirs
     if tags and tag_step(tags[-1]) > checkpoint.step:
         raise ValueError(
             f"{directory} holds checkpoints newer than {resume} (newest: {tags[-1].name}): this run's saves would "
@@ -312,41 +340,44 @@ def verify_checkpoint(checkpoint: Checkpoint, allowed_globals: tuple[str, ...] =
     """Raise UnsafeCheckpoint for a pickle that would run code, DamagedCheckpoint for a file missing, added,
     resized or changed since the save (ValueError when the storage, not the file, fails: retry later).
 
-    The pickle scan (first, so a planted file is refused rather than skipped as damaged) reads only each file's
+    First the tag's tree (`_own_files`): only folders and regular files, no links (nothing outside the tag is
+    read or loaded through it) and no FIFOs or devices (a scan would block on them). Then the pickle scan (before
+    the record's checks, so a planted file is refused rather than skipped as damaged) reads only each file's
     pickle, not its tensor data; then no `.pt` file may be there that the save did not record (DeepSpeed globs
     `*optim_states.pt`), and every recorded file must have its size and, when recorded, its checksum.
-    `allowed_globals` extends SAFE_GLOBALS (checkpoint.allowed_globals, for types of a newer DeepSpeed).
+    `allowed_globals` extends SAFE_GLOBALS (checkpoint.allowed_globals, or --allow-global of convert.py and the
+    probe, for types of a newer DeepSpeed); a checkpoint cannot widen it itself.
     """
     allowed = SAFE_GLOBALS | set(allowed_globals)
-    pickles = sorted(checkpoint.path.rglob("*.pt"))
-    for path in pickles:
-        if f"{UNIVERSAL_DIR}.partial" in path.relative_to(checkpoint.path).parts:
-            continue  # an interrupted conversion: deleted and redone before use
-        if not path.is_file():  # a FIFO would block the scan for ever, a device feed it without end
-            raise DamagedCheckpoint(f"{path} is not a regular file")
+    files = _own_files(checkpoint.path)
+    pickles = [name for name in files if name.endswith(".pt")]
+    for name in pickles:
+        path = checkpoint.path / name
         try:
             found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         except OSError as error:
             raise _read_failure(path, error) from None
-        except Exception as error:
+        except Exception as error:  # not a zip of torch.save, or opcodes the static scan does not read: never loaded
             raise DamagedCheckpoint(f"{path} is not a readable torch checkpoint: {_one_line(error)}") from None
         unsafe = sorted(set(found) - allowed)
         if unsafe:
             raise UnsafeCheckpoint(
                 f"refusing to load {path}: its pickle would call {', '.join(unsafe)}, which a checkpoint of this "
                 "trainer never holds (was the file replaced?). If these are plain-data types of a newer DeepSpeed, "
-                "list them in checkpoint.allowed_globals"
+                f"allow them by name: {ALLOW_GLOBALS_HOW}"
             )
     if checkpoint.files is None:
         return  # written before `complete` recorded its files
-    for path in pickles:
-        name = path.relative_to(checkpoint.path)
-        if name.parts[0] not in _MADE_AFTER_THE_SAVE and name.as_posix() not in checkpoint.files:
-            raise DamagedCheckpoint(f"{path} was not written by the save (not in {COMPLETE_FILE}): added since")
+    for name in pickles:
+        if PurePosixPath(name).parts[0] not in _MADE_AFTER_THE_SAVE and name not in checkpoint.files:
+            raise DamagedCheckpoint(
+                f"{checkpoint.path / name} was not written by the save (not in {COMPLETE_FILE}): added since"
+            )
     for name, size in checkpoint.files.items():
         path = checkpoint.path / name
-        if not path.is_file():
-            raise DamagedCheckpoint(f"{path} is missing (saved with {size} bytes)")
+        if name not in files:
+            found = "is not a regular file" if os.path.lexists(path) else "is missing"
+            raise DamagedCheckpoint(f"{path} {found} (saved as a file of {size} bytes)")
         actual = path.stat().st_size
         if actual != size:
             raise DamagedCheckpoint(f"{path} is {actual} bytes, {size} when saved (truncated or replaced)")
@@ -361,6 +392,59 @@ def verify_checkpoint(checkpoint: Checkpoint, allowed_globals: tuple[str, ...] =
                 f"{path} differs from the file saved ({ALGORITHM} {actual[:12]}..., {digest[:12]}... when saved): "
                 "corrupted or overwritten in place"
             )
+
+
+# Where a user allows more pickled types (one sentence for every refusal: resume, convert.py, the probe).
+ALLOW_GLOBALS_HOW = (
+    "checkpoint.allowed_globals in the run config (resuming), --allow-global NAME (launch/convert.py, "
+    "launch/probe_checkpoints.py); never from the checkpoint itself"
+)
+
+
+def _own_files(tag: Path) -> set[str]:
+    """Every regular file under tag directory `tag` (relative POSIX paths), walked without following links.
+    DamagedCheckpoint for the tag or anything in it that is a link (to /etc/passwd, to a pickle planted
+    elsewhere, to a folder the scan would not enter but DeepSpeed would load from) or not a folder or regular
+    file (a FIFO or device would block the scan for ever), and for a folder named like a pickle. An interrupted
+    universal conversion is left out (deleted and redone before use)."""
+    _refuse_link(tag)
+    files: set[str] = set()
+    pending = [(tag, "")]
+    while pending:
+        folder, prefix = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as error:
+            raise _read_failure(folder, error) from None
+        for entry in entries:
+            name = f"{prefix}{entry.name}"
+            _refuse_link(Path(entry.path))
+            if entry.is_dir(follow_symlinks=False) and not entry.name.endswith(".pt"):
+                if name != f"{UNIVERSAL_DIR}.partial":
+                    pending.append((Path(entry.path), f"{name}/"))
+            elif entry.is_file(follow_symlinks=False):
+                files.add(name)
+            else:
+                raise DamagedCheckpoint(f"{entry.path} is not a regular file (a FIFO, device, socket or folder)")
+    return files
+
+
+def _refuse_link(path: Path) -> None:
+    """DamagedCheckpoint when `path` is a symbolic link: nothing of a checkpoint is read (or deleted) through one."""
+    if path.is_symlink():
+        target = os.readlink(path).replace("\n", "\\n")
+        raise DamagedCheckpoint(
+            f"{path} is a symbolic link (to {target[:200]}): a checkpoint's folder and files are its own, never read "
+            "through links"
+        )
+
+
+def _remove_tag(path: Path) -> None:
+    """Delete a tag directory; a link is removed, never what it points to (shutil.rmtree refuses links)."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path)
 
 
 # Folders a tag gets after its save (the universal form made on demand to resume on another world size).
@@ -448,7 +532,8 @@ def save_checkpoint(
     if engine.global_rank == 0 and path.exists():  # leftovers of a crashed save of this step: never mix two saves
         stale = path.with_name(f".{tag}.stale-{time.time_ns()}")
         path.rename(stale)  # a rename cannot half-fail like a removal on NFS (.nfsXXXX files)
-        shutil.rmtree(stale, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            _remove_tag(stale)
     failure = ""
     try:
         engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
@@ -672,14 +757,26 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 def _prune(directory: Path, keep: int) -> None:
     """Delete complete checkpoints beyond the newest `keep`, and incomplete ones older than the newest complete
-    (left by crashes; a newer incomplete one cannot exist while this process is the writer)."""
-    complete = complete_checkpoints(directory)
+    (left by crashes; a newer incomplete one cannot exist while this process is the writer). A damaged one (a
+    record that cannot be read, a link) is set aside once as TAG.damaged-TIME, as resuming would, instead of being
+    warned about at every save; one that cannot be read now (the storage) is left for the next prune."""
+    complete = []
+    for path in checkpoint_tags(directory):
+        try:
+            complete.append(read_checkpoint(path))
+        except DamagedCheckpoint as error:
+            try:
+                logger.error("checkpoint %s is damaged, moved to %s: %s", path.name, _set_aside(path), error)
+            except OSError as failure:  # renaming is not deleting: a failure costs a warning at the next save
+                logger.warning("checkpoint %s is damaged (%s) and cannot be moved aside: %s", path, error, failure)
+        except ValueError as error:
+            logger.warning("leaving %s for now: %s", path, error)
     for checkpoint in complete[:-keep]:
-        shutil.rmtree(checkpoint.path)
+        _remove_tag(checkpoint.path)
         logger.info("deleted old checkpoint %s", checkpoint.path)
     newest = complete[-1].step
     for path in directory.iterdir():
         match = TAG_PATTERN.fullmatch(path.name)
-        if match and int(match.group(1)) < newest and not (path / COMPLETE_FILE).exists():
-            shutil.rmtree(path)
+        if match and int(match.group(1)) < newest and not _has_record(path):
+            _remove_tag(path)
             logger.info("deleted incomplete checkpoint %s", path)

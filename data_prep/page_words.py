@@ -25,6 +25,7 @@ from layoutlmv3.data.sample_format import MANIFEST_FILE, META_FILE
 from layoutlmv3.data.shards import list_shards
 from layoutlmv3.json_files import parse_json
 from layoutlmv3.page_layout import read_words, to_sample_mode, words_file
+from layoutlmv3.page_sources import open_image
 from layoutlmv3.tokenizer import MAX_COORD
 
 from .ocr import Word, parse_tsv, run_tesseract
@@ -52,7 +53,7 @@ def ocr_missing_words(images: Iterable[Path]) -> int:
     pending = [image for image in images if not words_file(image).is_file()]
     for number, image in enumerate(pending, 1):
         logging.getLogger("ocr").info("OCR %d/%d: %s", number, len(pending), image)
-        with Image.open(image) as opened:
+        with open_image(image) as opened:  # the one page opener: pixel cap, page formats, no FIFO
             try:
                 words = ocr_words(opened)
             except PageRejected as error:
@@ -117,7 +118,7 @@ def write_words_from_shards(shards_dir: str | Path, images: Iterable[Path]) -> i
             f"(matched by the tail of their path to the samples' source), e.g. {missing[0]}"
         )
     for image, meta in matched.items():
-        with Image.open(image) as opened:
+        with open_image(image) as opened:  # header only; the pixel cap and page formats as every page reader
             width, height = opened.size
         entries = [
             {"text": text, "box": _pixels(box, width, height), "line": int(line)}

@@ -556,3 +556,32 @@ def test_a_words_file_planted_as_a_link_out_of_the_root_is_refused(tmp_path: Pat
     (root / "pages" / "pages.json").write_text(json.dumps({"data": [{"image": "page.png", "question": "Who?"}]}))
     with pytest.raises(OutsideDataRoot, match=r"pages.json: question 0: 'page.json' beside 'page.png' leads outside"):
         read_questions(root / "pages")
+
+
+def test_fine_tuning_ocr_of_pages_without_words_opens_them_as_every_page_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """launch/finetune.py OCRs the pages of a class folder that have no words file: a FIFO there blocked it for
+    ever, a 12000x12000 page was decoded (144 M pixels) and handed to Tesseract. Both refused by name, unread."""
+    import data_prep.page_words
+    from launch.finetune import fill_missing_words
+    from layoutlmv3.data_roots import NotARegularFile
+    from layoutlmv3.finetune.config import FinetuneConfig
+
+    ocr_runs = []
+    monkeypatch.setattr(data_prep.page_words, "ocr_words", lambda image: ocr_runs.append(image.size) or [])
+    for split in ("train", "test"):
+        (tmp_path / split / "letter").mkdir(parents=True)
+        Image.new("L", (40, 40), 255).save(tmp_path / split / "letter" / "page.png")
+        (tmp_path / split / "letter" / "page.json").write_text('{"words": []}')
+    config = FinetuneConfig(task="classes")
+    config.data.dir = str(tmp_path)
+    fifo = tmp_path / "train" / "letter" / "z.png"
+    os.mkfifo(fifo)
+    with pytest.raises(NotARegularFile, match=r"z.png is a FIFO"):
+        _within(5, lambda: fill_missing_words(config), [fifo])
+    fifo.unlink()
+    png_header(tmp_path / "train" / "letter" / "big.png", 12000, 12000)
+    with pytest.raises(PageTooLarge, match=r"big.png: a 12000x12000 page"):
+        fill_missing_words(config)
+    assert ocr_runs == []

@@ -28,13 +28,18 @@ import itertools
 import logging
 import math
 import os
+import re
+import select
 import signal
 import socket
 import subprocess
+import tarfile
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -49,6 +54,12 @@ logger = logging.getLogger(__name__)
 REMOTE_PREFIXES = ("http://", "https://", "pipe:")
 HTTP_TIMEOUT_S = 60.0  # one socket operation (connect, TLS handshake, one recv); the deadline bounds the attempt
 MAX_SMALL_FILE_BYTES = 1 << 28  # a manifest larger than 256 MiB is not one (a server sending for ever)
+# What one tar of samples may ask a reader to hold in memory (a member is read whole): far above any page's files,
+# far below what a declared size of a hostile or broken tar (10 GB in a 1 KB file, a sparse member) would take.
+MAX_MEMBER_BYTES = 1 << 26  # one file of a sample (a page image, its meta.json)
+MAX_SAMPLE_FILES = 64  # files of one sample (a page has a handful)
+MAX_TAR_HEADER_BYTES = 1 << 20  # a long name or pax extended header, which tarfile reads whole
+_POLL_S = 0.2  # how often a read blocked on a pipe: command looks at its deadline
 _skipped_shards = itertools.count(1)  # per process (each DataLoader worker counts its own)
 
 
@@ -81,6 +92,12 @@ class ShardMismatch(OSError):
 
 class SourceTooLarge(ValueError):
     """A small file (a manifest) that goes on past MAX_SMALL_FILE_BYTES: not retried."""
+
+
+class TarRefused(OSError):
+    """A tar that cannot be read safely as shard samples: a member, sample or header past the memory caps above, a
+    member kind no shard holds (sparse), or an archive cut short (a header incomplete or invalid, or no end
+    marker) -- which tarfile itself would take for the end of the archive, silently dropping the rest."""
 
 
 def is_remote(url: str) -> bool:
@@ -142,6 +159,22 @@ class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(functools.partial(_WatchedHTTPS, deadline=self.deadline), req, context=self._context)
 
 
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects are followed to http(s) URLs only, never to another scheme urllib would open (`ftp:`, where no
+    deadline watches the socket; `file:` and `data:` are refused by urllib already): a server's answer never makes
+    the reader open something other than a web resource."""
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise urllib.error.HTTPError(
+                newurl, code, f"{msg} - a redirect to {newurl!r} is not followed (http and https only)", headers, fp
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 class _HttpStream:
     """An HTTP body read under a deadline (redirects and proxies as urllib handles them), that raises when the
     connection ends before Content-Length bytes (http.client returns b"" then, which a tar reader can mistake for
@@ -150,7 +183,8 @@ class _HttpStream:
     def __init__(self, url: str, deadline_s: float) -> None:
         self.url = url
         self.deadline = Deadline(deadline_s, url)
-        opener = urllib.request.build_opener(_WatchedHTTPHandler(self.deadline), _WatchedHTTPSHandler(self.deadline))
+        handlers = (_WatchedHTTPHandler(self.deadline), _WatchedHTTPSHandler(self.deadline), _HttpOnlyRedirects())
+        opener = urllib.request.build_opener(*handlers)
         try:
             with self.deadline.waiting():
                 self.response = opener.open(url, timeout=min(HTTP_TIMEOUT_S, deadline_s))
@@ -187,10 +221,11 @@ class _PipeStream:
     def __init__(self, command: str, deadline_s: float) -> None:
         self.command = command
         self.deadline = Deadline(deadline_s, f"pipe:{command}")
+        self.ended = False  # its stdout reached its end
         try:
             self.errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close/abandon)
             self.process = subprocess.Popen(  # noqa: S602 (the user's command; names from data are checked)
-                command, shell=True, stdout=subprocess.PIPE, stderr=self.errors, start_new_session=True
+                command, shell=True, stdout=subprocess.PIPE, stderr=self.errors, start_new_session=True, bufsize=0
             )
         except BaseException:
             self.deadline.close()
@@ -206,8 +241,18 @@ class _PipeStream:
             os.killpg(self.process.pid, signal.SIGKILL)
 
     def read(self, size: int = -1) -> bytes:
+        """At most `size` bytes (one read of the pipe; all of it for -1). The wait for them looks at the deadline
+        itself: killing the command's group does not end a read while a process outside it (one that left the
+        group with setsid) still holds the pipe open."""
+        if size < 0:
+            return b"".join(iter(functools.partial(self.read, 1 << 20), b""))
         with self.deadline.waiting():
-            return self.process.stdout.read(size)
+            while not self.deadline.expired:
+                if select.select([self.process.stdout], [], [], _POLL_S)[0]:
+                    data = self.process.stdout.read(size) or b""
+                    self.ended = self.ended or (not data and size > 0)
+                    return data
+        return b""  # not reached: waiting() raises DeadlineExceeded once it has expired
 
     def close(self) -> None:
         try:
@@ -224,11 +269,12 @@ class _PipeStream:
 
     def exit_problem(self) -> str | None:
         """The command's own failure (non-zero exit, its stderr), which explains a broken read better; None when
-        it was cut off by the deadline (that is the explanation)."""
+        it was cut off by the deadline (that is the explanation) or is still writing (the read was refused for
+        what it wrote: no second spent waiting for an exit that is not coming)."""
         if self.deadline.expired:
             return None
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=1.0)
+            self.process.wait(timeout=1.0 if self.ended else 0.01)
         if self.process.returncode in (None, 0):
             return None
         return f"pipe command exited with {self.process.returncode}: {self.command}: {self._stderr()}"
@@ -328,11 +374,14 @@ class _Verified:
         return data
 
     def finish(self) -> None:
-        """Read what the tar reader left (the archive's end padding) and compare size and checksum."""
+        """Read what the tar reader left (the archive's end padding) and compare size and checksum. With a recorded
+        size, reading stops there: bytes after it cannot change a sample, and waiting for an end of stream that a
+        command's background child holds back would cost a deadline."""
         if self.size is None and self.digest is None:
             return
-        while self.read(1 << 20):
-            pass
+        while self.size is None or self.count < self.size:
+            if not self.read(1 << 20 if self.size is None else min(1 << 20, self.size - self.count)):
+                break
         if self.size is not None and self.count != self.size:
             raise ShardMismatch(f"{self.url} is {self.count} bytes, its manifest entry records {self.size}")
         if self.digest is not None and self.digest.hexdigest() != self.sha256:
@@ -429,8 +478,83 @@ def _abandon(stream: Any) -> None:
 
 
 def _grouped(stream: IO[bytes] | _Verified, url: str) -> Iterator[dict[str, Any]]:
-    files = tariterators.tar_file_iterator(stream)
-    return tariterators.group_by_keys({**item, "__url__": url} for item in files)
+    """webdataset's samples (files grouped by key) of the tar `stream`, read by `tar_files` within its caps."""
+    files = ({"fname": name, "data": data, "__url__": url} for name, data in _capped_samples(stream, url))
+    return tariterators.group_by_keys(files)
+
+
+def _capped_samples(stream: IO[bytes] | _Verified, url: str) -> Iterator[tuple[str, bytes]]:
+    """The files of `stream` with at most MAX_SAMPLE_FILES in a row of one key (one sample)."""
+    key, files = None, 0
+    for name, data in tar_files(stream, url):
+        prefix = tariterators.base_plus_ext(name)[0]
+        key, files = prefix, (files + 1 if prefix == key else 1)
+        if files > MAX_SAMPLE_FILES:
+            raise TarRefused(f"{url}: sample {prefix!r} has more than {MAX_SAMPLE_FILES} files: not a shard's sample")
+        yield name, data
+
+
+_WEBDATASET_META = re.compile(r"__[^/]*__($|/)")  # names webdataset's reader skips (its own metadata)
+
+
+_HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE)
+_HEADER_TYPES += (tarfile.SOLARIS_XHDTYPE,)
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """A tar header refused before tarfile reads what it declares: a long name or pax header over
+    MAX_TAR_HEADER_BYTES, a sparse member (its holes are made of memory). A short, empty or invalid block where a
+    header belongs is a cut, not the end (tarfile would end the archive there without a word)."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+        if len(buf) != tarfile.BLOCKSIZE:
+            raise TarRefused("the archive ends inside a header or without its end marker: cut short")
+        try:
+            return super().frombuf(buf, encoding, errors)
+        except tarfile.EOFHeaderError:
+            raise
+        except tarfile.HeaderError as error:
+            raise TarRefused(f"an invalid tar header ({error}): damaged or not a tar") from None
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise TarRefused(f"member {self.name!r} is a sparse file: no shard holds one")
+        if self.type in _HEADER_TYPES and self.size > MAX_TAR_HEADER_BYTES:
+            raise TarRefused(f"a tar header declaring {self.size} bytes (at most {MAX_TAR_HEADER_BYTES} are read)")
+        return super()._proc_member(tarfile_)
+
+
+def tar_files(
+    stream: IO[bytes] | _Verified, where: str, select: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, bytes]]:
+    """(name, content) of each regular file of the tar `stream` (as webdataset reads one: in order, nothing
+    written to disk, its `__...__` names skipped), whose name passes `select`. The one tar reader of shards: a
+    member over MAX_MEMBER_BYTES, a header over MAX_TAR_HEADER_BYTES, a sparse member or an archive cut short is a
+    TarRefused naming `where`; tarfile's list of members is emptied as it goes (a million entries cost nothing)."""
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_CheckedTarInfo)  # type: ignore[arg-type]  # noqa: SIM115
+    except TarRefused as error:
+        raise TarRefused(f"{where}: {error}") from None
+    with tar:  # closes tarfile's own reader, never `stream`
+        while (info := _next_member(tar, where)) is not None:
+            tar.members.clear()
+            name = info.name
+            if not info.isreg() or _WEBDATASET_META.match(name) or (select is not None and not select(name)):
+                continue
+            if info.size > MAX_MEMBER_BYTES:
+                raise TarRefused(
+                    f"{where}: member {name!r} declares {info.size} bytes, more than a sample's file may hold "
+                    f"({MAX_MEMBER_BYTES}): not read"
+                )
+            yield name, tar.extractfile(info).read()  # type: ignore[union-attr]
+
+
+def _next_member(tar: tarfile.TarFile, where: str) -> tarfile.TarInfo | None:
+    try:
+        return tar.next()
+    except TarRefused as error:
+        raise TarRefused(f"{where}: {error}") from None
 
 
 def _log_retry(url: str, failures: int, retry: RetryPolicy, error: Exception) -> None:

@@ -585,3 +585,16 @@ def test_fine_tuning_ocr_of_pages_without_words_opens_them_as_every_page_reader(
     with pytest.raises(PageTooLarge, match=r"big.png: a 12000x12000 page"):
         fill_missing_words(config)
     assert ocr_runs == []
+
+
+def test_an_index_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path) -> None:
+    from layoutlmv3.finetune.classes import listed_pages
+
+    (tmp_path / "train.txt").write_bytes(b"pages/a.png letter\r\npages/\xff.png memo\n")
+    with pytest.raises(ValueError, match=r"train.txt:2: not UTF-8 text \(invalid start byte at byte 26\)"):
+        listed_pages(tmp_path / "train")
+    (tmp_path / "train.txt").write_bytes(b"pages/a.png letter\r\n  pages/b c.png  memo  \r\n")  # CRLF, spaces
+    assert listed_pages(tmp_path / "train") == [
+        (tmp_path / "pages/a.png", "letter"),
+        (tmp_path / "pages/b c.png", "memo"),
+    ]

@@ -37,9 +37,10 @@ def listed_pages(split_dir: Path) -> list[tuple[Path, str]]:
     index = split_dir.parent / f"{split_dir.name}.txt"
     if index.is_file():
         entries = []
-        for number, line in enumerate(index.read_text().splitlines(), 1):
+        for number, line in enumerate(_index_lines(index), 1):
             if line.strip():
                 path, _, label = line.strip().rpartition(" ")
+                path = path.rstrip()  # spaces (or a tab) before the label are no part of the file name
                 if not path:
                     raise ValueError(f"{index}:{number}: expected 'relative/path label', got {line!r}")
                 entries.append((inside_root(split_dir.parent, path, f"{index}:{number}", beside=words_file), label))
@@ -53,6 +54,16 @@ def listed_pages(split_dir: Path) -> list[tuple[Path, str]]:
             raise ValueError(f"{folder}: a class folder without page images ({' '.join(sorted(IMAGE_SUFFIXES))})")
         pages += [(image, folder.name) for image in images]
     return pages
+
+
+def _index_lines(index: Path) -> list[str]:
+    """The lines of an index file, read as UTF-8 whatever the locale; other bytes are a ValueError naming the line."""
+    data = index.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"{index}:{line}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
 def class_names(split_dir: str | Path) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from layoutlmv3.data.remote import tar_files
 from layoutlmv3.data.sample_format import MANIFEST_FILE, META_FILE
 from layoutlmv3.data.shards import list_shards
 from layoutlmv3.json_files import parse_json
@@ -81,13 +82,11 @@ def shard_words(shards_dir: str | Path) -> dict[str, dict]:
     suffix = f".{META_FILE}"
     for shard in shards:
         try:
-            with tarfile.open(shard) as tar:
-                for member in tar:
-                    if member.isfile() and member.name.endswith(suffix):
-                        text = tar.extractfile(member).read()  # type: ignore[union-attr]
-                        meta = parse_json(text, f"{shard} member {member.name}")
-                        if int(meta.get("page", 0)) == 0:
-                            pages[str(meta["source"])] = meta
+            with shard.open("rb") as file:  # the one tar reader of shards (layoutlmv3.data.remote): its caps hold
+                for name, text in tar_files(file, str(shard), select=lambda name: name.endswith(suffix)):
+                    meta = parse_json(text, f"{shard} member {name}")
+                    if int(meta.get("page", 0)) == 0:
+                        pages[str(meta["source"])] = meta
         except (OSError, tarfile.TarError, AttributeError, KeyError, TypeError, ValueError) as error:  # bad JSON too
             raise ValueError(f"{shard}: not a readable data_prep shard ({type(error).__name__}: {error})") from None
     return pages

@@ -269,10 +269,15 @@ def test_member_names_that_leave_the_folder_are_only_keys_nothing_is_written(tmp
     assert sorted(p.name for p in tmp_path.rglob("*")) == before and not Path("/tmp/absolute_escape.txt").exists()
 
 
-def _sparse_header() -> bytes:
-    info = tarfile.TarInfo("page.png")
+def _sparse_header(name: str = "page.png") -> bytes:
+    """A GNU sparse member of 10 GB made of one hole: tarfile would hand 10 GB of zeros to whoever reads it."""
+    info = tarfile.TarInfo(name)
     info.type, info.size = tarfile.GNUTYPE_SPARSE, 0
-    return info.tobuf(tarfile.GNU_FORMAT)
+    block = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    block[483:495] = tarfile.itn(TEN_GB, 12, tarfile.GNU_FORMAT)  # its real size
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block[:512])
+    return bytes(block)
 
 
 def _pax_header(size: int) -> bytes:
@@ -352,3 +357,21 @@ def test_a_manifest_that_redirects_is_still_json_checked(tmp_path: Path) -> None
         head = f"HTTP/1.0 301 Moved\r\nLocation: {final}/manifest.json\r\nContent-Length: 0\r\n"
         with _raw_server(_respond(head, lambda c, s: None)) as url:
             assert read_bytes(f"{url}/manifest.json", QUICK) == body
+
+
+def test_every_reader_of_shard_members_takes_the_capped_reader(tmp_path: Path) -> None:
+    """The tokenizer check's first meta.json and data prep's words from shards read tars through tar_files too:
+    a 1.5 KB local shard whose meta.json is a 10 GB sparse file costs them no memory (tarfile alone: 10 GB)."""
+    from data_prep.page_words import shard_words
+    from layoutlmv3.training.inputs import first_sample_tokenizer
+
+    path = tmp_path / "shard-000000-000000.tar"
+    path.write_bytes(_sparse_header("k.meta.json") + bytes(1024))
+    tracemalloc.start()
+    try:
+        assert first_sample_tokenizer(str(path)) is None
+        with pytest.raises(ValueError, match=f"{path}: not a readable data_prep shard .*sparse file"):
+            shard_words(tmp_path)
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20
+    finally:
+        tracemalloc.stop()

@@ -19,7 +19,7 @@ from layoutlmv3.data import (
     read_manifest,
     total_samples,
 )
-from layoutlmv3.data.remote import DEFAULT_RETRY, RetryPolicy
+from layoutlmv3.data.remote import DEFAULT_RETRY, RetryPolicy, tar_files
 from layoutlmv3.data.sample_format import MANIFEST_FILE, META_FILE
 from layoutlmv3.pretraining.collator import PretrainingCollator
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
@@ -90,11 +90,10 @@ def first_sample_tokenizer(shard: str) -> str | None:
     if "://" in shard or shard.startswith("pipe:"):
         return None
     try:
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                if member.name.endswith(f".{META_FILE}"):
-                    return json.loads(tar.extractfile(member).read())["tokenizer"]
-    except (OSError, tarfile.TarError, ValueError, KeyError):
+        with open(shard, "rb") as file:  # the one tar reader of shards: its memory caps hold here too
+            for _, data in tar_files(file, shard, select=lambda name: name.endswith(f".{META_FILE}")):
+                return json.loads(data)["tokenizer"]
+    except (OSError, tarfile.TarError, ValueError, KeyError, TypeError):  # TypeError: a meta that is no object
         return None
     return None
 

@@ -188,3 +188,32 @@ def test_a_page_over_the_pixel_cap_is_refused_unread_alone_or_in_a_folder(
     err = capsys.readouterr().err
     assert "skipped big.png page 0: page_too_large" in err and "1 .xyz (e.g. notes.xyz)" in err
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["bmp_form.json", "gif_form.json"]
+
+
+def test_a_fifo_named_like_a_page_is_refused_alone_and_listed_in_a_folder(
+    model_dir: Path, page: Path, tmp_path: Path, capsys
+) -> None:
+    """Opening a FIFO waits for a writer for ever: predict.py refuses it by its kind (exit 2) and, in a folder,
+    lists it with broken links as skipped and does the other pages."""
+    import os
+    import subprocess
+    import sys
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    os.mkfifo(scans / "z.png")
+    (scans / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with Image.open(page) as image:
+        image.save(scans / "form.png")
+    (tmp_path / "w.json").write_text('{"words": [{"text": "Date", "box": [1, 1, 9, 9]}]}')
+    argv = ["--model", str(model_dir), "--words", str(tmp_path / "w.json"), "--image", str(scans / "z.png")]
+    run = subprocess.run(  # a child, so that a regression blocks it (killed at the timeout), not the test run
+        [sys.executable, "launch/predict.py", *argv, "--out", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert f"{scans / 'z.png'} page 0: unreadable_image" in run.stderr and "is a FIFO (named pipe)" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert predict_main(["--model", str(model_dir), "--image", str(scans), "--out", str(tmp_path / "out")]) == 0
+    assert "2 (broken link or not a regular file) (e.g. gone.png)" in capsys.readouterr().err
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["form.json"]

@@ -260,3 +260,35 @@ def test_loading_errors_are_clear(tmp_path):
     weights_file.write_bytes(weights_file.read_bytes()[:1000])
     with pytest.raises(ValueError, match="truncated"):
         LayoutLMv3Model.from_pretrained(tmp_path / "tiny")
+
+
+def test_a_sharded_index_from_elsewhere_reads_only_weight_files_beside_it(tmp_path):
+    """A model directory's index is data: names leading out of the directory, links, bad JSON and a wrong shape are
+    named errors; a plain two-file index loads."""
+    import json
+
+    from layoutlmv3.model.weights_io import SAFETENSORS_INDEX_NAME, read_weights
+
+    outside = tmp_path / "outside.safetensors"
+    safetensors.torch.save_file({"secret": torch.ones(1)}, outside)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    safetensors.torch.save_file({"a": torch.zeros(2)}, model_dir / "model-1.safetensors")
+    safetensors.torch.save_file({"b": torch.ones(2)}, model_dir / "model-2.safetensors")
+    (model_dir / "linked.safetensors").symlink_to(outside)
+    index = model_dir / SAFETENSORS_INDEX_NAME
+
+    def with_map(weight_map):
+        index.write_text(json.dumps({"weight_map": weight_map}))
+
+    with_map({"a": "model-1.safetensors", "b": "model-2.safetensors"})
+    assert sorted(read_weights(model_dir)) == ["a", "b"]
+    for name in ("../outside.safetensors", str(outside), "linked.safetensors", "model-1.bin"):
+        with_map({"a": "model-1.safetensors", "secret": name})
+        with pytest.raises(ValueError, match=f"{SAFETENSORS_INDEX_NAME}: .*{name.split('/')[-1]}"):
+            read_weights(model_dir)
+    for text, reason in (("{", "not valid JSON"), ("[1]", "weight_map"), ('{"weight_map": {}}', "weight_map")):
+        index.write_text(text)
+        with pytest.raises(ValueError, match=reason) as caught:
+            read_weights(model_dir)
+        assert SAFETENSORS_INDEX_NAME in str(caught.value)

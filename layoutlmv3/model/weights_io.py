@@ -26,10 +26,16 @@ def read_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a model directory: no {CONFIG_NAME}")
+    return _read_json(path)
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file of a model directory (which may come from elsewhere), its name in any error. The model package
+    imports nothing of the project, so this is its own small copy of `layoutlmv3.json_files`' rule."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -37,9 +43,8 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     if (directory / SAFETENSORS_NAME).is_file():
         return _load_safetensors(directory / SAFETENSORS_NAME)
     if (directory / SAFETENSORS_INDEX_NAME).is_file():
-        index = json.loads((directory / SAFETENSORS_INDEX_NAME).read_text())
         weights: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(index["weight_map"].values())):
+        for shard in _index_shards(directory / SAFETENSORS_INDEX_NAME):
             weights.update(_load_safetensors(directory / shard))
         return weights
     if (directory / PICKLE_NAME).is_file():
@@ -48,6 +53,22 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         except Exception as error:  # torch raises several types for truncated or hostile files
             raise ValueError(f"cannot read {directory / PICKLE_NAME} as plain tensors: {error}") from error
     raise FileNotFoundError(f"{directory}: no {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME} or {PICKLE_NAME}")
+
+
+def _index_shards(index_path: Path) -> list[str]:
+    """The weight files a sharded safetensors index names: plain file names beside it, nothing else (an index from
+    elsewhere naming `../../x` or `/abs` must not have files outside the model directory read)."""
+    index = _read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index_path}: expected an object with a non-empty 'weight_map' of tensor -> file name")
+    shards = sorted({str(name) for name in weight_map.values()})
+    for name in shards:
+        if Path(name).name != name or name in (".", "..") or "\x00" in name or not name.endswith(".safetensors"):
+            raise ValueError(f"{index_path}: {name!r} is not a .safetensors file name beside the index")
+        if (index_path.parent / name).is_symlink():
+            raise ValueError(f"{index_path}: {name!r} is a link; weight files are read from the model directory")
+    return shards
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -709,7 +709,7 @@ def prepare_universal(checkpoint: Checkpoint, rank: int) -> None:
         partial = checkpoint.path / f"{UNIVERSAL_DIR}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         logger.info("converting %s to a universal checkpoint (world size %d)", checkpoint.path, checkpoint.world_size)
-        command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal"]
+        command = [sys.executable, "-P", "-m", "deepspeed.checkpoint.ds_to_universal"]  # -P: never import from the cwd
         command += ["--input_folder", str(checkpoint.path), "--output_folder", str(partial)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:

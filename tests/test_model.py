@@ -292,3 +292,17 @@ def test_a_sharded_index_from_elsewhere_reads_only_weight_files_beside_it(tmp_pa
         with pytest.raises(ValueError, match=reason) as caught:
             read_weights(model_dir)
         assert SAFETENSORS_INDEX_NAME in str(caught.value)
+
+
+def test_masked_lm_loss_is_zero_not_nan_when_nothing_is_masked():
+    model = LayoutLMv3ForMaskedLM(tiny(vocab_size=200))
+    inputs = random_inputs(length=30, vocab_size=200)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    loss = model(**inputs, labels=labels).loss
+    assert torch.isfinite(loss) and loss.item() == 0.0
+    loss.backward()
+    assert all(torch.count_nonzero(p.grad) == 0 for p in model.parameters() if p.grad is not None)
+    labels[0, 3] = 7  # one masked position: the usual mean cross-entropy
+    logits = model(**inputs).logits[0, 3]
+    expected = torch.nn.functional.cross_entropy(logits[None].float(), torch.tensor([7]))
+    assert torch.allclose(model(**inputs, labels=labels).loss, expected, atol=1e-6)

@@ -437,5 +437,5 @@ class LayoutLMv3ForMaskedLM(LayoutLMv3PreTrainedModel):
             return MaskedLMOutput(logits=self.mlm_head(text), last_hidden_state=hidden)
         selected = labels != IGNORE_INDEX
         logits = self.mlm_head(text[selected])
-        loss = nn.functional.cross_entropy(logits.float(), labels[selected])
+        loss = labelled_cross_entropy(logits, labels[selected], IGNORE_INDEX)  # 0, not NaN, when none is masked
         return MaskedLMOutput(logits=logits, loss=loss, last_hidden_state=hidden)

@@ -18,10 +18,12 @@ rejects.jsonl, never dropped silently.
 
 from __future__ import annotations
 
+import html
+import math
 import re
 import xml.etree.ElementTree as ElementTree
-from html.parser import HTMLParser
 from pathlib import Path
+from xml.parsers import expat
 
 from PIL import Image
 
@@ -30,6 +32,7 @@ from .words import Word
 
 HOCR_SUFFIXES = (".hocr", ".html")
 HOCR_LINE_CLASSES = {"ocr_line", "ocrx_line", "ocr_header", "ocr_caption", "ocr_textfloat"}
+ALTO_POSITION = ("HPOS", "VPOS", "WIDTH", "HEIGHT")
 BBOX = re.compile(r"bbox\s+(-?\d+(?:\.\d+)?)\s+(-?\d+(?:\.\d+)?)\s+(-?\d+(?:\.\d+)?)\s+(-?\d+(?:\.\d+)?)")
 
 
@@ -94,108 +97,174 @@ class AltoOcr(_FileOcr):
             return parse_alto(path.read_bytes())
         except FileNotFoundError:
             return PageRejected(OCR_MISSING, f"no OCR file {path.name}")
-        except (OSError, ValueError, ElementTree.ParseError) as error:
+        except (OSError, ValueError) as error:
             return PageRejected(OCR_INVALID, f"{path.name}: {error}")
 
 
 def parse_hocr(text: str) -> list[ParsedPage]:
-    """The pages of an hOCR document; ValueError when it has none or a word has no bbox."""
+    """The pages of an hOCR document; ValueError when it has none, a word has no bbox or a number is not finite."""
     parser = _HocrParser()
-    parser.feed(text)
+    for event in _html_events(text):
+        parser.handle(*event)
     parser.close()
-    if parser.error:
-        raise ValueError(parser.error)
     if not parser.pages:
         raise ValueError("no ocr_page element: not hOCR")
     return parser.pages
 
 
-class _HocrParser(HTMLParser):
-    """Tracks the open elements' classes; collects ocrx_word text with the bbox of its title. HTMLParser, not an
-    XML parser: hOCR from some engines is HTML that is not well-formed XML."""
+# One tag: name, then attributes whose quoted values may hold anything but their quote; each step atomic, so a
+# failed match costs the distance to the next "<" or closing quote, never a rescan of the rest of the file.
+_TAG = re.compile(r"""<(/?)([A-Za-z][^\t\n\f\r /<>]*+)((?>[^<>"']+|"[^"]*"|'[^']*')*+)>""")
+_ATTRIBUTE = re.compile(r"""([^\s"'<>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+)))?""")
+_RAW_TEXT_END = {name: re.compile(rf"</{name}\s*>", re.IGNORECASE) for name in ("script", "style")}
+
+
+def _html_events(text: str):
+    """("start", tag, attrs, self_closing) / ("end", tag) / ("data", text) events of an HTML or XHTML document.
+
+    A single linear pass instead of html.parser: Python 3.11's HTMLParser takes quadratic time on some malformed
+    input (minutes for a 1 MB file of "<a<a<a...") and raises AssertionError on others ("<!["). Comments,
+    declarations (a DOCTYPE's entities included: HTML has none to expand) and processing instructions are skipped;
+    character references are decoded; a "<" that starts no tag is text, as browsers read it."""
+    position, end = 0, len(text)
+    while position < end:
+        opening = text.find("<", position)
+        if opening < 0:
+            opening = end
+        if opening > position:
+            yield ("data", html.unescape(text[position:opening]))
+        if opening == end:
+            return
+        if text.startswith("<!--", opening):
+            close = text.find("-->", opening + 4)
+            position = end if close < 0 else close + 3
+            continue
+        if text.startswith("<![CDATA[", opening):
+            close = text.find("]]>", opening + 9)
+            yield ("data", text[opening + 9 : end if close < 0 else close])
+            position = end if close < 0 else close + 3
+            continue
+        if text.startswith(("<!", "<?"), opening):
+            close = text.find(">", opening + 2)
+            position = end if close < 0 else close + 1
+            continue
+        match = _TAG.match(text, opening)
+        if match is None:
+            yield ("data", "<")
+            position = opening + 1
+            continue
+        position = match.end()
+        closing, tag, attributes = match.group(1), match.group(2).lower(), match.group(3)
+        if closing:
+            yield ("end", tag)
+            continue
+        values = {
+            name.lower(): html.unescape(next((v for v in value if v), ""))
+            for name, *value in _ATTRIBUTE.findall(attributes)
+        }
+        self_closing = attributes.rstrip().endswith("/")
+        yield ("start", tag, values, self_closing)
+        if tag in _RAW_TEXT_END and not self_closing:  # script/style text is not markup
+            raw_end = _RAW_TEXT_END[tag].search(text, position)
+            position = end if raw_end is None else raw_end.end()
+            yield ("end", tag)
+
+
+class _HocrParser:
+    """Tracks the open elements (each with the line id in effect inside it, so a word finds its line in O(1));
+    collects ocrx_word text with the bbox of its title. Not an XML parser: hOCR from some engines is HTML that is
+    not well-formed XML. An end tag with no open element of its name is ignored; one closes the elements opened
+    after its match (tolerates unclosed inline elements)."""
 
     VOID = {"meta", "br", "img", "link", "hr", "input"}
 
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self.pages: list[ParsedPage] = []
-        self.stack: list[tuple[str, set[str], int | None]] = []  # tag, classes, line id opened here
+        self.stack: list[tuple[str, int | None]] = []  # tag, line id in effect inside it
+        self.open_tags: dict[str, int] = {}
         self.lines = 0
-        self.word: tuple[tuple[float, ...], list[str]] | None = None
+        self.word: tuple[tuple[float, ...], int | None, list[str]] | None = None  # box, line, text parts
         self.word_depth = 0
-        self.error = ""
 
-    def _line(self) -> int | None:
-        return next((line for _, _, line in reversed(self.stack) if line is not None), None)
+    def handle(self, kind: str, *event) -> None:
+        if kind == "start":
+            self.start(*event)
+        elif kind == "end":
+            self.end(*event)
+        elif self.word is not None:
+            self.word[2].append(event[0])
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+    def start(self, tag: str, values: dict[str, str], self_closing: bool) -> None:
         if tag in self.VOID:
             return
-        values = dict(attrs)
-        classes = set((values.get("class") or "").split())
-        title = values.get("title") or ""
-        line = None
+        classes = set(values.get("class", "").split())
+        title = values.get("title", "")
+        line = self.stack[-1][1] if self.stack else None
         if "ocr_page" in classes:
             match = BBOX.search(title)
-            size = (float(match.group(3)), float(match.group(4))) if match else None
+            size = (_number(match.group(3), "page width"), _number(match.group(4), "page height")) if match else None
             self.pages.append(ParsedPage(size if size and size[0] > 0 and size[1] > 0 else None))
-        if classes & HOCR_LINE_CLASSES:
-            line = self.lines
-            self.lines += 1
-        self.stack.append((tag, classes, line))
         if "ocrx_word" in classes:
             match = BBOX.search(title)
             if match is None:
-                self.error = self.error or f"word without a bbox (title {title!r})"
-                return
-            self.word = (tuple(_number(v) for v in match.groups()), [])
-            self.word_depth = len(self.stack)
+                raise ValueError(f"word without a bbox (title {title[:100]!r})")
+            if self.word is not None:  # a word inside a word: the outer one ends here
+                self._finish_word()
+            self.word = (tuple(_number(value, "word bbox") for value in match.groups()), line, [])
+            self.word_depth = len(self.stack) + 1
+        if classes & HOCR_LINE_CLASSES:
+            line = self.lines
+            self.lines += 1
+        self.stack.append((tag, line))
+        self.open_tags[tag] = self.open_tags.get(tag, 0) + 1
+        if self_closing:
+            self.end(tag)
 
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.VOID:
+    def end(self, tag: str) -> None:
+        if not self.open_tags.get(tag):
             return
-        while self.stack:  # close up to the matching tag (tolerates unclosed inline elements)
-            open_tag, classes, _ = self.stack.pop()
+        while self.stack:
+            open_tag, _ = self.stack.pop()
+            self.open_tags[open_tag] -= 1
             if self.word is not None and len(self.stack) < self.word_depth:
                 self._finish_word()
             if open_tag == tag:
                 break
 
-    def handle_data(self, data: str) -> None:
+    def close(self) -> None:
+        """The end of the file closes what is still open (a word cut off by it keeps the text it has)."""
         if self.word is not None:
-            self.word[1].append(data)
+            self._finish_word()
 
     def _finish_word(self) -> None:
-        box, parts = self.word
+        box, line, parts = self.word
         self.word = None
         text = " ".join("".join(parts).split())
         if not text:
             return
         if not self.pages:
-            self.error = self.error or "a word outside any ocr_page"
-            return
-        line = self._line()
+            raise ValueError("a word outside any ocr_page")
         self.pages[-1].words.append(Word(text, box, line if line is not None else -1 - len(self.pages[-1].words)))
 
 
 def parse_alto(data: bytes) -> list[ParsedPage]:
     """The pages of an ALTO document (any version: namespaces are ignored); ValueError when it is not ALTO."""
-    root = ElementTree.fromstring(data)
+    root = _parse_xml(data)
     if _local(root.tag) != "alto":
-        raise ValueError(f"root element is <{_local(root.tag)}>, not <alto>")
+        raise ValueError(f"root element is <{_local(root.tag)[:100]}>, not <alto>")
     unit = next(((el.text or "").strip() for el in root.iter() if _local(el.tag) == "MeasurementUnit"), "") or "pixel"
     pages_found = [el for el in root.iter() if _local(el.tag) == "Page"]
     if not pages_found:
         raise ValueError("no Page element")
-    numbered = all(page.get("PHYSICAL_IMG_NR", "").strip().isdigit() for page in pages_found)
-    if numbered:
-        pages_found.sort(key=lambda page: int(page.get("PHYSICAL_IMG_NR")))
+    numbers = [_page_number(page) for page in pages_found]
+    if None not in numbers:
+        pages_found = [page for _, page in sorted(zip(numbers, pages_found), key=lambda pair: pair[0])]
     pages = []
     lines = 0
     for page in pages_found:
         size = _page_size(page)
         if unit != "pixel" and size is None:
-            raise ValueError(f"MeasurementUnit {unit} and no Page WIDTH/HEIGHT: cannot convert to pixels")
+            raise ValueError(f"MeasurementUnit {unit[:100]} and no Page WIDTH/HEIGHT: cannot convert to pixels")
         parsed = ParsedPage(size)
         for text_line in (el for el in page.iter() if _local(el.tag) == "TextLine"):
             for string in (el for el in text_line if _local(el.tag) == "String"):
@@ -203,27 +272,75 @@ def parse_alto(data: bytes) -> list[ParsedPage]:
                 if not content:
                     continue
                 try:
-                    x, y = _number(string.get("HPOS")), _number(string.get("VPOS"))
-                    width, height = _number(string.get("WIDTH")), _number(string.get("HEIGHT"))
-                except (TypeError, ValueError):
-                    raise ValueError(f"String {content!r} without numeric HPOS/VPOS/WIDTH/HEIGHT") from None
-                parsed.words.append(Word(content, (x, y, x + width, y + height), lines))
+                    x, y, width, height = (_number(string.get(name), name) for name in ALTO_POSITION)
+                except ValueError as error:
+                    raise ValueError(
+                        f"String {content[:100]!r} without numeric {'/'.join(ALTO_POSITION)}: {error}"
+                    ) from None
+                box = (x, y, x + width, y + height)
+                if not all(math.isfinite(value) for value in box):  # 1e308 + 1e308
+                    raise ValueError(f"String {content[:100]!r}: its box {box} is not finite")
+                parsed.words.append(Word(content, box, lines))
             lines += 1
         pages.append(parsed)
     return pages
 
 
-def _page_size(page: ElementTree.Element) -> tuple[float, float] | None:
+def _parse_xml(data: bytes) -> ElementTree.Element:
+    """`data` as an element tree; ValueError for anything that is not well-formed XML or declares entities.
+
+    ALTO needs no DTD entities, and expanding them is how a small file becomes gigabytes (billion laughs) or
+    reads a local file (an external entity): any <!ENTITY> declaration is refused before it is used, parameter
+    entities and external DTDs are never loaded."""
+    builder = ElementTree.TreeBuilder()
+    parser = expat.ParserCreate(namespace_separator="}")
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.StartElementHandler = builder.start
+    parser.EndElementHandler = builder.end
+    parser.CharacterDataHandler = builder.data
+    parser.EntityDeclHandler = _refuse_entities
+    parser.UnparsedEntityDeclHandler = _refuse_entities
+    parser.ExternalEntityRefHandler = _refuse_entities
     try:
-        width, height = float(page.get("WIDTH")), float(page.get("HEIGHT"))
-    except (TypeError, ValueError):
+        parser.Parse(data, True)
+    except expat.ExpatError as error:
+        raise ValueError(f"not well-formed XML: {error}") from None
+    return builder.close()
+
+
+def _refuse_entities(*_: object) -> None:
+    raise ValueError("the file declares or references DTD entities (<!ENTITY ...>), which ALTO does not use: refused")
+
+
+def _page_number(page: ElementTree.Element) -> int | None:
+    value = (page.get("PHYSICAL_IMG_NR") or "").strip()
+    return int(value) if value.isdecimal() and len(value) <= 9 else None
+
+
+def _page_size(page: ElementTree.Element) -> tuple[float, float] | None:
+    if page.get("WIDTH") is None or page.get("HEIGHT") is None:
+        return None
+    try:
+        width, height = _number(page.get("WIDTH"), "Page WIDTH"), _number(page.get("HEIGHT"), "Page HEIGHT")
+    except ValueError as error:
+        if "finite" in str(error):
+            raise
         return None
     return (width, height) if width > 0 and height > 0 else None
 
 
-def _number(text: str | None) -> int | float:
-    """An int when integral (pixel coordinates stay ints, as Tesseract's TSV gives them), else a float."""
-    value = float(text)  # TypeError for None, ValueError for garbage
+def _number(text: str | None, what: str) -> int | float:
+    """A finite number: an int when integral (pixel coordinates stay ints, as Tesseract's TSV gives them), else
+    a float. ValueError names `what` for garbage and for nan/inf (a page size of 1e999 would scale every word to
+    0,0)."""
+    if text is None:
+        raise ValueError(f"no {what}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{what}: {text[:50]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what}: {text[:50]!r} is not a finite number")
     return int(value) if value.is_integer() else value
 
 

@@ -25,12 +25,14 @@ from layoutlmv3.data import list_shards
 from layoutlmv3.data.remote import (
     MAX_MEMBER_BYTES,
     MAX_SAMPLE_FILES,
+    MAX_SMALL_FILE_BYTES,
     RetryPolicy,
     TarRefused,
     read_bytes,
     shard_samples,
     tar_files,
 )
+from layoutlmv3.data.shards import ManifestError
 from tests.test_data_loader import _write_dataset
 from tests.test_remote_shards import _alive, _deadline_threads, _raw_server
 
@@ -375,3 +377,76 @@ def test_every_reader_of_shard_members_takes_the_capped_reader(tmp_path: Path) -
         assert tracemalloc.get_traced_memory()[1] < 8 << 20
     finally:
         tracemalloc.stop()
+
+
+# ---------------------------------------------------------------- manifests built to hurt
+
+
+def _manifest_with(root: Path, shards: list[dict]) -> Path:
+    _write_dataset(root, (1,), source="m")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["shards"] = shards
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"samples": True}, "samples must be an integer"),
+        ({"samples": 1.0}, "samples must be an integer"),
+        ({"samples": 1e3}, "samples must be an integer"),
+        ({"samples": 10**30}, "samples must be an integer >= 0, got 10+ \\(at most 2\\*\\*53\\)"),
+        ({"samples": -1}, "samples must be an integer"),
+        ({"samples": "5"}, "samples must be an integer"),
+        ({"samples": 1, "bytes": 10**30}, "bytes must be an integer >= 0, got 10+ \\(at most 2\\*\\*53\\)"),
+        ({"samples": 10**6, "bytes": 10240}, "1000000 samples cannot fit in 10240 bytes"),
+        ({"samples": 1, "name": "shаrd-000000-000000.tar"}, "not a plain relative file name"),  # Cyrillic a
+        ({"samples": 1, "name": "shard-000000\u200b-000000.tar"}, "not a plain relative file name"),  # zero width
+        ({"samples": 1, "name": "ｓhard-000000-000000.tar"}, "not a plain relative file name"),  # fullwidth s
+        ({"samples": 1, "name": "shard-٠٠٠٠٠٠-000000.tar"}, "not a plain relative file name"),  # Arabic digits
+        ({"samples": 1, "name": "shard-000000-000000.ｔａｒ"}, "must end in .tar"),
+    ],
+    ids=[
+        "bool", "float", "1e3", "huge", "negative", "string", "huge-bytes", "more-samples-than-bytes",
+        "cyrillic", "zero-width", "fullwidth", "arabic-digits", "fullwidth-suffix",
+    ],
+)  # fmt: skip
+def test_counts_and_names_that_only_look_right_are_refused(tmp_path: Path, entry: dict, message: str) -> None:
+    shard = {"name": "shard-000000-000000.tar", **entry}
+    root = _manifest_with(tmp_path / "m", [shard])
+    with pytest.raises(ManifestError, match=message):
+        list_shards(root)
+
+
+def test_a_shard_listed_twice_is_refused(tmp_path: Path) -> None:
+    """Read twice per epoch, its pages would silently weigh double."""
+    entry = {"name": "train-000000.tar", "samples": 1}
+    root = _manifest_with(tmp_path / "m", [entry, {"name": "other.tar", "samples": 1}, entry])
+    with pytest.raises(ManifestError, match="shard train-000000.tar is listed twice"):
+        list_shards(root)
+
+
+def test_a_local_manifest_that_is_huge_or_not_a_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """The remote cap holds locally too: a 300 MB (sparse) manifest.json is refused from its size, a FIFO named
+    manifest.json (which would block the reader for ever) from its kind."""
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    with (huge / "manifest.json").open("wb") as file:
+        file.truncate(MAX_SMALL_FILE_BYTES + 1)
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "manifest.json")
+    with pytest.raises(ManifestError, match=f"{huge}/manifest.json: {MAX_SMALL_FILE_BYTES + 1} bytes, more than"):
+        list_shards(huge)
+    with pytest.raises(ManifestError, match=f"{fifo}/manifest.json: not a regular file"):
+        list_shards(fifo)
+
+
+def test_a_manifest_of_many_shards_loads_in_bounded_time(tmp_path: Path) -> None:
+    """100 000 entries (a 15 MB manifest) in seconds; the 256 MiB cap bounds a manifest to about 1.7 million
+    entries (about 16 s and 1 GB on a loaded 2-core machine, measured), refused past that."""
+    entries = [{"name": f"shard-{index:06d}-000000.tar", "samples": 9, "bytes": 10**6} for index in range(100_000)]
+    root = _manifest_with(tmp_path / "m", entries)
+    shards, took = _timed(lambda: list_shards(root))
+    assert len(shards) == 100_000 and shards[-1].url == f"{root}/shard-099999-000000.tar" and took < 10

@@ -330,9 +330,10 @@ def _page_groups(raw: Iterator[dict[str, Any]], samples: int, size: int) -> Iter
 
 
 def read_shards(urls: Iterable[str], retry: RetryPolicy, records: dict[str, Shard]) -> Iterator[dict[str, Any]]:
-    """The one checked path every shard reader takes (this loader, the image tokenizer's pages). Raw samples of the shards in turn (remote ones retried, see remote.py; `records`: what the manifest says of
-    each -- sample count, size, sha256 -- a shard that differs being damaged); an unreadable or damaged shard, or its
-    unreadable rest, is logged and skipped."""
+    """The one checked path every shard reader takes (this loader, the image tokenizer's pages): raw samples of
+    the shards in turn (remote ones retried, see remote.py; `records`: what the manifest says of each -- sample
+    count, size, sha256 -- a shard that differs being damaged); an unreadable or damaged shard, or its unreadable
+    rest, is logged and skipped."""
     empty_run = 0
     for url in urls:
         count = 0

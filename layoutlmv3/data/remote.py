@@ -533,7 +533,7 @@ def tar_files(
     member over MAX_MEMBER_BYTES, a header over MAX_TAR_HEADER_BYTES, a sparse member or an archive cut short is a
     TarRefused naming `where`; tarfile's list of members is emptied as it goes (a million entries cost nothing)."""
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_CheckedTarInfo)  # type: ignore[arg-type]  # noqa: SIM115
+        tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_CheckedTarInfo)  # noqa: SIM115 (closed below)
     except TarRefused as error:
         raise TarRefused(f"{where}: {error}") from None
     with tar:  # closes tarfile's own reader, never `stream`

@@ -9,8 +9,10 @@ whole with a `ManifestError` naming it and the entry.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 import braceexpand
 
-from layoutlmv3.data.remote import DEFAULT_RETRY, RetryPolicy, is_remote, read_json
+from layoutlmv3.data.remote import DEFAULT_RETRY, MAX_SMALL_FILE_BYTES, RetryPolicy, is_remote, read_json
 from layoutlmv3.data.sample_format import (
     IMAGE_SIZE,
     MANIFEST_FILE,
@@ -28,6 +30,8 @@ from layoutlmv3.data.sample_format import (
 from layoutlmv3.json_files import read_json_file
 
 MAX_SHARD_NAME = 1024
+MAX_COUNT = 2**53
+TAR_BLOCK = 512  # a sample is at least one tar member, a member at least one header block
 _NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")  # no leading dot ('..', hidden) or dash (an option)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -86,9 +90,16 @@ def parse_shard_entry(entry: object, where: str, index: int) -> ShardEntry:
         raise ManifestError(f"{where}: shard entry {index} has name {_short(name)}: {problem}; refused whole")
     samples, size, sha256 = entry.get("samples"), entry.get("bytes"), entry.get("sha256")
     if not _count(samples):
-        raise ManifestError(f"{where}: shard {name}: samples must be an integer >= 0, got {_short(samples)}")
+        raise ManifestError(
+            f"{where}: shard {name}: samples must be an integer >= 0, got {_short(samples)} (at most 2**53)"
+        )
     if size is not None and not _count(size):
-        raise ManifestError(f"{where}: shard {name}: bytes must be an integer >= 0, got {_short(size)}")
+        raise ManifestError(f"{where}: shard {name}: bytes must be an integer >= 0, got {_short(size)} (at most 2**53)")
+    if size is not None and samples * TAR_BLOCK > size:
+        raise ManifestError(
+            f"{where}: shard {name}: {samples} samples cannot fit in {size} bytes (each takes a {TAR_BLOCK}-byte "
+            "tar header at least): the entry is wrong"
+        )
     if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
         raise ManifestError(f"{where}: shard {name}: sha256 must be 64 lowercase hex digits, got {_short(sha256)}")
     return ShardEntry(name, samples, size, sha256)
@@ -101,11 +112,19 @@ def manifest_entries(manifest: object, where: str, at_least_one: bool = True) ->
         raise ManifestError(f"{where}: 'shards' must be a list of shard entries, got {_short(shards)}")
     if not shards and at_least_one:
         raise ManifestError(f"{where}: the manifest lists no shards")
-    return [parse_shard_entry(entry, where, index) for index, entry in enumerate(shards)]
+    entries = [parse_shard_entry(entry, where, index) for index, entry in enumerate(shards)]
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.name in seen:  # read twice per epoch: its pages would silently weigh double
+            raise ManifestError(f"{where}: shard {entry.name} is listed twice; refused whole")
+        seen.add(entry.name)
+    return entries
 
 
 def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A count a manifest may record: an int (not a bool, not a float) in 0..2**53 (exact in any JSON reader; a
+    sum over a million shards stays far inside int64)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
 
 
 def _short(value: object) -> str:
@@ -134,6 +153,7 @@ def read_manifest(path: str | Path, retry: RetryPolicy = DEFAULT_RETRY) -> dict[
         path = Path(path)
         if path.is_dir():
             path = path / MANIFEST_FILE
+        _check_small_local_file(path)
         manifest = read_json_file(path)
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path}: not a manifest (a JSON object expected, got {type(manifest).__name__})")
@@ -150,6 +170,19 @@ def read_manifest(path: str | Path, retry: RetryPolicy = DEFAULT_RETRY) -> dict[
             f"{path}: tokenizer must be the tokenizer's fingerprint, got {_short(manifest.get('tokenizer'))}"
         )
     return manifest
+
+
+def _check_small_local_file(path: Path) -> None:
+    """A local manifest within the remote one's cap (MAX_SMALL_FILE_BYTES), and a regular file: a FIFO named
+    manifest.json would block the reader for ever, a device never end."""
+    with contextlib.suppress(FileNotFoundError):  # read_json_file names a missing file
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            raise ManifestError(f"{path}: not a regular file (a manifest is a JSON file)")
+        if status.st_size > MAX_SMALL_FILE_BYTES:
+            raise ManifestError(
+                f"{path}: {status.st_size} bytes, more than a manifest may be ({MAX_SMALL_FILE_BYTES}): not a manifest"
+            )
 
 
 def list_shards(source: ShardSource, retry: RetryPolicy = DEFAULT_RETRY) -> list[Shard]:
@@ -194,7 +227,9 @@ def total_samples(shards: Sequence[Shard]) -> int | None:
 
 def _manifest_shards(path: Path) -> list[Shard]:
     root = path if path.is_dir() else path.parent
-    return _listed_shards(str(root / MANIFEST_FILE), read_manifest(path), lambda name: str(root / name))
+    # Checked names are plain relative paths: this string join gives what str(root / name) does, 20x faster.
+    prefix = "" if str(root) == "." else str(root).rstrip("/") + "/"
+    return _listed_shards(str(root / MANIFEST_FILE), read_manifest(path), lambda name: prefix + name)
 
 
 def _listed_shards(where: str, manifest: dict[str, Any], locate: Callable[[str], str]) -> list[Shard]:

@@ -450,3 +450,22 @@ def test_a_manifest_of_many_shards_loads_in_bounded_time(tmp_path: Path) -> None
     root = _manifest_with(tmp_path / "m", entries)
     shards, took = _timed(lambda: list_shards(root))
     assert len(shards) == 100_000 and shards[-1].url == f"{root}/shard-099999-000000.tar" and took < 10
+
+
+def test_endless_headers_and_a_content_length_that_is_no_number_are_bounded(tmp_path: Path, caplog) -> None:
+    """Header lines for ever: http.client stops at 100 headers (a failed attempt, named), long before the deadline.
+    A Content-Length of `-5` or `lots` counts as none: the shard is read to its end and its samples are whole."""
+
+    def endless(connection: socket.socket, stop: threading.Event) -> None:
+        while not stop.is_set():
+            connection.sendall(b"X-Again: and again\r\n")
+
+    with _raw_server(_respond("HTTP/1.0 200 OK", endless)) as url, caplog.at_level(logging.WARNING):
+        got, took = _timed(lambda: list(shard_samples(f"{url}/s.tar", QUICK)))
+    assert got == [] and took < QUICK.deadline_s and "got more than 100 headers" in caplog.text
+    path, _ = _shard(tmp_path)
+    data = path.read_bytes()
+    for length in ("-5", "lots"):
+        head = f"HTTP/1.0 200 OK\r\nContent-Length: {length}\r\n"
+        with _raw_server(_respond(head, lambda c, s: c.sendall(data))) as url:
+            assert len(list(shard_samples(f"{url}/s.tar", QUICK, expected=3))) == 3

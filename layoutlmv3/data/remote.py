@@ -188,7 +188,9 @@ class _HttpStream:
         try:
             with self.deadline.waiting():
                 self.response = opener.open(url, timeout=min(HTTP_TIMEOUT_S, deadline_s))
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, urllib.error.HTTPError):
+                error.close()  # its connection (the error page unread): not left to the garbage collector
             self.deadline.close()
             raise
         self.declared_size: int | None = self.response.length  # Content-Length, when the server sends one

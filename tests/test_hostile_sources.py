@@ -469,3 +469,24 @@ def test_endless_headers_and_a_content_length_that_is_no_number_are_bounded(tmp_
         head = f"HTTP/1.0 200 OK\r\nContent-Length: {length}\r\n"
         with _raw_server(_respond(head, lambda c, s: c.sendall(data))) as url:
             assert len(list(shard_samples(f"{url}/s.tar", QUICK, expected=3))) == 3
+
+
+def test_a_pipe_read_in_a_process_with_many_open_files(tmp_path: Path) -> None:
+    """A training process holds many descriptors (loader workers, sockets, logs): a command's pipe numbered past
+    1024 is read like any (select() refuses such numbers; poll() does not)."""
+    import resource
+
+    path, shard = _shard(tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("this machine allows fewer than 1200 open files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    null = os.open(os.devnull, os.O_RDONLY)
+    held = [os.dup(null) for _ in range(1100)]
+    try:
+        got = list(shard_samples(f"pipe:cat {path}", QUICK, 3, shard.bytes, shard.sha256))
+        assert len(got) == 3
+    finally:
+        for descriptor in [null, *held]:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -233,6 +233,8 @@ class _PipeStream:
             self.deadline.close()
             raise
         self.deadline.on_expiry(self._kill)
+        self.poller = select.poll()
+        self.poller.register(self.process.stdout, select.POLLIN)  # also wakes on POLLHUP/POLLERR: the end
 
     def __repr__(self) -> str:
         return f"pipe:{self.command}"
@@ -250,7 +252,7 @@ class _PipeStream:
             return b"".join(iter(functools.partial(self.read, 1 << 20), b""))
         with self.deadline.waiting():
             while not self.deadline.expired:
-                if select.select([self.process.stdout], [], [], _POLL_S)[0]:
+                if self.poller.poll(_POLL_S * 1000):  # poll, not select: any descriptor number (select: < 1024)
                     data = self.process.stdout.read(size) or b""
                     self.ended = self.ended or (not data and size > 0)
                     return data

@@ -13,6 +13,8 @@ Text-layer boxes are in PDF page space; the rendered image shows the page's Crop
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,12 +30,13 @@ from layoutlmv3.page_sources import (
     pdf_page_pixels,
 )
 
-from .rejects import PAGE_TOO_LARGE, TOO_MANY_PAGES, UNREADABLE_IMAGE, UNREADABLE_PAGE, PageRejected
+from .rejects import PAGE_TOO_LARGE, RENDER_TIMEOUT, TOO_MANY_PAGES, UNREADABLE_IMAGE, UNREADABLE_PAGE, PageRejected
 from .words import Ocr, Word
 
 __all__ = ["DEFAULT_PDF_DPI", "PDF_SUFFIX", "TextLayerFirst", "read_pdf_pages", "text_layer_words"]
 DEFAULT_PDF_DPI = 200  # pages are squashed to 224 px anyway; 200 dpi keeps small print legible for OCR
 POINTS_PER_INCH = 72.0
+RENDER_SECONDS = 60.0  # a dense page renders in well under a second at 200 dpi; past this it is a render_timeout
 LINE_BREAKS = frozenset("\r\n")
 
 
@@ -75,10 +78,12 @@ def read_pdf_pages(path: Path, start_page: int, dpi: int) -> Iterator[tuple[int,
                 yield number, PageRejected(UNREADABLE_PAGE, f"PDF page: {type(error).__name__}: {error}")
                 continue
             try:
-                image = page.render(scale=dpi / POINTS_PER_INCH).to_pil()
+                image = render_within(page, dpi / POINTS_PER_INCH, RENDER_SECONDS, f"PDF page {number}")
                 image = image.convert("RGB") if image.mode != "L" else image
                 image.info["dpi"] = (dpi, dpi)
                 yield number, image
+            except RenderTooSlow as error:
+                yield number, PageRejected(RENDER_TIMEOUT, error)
             except Exception as error:  # PDFium raises on damaged page content
                 yield number, PageRejected(UNREADABLE_PAGE, f"PDF page: {type(error).__name__}: {error}")
         if count > max(page_sources.MAX_PAGES_PER_FILE, start_page):
@@ -86,6 +91,40 @@ def read_pdf_pages(path: Path, start_page: int, dpi: int) -> Iterator[tuple[int,
             yield first, PageRejected(TOO_MANY_PAGES, pages_past_cap(first, "PDF", count))
     finally:
         document.close()
+
+
+class RenderTooSlow(RuntimeError):
+    """A PDF page whose drawing takes longer than the render deadline (a few kB of compressed drawing operators
+    can take PDFium minutes to paint)."""
+
+
+def render_within(page, scale: float, seconds: float, where: str) -> Image.Image:
+    """`page` rendered at `scale` (as ``PdfPage.render``: white, annotations drawn), abandoned with RenderTooSlow
+    after `seconds`. PDFium's progressive renderer asks every hundred or so drawing objects whether to pause; past
+    the deadline the answer is yes and the render is closed (a 49 kB PDF of 1 M strokes took 97 s to render)."""
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+
+    width, height = math.ceil(page.get_width() * scale), math.ceil(page.get_height() * scale)
+    bitmap = pdfium.PdfBitmap.new_native(width, height, format=pdfium_c.FPDFBitmap_BGR, rev_byteorder=False)
+    bitmap.fill_rect((255, 255, 255, 255), 0, 0, width, height)
+    deadline = time.monotonic() + seconds
+    pause = pdfium_c.IFSDK_PAUSE(version=1)
+    pause.NeedToPauseNow = type(pause.NeedToPauseNow)(lambda _: time.monotonic() > deadline)
+    status = pdfium_c.FPDF_RenderPageBitmap_Start(bitmap, page, 0, 0, width, height, 0, pdfium_c.FPDF_ANNOT, pause)
+    try:
+        while status == pdfium_c.FPDF_RENDER_TOBECONTINUED:
+            if time.monotonic() > deadline:
+                raise RenderTooSlow(
+                    f"{where}: drawing it took over {seconds:g} s (refused: hundreds of thousands of drawing "
+                    "operations, or a damaged page)"
+                )
+            status = pdfium_c.FPDF_RenderPage_Continue(page, pause)
+    finally:
+        pdfium_c.FPDF_RenderPage_Close(page)
+    if status != pdfium_c.FPDF_RENDER_DONE:
+        raise RuntimeError(f"PDFium could not render the page (status {status})")
+    return bitmap.to_pil()
 
 
 def text_layer_words(path: Path, page: int, image_size: tuple[int, int]) -> list[Word]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 UNREADABLE_IMAGE = "unreadable_image"  # the file cannot be opened / identified as an image
 UNREADABLE_PAGE = "unreadable_page"  # one page (frame) of the file fails to decode
 PAGE_TOO_LARGE = "page_too_large"  # more pixels than layoutlmv3.page_sources.MAX_PAGE_PIXELS (checked before decoding)
+RENDER_TIMEOUT = "render_timeout"  # a PDF page still drawing after data_prep.pdf.RENDER_SECONDS (abandoned)
 TOO_MANY_PAGES = "too_many_pages"  # pages of a file past page_sources.MAX_PAGES_PER_FILE (one reject for them all)
 OCR_MISSING = "ocr_missing"  # no OCR given for the image or for this page
 OCR_INVALID = "ocr_invalid"  # the given OCR file is not valid JSON of the expected shape

@@ -108,13 +108,13 @@ def test_text_layer_boxes_cover_the_rendered_ink_of_rotated_and_cropped_pages(tm
 def test_a_tiny_pdf_with_a_huge_page_is_rejected_before_it_is_rendered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pypdfium2
+    import data_prep.pdf
 
     write_pdf(tmp_path / "bomb.pdf", [{"media": [0, 0, 14400, 14400], "words": [(10, 10, "x")]}, PAGES[0]])
     assert (tmp_path / "bomb.pdf").stat().st_size < 1000
     rendered = []
-    original = pypdfium2.PdfPage.render
-    monkeypatch.setattr(pypdfium2.PdfPage, "render", lambda self, **kw: rendered.append(1) or original(self, **kw))
+    original = data_prep.pdf.render_within
+    monkeypatch.setattr(data_prep.pdf, "render_within", lambda *args: rendered.append(1) or original(*args))
     started = time.monotonic()
     (first, bomb), (second, page) = read_pages(tmp_path / "bomb.pdf", 0, pdf_dpi=200)
     assert time.monotonic() - started < 5
@@ -598,3 +598,53 @@ def test_an_index_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path) -
         (tmp_path / "pages/a.png", "letter"),
         (tmp_path / "pages/b c.png", "memo"),
     ]
+
+
+def strokes_pdf(path: Path, strokes: int) -> None:
+    """A page of `strokes` full-page lines in one Flate content stream (10 kB for 200000), then a plain page."""
+    content = zlib.compress(b"10 10 m 190 190 l S\n" * strokes, 9)
+    pages = [(b"<</Length %d/Filter/FlateDecode>>" % len(content), content), (b"<</Length 0>>", b"")]
+    objects = [b"<</Type/Catalog/Pages 2 0 R>>", b"<</Type/Pages/Kids[3 0 R 5 0 R]/Count 2>>"]
+    for number, (head, body) in enumerate(pages):
+        objects.append(b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]/Contents %d 0 R>>" % (4 + 2 * number))
+        objects.append(head + b"stream\n" + body + b"\nendstream")
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<</Size %d/Root 1 0 R>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    path.write_bytes(bytes(out))
+
+
+def test_a_pdf_page_that_takes_too_long_to_draw_is_abandoned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 49 kB PDF of 1 M strokes took PDFium 97 s to render (unbounded: 10 MB, hours). Rendering is progressive
+    with a deadline: past it the page is a render_timeout reject and the file's next page is rendered."""
+    import pypdfium2
+
+    import data_prep.pdf
+    from data_prep.rejects import RENDER_TIMEOUT
+
+    strokes_pdf(tmp_path / "slow.pdf", 200_000)
+    assert (tmp_path / "slow.pdf").stat().st_size < 20_000
+    monkeypatch.setattr(data_prep.pdf, "RENDER_SECONDS", 0.3)
+    started = time.monotonic()
+    (first, rejected), (second, page) = read_pages(tmp_path / "slow.pdf", 0, pdf_dpi=200)
+    assert time.monotonic() - started < 10
+    assert (first, rejected.reason) == (
+        0,
+        RENDER_TIMEOUT,
+    ) and "PDF page 0: drawing it took over 0.3 s" in rejected.detail
+    assert second == 1 and isinstance(page, Image.Image) and page.size == (556, 556)
+
+    write_pdf(tmp_path / "pages.pdf", PAGES)  # the deadline render draws what PDFium's plain render draws
+    document = pypdfium2.PdfDocument(tmp_path / "pages.pdf")
+    try:
+        for number in (0, 6, 7):
+            expected = document[number].render(scale=100 / 72).to_pil()
+            drawn = data_prep.pdf.render_within(document[number], 100 / 72, 60, "x")
+            assert drawn.size == expected.size and drawn.tobytes() == expected.tobytes()
+    finally:
+        document.close()

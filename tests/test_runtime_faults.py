@@ -229,3 +229,174 @@ def test_a_wait_for_a_batch_gives_up_when_asked(tmp_path: Path) -> None:
     stalled.release.set()
     assert batches.next(lambda: False) == {"x": 1}
     batches.close()
+
+
+# ---------------------------------------------------------------- the reading thread, attacked
+
+
+class _Scripted:
+    """A resumable loader whose passes are scripted: each pass yields its items in turn; an exception instance
+    among them is raised there (as the loader would raise it inside the reading thread)."""
+
+    def __init__(self, *passes: list) -> None:
+        self.passes, self.epoch, self.drawn, self.made = list(passes), 0, 0, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        items = self.passes[self.epoch] if self.epoch < len(self.passes) else self.passes[-1]
+        for item in items[self.drawn :]:
+            if isinstance(item, BaseException):
+                raise item
+            self.drawn += 1
+            self.made += 1
+            yield {"x": item}
+        self.epoch, self.drawn = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "drawn": self.drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.drawn = state["epoch"], state["drawn"]
+
+
+def _within(seconds: float) -> callable:
+    deadline = time.monotonic() + seconds
+    return lambda: time.monotonic() > deadline
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("shard s-000001.tar was tokenized with another vocabulary: token id 50321 >= 300"),
+        RuntimeError("100 shards in a row held no readable sample (last: s-000099.tar)"),
+    ],
+)
+def test_a_loader_error_in_the_reading_thread_is_raised_in_the_loop_at_its_batch_and_after(error: Exception) -> None:
+    """The loop sees the loader's own exception (so the runner's handling and exit code are those of the loop
+    reading the loader itself), after the batches before it, and again at every later `next`: never a wait on a
+    thread that has ended."""
+    with PrefetchedBatches(_Scripted([1, 2, error])) as batches:
+        assert [batches.next(_within(5))["x"] for _ in range(2)] == [1, 2]
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(type(error)) as raised:
+                batches.next(_within(3))
+            assert raised.value is error
+            assert time.monotonic() - started < 1
+
+
+def test_the_batches_go_on_epoch_after_epoch_as_the_loader_yields_them() -> None:
+    """Each pass of the loader continues the stream (an empty pass, as an exact-mode resume after an epoch's last
+    batch makes, included), exactly as the loop's former `while True: yield from loader`; positions follow."""
+    passes = [[1, 2], [], [3], [4, 5, 6], [7]]
+    straight, expected = _Scripted(*passes), []
+    for _, batch in zip(range(9), _epochs(straight)):
+        expected.append((batch["x"], straight.state_dict()))
+    with PrefetchedBatches(_Scripted(*passes)) as batches:
+        got = []
+        for _ in range(9):
+            got.append((batches.next(_within(5))["x"], batches.position))
+    assert got == expected
+
+
+def test_a_loader_that_never_yields_is_a_named_error_not_a_spin() -> None:
+    """Every shard of the rank unreadable in exact mode: each epoch ends empty. The loop once spun there for ever."""
+    with PrefetchedBatches(_Scripted([])) as batches, pytest.raises(RuntimeError, match="in 3 passes in a row"):
+        batches.next(_within(5))
+
+
+def test_the_reading_thread_reads_at_most_two_batches_ahead() -> None:
+    loader = _Scripted(list(range(1000)))
+    with PrefetchedBatches(loader) as batches:
+        assert batches.next(_within(5)) == {"x": 0}
+        time.sleep(1.0)
+        assert loader.made <= 3  # the one handed out, one in the queue, one waiting to go in
+
+
+def test_a_killed_dataloader_worker_reaches_the_loop_as_torchs_error() -> None:
+    """SIGKILL of a DataLoader worker (the OOM killer): torch notices in the reading thread (within its 5 s status
+    check: its SIGCHLD handler exists only for iterators of the main thread) and the loop raises that error."""
+    import signal as signals
+
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class Slow(IterableDataset):
+        def __iter__(self) -> Iterator[int]:
+            for index in range(10**6):
+                time.sleep(0.05)
+                yield index
+
+    class Resumable:
+        dataloader = DataLoader(Slow(), batch_size=1, num_workers=1, multiprocessing_context="fork")
+
+        def __iter__(self) -> Iterator:
+            return iter(self.dataloader)
+
+        def state_dict(self) -> dict:
+            return {}
+
+    import multiprocessing
+
+    with PrefetchedBatches(Resumable()) as batches:
+        batches.next(_within(10))
+        (worker,) = multiprocessing.active_children()
+        os.kill(worker.pid, signals.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="DataLoader worker"):
+            while batches.next(_within(15)) is not None:
+                pass
+        assert time.monotonic() - started < 12
+
+
+_BLOCKED_RUN = """
+import os, sys, threading, time
+from torch.utils.data import DataLoader, IterableDataset
+from layoutlmv3.training.prefetch import PrefetchedBatches
+from layoutlmv3.training.signals import StopRequest
+
+class Blocked(IterableDataset):  # a worker whose read never returns (a dead NFS server)
+    def __iter__(self):
+        threading.Event().wait()
+        yield 0
+
+class Resumable:
+    dataloader = DataLoader(Blocked(), batch_size=1, num_workers=1, multiprocessing_context="fork")
+    def __iter__(self):
+        return iter(self.dataloader)
+    def state_dict(self):
+        return {}
+
+with StopRequest(), PrefetchedBatches(Resumable()) as batches:
+    print("waiting", flush=True)
+    deadline = time.monotonic() + float(sys.argv[1])
+    assert batches.next(lambda: time.monotonic() > deadline) is None
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("ending", ["run end", "second ctrl-c"])
+def test_a_reading_thread_blocked_for_ever_does_not_keep_the_process_alive(ending: str) -> None:
+    """At the run's end, or on a second Ctrl-C (which aborts), the process exits although the reading thread sits
+    in a DataLoader whose worker never answers."""
+    import signal as signals
+
+    wait = "1" if ending == "run end" else "600"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _BLOCKED_RUN, wait],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline() == "waiting\n"
+        if ending == "second ctrl-c":
+            child.send_signal(signals.SIGINT)  # a stop request: the loop would give up after 10 s
+            time.sleep(2.5)
+            child.send_signal(signals.SIGINT)  # a second Ctrl-C aborts
+        out, err = child.communicate(timeout=20)
+    finally:
+        child.kill()
+    if ending == "run end":
+        assert child.returncode == 0 and out == "done\n", err
+    else:
+        assert child.returncode != 0 and "KeyboardInterrupt" in err and "done" not in out

@@ -107,7 +107,8 @@ class PrefetchedBatches:
                     epoch = self.loader.state_dict().get("epoch", "?")
                     raise RuntimeError(
                         f"the train loader yielded no batch in {MAX_EMPTY_PASSES} passes in a row (now at epoch "
-                        f"{epoch}): no sample of this rank's data is readable (see the warnings about its shards)"
+                        f"{epoch}): this rank reads no sample (its shards unreadable: see the warnings above; or, in exact mode, "
+                        "fewer shards than ranks)"
                     )
         except BaseException as error:  # handed to the loop's thread, which raises it
             self._put((None, None, error))

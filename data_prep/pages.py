@@ -11,6 +11,7 @@ of an exception, so one corrupt scan never stops a run.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ IMAGE_SUFFIXES = PAGE_SUFFIXES  # the name build_shards and older callers use; o
 # Files that sit beside page images as their OCR or annotations: not reported as skipped.
 SIDE_FILE_SUFFIXES = frozenset({".json", ".hocr", ".html", ".htm", ".xml"})
 NOT_A_FILE = "(broken link or not a regular file)"  # how a scan lists entries that are neither file nor folder
+NOT_UTF8 = "(file name not UTF-8)"  # names that records (JSON, UTF-8) cannot hold: rename them to read them
 
 
 @dataclass
@@ -48,6 +50,12 @@ class InputScan:
     pages: list[str] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
+
+    def skip(self, kind: str, relative: str) -> None:
+        """Count a file that is not read, keeping the first of its kind as the example (printable, whatever bytes
+        its name holds)."""
+        self.skipped[kind] += 1
+        self.examples.setdefault(kind, os.fsencode(relative).decode("utf-8", "backslashreplace"))
 
     def skipped_note(self) -> str:
         """'' if nothing was skipped, else one line naming the files that are not pages (by type, with examples)."""
@@ -60,24 +68,28 @@ class InputScan:
 
 
 def scan_folder(root: Path) -> InputScan:
-    """The page files under ``root`` and what was skipped (broken links, FIFOs and devices among it, whatever their
-    suffix). Hidden files (temporaries) and OCR side files are neither. One walk of the tree, which on a corpus of millions of files on a shared filesystem is minutes."""
+    """The page files under ``root`` and what was skipped (broken links, FIFOs and devices whatever their suffix,
+    pages whose names are not UTF-8). Hidden files (temporaries) and OCR side files are neither. One walk of the
+    tree, which on a corpus of millions of files on a shared filesystem is minutes."""
     scan = InputScan()
     for path in root.rglob("*"):
         if path.name.startswith("."):
             continue
+        relative = path.relative_to(root).as_posix()
         if not path.is_file():
             if not path.is_dir():  # a broken link, FIFO, socket or device: never opened (a FIFO blocks), but listed
-                scan.skipped[NOT_A_FILE] += 1
-                scan.examples.setdefault(NOT_A_FILE, path.relative_to(root).as_posix())
+                scan.skip(NOT_A_FILE, relative)
             continue
         suffix = path.suffix.lower()
         if suffix in PAGE_SUFFIXES:
-            scan.pages.append(path.relative_to(root).as_posix())
+            try:
+                relative.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that are not UTF-8 (a Latin-1 "café.png"): no record could name it
+                scan.skip(NOT_UTF8, relative)
+                continue
+            scan.pages.append(relative)
         elif suffix not in SIDE_FILE_SUFFIXES:
-            kind = suffix or "(no suffix)"
-            scan.skipped[kind] += 1
-            scan.examples.setdefault(kind, path.relative_to(root).as_posix())
+            scan.skip(suffix or "(no suffix)", relative)
     scan.pages.sort()
     return scan
 

@@ -648,3 +648,27 @@ def test_a_pdf_page_that_takes_too_long_to_draw_is_abandoned(tmp_path: Path, mon
             assert drawn.size == expected.size and drawn.tobytes() == expected.tobytes()
     finally:
         document.close()
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_as_skipped_not_a_crash(tmp_path: Path, caplog) -> None:
+    """A Latin-1 'café.png' from an old archive: data prep wrote its name into UTF-8 JSON records and died with a
+    UnicodeEncodeError traceback at the end of the chunk. The scan lists it as skipped; the other pages build."""
+    from data_prep.build_shards import BuildConfig, build
+    from data_prep.pages import scan_folder
+    from layoutlmv3.tokenizer import train_bpe
+
+    (tmp_path / "in").mkdir()
+    words = '{"pages": [{"page": 0, "words": [{"text": "Invoice", "box": [1, 1, 30, 20], "line": 0}]}]}'
+    for name in ("ok", "caf\udce9"):  # the second: the byte 0xe9 as Python names it
+        Image.new("L", (60, 40), 255).save(os.fsencode(tmp_path / "in" / f"{name}.png"))
+        (tmp_path / "in" / f"{name}.json").write_text(words)
+    scan = scan_folder(tmp_path / "in")
+    assert scan.pages == ["ok.png"]
+    assert (
+        scan.skipped_note()
+        == "skipped 1 file(s) of other types than pages: 1 (file name not UTF-8) (e.g. caf\\xe9.png)"
+    )
+    train_bpe(["Invoice"] * 5, vocab_size=300).save_pretrained(tmp_path / "vocab")
+    build(BuildConfig(tmp_path / "in", tmp_path / "out", "json", tmp_path / "vocab", progress_bar=False))
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["total_samples"] == 1
+    assert "(file name not UTF-8): 1" in caplog.text

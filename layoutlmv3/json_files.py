@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from layoutlmv3.data_roots import NotARegularFile, check_regular_file
+
 
 class JsonFileError(ValueError):
     """A JSON file (or URL) that cannot be read as JSON; the message names it and says where it broke."""
@@ -31,7 +33,8 @@ def read_json_file(path: str | Path) -> Any:
     """A local JSON file parsed; a missing or unreadable file raises OSError naming it, bad JSON JsonFileError."""
     path = Path(path)
     try:
+        check_regular_file(path)  # a FIFO named like a JSON file would block the reader for ever
         data = path.read_bytes()
-    except IsADirectoryError:
-        raise JsonFileError(f"{path} is a directory, expected a JSON file") from None
+    except NotARegularFile as error:  # a folder, FIFO, device: named with its kind
+        raise JsonFileError(f"{error}, expected a JSON file") from None
     return parse_json(data, str(path))

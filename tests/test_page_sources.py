@@ -672,3 +672,20 @@ def test_a_file_name_that_is_not_utf8_is_listed_as_skipped_not_a_crash(tmp_path:
     build(BuildConfig(tmp_path / "in", tmp_path / "out", "json", tmp_path / "vocab", progress_bar=False))
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["total_samples"] == 1
     assert "(file name not UTF-8): 1" in caplog.text
+
+
+def test_json_files_from_data_that_are_fifos_are_refused_without_blocking(tmp_path: Path) -> None:
+    """FUNSD annotations, CORD receipts, words files and every other JSON read from data go through
+    json_files.read_json_file: a FIFO there is refused by its kind."""
+    from layoutlmv3.finetune.funsd import read_split
+    from layoutlmv3.json_files import JsonFileError, read_json_file
+
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "images").mkdir()
+    fifo = tmp_path / "annotations" / "f.json"
+    os.mkfifo(fifo)
+    Image.new("L", (40, 40), 255).save(tmp_path / "images" / "f.png")
+    with pytest.raises(JsonFileError, match=r"f.json is a FIFO \(named pipe\), not a regular file"):
+        _within(5, lambda: read_split(tmp_path), [fifo])
+    with pytest.raises(JsonFileError, match=r"annotations is a folder, not a regular file: refused unread, expected"):
+        read_json_file(tmp_path / "annotations")

@@ -493,3 +493,47 @@ def test_cord_receipts_are_read_with_their_own_fields_and_dev_split(forms: Path,
     path.write_text(json.dumps(receipt))
     with pytest.raises(ValueError, match="has category 'store.name', which is not one of"):
         read_cord_page(path, image, "word", job.labels)
+
+
+def _empty_word_pages(root: Path, count: int) -> None:
+    """`count` FUNSD pages whose only words are empty: not one labelled token."""
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for index in range(count):
+        Image.new("RGB", (200, 100), "white").save(root / "images" / f"blank{index}.png")
+        kinds = ("question", "answer", "header", "other")  # the label set of the synthetic forms
+        words = [{"text": "", "box": [10, 10, 20, 20]}]
+        form = [{"id": i, "label": kind, "box": [10, 10, 20, 20], "words": words} for i, kind in enumerate(kinds)]
+        (root / "annotations" / f"blank{index}.json").write_text(json.dumps({"form": form}))
+
+
+def test_only_training_windows_without_a_labelled_token_are_left_out(tmp_path: Path) -> None:
+    """Dev and test windows are all scored (a page of the test split with nothing labelled still has its windows);
+    training windows without a labelled token go, those with one stay; none left is a named error."""
+    _empty_word_pages(tmp_path / "blank", 2)
+    blank = read_split(tmp_path / "blank")
+    tokenizer = train_bpe(WORDS * 3, vocab_size=400)
+    image = blank[0].image_path
+    long_word = "".join(random.Random(0).choice("abcdefghijklmnopqrstuvwxyz") for _ in range(400))
+    long_page = type(blank[0])("long", image, ["Total", long_word], [[0, 0, 10, 10]] * 2, [1, 0])
+    pages = [*blank, long_page]
+    kept = WindowDataset(pages, tokenizer, 24, 4)  # dev / test
+    made = sum(len(make_windows(tokenizer, i, p.words, p.boxes, p.labels, 24, 4)) for i, p in enumerate(pages))
+    assert len(kept) == made and {window.page for window in kept.windows} == {0, 1, 2}
+    training = WindowDataset(pages, tokenizer, 24, 4, drop_unlabelled=True)
+    assert 0 < len(training) < made and training.unlabelled == made - len(training)
+    assert {window.page for window in training.windows} == {2}
+    with pytest.raises(ValueError, match=r"none of the 2 training windows holds a labelled token .*blank0\.png"):
+        WindowDataset(blank, tokenizer, 24, 4, drop_unlabelled=True)
+
+
+def test_a_training_split_without_any_labelled_token_stops_before_training(forms: Path, tmp_path: Path) -> None:
+    """Exit 2 with the pages named, before any process group: not an empty loader, a hang or a 0/0."""
+    _empty_word_pages(tmp_path / "data" / "training_data", 8)
+    shutil.copytree(forms / "data" / "testing_data", tmp_path / "data" / "testing_data")
+    command = _finetune_command(forms, tmp_path / "out", 1)
+    command[command.index("--data") + 1] = str(tmp_path / "data")
+    run = _run(command, tmp_path / "out")
+    assert run.code == 2, run.log[-3000:]
+    assert "training windows holds a labelled token" in run.log and "blank" in run.log
+    assert "Traceback" not in run.log

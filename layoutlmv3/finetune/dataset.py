@@ -8,7 +8,9 @@ reads first sub-tokens either way.
 
 A training window without a single labelled token (a page whose words are all empty, the inside of a word longer
 than a window) would make a loss of 0/0 = NaN: `drop_unlabelled` leaves such windows out, counted in one warning
-that names their pages (the model's loss is also finite for such a batch: `model.heads.labelled_cross_entropy`).
+that names their pages (the model's loss is also finite for such a batch: `model.heads.labelled_cross_entropy`);
+if no training window is left the job stops before training with an error naming the pages. Dev and test windows
+are never dropped: every page is scored.
 """
 
 from __future__ import annotations
@@ -143,6 +145,12 @@ class WindowDataset(torch.utils.data.Dataset):
         if self.unlabelled:
             pages = sorted({window.page for window, keep in zip(self.windows, labelled, strict=True) if not keep})
             named = ", ".join(str(getattr(self.pages[page], "image_path", page)) for page in pages[:3])
+            if not kept:  # nothing to learn from: a named error before training, not an empty loader
+                raise ValueError(
+                    f"none of the {self.unlabelled} training windows holds a labelled token (the words of the "
+                    f"training pages are empty or longer than a window) on {len(pages)} page(s): {named}"
+                    f"{', ...' if len(pages) > 3 else ''}; check the training annotations"
+                )
             logger.warning(
                 "%d of %d training windows hold no labelled token (pages whose words are empty, the inside of a word "
                 "longer than a window) and are left out; on %d page(s): %s%s",

@@ -400,3 +400,91 @@ def test_a_reading_thread_blocked_for_ever_does_not_keep_the_process_alive(endin
         assert child.returncode == 0 and out == "done\n", err
     else:
         assert child.returncode != 0 and "KeyboardInterrupt" in err and "done" not in out
+
+
+# ---------------------------------------------------------------- metrics storage, attacked
+
+
+class _Failing:
+    """A metrics.jsonl whose storage fails: every write raises OSError(`code`)."""
+
+    def __init__(self, code: int, path: Path) -> None:
+        self.code, self.path = code, path
+
+    def write(self, text: str) -> int:
+        raise OSError(self.code, os.strerror(self.code), str(self.path))
+
+    flush = close = lambda self: self.write("")
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EIO", "EROFS"])
+@pytest.mark.parametrize("where", ["metrics.jsonl", "tensorboard thread"])
+def test_metrics_storage_errors_of_any_kind_warn_once_and_training_goes_on(
+    where: str, code: str, tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture, capfd
+) -> None:
+    """A disk I/O error, a filesystem remounted read-only after an error (a tmpfs refuses a read-only remount
+    while a file is open for writing, so the error is injected), a quota: one warning naming the path and the
+    error, whether it comes from the jsonl write or from TensorBoard's own writer thread (whose traceback is not
+    printed)."""
+    import errno
+
+    from tensorboard.summary.writer import record_writer
+
+    number = getattr(errno, code)
+    caplog.set_level(logging.INFO)
+    logs = tmp_path / "logs"
+    with MetricsLogger(logs, enabled=True, every=10, total_steps=30, start_step=0, progress=False) as metrics:
+        metrics.log_step(1, _values(1.0))
+        if where == "metrics.jsonl":
+            metrics.jsonl.close()
+            metrics.jsonl = _Failing(number, logs / METRICS_FILE)
+        else:
+            metrics.writer.flush()
+
+            def broken(self, data: bytes) -> None:
+                raise OSError(number, os.strerror(number))
+
+            monkeypatch.setattr(record_writer.RecordWriter, "write", broken)
+        for step in range(2, 31):
+            metrics.log_step(step, _values(1.0 / step))
+            time.sleep(0.01)  # TensorBoard's thread writes in the background
+    warnings = [record.getMessage() for record in caplog.records if "cannot write metrics" in record.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert str(logs) in warnings[0] and os.strerror(number) in warnings[0]
+    assert "step 30/30 | loss" in caplog.text
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_metrics_stay_off_for_the_attempt_once_the_disk_is_freed_and_the_next_attempt_writes(
+    small_tmpfs, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After the warning the files stay closed even if space comes back (no half-written history from a disk
+    that flaps); the next attempt (a requeue: a new MetricsLogger) appends again."""
+    disk = small_tmpfs("256k")
+    kwargs = {"enabled": True, "every": 1, "total_steps": 600, "progress": False, "resumed_in_place": True}
+    with MetricsLogger(disk / "logs", start_step=0, **kwargs) as metrics:
+        metrics.log_step(1, _values(1.0))
+        filler = fill(disk)
+        step = 1
+        while "cannot write metrics" not in caplog.text and step < 300:
+            step += 1
+            metrics.log_step(step, _values(1.0))
+        assert "cannot write metrics" in caplog.text
+        filler.unlink()
+        written = (disk / "logs" / METRICS_FILE).read_text()
+        for later in range(step + 1, step + 50):
+            metrics.log_step(later, _values(1.0))
+    assert (disk / "logs" / METRICS_FILE).read_text() == written
+    assert caplog.text.count("cannot write metrics") == 1
+    last = max(_step_or_0(line) for line in written.splitlines())  # the last row may be cut by the full disk
+    with MetricsLogger(disk / "logs", start_step=last, **kwargs) as metrics:
+        metrics.log_step(last + 1, _values(0.5))
+    assert json.loads((disk / "logs" / METRICS_FILE).read_text().splitlines()[-1])["step"] == last + 1
+    assert caplog.text.count("cannot write metrics") == 1
+
+
+def _step_or_0(line: str) -> int:
+    try:
+        return json.loads(line)["step"]
+    except ValueError:
+        return 0

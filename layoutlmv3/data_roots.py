@@ -65,6 +65,8 @@ def inside_root(root: str | Path, relative: object, where: str, beside: Callable
             reached_paths.append((f"{companion.name!r} beside {relative!r}", companion.resolve()))
     except (OSError, RuntimeError, ValueError) as error:  # a link loop; a name `beside` cannot derive from
         raise OutsideDataRoot(f"{where}: {relative!r} cannot be resolved: {error}") from None
+    if reached_paths[0][1] == base:  # ".", "a/..": the root itself, whose folder is outside it
+        raise OutsideDataRoot(f"{where}: {relative!r} names the data root {root} itself, not a file in it")
     for what, reached in reached_paths:
         if not reached.is_relative_to(base):
             raise OutsideDataRoot(

@@ -254,6 +254,9 @@ def test_paths_inside_the_root_pass_links_included(tmp_path: Path) -> None:
     for bad in ("", None, 3, "a/\0"):
         with pytest.raises(OutsideDataRoot, match="x: "):
             inside_root(tmp_path, bad, "x")
+    for root in (".", "a/..", "b/.."):  # b/.. is a/.. through the link: the root again
+        with pytest.raises(OutsideDataRoot, match=r"x: .* names the data root .* itself, not a file in it"):
+            inside_root(tmp_path, root, "x")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -57,10 +57,10 @@ def check_page_pixels(width: int, height: int, where: str, cap: int | None = Non
 
 def pages_past_cap(first: int, where: str, count: int | None = None) -> str:
     """The message for the pages of a file from `first` = MAX_PAGES_PER_FILE on (`count` of them in all, if known)."""
-    total = f"of its {count} pages " if count is not None else ""
+    total = f" (it has {count})" if count is not None else ""
     return (
-        f"{where}: pages {total}from {first} on are not read: over the cap of {MAX_PAGES_PER_FILE} pages per file "
-        "(split the file if it really is one document)"
+        f"{where}: pages from {first} on are not read: over the cap of {MAX_PAGES_PER_FILE} pages per file{total}; "
+        "split the file if it really is one document"
     )
 
 
@@ -88,7 +88,7 @@ def open_image(path: str | Path | BinaryIO, check: bool = True) -> Image.Image:
         return image
     try:
         check_frame(image, where)
-    except PageTooLarge:
+    except (PageTooLarge, PageWithoutArea):
         image.close()
         raise
     return image

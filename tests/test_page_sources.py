@@ -421,6 +421,7 @@ def test_pages_past_the_per_file_cap_are_one_reject(tmp_path: Path, monkeypatch:
         assert all(isinstance(image, Image.Image) for _, image in pages[:3])
         assert pages[3][1].reason == TOO_MANY_PAGES
         assert "from 3 on are not read: over the cap of 3 pages per file" in pages[3][1].detail
+        assert ("(it has 5)" in pages[3][1].detail) == name.endswith(".pdf")  # a TIFF's frames are not counted
         ((number, rejected),) = list(read_pages(tmp_path / name, 4, pdf_dpi=50))  # a resumed run, past the cap
         assert (number, rejected.reason) == (4, TOO_MANY_PAGES)
         with pytest.raises(ValueError, match=rf"{name} page 3: too_many_pages"):

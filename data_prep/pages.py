@@ -4,8 +4,8 @@ Reads the page files of `layoutlmv3.page_sources.PAGE_SUFFIXES`: TIFF (multi-pag
 bilevel as IIT-CDIP ships it), PNG, JPEG, GIF, BMP, WebP through Pillow; and PDF, each page rendered at
 ``pdf_dpi`` (pdf.py). Every page (each TIFF frame, each PDF page) is measured against the one pixel cap before
 it is decoded: a page over it is a ``page_too_large`` reject; a file's pages past MAX_PAGES_PER_FILE are one
-``too_many_pages`` reject. A FIFO, device or broken link named like a page is listed as skipped, never opened. Pages come out in mode "L" (bilevel and grayscale scans) or "RGB" (colour), the two modes of
-a sample image. A file or page that Pillow cannot decode becomes a :class:`PageRejected` in the stream instead
+``too_many_pages`` reject. A FIFO, device or broken link named like a page is listed as skipped, never opened.
+Pages come out in mode "L" (bilevel and grayscale scans) or "RGB" (colour), the two modes of a sample image. A file or page that Pillow cannot decode becomes a :class:`PageRejected` in the stream instead
 of an exception, so one corrupt scan never stops a run.
 """
 

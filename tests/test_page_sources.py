@@ -693,3 +693,18 @@ def test_json_files_from_data_that_are_fifos_are_refused_without_blocking(tmp_pa
         _within(5, lambda: read_split(tmp_path), [fifo])
     with pytest.raises(JsonFileError, match=r"annotations is a folder, not a regular file: refused unread, expected"):
         read_json_file(tmp_path / "annotations")
+
+
+def test_an_annotation_is_paired_with_the_image_of_exactly_its_name(tmp_path: Path) -> None:
+    """FUNSD/CORD pair annotation NAME.json with images/NAME.*: the name was a glob pattern, so 'a[1]' took a1.png
+    and 'b' took b.notes.txt (sorted first) -- a wrong page without a word."""
+    from layoutlmv3.finetune.funsd import image_for
+
+    for name in ("a[1].png", "a1.png", "b.notes.txt", "b.png", "c.json", "c.tif", "*.png"):
+        (tmp_path / name).write_bytes(b"")
+    assert image_for(tmp_path, "a[1]").name == "a[1].png"
+    assert image_for(tmp_path, "b").name == "b.png"
+    assert image_for(tmp_path, "c").name == "c.tif"
+    assert image_for(tmp_path, "*").name == "*.png"
+    with pytest.raises(FileNotFoundError, match="no image for annotation b.notes"):
+        image_for(tmp_path, "b.notes")

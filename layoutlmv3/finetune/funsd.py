@@ -11,13 +11,14 @@ would give them no token, so they could neither be labelled nor predicted.
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from layoutlmv3.json_files import read_json_file
 from layoutlmv3.page_layout import BadBox, normalize_box
-from layoutlmv3.page_sources import open_image
+from layoutlmv3.page_sources import IMAGE_SUFFIXES, open_image
 
 ENTITY_TYPES = ("HEADER", "QUESTION", "ANSWER")  # FUNSD's, in the order its label ids have always had
 OUTSIDE = "OTHER"  # the entity type that is no entity (O)
@@ -132,8 +133,13 @@ def _entity_kind(entity: dict, annotation_path: Path, known: Sequence[str] | Non
 
 
 def image_for(folder: Path, stem: str) -> Path:
-    """The image named like an annotation (any suffix), as FUNSD and CORD pair them."""
-    matches = sorted(folder.glob(f"{stem}.*"))
+    """The page image named like an annotation (any page suffix), as FUNSD and CORD pair them. The stem is matched
+    exactly: as a glob pattern, 'a[1]' matched a1.png and 'b' matched b.notes.txt (a wrong page, silently)."""
+    matches = sorted(
+        path
+        for path in folder.glob(f"{glob.escape(stem)}.*")
+        if path.stem == stem and path.suffix.lower() in IMAGE_SUFFIXES
+    )
     if not matches:
         raise FileNotFoundError(f"no image for annotation {stem} under {folder}")
     return matches[0]

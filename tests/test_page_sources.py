@@ -708,3 +708,17 @@ def test_an_annotation_is_paired_with_the_image_of_exactly_its_name(tmp_path: Pa
     assert image_for(tmp_path, "*").name == "*.png"
     with pytest.raises(FileNotFoundError, match="no image for annotation b.notes"):
         image_for(tmp_path, "b.notes")
+
+
+def test_hidden_files_in_class_funsd_and_cord_folders_are_not_pages(tmp_path: Path) -> None:
+    """A dataset copied from a Mac holds ._page.png / ._f.json (AppleDouble, binary): data prep skipped hidden
+    files, fine-tuning read them as pages and annotations and stopped on them."""
+    from layoutlmv3.finetune.classes import listed_pages
+    from layoutlmv3.finetune.funsd import _annotations
+
+    (tmp_path / "train" / "letter").mkdir(parents=True)
+    (tmp_path / "annotations").mkdir()
+    for name in ("train/letter/page.png", "train/letter/._page.png", "annotations/f.json", "annotations/._f.json"):
+        (tmp_path / name).write_bytes(b"\x00\x05\x16\x07")
+    assert listed_pages(tmp_path / "train") == [(tmp_path / "train" / "letter" / "page.png", "letter")]
+    assert _annotations(tmp_path) == [tmp_path / "annotations" / "f.json"]

@@ -49,7 +49,11 @@ def listed_pages(split_dir: Path) -> list[tuple[Path, str]]:
         raise FileNotFoundError(f"{split_dir}: no such split (expected a folder per class, or {index.name})")
     pages = []
     for folder in sorted(path for path in split_dir.iterdir() if path.is_dir() and not path.name.startswith(".")):
-        images = [image for image in sorted(folder.iterdir()) if image.suffix.lower() in IMAGE_SUFFIXES]
+        images = [  # hidden files (macOS's ._page.png, temporaries) are not pages, as in data prep
+            image
+            for image in sorted(folder.iterdir())
+            if image.suffix.lower() in IMAGE_SUFFIXES and not image.name.startswith(".")
+        ]
         if not images:  # else the class would vanish from the model without a word
             raise ValueError(f"{folder}: a class folder without page images ({' '.join(sorted(IMAGE_SUFFIXES))})")
         pages += [(image, folder.name) for image in images]

@@ -97,7 +97,7 @@ def _extent(quad: dict, width: int, height: int) -> list[int]:
 
 
 def _annotations(split_dir: Path) -> list[Path]:
-    paths = sorted((split_dir / "json").glob("*.json"))
+    paths = sorted(path for path in (split_dir / "json").glob("*.json") if not path.name.startswith("."))
     if not paths:
         raise FileNotFoundError(f"{split_dir} has no json/*.json (expected the CORD layout: image/ and json/)")
     return paths

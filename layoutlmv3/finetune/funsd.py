@@ -67,7 +67,7 @@ def read_split(split_dir: str | Path, boxes: str = "segment", labels: Sequence[s
 
 
 def _annotations(split_dir: Path) -> list[Path]:
-    annotations = sorted((split_dir / "annotations").glob("*.json"))
+    annotations = sorted(path for path in (split_dir / "annotations").glob("*.json") if not path.name.startswith("."))
     if not annotations:
         raise FileNotFoundError(f"{split_dir} has no annotations/*.json (expected the FUNSD layout)")
     return annotations
@@ -138,7 +138,7 @@ def image_for(folder: Path, stem: str) -> Path:
     matches = sorted(
         path
         for path in folder.glob(f"{glob.escape(stem)}.*")
-        if path.stem == stem and path.suffix.lower() in IMAGE_SUFFIXES
+        if path.stem == stem and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
     )
     if not matches:
         raise FileNotFoundError(f"no image for annotation {stem} under {folder}")

@@ -12,7 +12,10 @@ import errno
 import logging
 import multiprocessing
 import os
+import re
+import resource
 import shutil
+import socket
 import sys
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
@@ -421,13 +424,32 @@ _STORAGE_HINTS = {
 
 
 def storage_error(error: OSError, out: Path) -> str:
-    """One line for an OSError of the build: the path (the error's own, else --out), what failed and what to do.
-    Nothing partial is published: shards and manifests appear by rename once whole."""
-    path = Path(error.filename) if isinstance(error.filename, str | os.PathLike) else out
-    if not path.resolve().is_relative_to(out.resolve()):
-        return f"cannot read {path}: {error.strerror or error}; check it, then rerun (finished shards are kept)"
+    """One line for an OSError of the build: the path (the error's own, else --out; a temporary by the file it
+    was to become), what failed and what to do. Nothing partial is published: shards and manifests appear by
+    rename once whole. Running out of file handles is named as such wherever it happens (it is no fault of the
+    storage)."""
+    path = _published_path(Path(error.filename) if isinstance(error.filename, str | os.PathLike) else out)
+    reason = error.strerror or str(error)
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return (
+            f"cannot open a file at {path}: {reason}; raise the open-file limit (ulimit -n, now {limit}) or lower "
+            "--workers, then rerun (finished shards are kept)"
+        )
+    try:
+        inside = path.resolve().is_relative_to(out.resolve())
+    except (OSError, RuntimeError):  # a link loop on the way: the path is still the one to name
+        inside = False
+    if not inside:
+        return f"cannot read {path}: {reason}; check it, then rerun (finished shards are kept)"
     hint = _STORAGE_HINTS.get(error.errno, "check the storage, then rerun (finished shards are kept)")
-    return f"cannot write {path}: {error.strerror or error}; {hint}"
+    return f"cannot write {path}: {reason}; {hint}"
+
+
+def _published_path(path: Path) -> Path:
+    """The file a hidden temporary (shard_writer.temporary_path: .NAME.HOST.PID.tmp) was to become."""
+    match = re.fullmatch(rf"\.(.+)\.{re.escape(socket.gethostname())}\.\d+\.tmp", path.name)
+    return path.with_name(match.group(1)) if match else path
 
 
 def main(argv: Sequence[str] | None = None) -> None:

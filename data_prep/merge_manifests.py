@@ -13,6 +13,7 @@ from pathlib import Path
 
 from layoutlmv3.data.sample_format import MANIFEST_FILE, REJECTS_FILE
 
+from .build_shards import storage_error
 from .manifest import MergeError, merge_task_manifests
 
 
@@ -28,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         manifest = merge_task_manifests(args.out)
     except MergeError as error:
         sys.exit(f"error: {error}")
+    except OSError as error:  # a full, read-only or unreadable --out: one line, as build_shards says it
+        sys.exit(f"error: {storage_error(error, args.out)}")
     print(
         f"merged: {manifest['total_samples']} samples in {len(manifest['shards'])} shards, "
         f"rejects {manifest['rejects']} -> {args.out / MANIFEST_FILE}"

@@ -83,10 +83,10 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     return corpus
 
 
-def _build_shards(corpus: tuple[Path, Path, Path], out: Path) -> subprocess.CompletedProcess:
+def _build_shards(corpus: tuple[Path, Path, Path], out: Path, *more: str) -> subprocess.CompletedProcess:
     pages, vocab, _ = corpus
     command = [sys.executable, "-m", "data_prep.build_shards", "--input", str(pages), "--out", str(out)]
-    command += ["--ocr", "funsd", "--tokenizer", str(vocab), "--max-samples-per-shard", "2", "--quiet"]
+    command += ["--ocr", "funsd", "--tokenizer", str(vocab), "--max-samples-per-shard", "2", "--quiet", *more]
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
 
 
@@ -488,3 +488,60 @@ def _step_or_0(line: str) -> int:
         return json.loads(line)["step"]
     except ValueError:
         return 0
+
+
+# ---------------------------------------------------------------- data prep storage, attacked
+
+
+def _one_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip()
+
+
+@pytest.mark.parametrize(("inodes", "failing"), [(8, "progress/shard-000000.json"), (13, "manifest.json")])
+def test_data_prep_out_of_inodes_at_a_progress_record_or_the_manifest_names_that_file_and_resumes(
+    inodes: int, failing: str, small_corpus: tuple[Path, Path, Path], small_tmpfs
+) -> None:
+    """A disk with bytes left but no inodes (a real ENOSPC at file creation) stops the build at a resume record
+    or at the manifest: the line names the file as it would be published (not its hidden temporary); once the
+    disk has room the rerun finishes to the same output."""
+    disk = small_tmpfs("4m", f"nr_inodes={inodes}")
+    line = _one_line(_build_shards(small_corpus, disk / "out"))
+    assert line.startswith(f"error: cannot write {disk / 'out' / failing}: No space left on device"), line
+    assert "manifest.json" not in _published(disk / "out")
+    subprocess.run(["mount", "-o", "remount,nr_inodes=1000", str(disk)], check=True)
+    assert _build_shards(small_corpus, disk / "out").returncode == 0
+    assert _published(disk / "out") == _published(small_corpus[2])
+
+
+def test_merge_manifests_on_a_full_disk_is_one_line_and_reruns(small_corpus: tuple[Path, Path, Path], small_tmpfs):
+    disk = small_tmpfs("4m", "nr_inodes=1000")
+    for task in ("0", "1"):
+        result = _build_shards(small_corpus, disk, "--num-tasks", "2", "--task-index", task)
+        assert result.returncode == 0, result.stderr
+    used = os.statvfs(disk).f_files - os.statvfs(disk).f_ffree
+    subprocess.run(["mount", "-o", f"remount,nr_inodes={used}", str(disk)], check=True)
+    merge = [sys.executable, "-m", "data_prep.merge_manifests", "--out", str(disk)]
+    line = _one_line(subprocess.run(merge, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120))
+    assert line.startswith(f"error: cannot write {disk / 'rejects.jsonl'}: No space left on device"), line
+    assert "the disk is full: free space, then rerun" in line
+    assert not any(path.name.startswith(".") for path in disk.iterdir())  # no temporary left
+    subprocess.run(["mount", "-o", "remount,nr_inodes=1000", str(disk)], check=True)
+    assert subprocess.run(merge, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120).returncode == 0
+    assert json.loads((disk / "manifest.json").read_text())["total_samples"] == 6
+
+
+def test_data_prep_out_of_file_handles_says_so_in_one_line(small_corpus: tuple[Path, Path, Path], tmp_path: Path):
+    """EMFILE is no storage fault: the line says to raise the open-file limit (or lower --workers)."""
+    import resource
+
+    def few_handles() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (12, 12))
+
+    pages, vocab, _ = small_corpus
+    command = [sys.executable, "-m", "data_prep.build_shards", "--input", str(pages), "--out", str(tmp_path / "o")]
+    command += ["--ocr", "funsd", "--tokenizer", str(vocab), "--max-samples-per-shard", "2", "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120, preexec_fn=few_handles)
+    line = _one_line(result)
+    assert "Too many open files" in line and "raise the open-file limit (ulimit -n, now 12)" in line, line

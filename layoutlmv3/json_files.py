@@ -7,10 +7,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from layoutlmv3.data_roots import NotARegularFile, check_regular_file
+
+MAX_JSON_BYTES = 1 << 28  # 256 MiB: far above any manifest, annotation or words file of one document
 
 
 class JsonFileError(ValueError):
@@ -18,10 +21,13 @@ class JsonFileError(ValueError):
 
 
 def parse_json(text: str | bytes, where: str) -> Any:
-    """`text` parsed; `where` (a path or URL) is named in the error, with a hint when it looks like a web page."""
+    """`text` parsed; `where` (a path or URL) is named in the error, with a hint when it looks like a web page.
+
+    Numbers must be finite: Python's json reads `NaN`, `Infinity` and `1e999` (inf) by default, and a non-finite
+    box or count from data would travel on into shards and losses."""
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError, a 5000-digit integer, NaN, inf
         head = text[:200].decode("utf-8", "replace") if isinstance(text, bytes) else text[:200]
         hint = " (it looks like an HTML page, e.g. a server's error page)" if "<html" in head.lower() else ""
         raise JsonFileError(f"{where} is not valid JSON{hint}: {error}") from None
@@ -29,12 +35,27 @@ def parse_json(text: str | bytes, where: str) -> Any:
         raise JsonFileError(f"{where} is not valid JSON: nested too deeply") from None
 
 
-def read_json_file(path: str | Path) -> Any:
-    """A local JSON file parsed; a missing or unreadable file raises OSError naming it, bad JSON JsonFileError."""
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"{literal[:40]} is not a finite number")
+    return value
+
+
+def read_json_file(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A local JSON file parsed; a missing or unreadable file raises OSError naming it, bad JSON or a file over
+    `max_bytes` JsonFileError (a 10 GB "page.json" is refused from its size, not read)."""
     path = Path(path)
     try:
         check_regular_file(path)  # a FIFO named like a JSON file would block the reader for ever
-        data = path.read_bytes()
     except NotARegularFile as error:  # a folder, FIFO, device: named with its kind
         raise JsonFileError(f"{error}, expected a JSON file") from None
+    with open(path, "rb") as stream:
+        data = stream.read(max_bytes + 1)  # bounded even if the file grows after the check
+    if len(data) > max_bytes:
+        raise JsonFileError(f"{path} is larger than {max_bytes} bytes: not a JSON file of this kind")
     return parse_json(data, str(path))

@@ -22,7 +22,7 @@ def test_bad_json_names_its_file_and_an_html_page_is_called_one(tmp_path):
         parse_json(b"\xff\xfe\x00", "f.json")
     with pytest.raises(JsonFileError, match="nested too deeply"):
         parse_json("[" * 100_000 + "]" * 100_000, "deep.json")
-    with pytest.raises(JsonFileError, match="is a directory"):
+    with pytest.raises(JsonFileError, match="is a folder"):
         read_json_file(tmp_path)
     assert read_json_file(_written(tmp_path / "ok.json", '{"a": [1, 2]}')) == {"a": [1, 2]}
 
@@ -40,3 +40,14 @@ def test_the_checksum_is_sha256sum_s_and_a_stream_gives_the_same(tmp_path):
 def _written(path, content):
     (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
     return path
+
+
+def test_json_from_data_holds_only_finite_numbers_and_has_a_size_cap(tmp_path):
+    for text in ('{"box": [NaN, 0, 1, 1]}', '{"x": Infinity}', "[-Infinity]", '{"x": 1e999}', "[" + "9" * 5000 + "]"):
+        with pytest.raises(JsonFileError, match="words.json is not valid JSON"):
+            parse_json(text, "words.json")
+    assert parse_json('{"x": 1.5e300, "n": -3}', "ok.json") == {"x": 1.5e300, "n": -3}
+    big = _written(tmp_path / "page.json", '{"words": "' + "x" * 2000 + '"}')
+    with pytest.raises(JsonFileError, match="larger than 1000 bytes"):
+        read_json_file(big, max_bytes=1000)
+    assert len(read_json_file(big, max_bytes=5000)["words"]) == 2000

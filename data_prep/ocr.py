@@ -35,7 +35,7 @@ from typing import Any
 from PIL import Image
 
 from layoutlmv3.data_roots import NotARegularFile, check_regular_file
-from layoutlmv3.json_files import JsonFileError, parse_json
+from layoutlmv3.json_files import JsonFileError, parse_json, read_bounded
 
 from .pdf import TextLayerFirst
 from .rejects import OCR_FAILED, OCR_INVALID, OCR_MISSING, OCR_TIMEOUT, PageRejected
@@ -160,7 +160,7 @@ class JsonOcr:
 def _load_json_pages(path: Path) -> dict[int, list[Word]] | PageRejected:
     try:
         check_regular_file(path)  # a FIFO named NAME.json would block the worker for ever
-        data = parse_json(path.read_bytes(), path.name)  # named as before: rejects carry the source's path
+        data = parse_json(read_bounded(path), path.name)  # named as before: rejects carry the source's path
     except FileNotFoundError:
         return PageRejected(OCR_MISSING, f"no OCR file {path.name}")
     except (JsonFileError, NotARegularFile) as error:  # the message names the file
@@ -191,7 +191,7 @@ class FunsdOcr:
             raise PageRejected(OCR_MISSING, f"FUNSD annotations describe page 0 only, not page {page}")
         try:
             check_regular_file(annotation)  # a FIFO would block the worker for ever
-            form = parse_json(annotation.read_bytes(), annotation.name)["form"]
+            form = parse_json(read_bounded(annotation), annotation.name)["form"]
             return [
                 Word(_text(word["text"]), _box(word["box"]), _integer(entity["id"]))
                 for entity in form

@@ -54,8 +54,14 @@ def read_json_file(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
         check_regular_file(path)  # a FIFO named like a JSON file would block the reader for ever
     except NotARegularFile as error:  # a folder, FIFO, device: named with its kind
         raise JsonFileError(f"{error}, expected a JSON file") from None
+    return parse_json(read_bounded(path, max_bytes), str(path))
+
+
+def read_bounded(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of a file from data, refused (JsonFileError naming it) past `max_bytes` without reading the rest,
+    even if the file grows after a size check."""
     with open(path, "rb") as stream:
-        data = stream.read(max_bytes + 1)  # bounded even if the file grows after the check
+        data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise JsonFileError(f"{path} is larger than {max_bytes} bytes: not a JSON file of this kind")
-    return parse_json(data, str(path))
+    return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -669,8 +670,8 @@ def test_two_runs_on_one_output_never_publish_a_partial_shard(corpus_dir, tokeni
     command = _cli_command(corpus_dir, tokenizer_dir, out)
     first = subprocess.Popen(command, cwd=REPO_ROOT)
     deadline = time.monotonic() + 60
-    while not list((out / "progress").glob("*.lock")) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    while not _named_lock_holders(out) and time.monotonic() < deadline:
+        time.sleep(0.005)  # the lock file exists a moment before its holder has locked it and written its name
     first.send_signal(signal.SIGSTOP)  # a slow first attempt, holding its chunks
     second = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
     waiting = second.stderr.readline()
@@ -681,6 +682,15 @@ def test_two_runs_on_one_output_never_publish_a_partial_shard(corpus_dir, tokeni
     assert f"is being written by host {socket.gethostname()} pid {first.pid}: waiting" in waiting
     _assert_resumed_equals(out, reference)
     assert not list(out.glob(".*.tmp"))
+
+
+def _named_lock_holders(out: Path) -> list[str]:
+    """The holders named in chunk lock files (a file still empty is not yet held)."""
+    names = []
+    for lock in (out / "progress").glob("*.lock"):
+        with contextlib.suppress(OSError):
+            names += [name for name in [lock.read_text().strip()] if name]
+    return names
 
 
 def test_changed_settings_are_refused_on_resume(corpus_dir, tokenizer_dir, tmp_path, capsys) -> None:

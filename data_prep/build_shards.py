@@ -28,6 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from layoutlmv3.data.sample_format import MANIFEST_FORMAT_VERSION
+from layoutlmv3.page_sources import PAGE_SUFFIXES
 from layoutlmv3.tokenizer import CONFIG_FILE, MERGES_FILE, VOCAB_FILE, LayoutLMv3Tokenizer
 
 from .chunk_lock import chunk_locks
@@ -43,7 +44,7 @@ from .chunks import (
 )
 from .manifest import MergeError, check_shards, make_manifest, output_names, write_outputs
 from .ocr import OCR_KINDS, make_ocr
-from .pages import IMAGE_SUFFIXES, scan_inputs
+from .pages import scan_inputs
 from .pdf import DEFAULT_PDF_DPI
 from .process import WorkerSetup, WorkItem, init_worker, make_processor, process_in_worker
 from .progress import ProgressMismatch
@@ -120,7 +121,7 @@ def build(config: BuildConfig) -> dict:
     if not sources:
         raise NoInput(
             f"no page files for --ocr {config.ocr} under {config.input} (read: "
-            f"{' '.join(sorted(IMAGE_SUFFIXES))}{'; FUNSD pages sit in images/' if config.ocr == 'funsd' else ''})"
+            f"{' '.join(sorted(PAGE_SUFFIXES))}{'; FUNSD pages sit in images/' if config.ocr == 'funsd' else ''})"
         )
     chunks = plan_chunks(sources, config.files_per_chunk, config.seed)
     settings = _settings(config, tokenizer.fingerprint)
@@ -156,7 +157,7 @@ def _report_skipped(config: BuildConfig, skipped: Counter[str], unselected: int)
             sum(skipped.values()),
             config.input,
             kinds,
-            " ".join(sorted(IMAGE_SUFFIXES)),
+            " ".join(sorted(PAGE_SUFFIXES)),
         )
     if unselected:
         logger.warning(

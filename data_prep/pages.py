@@ -33,9 +33,6 @@ from layoutlmv3.page_sources import (
 from .pdf import DEFAULT_PDF_DPI, read_pdf_pages
 from .rejects import PAGE_TOO_LARGE, TOO_MANY_PAGES, UNREADABLE_IMAGE, UNREADABLE_PAGE, PageRejected
 
-IMAGE_SUFFIXES = PAGE_SUFFIXES  # the name build_shards and older callers use; one list for every page reader
-
-
 # Files that sit beside page images as their OCR or annotations: not reported as skipped.
 SIDE_FILE_SUFFIXES = frozenset({".json", ".hocr", ".html", ".htm", ".xml"})
 NOT_A_FILE = "(broken link or not a regular file)"  # how a scan lists entries that are neither file nor folder

@@ -47,13 +47,13 @@ from webdataset import tariterators
 
 from layoutlmv3.checksums import StreamDigest
 from layoutlmv3.data.deadline import Deadline, DeadlineExceeded  # noqa: F401 (DeadlineExceeded: for callers)
-from layoutlmv3.json_files import parse_json
+from layoutlmv3.json_files import MAX_JSON_BYTES, parse_json
 
 logger = logging.getLogger(__name__)
 
 REMOTE_PREFIXES = ("http://", "https://", "pipe:")
 HTTP_TIMEOUT_S = 60.0  # one socket operation (connect, TLS handshake, one recv); the deadline bounds the attempt
-MAX_SMALL_FILE_BYTES = 1 << 28  # a manifest larger than 256 MiB is not one (a server sending for ever)
+MAX_SMALL_FILE_BYTES = MAX_JSON_BYTES  # the one cap of JSON from data (256 MiB): past it, a server sending for ever
 # What one tar of samples may ask a reader to hold in memory (a member is read whole): far above any page's files,
 # far below what a declared size of a hostile or broken tar (10 GB in a 1 KB file, a sparse member) would take.
 MAX_MEMBER_BYTES = 1 << 26  # one file of a sample (a page image, its meta.json)

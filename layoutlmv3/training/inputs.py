@@ -6,7 +6,6 @@ validation reads exact epochs of the held-out shards with deterministic crops an
 
 from __future__ import annotations
 
-import json
 import tarfile
 from pathlib import Path
 
@@ -19,8 +18,9 @@ from layoutlmv3.data import (
     read_manifest,
     total_samples,
 )
-from layoutlmv3.data.remote import DEFAULT_RETRY, RetryPolicy, tar_files
+from layoutlmv3.data.remote import DEFAULT_RETRY, RetryPolicy, is_remote, tar_files
 from layoutlmv3.data.sample_format import MANIFEST_FILE, META_FILE
+from layoutlmv3.json_files import parse_json
 from layoutlmv3.pretraining.collator import PretrainingCollator
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
@@ -87,12 +87,12 @@ def check_shards_tokenizer(shards: str, tokenizer: LayoutLMv3Tokenizer, retry: R
 
 def first_sample_tokenizer(shard: str) -> str | None:
     """The tokenizer fingerprint in the first meta.json of a local shard (None if remote or unreadable)."""
-    if "://" in shard or shard.startswith("pipe:"):
+    if is_remote(shard):
         return None
     try:
         with open(shard, "rb") as file:  # the one tar reader of shards: its memory caps hold here too
             for _, data in tar_files(file, shard, select=lambda name: name.endswith(f".{META_FILE}")):
-                return json.loads(data)["tokenizer"]
+                return parse_json(data, shard)["tokenizer"]  # JsonFileError is a ValueError
     except (OSError, tarfile.TarError, ValueError, KeyError, TypeError):  # TypeError: a meta that is no object
         return None
     return None

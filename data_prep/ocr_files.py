@@ -27,6 +27,9 @@ from xml.parsers import expat
 
 from PIL import Image
 
+from layoutlmv3.data_roots import NotARegularFile, check_regular_file
+from layoutlmv3.json_files import MAX_JSON_BYTES, JsonFileError, read_bounded
+
 from .rejects import OCR_INVALID, OCR_MISSING, PageRejected
 from .words import Word
 
@@ -79,12 +82,13 @@ class HocrOcr(_FileOcr):
 
     def _load(self, image_path: Path) -> list[ParsedPage] | PageRejected:
         candidates = [image_path.with_suffix(suffix) for suffix in HOCR_SUFFIXES]
-        path = next((candidate for candidate in candidates if candidate.is_file()), None)
-        if path is None:
-            return PageRejected(OCR_MISSING, f"no OCR file {candidates[0].name}")
+        path = next((candidate for candidate in candidates if candidate.exists()), candidates[0])
+        data = _read_ocr_file(path)
+        if isinstance(data, PageRejected):
+            return data
         try:
-            return parse_hocr(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as error:
+            return parse_hocr(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as error:
             return PageRejected(OCR_INVALID, f"{path.name}: {error}")
 
 
@@ -93,12 +97,29 @@ class AltoOcr(_FileOcr):
 
     def _load(self, image_path: Path) -> list[ParsedPage] | PageRejected:
         path = image_path.with_suffix(".xml")
+        data = _read_ocr_file(path)
+        if isinstance(data, PageRejected):
+            return data
         try:
-            return parse_alto(path.read_bytes())
-        except FileNotFoundError:
-            return PageRejected(OCR_MISSING, f"no OCR file {path.name}")
-        except (OSError, ValueError) as error:
+            return parse_alto(data)
+        except ValueError as error:
             return PageRejected(OCR_INVALID, f"{path.name}: {error}")
+
+
+def _read_ocr_file(path: Path) -> bytes | PageRejected:
+    """The bytes of an OCR file, or the reject: missing; not a regular file (a FIFO named NAME.xml blocked the
+    worker for ever), refused unopened; over the cap of every file from data (MAX_JSON_BYTES), refused unread."""
+    try:
+        check_regular_file(path)
+        return read_bounded(path)
+    except FileNotFoundError:
+        return PageRejected(OCR_MISSING, f"no OCR file {path.name}")
+    except NotARegularFile as error:
+        return PageRejected(OCR_INVALID, str(error))
+    except JsonFileError:  # read_bounded's only error: the size cap
+        return PageRejected(OCR_INVALID, f"{path.name} is over {MAX_JSON_BYTES} bytes: not the OCR of one image")
+    except OSError as error:
+        return PageRejected(OCR_INVALID, f"{path.name}: {error}")
 
 
 def parse_hocr(text: str) -> list[ParsedPage]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import html
 import math
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -379,3 +381,27 @@ def test_fuzz_well_formed_hocr_and_alto_give_back_every_word(lines: list[list[tu
     (alto_page,) = parse_alto((alto + "</Page></Layout></alto>").encode())
     assert hocr_page.words == expected
     assert alto_page.words == expected
+
+
+@pytest.mark.parametrize(("reader", "name"), [(HocrOcr, "scan.hocr"), (AltoOcr, "scan.xml")])
+def test_an_ocr_file_that_is_a_fifo_is_refused_unopened(page_image, reader, name: str) -> None:
+    """Opening a FIFO for reading waits for a writer for ever: a worker would hang on one planted file."""
+    image_path, image = page_image
+    fifo = image_path.with_name(name)
+    os.mkfifo(fifo)
+    outcome: list[BaseException | object] = []
+
+    def read() -> None:
+        try:
+            outcome.append(reader().read(image_path, 0, image))
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread
+            outcome.append(error)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(5)
+    if thread.is_alive():  # release the blocked open so the thread ends, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail(f"reading {name}, a FIFO, blocked")
+    (rejected,) = outcome
+    assert isinstance(rejected, PageRejected) and rejected.reason == OCR_INVALID and "FIFO" in rejected.detail

@@ -30,13 +30,15 @@ FILE_KINDS = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO (named pipe)"), (s
               (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))  # fmt: skip
 
 
-def check_regular_file(path: str | Path) -> None:
+def check_regular_file(path: str | Path) -> os.stat_result:
     """Refuse (NotARegularFile naming `path` and its kind) anything but a regular file, links followed, without
-    opening it; a missing file or broken link is FileNotFoundError as for open()."""
-    mode = os.stat(path).st_mode
-    if not stat.S_ISREG(mode):
-        kind = next((name for test, name in FILE_KINDS if test(mode)), "special file")
+    opening it; a missing file or broken link is FileNotFoundError as for open(). Returns the file's status (its
+    size, for a caller's cap)."""
+    status = os.stat(path)
+    if not stat.S_ISREG(status.st_mode):
+        kind = next((name for test, name in FILE_KINDS if test(status.st_mode)), "special file")
         raise NotARegularFile(f"{path} is a {kind}, not a regular file: refused unread")
+    return status
 
 
 def inside_root(root: str | Path, relative: object, where: str, beside: Callable[[Path], Path] | None = None) -> Path:

@@ -51,10 +51,12 @@ def read_json_file(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
     `max_bytes` JsonFileError (a 10 GB "page.json" is refused from its size, not read)."""
     path = Path(path)
     try:
-        check_regular_file(path)  # a FIFO named like a JSON file would block the reader for ever
+        status = check_regular_file(path)  # a FIFO named like a JSON file would block the reader for ever
     except NotARegularFile as error:  # a folder, FIFO, device: named with its kind
         raise JsonFileError(f"{error}, expected a JSON file") from None
-    return parse_json(read_bounded(path, max_bytes), str(path))
+    if status.st_size > max_bytes:
+        raise _too_large(path, max_bytes)
+    return parse_json(read_bounded(path, max_bytes), str(path))  # bounded again: the file may grow after the stat
 
 
 def read_bounded(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> bytes:
@@ -63,5 +65,9 @@ def read_bounded(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> bytes:
     with open(path, "rb") as stream:
         data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise JsonFileError(f"{path} is larger than {max_bytes} bytes: not a JSON file of this kind")
+        raise _too_large(path, max_bytes)
     return data
+
+
+def _too_large(path: str | Path, max_bytes: int) -> JsonFileError:
+    return JsonFileError(f"{path} is larger than {max_bytes} bytes: not a JSON file of this kind")

@@ -51,3 +51,18 @@ def test_json_from_data_holds_only_finite_numbers_and_has_a_size_cap(tmp_path):
     with pytest.raises(JsonFileError, match="larger than 1000 bytes"):
         read_json_file(big, max_bytes=1000)
     assert len(read_json_file(big, max_bytes=5000)["words"]) == 2000
+
+
+def test_a_json_file_over_the_cap_is_refused_from_its_size_unread(tmp_path, monkeypatch):
+    import layoutlmv3.json_files as json_files
+
+    huge = tmp_path / "page.json"
+    with open(huge, "wb") as file:
+        file.truncate(10 << 30)  # a sparse 10 GB "page.json": reading even the cap's worth would be 256 MiB
+
+    def never_opened(*args, **kwargs):
+        raise AssertionError("opened a file already refused by its size")
+
+    monkeypatch.setattr(json_files, "open", never_opened, raising=False)
+    with pytest.raises(JsonFileError, match=rf"{huge} is larger than {json_files.MAX_JSON_BYTES} bytes"):
+        read_json_file(huge)

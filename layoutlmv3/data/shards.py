@@ -9,10 +9,8 @@ whole with a `ManifestError` naming it and the entry.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shlex
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 
 import braceexpand
 
-from layoutlmv3.data.remote import DEFAULT_RETRY, MAX_SMALL_FILE_BYTES, RetryPolicy, is_remote, read_json
+from layoutlmv3.data.remote import DEFAULT_RETRY, RetryPolicy, is_remote, read_json
 from layoutlmv3.data.sample_format import (
     IMAGE_SIZE,
     MANIFEST_FILE,
@@ -153,8 +151,7 @@ def read_manifest(path: str | Path, retry: RetryPolicy = DEFAULT_RETRY) -> dict[
         path = Path(path)
         if path.is_dir():
             path = path / MANIFEST_FILE
-        _check_small_local_file(path)
-        manifest = read_json_file(path)
+        manifest = read_json_file(path)  # refuses a FIFO or device by kind, a file over 256 MiB by size, unread
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path}: not a manifest (a JSON object expected, got {type(manifest).__name__})")
     expected = {
@@ -170,19 +167,6 @@ def read_manifest(path: str | Path, retry: RetryPolicy = DEFAULT_RETRY) -> dict[
             f"{path}: tokenizer must be the tokenizer's fingerprint, got {_short(manifest.get('tokenizer'))}"
         )
     return manifest
-
-
-def _check_small_local_file(path: Path) -> None:
-    """A local manifest within the remote one's cap (MAX_SMALL_FILE_BYTES), and a regular file: a FIFO named
-    manifest.json would block the reader for ever, a device never end."""
-    with contextlib.suppress(FileNotFoundError):  # read_json_file names a missing file
-        status = path.stat()
-        if not stat.S_ISREG(status.st_mode):
-            raise ManifestError(f"{path}: not a regular file (a manifest is a JSON file)")
-        if status.st_size > MAX_SMALL_FILE_BYTES:
-            raise ManifestError(
-                f"{path}: {status.st_size} bytes, more than a manifest may be ({MAX_SMALL_FILE_BYTES}): not a manifest"
-            )
 
 
 def list_shards(source: ShardSource, retry: RetryPolicy = DEFAULT_RETRY) -> list[Shard]:

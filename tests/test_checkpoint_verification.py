@@ -477,7 +477,7 @@ def test_a_huge_record_is_damage_without_being_read(pretrain: Path, caplog: pyte
     marker = pretrain / tag_for(10) / COMPLETE_FILE
     os.truncate(marker, 1 << 30)  # sparse: 1 GB of zeros on no disk
     started = time.monotonic()
-    with pytest.raises(DamagedCheckpoint, match=f"{re.escape(str(marker))} is over {MAX_RECORD_BYTES} bytes"):
+    with pytest.raises(DamagedCheckpoint, match=f"{re.escape(str(marker))} is larger than {MAX_RECORD_BYTES} bytes"):
         read_checkpoint(marker.parent)
     assert time.monotonic() - started < 2
     assert resolve_resume("auto", pretrain).step == 5

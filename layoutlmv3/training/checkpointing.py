@@ -52,7 +52,6 @@ import os
 import random
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import time
@@ -67,7 +66,7 @@ import torch
 import torch.distributed as dist
 
 from layoutlmv3.checksums import ALGORITHM, file_digest
-from layoutlmv3.json_files import JsonFileError, parse_json
+from layoutlmv3.json_files import JsonFileError, read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -118,13 +117,13 @@ MAX_RECORD_BYTES = 16 << 20  # a record lists a file per rank and kind: a few hu
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """The checkpoint in tag directory `path`, from its `complete` record. A missing record is ValueError (a save
     was interrupted); a record that does not parse or has the wrong shape is DamagedCheckpoint, naming it, and so
-    is a tag or record that is not its own (a link) or not a regular file. The record is read at most
-    MAX_RECORD_BYTES + 1 bytes (a huge file, or one growing, is damaged, never read whole)."""
+    is a tag or record that is not its own (a link) or not a regular file. A record over MAX_RECORD_BYTES is
+    damaged, refused from its size (one growing is never read past the cap)."""
     path = Path(path)
     marker = path / COMPLETE_FILE
     _refuse_link(path)  # resuming or pruning it would read or delete another directory's files
     try:
-        kind = marker.lstat().st_mode
+        marker.lstat()
     except (FileNotFoundError, NotADirectoryError):
         raise ValueError(
             f"{path} is not a complete checkpoint (no {COMPLETE_FILE} marker: a save was interrupted)"
@@ -132,14 +131,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     except OSError as error:
         raise _read_failure(marker, error) from None
     _refuse_link(marker)
-    if not stat.S_ISREG(kind):
-        raise DamagedCheckpoint(f"{marker} is not a regular file (a folder, FIFO or device): not a checkpoint record")
-    try:
-        with open(marker, "rb") as handle:
-            data = handle.read(MAX_RECORD_BYTES + 1)
-        if len(data) > MAX_RECORD_BYTES:
-            raise DamagedCheckpoint(f"{marker} is over {MAX_RECORD_BYTES} bytes, not a checkpoint record")
-        meta = parse_json(data, str(marker))
+    try:  # the one reader of JSON from data: a folder, FIFO or device refused by kind, a huge file by size, unread
+        meta = read_json_file(marker, MAX_RECORD_BYTES)
     except JsonFileError as error:
         raise DamagedCheckpoint(f"{error} (the checkpoint's record is damaged)") from None
     except OSError as error:

@@ -97,11 +97,6 @@ def scan_inputs(root: Path) -> tuple[list[str], Counter[str]]:
     return scan.pages, scan.skipped
 
 
-def find_images(root: Path) -> list[str]:
-    """Page files under ``root`` as sorted POSIX paths relative to it (hidden files, e.g. temporaries, skipped)."""
-    return scan_inputs(root)[0]
-
-
 def read_pages(
     path: Path, start_page: int = 0, pdf_dpi: int = DEFAULT_PDF_DPI
 ) -> Iterator[tuple[int, Image.Image | PageRejected]]:

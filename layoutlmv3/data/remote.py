@@ -17,6 +17,12 @@ process group killed, and the attempt counts as failed like any other.
 A shard whose manifest entry records its size and sha256 is checked as its bytes pass (layoutlmv3.checksums):
 another file under the shard's name (other content, more or fewer samples) is a damaged shard -- a failed attempt
 for a remote one, logged and skipped for a local one. The last sample is held back until the check passes.
+
+A shard's tar is data from elsewhere too: `tar_files`, the one tar reader of shards (the loader, the tokenizer
+check, data prep's words from shards), refuses from the header a member over MAX_MEMBER_BYTES, a long-name or pax
+header over MAX_TAR_HEADER_BYTES, a sparse member and an archive cut short (and the loader a sample of more than
+MAX_SAMPLE_FILES files), so no shard makes a reader allocate what it declares. Redirects are followed to http(s)
+only.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from typing import Any
 
 from PIL import Image
 
-from layoutlmv3.data_roots import NotARegularFile, check_regular_file
+from layoutlmv3.data_roots import NotARegularFile
 from layoutlmv3.json_files import JsonFileError, parse_json, read_bounded
 
 from .pdf import TextLayerFirst
@@ -159,7 +159,7 @@ class JsonOcr:
 
 def _load_json_pages(path: Path) -> dict[int, list[Word]] | PageRejected:
     try:
-        check_regular_file(path)  # a FIFO named NAME.json would block the worker for ever
+        # a FIFO named NAME.json (it would block the worker for ever) refused unopened, a huge file unread
         data = parse_json(read_bounded(path), path.name)  # named as before: rejects carry the source's path
     except FileNotFoundError:
         return PageRejected(OCR_MISSING, f"no OCR file {path.name}")
@@ -190,8 +190,7 @@ class FunsdOcr:
         if page != 0:
             raise PageRejected(OCR_MISSING, f"FUNSD annotations describe page 0 only, not page {page}")
         try:
-            check_regular_file(annotation)  # a FIFO would block the worker for ever
-            form = parse_json(read_bounded(annotation), annotation.name)["form"]
+            form = parse_json(read_bounded(annotation), annotation.name)["form"]  # a FIFO: refused unopened
             return [
                 Word(_text(word["text"]), _box(word["box"]), _integer(entity["id"]))
                 for entity in form

@@ -47,21 +47,21 @@ def _finite_float(literal: str) -> float:
 
 
 def read_json_file(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
-    """A local JSON file parsed; a missing or unreadable file raises OSError naming it, bad JSON or a file over
-    `max_bytes` JsonFileError (a 10 GB "page.json" is refused from its size, not read)."""
-    path = Path(path)
+    """A local JSON file parsed; a missing or unreadable file raises OSError naming it, bad JSON, a folder/FIFO/
+    device or a file over `max_bytes` JsonFileError (a 10 GB "page.json" is refused from its size, not read)."""
     try:
-        status = check_regular_file(path)  # a FIFO named like a JSON file would block the reader for ever
+        data = read_bounded(path, max_bytes)
     except NotARegularFile as error:  # a folder, FIFO, device: named with its kind
         raise JsonFileError(f"{error}, expected a JSON file") from None
-    if status.st_size > max_bytes:
-        raise _too_large(path, max_bytes)
-    return parse_json(read_bounded(path, max_bytes), str(path))  # bounded again: the file may grow after the stat
+    return parse_json(data, str(path))
 
 
 def read_bounded(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> bytes:
-    """The bytes of a file from data, refused (JsonFileError naming it) past `max_bytes` without reading the rest,
-    even if the file grows after a size check."""
+    """The bytes of a file from data (JSON, OCR files): anything but a regular file is refused unopened
+    (NotARegularFile: a FIFO named like one would block the reader for ever), a file over `max_bytes` from its
+    size, unread (JsonFileError naming it), and one growing after that check is never read past the cap."""
+    if check_regular_file(path).st_size > max_bytes:
+        raise _too_large(path, max_bytes)
     with open(path, "rb") as stream:
         data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:

@@ -27,7 +27,7 @@ from xml.parsers import expat
 
 from PIL import Image
 
-from layoutlmv3.data_roots import NotARegularFile, check_regular_file
+from layoutlmv3.data_roots import NotARegularFile
 from layoutlmv3.json_files import MAX_JSON_BYTES, JsonFileError, read_bounded
 
 from .rejects import OCR_INVALID, OCR_MISSING, PageRejected
@@ -110,13 +110,12 @@ def _read_ocr_file(path: Path) -> bytes | PageRejected:
     """The bytes of an OCR file, or the reject: missing; not a regular file (a FIFO named NAME.xml blocked the
     worker for ever), refused unopened; over the cap of every file from data (MAX_JSON_BYTES), refused unread."""
     try:
-        check_regular_file(path)
-        return read_bounded(path)
+        return read_bounded(path)  # refuses anything but a regular file unopened, and a file over the cap
     except FileNotFoundError:
         return PageRejected(OCR_MISSING, f"no OCR file {path.name}")
     except NotARegularFile as error:
         return PageRejected(OCR_INVALID, str(error))
-    except JsonFileError:  # read_bounded's only error: the size cap
+    except JsonFileError:  # read_bounded's other refusal: the size cap
         return PageRejected(OCR_INVALID, f"{path.name} is over {MAX_JSON_BYTES} bytes: not the OCR of one image")
     except OSError as error:
         return PageRejected(OCR_INVALID, f"{path.name}: {error}")

@@ -32,6 +32,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from layoutlmv3.constants import IGNORE_INDEX
+from layoutlmv3.json_files import read_json_file
 
 # RoBERTa's special tokens. In the RoBERTa/LayoutLMv3 vocabulary their ids are 0, 1, 2, 3 and 50264 (<mask>, the
 # last id); in a vocabulary made by `train_bpe` they are 0..4 in this order, so <mask> is TRAINED_MASK_ID.
@@ -91,7 +92,8 @@ class LayoutLMv3Tokenizer:
             raise FileNotFoundError(f"tokenizer directory {directory} {where} (a RoBERTa-format vocabulary is needed)")
         vocab, merges = models.BPE.read_file(str(directory / VOCAB_FILE), str(directory / MERGES_FILE))
         config_path = directory / CONFIG_FILE
-        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+        config = read_json_file(config_path) if config_path.exists() else {}
+        config = config if isinstance(config, dict) else {}
         max_length = config.get("model_max_length")
         return cls(vocab, merges, max_length if isinstance(max_length, int) else DEFAULT_MODEL_MAX_LENGTH)
 

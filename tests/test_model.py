@@ -306,3 +306,26 @@ def test_masked_lm_loss_is_zero_not_nan_when_nothing_is_masked():
     logits = model(**inputs).logits[0, 3]
     expected = torch.nn.functional.cross_entropy(logits[None].float(), torch.tensor([7]))
     assert torch.allclose(model(**inputs, labels=labels).loss, expected, atol=1e-6)
+
+
+def test_a_model_directory_s_config_from_elsewhere_is_read_as_data(tmp_path):
+    """config.json is read like every JSON from data: NaN, a non-object and a FIFO are named errors, not a model
+    with a NaN epsilon nor a reader blocked for ever."""
+    import os
+
+    from layoutlmv3.json_files import JsonFileError
+
+    model = LayoutLMv3ForMaskedLM(tiny())
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    text = config_file.read_text()
+    config_file.write_text(text.replace('"layer_norm_eps": 1e-05', '"layer_norm_eps": NaN'))
+    with pytest.raises(JsonFileError, match="config.json is not valid JSON: NaN"):
+        LayoutLMv3ForMaskedLM.from_pretrained(tmp_path)
+    config_file.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="config.json: expected a JSON object"):
+        LayoutLMv3ForMaskedLM.from_pretrained(tmp_path)
+    config_file.unlink()
+    os.mkfifo(config_file)
+    with pytest.raises(ValueError, match="FIFO"):
+        LayoutLMv3ForMaskedLM.from_pretrained(tmp_path)

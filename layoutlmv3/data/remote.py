@@ -237,6 +237,8 @@ class _PipeStream:
             )
         except BaseException:
             self.deadline.close()
+            if hasattr(self, "errors"):
+                self.errors.close()
             raise
         self.deadline.on_expiry(self._kill)
         self.poller = select.poll()

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, default_collate
 
+from layoutlmv3.json_files import read_json_file
 from layoutlmv3.model import LayoutLMv3PreTrainedModel
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 from layoutlmv3.training.checkpointing import on_rank_zero
@@ -47,10 +48,13 @@ PROCESSING_FILE = "processing.json"  # in best/: how pages were made inputs (max
 def saved_processing(model_dir: str | Path) -> dict[str, Any]:
     """The window length, stride and box level the model in `model_dir` was fine-tuned with ({} if unknown), so
     prediction prepares pages the same way by default."""
-    try:
-        return json.loads((Path(model_dir) / PROCESSING_FILE).read_text())
-    except (OSError, ValueError):
+    path = Path(model_dir) / PROCESSING_FILE
+    if not path.exists():
         return {}
+    processing = read_json_file(path)  # a model from elsewhere: a broken file is named, never silently ignored
+    if not isinstance(processing, dict):
+        raise ValueError(f"{path}: expected a JSON object (window length, stride, box level)")
+    return processing
 
 
 class FinetuneJobBase:

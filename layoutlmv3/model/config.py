@@ -8,7 +8,6 @@ saved beside every checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from layoutlmv3.constants import IGNORE_INDEX  # noqa: F401 (re-exported: the model's losses skip it)
+from layoutlmv3.json_files import read_json_file
 
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flex")
 CLASSIFIER_HEADS = ("linear", "mlp")
@@ -149,10 +149,9 @@ class LayoutLMv3Config:
 
     @classmethod
     def load(cls, path: str | Path) -> LayoutLMv3Config:
-        try:
-            values = json.loads(Path(path).read_text())
-        except ValueError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from None
+        values = read_json_file(path)  # JsonFileError (a ValueError) naming the file
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a JSON object of config fields")
         model_type = values.pop("model_type", MODEL_TYPE)
         values.pop("architectures", None)  # which class saved it: `from_pretrained(trained_head=True)` reads it
         if model_type != MODEL_TYPE:

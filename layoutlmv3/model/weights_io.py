@@ -16,6 +16,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from layoutlmv3.json_files import read_json_file
+
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
@@ -24,18 +26,12 @@ PICKLE_NAME = "pytorch_model.bin"
 
 def read_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_NAME
-    if not path.is_file():
+    if not path.exists():  # a FIFO or folder of that name is refused by kind below, never opened
         raise FileNotFoundError(f"{directory} is not a model directory: no {CONFIG_NAME}")
-    return _read_json(path)
-
-
-def _read_json(path: Path) -> Any:
-    """A JSON file of a model directory (which may come from elsewhere), its name in any error. The model package
-    imports nothing of the project, so this is its own small copy of `layoutlmv3.json_files`' rule."""
-    try:
-        return json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    values = read_json_file(path)  # from elsewhere maybe: bad JSON, NaN, a FIFO or 10 GB named, not read
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object of config fields")
+    return values
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -58,7 +54,7 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
 def _index_shards(index_path: Path) -> list[str]:
     """The weight files a sharded safetensors index names: plain file names beside it, nothing else (an index from
     elsewhere naming `../../x` or `/abs` must not have files outside the model directory read)."""
-    index = _read_json(index_path)
+    index = read_json_file(index_path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{index_path}: expected an object with a non-empty 'weight_map' of tensor -> file name")

@@ -17,6 +17,8 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits on one file name and a whole path, in bytes
+
 
 class OutsideDataRoot(ValueError):
     """A path named in a data file that leads outside its data root; the message names the file and line or entry."""
@@ -53,9 +55,14 @@ def inside_root(root: str | Path, relative: object, where: str, beside: Callable
     if "\x00" in relative:
         raise OutsideDataRoot(f"{where}: the path {relative!r} holds a NUL character")
     try:
-        os.fsencode(relative)
+        encoded = os.fsencode(relative)
     except UnicodeError:  # a lone surrogate from JSON ("\ud800"): no file on this system can have that name
         raise OutsideDataRoot(f"{where}: the path {relative!r} cannot be a file name here (not encodable)") from None
+    if len(encoded) >= PATH_MAX or any(len(part) > NAME_MAX for part in encoded.split(b"/")):
+        raise OutsideDataRoot(
+            f"{where}: the path {relative[:60]!r}... is too long for a file name ({len(encoded)} bytes; at most "
+            f"{NAME_MAX} a part, {PATH_MAX - 1} in all)"
+        )
     if Path(relative).is_absolute():
         raise OutsideDataRoot(f"{where}: {relative!r} is an absolute path; paths in data files are relative to {root}")
     base = root.resolve()

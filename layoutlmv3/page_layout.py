@@ -43,6 +43,8 @@ def normalize_box(box: Sequence[object], width: int, height: int) -> list[int]:
         x0, y0, x1, y1 = (float(value) for value in box)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise BadBox(f"box {box!r} is not 4 numbers") from None
+    except OverflowError:  # a JSON integer past float range (10**400): exact in Python, no float holds it
+        raise BadBox(f"box {str(box)[:80]}... has a coordinate beyond any page") from None
     if not all(math.isfinite(value) for value in (x0, y0, x1, y1)):
         raise BadBox(f"box {box!r} has a non-finite coordinate")
     x0, x1 = sorted((x0, x1))

@@ -167,9 +167,6 @@ def test_fuzz_funsd_as_ocr_gives_words_or_a_named_reject(tmp_path: Path, documen
 WORDS = {"words": [{"text": "Date:", "box": [5, 6, 40, 20], "line": 3}, {"text": 7, "box": [50, 6, 70, 20]}]}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="finding E1: normalize_box raises OverflowError for a JSON integer past float range (10**400)"
-)
 @FUZZ
 @given(documents(WORDS), st.sampled_from(["word", "segment"]))
 def test_fuzz_words_files_give_words_or_a_named_error(tmp_path: Path, document: bytes, boxes: str) -> None:
@@ -288,10 +285,6 @@ def docvqa_documents(draw) -> bytes:
     return draw(st.one_of(st.just(json.dumps(document).encode()), documents(document)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding E2: a 5000-char page name passes inside_root, then ENAMETOOLONG traceback in page_words",
-)
 @FUZZ
 @given(docvqa_documents())
 def test_fuzz_docvqa_questions_stay_inside_the_split_or_are_named(data_root, document: bytes) -> None:
@@ -330,12 +323,9 @@ def test_fuzz_classification_index_stays_inside_the_root_or_is_named(
         assert_page_boxes(words, boxes)
 
 
-# ---- the minimal cases the fuzzing found (xfail until fixed in their modules; then drop the markers) -----------
+# ---- the minimal cases the fuzzing found ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="finding E1: normalize_box raises OverflowError for a JSON integer past float range (10**400)"
-)
 def test_a_box_integer_beyond_float_range_is_a_bad_box(tmp_path: Path) -> None:
     """JSON integers are exact in Python: 10**400 parses, and float() of it raises OverflowError, not BadBox."""
     path = tmp_path / "page.json"
@@ -344,10 +334,6 @@ def test_a_box_integer_beyond_float_range_is_a_bad_box(tmp_path: Path) -> None:
         model_words(read_words(path), WIDTH, HEIGHT, "word")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding E2: a 5000-char page name passes inside_root, then ENAMETOOLONG traceback in page_words",
-)
 def test_a_page_name_too_long_for_the_file_system_is_named(data_root) -> None:
     _, split = data_root
     entry = {"question": "q?", "image": "x" * 5000, "answers": []}

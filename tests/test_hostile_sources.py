@@ -188,7 +188,11 @@ def test_a_command_that_writes_for_ever_is_bounded(tmp_path: Path, caplog) -> No
         got, took = _timed(
             lambda: list(shard_samples(f"pipe:cat {path}; exec yes", QUICK, 3, shard.bytes, shard.sha256))
         )
-        assert len(got) == 2 and took < BOUND_S and "pipe command exited with" in caplog.text
+        # 2 samples when the shard's end and `yes` arrive in separate reads, 1 when one read holds both (the
+        # extra bytes are found before the last-but-one sample is released); the failure is named either way:
+        # the command's SIGPIPE exit, or the bytes past the recorded size. Timing, not a count to pin.
+        named = "pipe command exited with" in caplog.text or "goes on past the" in caplog.text
+        assert 1 <= len(got) <= 2 and took < BOUND_S and named
         got, took = _timed(lambda: list(shard_samples(f"pipe:cat {header}; exec cat /dev/zero", QUICK)))
     assert got == [] and took < QUICK.deadline_s and f"declares {TEN_GB} bytes" in caplog.text
 

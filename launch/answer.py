@@ -21,7 +21,7 @@ from data_prep.pages import read_page
 from data_prep.rejects import PageRejected
 from layoutlmv3.finetune.dataset import image_size, model_inputs
 from layoutlmv3.finetune.qa import Question, QuestionWindows, best_answers
-from layoutlmv3.finetune.selection import saved_processing
+from layoutlmv3.finetune.task_base import saved_processing
 from layoutlmv3.model import LayoutLMv3ForQuestionAnswering
 from layoutlmv3.page_layout import BadBox, model_words, to_sample_mode
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer

@@ -23,7 +23,7 @@ from data_prep.pages import read_page, scan_folder
 from data_prep.rejects import PageRejected
 from data_prep.shard_writer import write_file_atomically
 from layoutlmv3.finetune.dataset import model_inputs
-from layoutlmv3.finetune.selection import saved_processing
+from layoutlmv3.finetune.task_base import saved_processing
 from layoutlmv3.model import LayoutLMv3ForSequenceClassification
 from layoutlmv3.page_layout import BadBox, Word, model_words, to_sample_mode
 from layoutlmv3.page_sources import PAGE_SUFFIXES

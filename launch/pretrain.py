@@ -13,8 +13,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from layoutlmv3.training import run
-
 EPILOG = """\
 examples:
   deepspeed launch/pretrain.py --config configs/pretrain/base.yaml
@@ -53,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
+    from layoutlmv3.pretraining.job import run  # imports DeepSpeed: not needed for --help
+
     return run(args.config, overrides, resume=args.resume)
 
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data_prep.synth import generate_page, page_id
-from layoutlmv3.training.image_tokenizer_job import (
+from layoutlmv3.pretraining.image_tokenizer_job import (
     METRICS_FILE,
     ImageTokenizerRunConfig,
     load_image_tokenizer_config,

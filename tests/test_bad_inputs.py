@@ -12,8 +12,8 @@ from PIL import Image
 from launch.finetune import main as finetune_main
 from layoutlmv3.finetune.funsd import read_page
 from layoutlmv3.model import LayoutLMv3Config
+from layoutlmv3.pretraining.run_config import load_run_config
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
-from layoutlmv3.training.run_config import load_run_config
 
 
 def _page(root: Path, entity: dict) -> tuple[Path, Path]:
@@ -111,7 +111,7 @@ def test_a_missing_deepspeed_config_names_the_setting(tmp_path) -> None:
 def test_special_ids_and_the_patch_grid_have_one_source_each() -> None:
     """The tokenizer fixes <s>/<pad>/</s> (refusing a vocabulary that moves them); the engine refuses a model config
     that disagrees with it, or whose patch grid is not the image tokenizer's code grid."""
-    from layoutlmv3.training.engine import check_inputs_fit
+    from layoutlmv3.pretraining.build import check_inputs_fit
 
     tokenizer = train_bpe(["Date", "Total"] * 5, vocab_size=300)
     ids = {"pad": tokenizer.pad_token_id, "cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id}

@@ -1,5 +1,6 @@
 """The dependency rule of ARCHITECTURE.md, held by a test: the library never imports data preparation or the
-launchers (it must be usable without OCR tooling, Faker or the scripts), and the model never imports training."""
+launchers (it must be usable without OCR tooling, Faker or the scripts), the model never imports training, and the
+generic trainer knows no job."""
 
 from __future__ import annotations
 
@@ -32,6 +33,32 @@ def test_the_model_imports_nothing_of_training_data_or_pretraining() -> None:
     for path in sorted((LIBRARY / "model").rglob("*.py")):
         above = {n for n in _imports(path) if n.startswith(("layoutlmv3.training", "layoutlmv3.data", "deepspeed"))}
         assert not above, f"{path} imports {sorted(above)}"
+
+
+def _resolved_imports(path: Path) -> set[str]:
+    """Full dotted names of the modules `path` imports, relative imports resolved against its package."""
+    package = ".".join(path.relative_to(LIBRARY.parent).with_suffix("").parts[:-1])
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package if node.level else ""
+            module = ".".join(part for part in (base, node.module or "") if part)
+            names |= {module} if node.module else {f"{module}.{alias.name}" for alias in node.names}
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((LIBRARY / "training").rglob("*.py")), ids=lambda p: p.name)
+def test_the_generic_trainer_imports_no_job(path: Path) -> None:
+    jobs = {n for n in _resolved_imports(path) if n.startswith(("layoutlmv3.pretraining", "layoutlmv3.finetune"))}
+    assert not jobs, f"{path} imports {sorted(jobs)}: jobs import the trainer, never the reverse"
+
+
+def test_relative_imports_are_resolved_against_the_package() -> None:
+    """The rule above reads relative imports right (else it would hold whatever training imports)."""
+    names = _resolved_imports(LIBRARY / "pretraining" / "job.py")
+    assert "layoutlmv3.pretraining.build" in names and "layoutlmv3.training.runner" in names
 
 
 def test_entry_points_run_as_modules_and_console_scripts(tmp_path: Path) -> None:

@@ -442,7 +442,7 @@ def test_the_label_set_comes_from_the_data_and_travels_with_the_model(forms: Pat
     """Forms whose entities are `field` and `value` (not FUNSD's types): the BIO labels are read from the training
     annotations, become the model's id2label, and label every sub-token when asked (B-X -> I-X after the first)."""
     from layoutlmv3.finetune.config import load_finetune_config
-    from layoutlmv3.finetune.job import FinetuneJob
+    from layoutlmv3.finetune.entities_job import FinetuneJob
 
     data = _typed_forms(tmp_path / "data", {"question": "field", "answer": "value"})
     assert entity_types(data / "training_data") == ("HEADER", "FIELD", "VALUE", "OTHER")  # FUNSD's first
@@ -470,7 +470,7 @@ def test_cord_receipts_are_read_with_their_own_fields_and_dev_split(forms: Path,
     from data_prep.synth import write_cord_split
     from layoutlmv3.finetune.config import load_finetune_config
     from layoutlmv3.finetune.cord import read_cord_page
-    from layoutlmv3.finetune.job import FinetuneJob
+    from layoutlmv3.finetune.entities_job import FinetuneJob
 
     for split, count, seed in (("train", 4, 0), ("dev", 1, 2), ("test", 1, 1)):
         write_cord_split(tmp_path / "cord" / split, count, seed=seed)

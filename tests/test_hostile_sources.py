@@ -370,7 +370,7 @@ def test_every_reader_of_shard_members_takes_the_capped_reader(tmp_path: Path) -
     """The tokenizer check's first meta.json and data prep's words from shards read tars through tar_files too:
     a 1.5 KB local shard whose meta.json is a 10 GB sparse file costs them no memory (tarfile alone: 10 GB)."""
     from data_prep.page_words import shard_words
-    from layoutlmv3.training.inputs import first_sample_tokenizer
+    from layoutlmv3.pretraining.inputs import first_sample_tokenizer
 
     path = tmp_path / "shard-000000-000000.tar"
     path.write_bytes(_sparse_header("k.meta.json") + bytes(1024))

@@ -39,7 +39,7 @@ from layoutlmv3.pretraining.image_tokenizer_data import (
     image_source,
     is_held_out,
 )
-from layoutlmv3.training.image_tokenizer_job import load_image_tokenizer_config
+from layoutlmv3.pretraining.image_tokenizer_job import load_image_tokenizer_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRID = 14

@@ -35,6 +35,8 @@ from data_prep.synth import write_corpus
 from layoutlmv3.data import build_train_loader
 from layoutlmv3.model import LayoutLMv3Config
 from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
+from layoutlmv3.pretraining.inputs import check_shards_tokenizer
+from layoutlmv3.pretraining.job import run
 from layoutlmv3.pretraining.model import LayoutLMv3ForPretraining
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
 from layoutlmv3.training.checkpointing import (
@@ -49,7 +51,6 @@ from layoutlmv3.training.checkpointing import (
     tag_for,
 )
 from layoutlmv3.training.engine import parameter_groups
-from layoutlmv3.training.inputs import check_shards_tokenizer
 from layoutlmv3.training.metrics import (
     METRICS_FILE,
     MetricsLogger,
@@ -57,7 +58,6 @@ from layoutlmv3.training.metrics import (
     estimate_mfu,
     model_flops_per_sample,
 )
-from layoutlmv3.training.pretraining_job import run
 from layoutlmv3.training.schedule import learning_rate, warmup_steps
 from layoutlmv3.training.signals import (
     EXIT_BAD_CONFIG,
@@ -698,8 +698,8 @@ def test_shards_of_another_tokenizer_are_refused(world: Path) -> None:
 
 
 def test_shards_without_a_manifest_need_the_epoch_length_named_as_a_setting(world: Path) -> None:
-    from layoutlmv3.training.inputs import check_train_shards_tokenizer
-    from layoutlmv3.training.run_config import load_run_config
+    from layoutlmv3.pretraining.inputs import check_train_shards_tokenizer
+    from layoutlmv3.pretraining.run_config import load_run_config
 
     tokenizer = LayoutLMv3Tokenizer.from_pretrained(world / "vocab")
     pattern = str(world / "shards" / "train" / "shard-000000-{000000..000007}.tar")
@@ -878,8 +878,8 @@ def test_metrics_rows_past_the_resumed_step_are_dropped(tmp_path: Path) -> None:
 
 
 def test_a_mixture_of_corpora_is_configured_and_each_corpus_checked(world: Path, tmp_path: Path) -> None:
-    from layoutlmv3.training.inputs import check_train_shards_tokenizer, train_sources
-    from layoutlmv3.training.run_config import load_run_config
+    from layoutlmv3.pretraining.inputs import check_train_shards_tokenizer, train_sources
+    from layoutlmv3.pretraining.run_config import load_run_config
 
     corpora = (
         f"[{{shards: {world / 'shards' / 'train'}, weight: 0.8}}, {{shards: {world / 'shards' / 'val'}, weight: 0.2}}]"

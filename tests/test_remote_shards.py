@@ -153,8 +153,8 @@ def test_pipe_commands_read_shards_and_a_failing_command_is_retried(tmp_path: Pa
 
 
 def test_the_tokenizer_of_a_remote_manifest_is_checked(server) -> None:
+    from layoutlmv3.pretraining.inputs import check_shards_tokenizer
     from layoutlmv3.tokenizer import train_bpe
-    from layoutlmv3.training.inputs import check_shards_tokenizer
 
     url, _ = server
     with pytest.raises(ValueError, match=f"{url}/manifest.json were tokenized with tokenizer test"):
@@ -306,7 +306,7 @@ def test_the_deadline_counts_waiting_not_the_consumers_time(tmp_path: Path) -> N
 
 
 def test_the_deadline_is_a_config_setting() -> None:
-    from layoutlmv3.training.run_config import DataSection
+    from layoutlmv3.pretraining.run_config import DataSection
 
     assert DataSection(remote_deadline_s=30).remote_deadline_s == 30
     for bad in (0, -1, float("inf"), float("nan")):
@@ -416,9 +416,9 @@ def test_the_image_tokenizer_takes_its_remote_attempts_and_deadline_from_the_con
 
 
 def test_the_tokenizer_check_and_the_loader_read_a_remote_manifest_with_the_configs_deadline(caplog) -> None:
+    from layoutlmv3.pretraining.inputs import check_train_shards_tokenizer
+    from layoutlmv3.pretraining.run_config import DataSection, RunConfig
     from layoutlmv3.tokenizer import train_bpe
-    from layoutlmv3.training.inputs import check_train_shards_tokenizer
-    from layoutlmv3.training.run_config import DataSection, RunConfig
 
     tokenizer = train_bpe(["a", "b"] * 5, vocab_size=300)
     with _raw_server(_never_answer) as url:

@@ -11,10 +11,10 @@ import transformers
 
 from layoutlmv3.model import LayoutLMv3Config
 from layoutlmv3.model.hf_interop import hf_to_native
+from layoutlmv3.pretraining.build import build_model
+from layoutlmv3.pretraining.job import _check_roberta_vocabulary
+from layoutlmv3.pretraining.run_config import RunConfig, load_run_config
 from layoutlmv3.tokenizer import train_bpe
-from layoutlmv3.training.engine import build_model
-from layoutlmv3.training.pretraining_job import _check_roberta_vocabulary
-from layoutlmv3.training.run_config import RunConfig, load_run_config
 
 WORDS = ["Invoice", "Total", "Date", "Name", "Amount", "paid", "received", "2024", "Street", "City"] * 20
 

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from layoutlmv3.finetune.config import load_finetune_config
+from layoutlmv3.pretraining.image_tokenizer_job import load_image_tokenizer_config
+from layoutlmv3.pretraining.run_config import RunConfig, load_run_config, parse_overrides
 from layoutlmv3.training.ds_config import load_ds_config, validate_ds_config
-from layoutlmv3.training.image_tokenizer_job import load_image_tokenizer_config
-from layoutlmv3.training.run_config import RunConfig, load_run_config, parse_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_CONFIGS = sorted((REPO_ROOT / "configs" / "pretrain").glob("*.yaml"))
@@ -217,8 +217,8 @@ def test_deepspeed_config_needs_the_batch_and_zero_keys(tmp_path: Path) -> None:
 
 
 def test_compile_layers_compiles_every_encoder_layer_in_place():
-    from layoutlmv3.training.engine import build_model
-    from layoutlmv3.training.run_config import RunConfig, build
+    from layoutlmv3.pretraining.build import build_model
+    from layoutlmv3.pretraining.run_config import RunConfig, build
 
     config = build(RunConfig, {"model": {"flavor": "tiny", "compile_layers": True}}, "config")
     model = build_model(config, vocab_size=300, codebook_size=64)

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from layoutlmv3.pretraining.run_config import load_run_config
 from layoutlmv3.training.ds_config import with_global_batch
-from layoutlmv3.training.run_config import load_run_config
 from layoutlmv3.training.slurm_env import (
     expand_hostlist,
     expand_tasks_per_node,

@@ -21,8 +21,8 @@ from layoutlmv3.training.engine import Training
 from .classes import ClassifiedPage, class_names, read_class_split
 from .config import FinetuneConfig
 from .dataset import load_pixels, model_config, model_inputs
-from .selection import FinetuneJobBase, SelectionTask, sharded_map
 from .splits import split_dev
+from .task_base import FinetuneJobBase, SelectionTask, sharded_map
 
 logger = logging.getLogger(__name__)
 

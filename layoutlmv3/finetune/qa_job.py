@@ -16,8 +16,8 @@ from .anls import anls
 from .config import FinetuneConfig
 from .dataset import image_size, model_config, model_inputs
 from .qa import QuestionWindows, best_answers, read_questions
-from .selection import FinetuneJobBase, SelectionTask, sharded_map
 from .splits import split_dev
+from .task_base import FinetuneJobBase, SelectionTask, sharded_map
 
 logger = logging.getLogger(__name__)
 

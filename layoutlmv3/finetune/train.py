@@ -7,8 +7,8 @@ from __future__ import annotations
 from layoutlmv3.training.runner import run_job
 
 from .config import FinetuneConfig
-from .selection import BEST_DIR, RESULTS_FILE
 from .splits import split_dev
+from .task_base import BEST_DIR, RESULTS_FILE
 
 __all__ = ["BEST_DIR", "RESULTS_FILE", "finetune", "split_dev"]
 
@@ -22,5 +22,5 @@ def finetune(config: FinetuneConfig, resume: str = "auto") -> int:
     elif config.task == "questions":
         from .qa_job import QuestionAnsweringJob as Job
     else:
-        from .job import FinetuneJob as Job
+        from .entities_job import FinetuneJob as Job
     return run_job(lambda: Job(config), resume)

@@ -1,17 +1,4 @@
-"""Training: run config, DeepSpeed engine, schedule, the train loop, metrics, checkpoints, signals.
-
-`run` is imported on first use, so reading a run config does not import DeepSpeed.
-"""
-
-from __future__ import annotations
-
-import importlib
-
-
-def __getattr__(name: str):
-    if name == "run":
-        return importlib.import_module("layoutlmv3.training.pretraining_job").run
-    raise AttributeError(f"module 'layoutlmv3.training' has no attribute {name!r}")
-
-
-__all__ = ["run"]
+"""The generic trainer every job shares: runner and train loop, DeepSpeed engine set-up, schedule, metrics,
+checkpoints, signals, heartbeat, distributed/Slurm set-up and the config sections all jobs read. It knows no job:
+pretraining (`layoutlmv3.pretraining.job`), the image tokenizer (`layoutlmv3.pretraining.image_tokenizer_job`) and
+fine-tuning (`layoutlmv3.finetune`) import it, never the reverse."""

@@ -41,7 +41,6 @@ from .distributed import describe_placement, init_distributed, placement_logger
 from .ds_config import load_ds_config, with_global_batch
 from .engine import Training, initialize, non_embedding_parameters
 from .extensions import check_build_locks
-from .inputs import LOADER_SETTINGS
 from .loop import Run, TrainState, train
 from .metrics import MetricsLogger, device_peak_tflops
 from .run_lock import CheckpointDirInUse, hold_run_lock
@@ -264,7 +263,7 @@ def _resume(
         try:
             loader.load_state_dict(rank_state["loader"])
         except LoaderLayoutChanged as error:
-            setting = LOADER_SETTINGS.get(error.name, error.name)
+            setting = getattr(task, "loader_settings", {}).get(error.name, error.name)
             raise ValueError(
                 f"{checkpoint.path} was saved with {setting} = {error.saved!r}, this run has {error.current!r}: the "
                 "data position cannot carry over; resume with the saved value (or start a new checkpoint.dir)"

@@ -44,6 +44,8 @@ class Task(Protocol):
 
     metric_names: tuple[str, ...]  # what `forward` returns, loss first; logged as train/NAME, averaged over ranks
     loader: ResumableBatches
+    # Optional `loader_settings: Mapping[str, str]`: the job's config setting behind each loader argument, so a
+    # resume refused for a changed data layout names the setting (the runner reads it with getattr).
 
     def forward(self, batch: dict) -> Sequence[torch.Tensor]:
         """The micro-batch through the engine: (loss, *other metrics), scalars; the loss carries the graph."""

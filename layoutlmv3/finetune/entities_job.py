@@ -15,8 +15,8 @@ from layoutlmv3.training.engine import Training
 from .config import FinetuneConfig
 from .dataset import WindowDataset
 from .evaluate import merge_pages, score_pages, window_rows
-from .selection import BEST_DIR, RESULTS_FILE, SELECTION_FILE, FinetuneJobBase, SelectionTask, sharded_map
 from .splits import read_splits
+from .task_base import BEST_DIR, RESULTS_FILE, SELECTION_FILE, FinetuneJobBase, SelectionTask, sharded_map
 
 __all__ = ["BEST_DIR", "RESULTS_FILE", "SELECTION_FILE", "FinetuneJob", "TokenClassificationTask"]
 

@@ -14,8 +14,7 @@ from typing import Any
 
 from layoutlmv3.config_loading import build, load_config, parse_overrides, require
 from layoutlmv3.pretraining.collator import MaskingConfig
-
-from .sections import CheckpointSection, LoggingSection, TrainSection
+from layoutlmv3.training.sections import CheckpointSection, LoggingSection, TrainSection
 
 __all__ = [
     "CheckpointSection",

@@ -30,8 +30,9 @@ from layoutlmv3.json_files import read_json_file
 from layoutlmv3.model import LayoutLMv3PreTrainedModel
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 from layoutlmv3.training.checkpointing import on_rank_zero
-from layoutlmv3.training.engine import Training, check_max_length, check_special_ids, non_embedding_parameters
+from layoutlmv3.training.engine import Training, non_embedding_parameters
 from layoutlmv3.training.metrics import encoder_work
+from layoutlmv3.training.model_checks import check_max_length, check_special_ids
 
 from .config import FinetuneConfig
 from .dataset import model_inputs

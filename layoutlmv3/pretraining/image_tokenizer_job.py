@@ -34,11 +34,10 @@ from layoutlmv3.pretraining.image_tokenizer_data import (
     image_source,
     save_reconstruction_grid,
 )
-
-from .checkpointing import on_rank_zero
-from .engine import Training
-from .runner import run_job
-from .sections import CheckpointSection, LoggingSection, TrainSection
+from layoutlmv3.training.checkpointing import on_rank_zero
+from layoutlmv3.training.engine import Training
+from layoutlmv3.training.runner import run_job
+from layoutlmv3.training.sections import CheckpointSection, LoggingSection, TrainSection
 
 logger = logging.getLogger(__name__)
 

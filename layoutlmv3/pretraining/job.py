@@ -16,12 +16,13 @@ from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer
 from layoutlmv3.pretraining.model import LayoutLMv3ForPretraining, PretrainingOutput
 from layoutlmv3.pretraining.step import batch_to_device, pretraining_forward
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+from layoutlmv3.training.engine import Training, non_embedding_parameters
+from layoutlmv3.training.metrics import encoder_work
+from layoutlmv3.training.runner import run_job
 
-from .engine import Training, build_model, check_inputs_fit, non_embedding_parameters
-from .inputs import build_loaders, check_train_shards_tokenizer
-from .metrics import encoder_work
+from .build import build_model, check_inputs_fit
+from .inputs import LOADER_SETTINGS, build_loaders, check_train_shards_tokenizer
 from .run_config import RunConfig, load_run_config
-from .runner import run_job
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class PretrainingTask:
     """The three objectives' forward pass; validation on the held-out shards."""
 
     metric_names = OBJECTIVE_METRICS
+    loader_settings = LOADER_SETTINGS  # names a loader argument that changed since the checkpoint by its setting
 
     def __init__(
         self,

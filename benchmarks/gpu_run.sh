@@ -101,7 +101,7 @@ pretrain() {  # DIR [overrides...]: the real launcher on the world, logs and che
     local dir=$1
     shift
     "$PYTHON" -m deepspeed.launcher.runner --num_gpus "$RANKS" --master_port "$((29500 + RANDOM % 1000))" \
-        launch/pretrain.py --config configs/pretrain/tiny.yaml --deepspeed "$DS_JSON" \
+        launch/pretrain.py --config configs/pretrain/tiny.yaml --deepspeed "$DS_JSON" --train.global_batch_size null \
         --data.train_shards "$WORLD/shards" --data.val_shards null --data.tokenizer "$WORLD/vocab" \
         --objectives.image_tokenizer "$WORLD/image_tokenizer" --train.steps "$PRETRAIN_STEPS" \
         --logging.every 20 --logging.progress false --checkpoint.every "$HALF" \

@@ -11,7 +11,7 @@ import yaml
 from layoutlmv3.finetune.config import load_finetune_config
 from layoutlmv3.pretraining.image_tokenizer_job import load_image_tokenizer_config
 from layoutlmv3.pretraining.run_config import RunConfig, load_run_config, parse_overrides
-from layoutlmv3.training.ds_config import load_ds_config, validate_ds_config
+from layoutlmv3.training.ds_config import load_ds_config, validate_ds_config, with_global_batch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_CONFIGS = sorted((REPO_ROOT / "configs" / "pretrain").glob("*.yaml"))
@@ -63,6 +63,21 @@ def test_shipped_run_config_validates_with_its_deepspeed_config(path: Path) -> N
     load_ds_config(REPO_ROOT / config.deepspeed)
 
 
+@pytest.mark.parametrize(
+    "path", sorted((REPO_ROOT / "configs").glob("*/*.yaml")), ids=lambda path: f"{path.parent.name}/{path.stem}"
+)
+def test_every_shipped_config_pins_its_global_batch_for_any_node_count(path: Path) -> None:
+    """A recipe must not change with the number of ranks: each shipped config sets train.global_batch_size, and its
+    DeepSpeed JSON's micro-batch fits it on one rank (the accumulation then follows the world size)."""
+    loaders = {"pretrain": load_run_config, "image_tokenizer": load_image_tokenizer_config}
+    config = loaders.get(path.parent.name, lambda p: load_finetune_config(p, ["--model.path", "m"]))(path)
+    assert config.train.global_batch_size is not None, f"{path} does not pin train.global_batch_size"
+    adjusted = with_global_batch(load_ds_config(REPO_ROOT / config.deepspeed), config.train.global_batch_size, 1)
+    assert adjusted["train_micro_batch_size_per_gpu"] * adjusted["gradient_accumulation_steps"] == (
+        config.train.global_batch_size
+    )
+
+
 @pytest.mark.parametrize("path", DS_CONFIGS, ids=lambda path: path.stem)
 def test_shipped_deepspeed_config_validates(path: Path) -> None:
     values = load_ds_config(path)
@@ -88,6 +103,7 @@ def test_base_config_has_the_paper_defaults() -> None:
     assert train.betas == (0.9, 0.98) and train.weight_decay == 0.01 and train.warmup_ratio == 0.048
     ds = load_ds_config(REPO_ROOT / config.deepspeed)
     assert ds["bf16"]["enabled"]
+    assert train.global_batch_size == 2048  # the paper's, on any node count
     assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 64 == 2048  # 8 nodes x 8
 
 

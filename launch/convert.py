@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-pretraining-heads", action="store_true", help="keep only the backbone (LayoutLMv3Model weights)"
     )
     parser.add_argument(
-        "--config", type=Path, help="config.json giving the model shape (default: rebuilt from the run config)"
+        "--config",
+        type=Path,
+        help="config.json giving the model shape (default: the model config saved in the checkpoint; checkpoints "
+        "older than that record: rebuilt from the run config)",
     )
     parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: the run's data.tokenizer)")
     add_allow_global(parser)

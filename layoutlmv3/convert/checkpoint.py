@@ -108,7 +108,7 @@ def convert_checkpoint(
     """Write `checkpoint` as a model directory `out` (config.json, model.safetensors, tokenizer files).
 
     `to="hf"` writes transformers' layout, which has no pretraining heads, so it implies dropping them.
-    `config_path` (a config.json, ours or transformers') replaces the shape rebuilt from the run config; a
+    `config_path` (a config.json, ours or transformers') replaces the model config the checkpoint records; a
     checkpoint of another size is refused with the offending weights named. `allowed_globals`: pickled types
     allowed beyond checkpointing.SAFE_GLOBALS (--allow-global), the user's word, never the checkpoint's.
     """
@@ -222,7 +222,7 @@ def consolidate(
 
 
 def _run_model_config(run_config: dict[str, Any], weights: dict[str, torch.Tensor]) -> LayoutLMv3Config:
-    """For checkpoints without a recorded model config: what `training.engine.build_model` built (flavor +
+    """For checkpoints without a recorded model config: what `pretraining.build.build_model` built (flavor +
     overrides, or the init_from directory's config, which must still exist)."""
     section = run_config["model"]
     sizes = {}

@@ -1,4 +1,5 @@
-"""The one train loop (pretraining, fine-tuning): optimizer steps of `accumulation_steps` good micro-batches, validation, checkpoints, signals.
+"""The one train loop (pretraining, the image tokenizer, fine-tuning): optimizer steps of `accumulation_steps`
+good micro-batches, validation, checkpoints, signals.
 
 A step is one optimizer step. DeepSpeed accumulates: every good micro-batch gets `engine.backward` and
 `engine.step()`, and the engine updates the weights on every `accumulation_steps`-th. Checkpoints are taken
@@ -79,7 +80,7 @@ class Boundary:
 
 @dataclass
 class Run:
-    """Everything the loop needs, assembled by `runner.run`."""
+    """Everything the loop needs, assembled by `runner.run_job`."""
 
     config: JobConfig
     training: Training

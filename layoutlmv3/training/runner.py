@@ -1,6 +1,7 @@
 """One training run of any job, assembled: the job (config, tokenizers, data, model) -> distributed set-up ->
-engine -> the job's task -> resume -> the train loop. Pretraining (`training.pretraining_job.run`) and
-fine-tuning (`finetune.train.finetune`) both call `run_job`, which returns the exit code (see `signals`).
+engine -> the job's task -> resume -> the train loop. Pretraining (`pretraining.job.run`), the image tokenizer
+(`pretraining.image_tokenizer_job.run`) and fine-tuning (`finetune.train.finetune`) all call `run_job`, which
+returns the exit code (see `signals`).
 
 Resuming on another world size goes through DeepSpeed's universal checkpoint: weights and optimizer state carry
 over exactly, but a loader position belongs to one (rank, world size) split and cannot be mapped onto another;

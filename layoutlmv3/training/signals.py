@@ -5,11 +5,14 @@ on again) aborts at once, as Ctrl-C usually does.
 The handler only records the signal; the loop folds the flag into the all-reduce it does every micro-batch, so
 all ranks see a request that reached any one of them and stop after the same step. A rank waiting for its next
 batch (a stalled shard server) looks at the flag while it waits: after `loop.BATCH_WAIT_AFTER_STOP_S` without the
-batch it gives up, every rank drops the step under way, and they save the checkpoint of the last completed step. The process then exits with
-`EXIT_PREEMPTED`, which a Slurm script turns into a requeue; the requeued job resumes with `--resume auto`:
+batch it gives up, every rank drops the step under way, and they save the checkpoint of the last completed step.
+The process then exits with `EXIT_PREEMPTED`, which a Slurm script turns into a requeue; the requeued job resumes
+with `--resume auto`. The shipped `slurm/pretrain.sbatch` does it this way:
 
-    #SBATCH --signal=USR1@300        # USR1 to the job's tasks 5 minutes before the time limit
-    srun python launch/pretrain.py --config ... ; [ $? -eq 42 ] && scontrol requeue "$SLURM_JOB_ID"
+    #SBATCH --signal=B:USR1@120      # USR1 to the batch shell 2 minutes before the time limit
+    trap 'kill -s USR1 "$SRUN_PID"' USR1   # the shell passes it on to srun, srun to every rank
+    srun python launch/pretrain.py --resume auto ... & SRUN_PID=$!
+    wait "$SRUN_PID"; ...            # 42 after USR1: scontrol requeue "$SLURM_JOB_ID"
 
 Send the signal to the training processes themselves: DeepSpeed's `deepspeed` launcher kills its children on
 SIGTERM (after 30 s) and exits 1, and dies on SIGUSR1.

@@ -1,7 +1,8 @@
 """What a job plugs into the one trainer: a `Job` (the model and facts known before the engine exists) and the
 `Task` it makes once the engine does (its batches, forward pass, validation and what it keeps across resumes).
 
-Pretraining (`training.pretraining_job`) and fine-tuning (`finetune.job`) are jobs; the trainer
+Pretraining (`pretraining.job`), the image tokenizer (`pretraining.image_tokenizer_job`) and fine-tuning
+(`finetune.entities_job`, `finetune.classify_job`, `finetune.qa_job`) are jobs; the trainer
 (`training.runner` + `training.loop`) owns everything they share: distributed set-up, the DeepSpeed engine,
 the LR schedule, gradient accumulation, the non-finite-loss guard, metrics, checkpoints with loader state,
 signals and exact resume.

@@ -4,7 +4,7 @@ Runs on the same DeepSpeed trainer as pretraining and fine-tuning: one process, 
 `deepspeed`/`torchrun`/`srun`, resumable from output.dir/checkpoints. The YAML file has the sections `model`
 (a flavor plus ImageTokenizerConfig overrides), `data` (page images, webdataset shards or synthetic pages, and
 the held-out split), `train`, `logging`, `checkpoint`, `output` and `deepspeed` (configs/image_tokenizer/*.yaml,
-layoutlmv3/training/image_tokenizer_job.py); any setting can be overridden as --section.key VALUE. The output
+layoutlmv3/pretraining/image_tokenizer_job.py); any setting can be overridden as --section.key VALUE. The output
 directory receives the tokenizer (config.json + model.safetensors), eval_metrics.json and reconstructions.png.
 """
 

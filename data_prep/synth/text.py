@@ -88,11 +88,6 @@ CHECKBOX_GROUPS = (
 SIGNATURE_CAPTIONS = ("Signature", "Authorized Signature", "Approved by", "Prepared by", "Received by")
 
 
-def _plain(value: str) -> str:
-    """Collapse Faker's multi-line values (addresses) to one line."""
-    return " ".join(value.split())
-
-
 @lru_cache(maxsize=1)
 def _faker() -> Faker:
     """One Faker per process: building it costs ~20 ms, reseeding it per page is free."""

@@ -1,6 +1,6 @@
 """Fine-tuning a token classifier (entity labelling of FUNSD-format forms or CORD receipts) as a job of the one
 trainer, so it runs on N ranks with DeepSpeed (ZeRO, bf16/fp16, accumulation to `train.global_batch_size`) and
-resumes exactly after a preemption. Selection, export and scoring: `finetune.selection`; the pages and their
+resumes exactly after a preemption. Selection, export and scoring: `finetune.task_base`; the pages and their
 label set: `finetune.splits`."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Fine-tune a LayoutLMv3 model with the one trainer (`training.runner`): any number of ranks, DeepSpeed
-precision and ZeRO, exact resume, preemption. `task: entities` labels words (`finetune.job`), `task: classes`
+precision and ZeRO, exact resume, preemption. `task: entities` labels words (`finetune.entities_job`), `task: classes`
 classifies pages (`finetune.classify_job`), `task: questions` answers questions (`finetune.qa_job`)."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 LayoutLMv3's MIM objective predicts, for each masked 16x16 patch of the 224x224 page, the discrete token a frozen
 image tokenizer gives that patch. The paper uses DiT's dVAE (8192 codes, a 112x112 image -> 14x14 tokens); those
 weights cannot be downloaded here, so `ImageTokenizer` is a VQ-VAE trained on document pages
-(`training.image_tokenizer_job`): an encoder turns each 8x8 pixel patch of the 112 px page into one vector (14x14
+(`pretraining.image_tokenizer_job`): an encoder turns each 8x8 pixel patch of the 112 px page into one vector (14x14
 vectors), a vector quantiser maps each vector to its nearest code, and a convolutional decoder reconstructs the
 page from the 14x14 codes.
 

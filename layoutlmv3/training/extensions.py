@@ -9,6 +9,10 @@ into one clear error before the run starts.
 
 `python -m layoutlmv3.training.extensions` builds the ops a CPU run needs, once, in one process (the Makefile does
 it when it creates the virtualenv), so tests and jobs never start by compiling concurrently.
+
+Without TORCH_EXTENSIONS_DIR, torch's cache is one per user, shared by every checkout and virtualenv: a shell that
+did not export the Makefile's setting rebuilt the ops silently (40-65 s) into it, over ops built against another
+torch. `use_virtualenv_cache` makes the default one cache per virtualenv, and a build about to start is announced.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +28,34 @@ logger = logging.getLogger(__name__)
 
 STALE_LOCK_SECONDS = 30 * 60  # far longer than any op build (tens of seconds on CPU, minutes for CUDA ops)
 CPU_OPS = ("ShareMemCommBuilder", "FusedAdamBuilder")  # what a CPU run loads: the all-reduce and the optimizer
+RUN_OPS = {"cpu": CPU_OPS, "cuda": ("FusedAdamBuilder",)}  # the ops a run loads, by accelerator
+
+
+def use_virtualenv_cache() -> Path:
+    """Default TORCH_EXTENSIONS_DIR to <virtualenv>/torch_extensions when it is unset and Python runs in a
+    virtualenv (an explicit setting always wins); returns the cache in use. Ranks inherit it from the launcher."""
+    if not os.environ.get("TORCH_EXTENSIONS_DIR") and sys.prefix != sys.base_prefix:
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(Path(sys.prefix) / "torch_extensions")
+    return extension_cache_dir()
+
+
+def announce_op_builds(names: tuple[str, ...] | None = None) -> list[str]:
+    """Log "building op X once" for each op the run will load that the cache does not hold yet, before DeepSpeed
+    compiles it without a word; returns their names. `names`: op builder classes (default: this accelerator's)."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    cache = extension_cache_dir()
+    pending = []
+    for name in RUN_OPS.get(accelerator.device_name(), ()) if names is None else names:
+        builder = accelerator.create_op_builder(name)
+        if builder is None or (cache / builder.NAME / f"{builder.NAME}.so").exists():
+            continue
+        logger.warning(
+            "building DeepSpeed op %s once into %s (about a minute; later runs reuse it)", builder.NAME, cache
+        )
+        pending.append(builder.NAME)
+    return pending
 
 
 def extension_cache_dir() -> Path:
@@ -74,6 +107,7 @@ def build_ops(names: tuple[str, ...] = CPU_OPS) -> list[str]:
     import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
 
+    use_virtualenv_cache()
     check_build_locks()
     accelerator = get_accelerator()
     built = []

@@ -41,7 +41,7 @@ from .checkpointing import (
 from .distributed import describe_placement, init_distributed, placement_logger
 from .ds_config import load_ds_config, with_global_batch
 from .engine import Training, initialize, non_embedding_parameters
-from .extensions import check_build_locks
+from .extensions import announce_op_builds, check_build_locks, use_virtualenv_cache
 from .loop import Run, TrainState, train
 from .metrics import MetricsLogger, device_peak_tflops
 from .run_lock import CheckpointDirInUse, hold_run_lock
@@ -64,7 +64,10 @@ def run_job(prepare: Callable[[], Job], resume: str = "auto") -> int:
         job = prepare()
         config = job.config
         ds_values = load_ds_config(config.deepspeed)
+        use_virtualenv_cache()  # before DeepSpeed looks for its ops: one cache per virtualenv unless set
         check_build_locks()  # a lock left by a killed op build would hang init_distributed without a word
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            announce_op_builds()
     except (OSError, ValueError) as error:
         logging.basicConfig(level=logging.INFO)
         logger.error("%s", error)

@@ -198,6 +198,51 @@ class LayoutLMv3Tokenizer:
         starts = range(0, max(len(page.ids) - stride, 1), content - stride)
         return [self._window(page, start, start + content, pad_to) for start in starts]
 
+    def __call__(
+        self,
+        text: Sequence[str] | Sequence[Sequence[str]],
+        boxes: Sequence[Sequence[int]] | Sequence[Sequence[Sequence[int]]],
+        word_labels: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        *,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        stride: int = 0,
+        return_overflowing_tokens: bool = False,
+        return_tensors: str | None = None,
+    ) -> BatchEncoding:
+        """transformers' call, for its users: `tok(words, boxes=..., word_labels=..., truncation=True,
+        padding="max_length", return_tensors="pt")` on one page of words or a batch of pages, giving what
+        `LayoutLMv3TokenizerFast` gives on the same vocabulary (a test holds it on FUNSD pages), overflow windows
+        included: there, as in transformers, a window opening inside a word labels that continuation sub-token.
+
+        padding: False, True/"longest" or "max_length"; truncation (default: when `max_length` is given without
+        padding) keeps the first `max_length` tokens, or with `return_overflowing_tokens` cuts the page into windows
+        sharing `stride` tokens (`overflow_to_sample_mapping` says whose); return_tensors: None (lists) or "pt"."""
+        batched = bool(text) and not isinstance(text[0], str)
+        pages = list(zip(text, boxes, word_labels or [None] * len(text))) if batched else [(text, boxes, word_labels)]
+        if truncation is None:  # as transformers: max_length alone truncates, unless padding is asked for too
+            truncate = max_length is not None and padding is False
+        else:
+            truncate = truncation not in (False, "do_not_truncate")
+        length = (max_length or self.model_max_length) if truncate or padding == "max_length" else None
+        rows, owners = [], []
+        for index, (words, page_boxes, labels) in enumerate(pages):
+            if truncate and return_overflowing_tokens:
+                windows = self.encode_windows(words, page_boxes, labels, max_length=length, stride=stride)
+                for window in windows[1:]:
+                    if labels is not None and window.word_ids[1] is not None:
+                        window.labels[1] = labels[window.word_ids[1]]
+            else:
+                windows = [self.encode(words, page_boxes, labels, max_length=length if truncate else None)]
+            rows += windows
+            owners += [index] * len(windows)
+        pad_to = {"max_length": length, "longest": max(len(row.input_ids) for row in rows)}.get(
+            "longest" if padding is True else padding
+        )
+        rows = [row if pad_to is None else self._pad(row, max(pad_to, len(row.input_ids))) for row in rows]
+        return BatchEncoding.of(rows, owners if return_overflowing_tokens else None, batched, return_tensors)
+
     def tokenize_words(
         self, words: Sequence[str], boxes: Sequence[Sequence[int]]
     ) -> tuple[list[int], list[list[int]], list[int]]:
@@ -246,6 +291,38 @@ class LayoutLMv3Tokenizer:
             word_ids=encoding.word_ids + [None] * extra,
             labels=None if encoding.labels is None else encoding.labels + [IGNORE_LABEL] * extra,
         )
+
+
+class BatchEncoding(dict):
+    """What `LayoutLMv3Tokenizer.__call__` returns: transformers' keys (input_ids, attention_mask, bbox, labels,
+    overflow_to_sample_mapping) plus `word_ids(i)`, as its BatchEncoding."""
+
+    @classmethod
+    def of(
+        cls, rows: list[Encoding], owners: list[int] | None, batched: bool, return_tensors: str | None
+    ) -> BatchEncoding:
+        fields = ["input_ids", "attention_mask", "bbox"] + (["labels"] if rows and rows[0].labels is not None else [])
+        nested = batched or owners is not None or return_tensors is not None  # tensors always have a batch axis
+        values = {name: [getattr(row, name) for row in rows] for name in fields}
+        if owners is not None:
+            values["overflow_to_sample_mapping"] = owners
+        if return_tensors == "pt":
+            import torch
+
+            if len({len(row.input_ids) for row in rows}) > 1:
+                raise ValueError("rows of different lengths cannot make one tensor: pass padding=True or 'max_length'")
+            values = {name: torch.tensor(value) for name, value in values.items()}
+        elif return_tensors is not None:
+            raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
+        if not nested:
+            values = {name: value[0] for name, value in values.items()}
+        encoding = cls(values)
+        encoding._word_ids = [row.word_ids for row in rows]
+        return encoding
+
+    def word_ids(self, batch_index: int = 0) -> list[int | None]:
+        """The page word index of each token of row `batch_index` (None for specials and padding)."""
+        return self._word_ids[batch_index]
 
 
 @dataclass

@@ -369,3 +369,51 @@ def test_tokenize_words_is_the_untruncated_content_of_encode(trained) -> None:
     assert trained.cls_token_id not in ids and len(words) - 2 not in word_ids  # no specials; "" gives no token
     with pytest.raises(ValueError, match="must lie in"):
         trained.tokenize_words(["a"], [[0, 0, 1001, 1]])
+
+
+# ---------------------------------------------------------------- the transformers call
+
+
+def _same_batch(got, expected) -> None:
+    assert sorted(got) == sorted(expected.keys())
+    for name in got:
+        value = expected[name]
+        assert (got[name].tolist() if hasattr(got[name], "tolist") else got[name]) == (
+            value.tolist() if hasattr(value, "tolist") else value
+        ), name
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"truncation": True, "padding": "max_length", "max_length": 512, "return_tensors": "pt"},
+        {"max_length": 100},
+        {"truncation": True, "max_length": 128, "stride": 32, "return_overflowing_tokens": True, "padding": True},
+        {"truncation": True, "max_length": 64, "stride": 0, "return_overflowing_tokens": True, "return_tensors": "pt",
+         "padding": "max_length"},
+    ],
+    ids=["plain", "truncated-padded-pt", "max-length-alone", "windows-longest", "windows-pt"],
+)  # fmt: skip
+def test_the_call_equals_transformers_fast_tokenizer_on_funsd_pages(ours, hf, funsd_pages, options) -> None:
+    """A transformers user's call, page by page and as one batch: ids, boxes, masks, labels (a window opening
+    inside a word labels that continuation, as transformers does), overflow mapping and word ids."""
+    for words, boxes, labels in funsd_pages:
+        got = ours(words, boxes=boxes, word_labels=labels, **options)
+        expected = hf(words, boxes=boxes, word_labels=labels, **options)
+        _same_batch(got, expected)
+        rows = len(expected["input_ids"]) if options.get("return_overflowing_tokens") else 1
+        assert [got.word_ids(i) for i in range(rows)] == [expected.word_ids(i) for i in range(rows)]
+    pages = [list(page) for page in zip(*funsd_pages)]
+    got = ours(pages[0], boxes=pages[1], word_labels=pages[2], **{"padding": True, **options})
+    _same_batch(got, hf(pages[0], boxes=pages[1], word_labels=pages[2], **{"padding": True, **options}))
+
+
+def test_the_call_refuses_ragged_tensors_and_unknown_tensor_kinds(ours) -> None:
+    pages = [["a", "b", "c"], ["a"]]
+    boxes = [[[0, 0, 1, 1]] * 3, [[0, 0, 1, 1]]]
+    with pytest.raises(ValueError, match="padding=True"):
+        ours(pages, boxes=boxes, return_tensors="pt")
+    with pytest.raises(ValueError, match="'np'"):
+        ours(pages, boxes=boxes, padding=True, return_tensors="np")
+    assert ours(pages, boxes=boxes, padding=True, return_tensors="pt")["input_ids"].shape[0] == 2

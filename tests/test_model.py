@@ -6,8 +6,16 @@ import pytest
 import safetensors.torch
 import torch
 
-from layoutlmv3 import LayoutLMv3Config, LayoutLMv3ForMaskedLM, LayoutLMv3ForTokenClassification, LayoutLMv3Model
+from layoutlmv3 import (
+    LayoutLMv3Config,
+    LayoutLMv3ForMaskedLM,
+    LayoutLMv3ForQuestionAnswering,
+    LayoutLMv3ForSequenceClassification,
+    LayoutLMv3ForTokenClassification,
+    LayoutLMv3Model,
+)
 from layoutlmv3.model import FLAVORS
+from layoutlmv3.pretraining.model import LayoutLMv3ForPretraining
 from tests.model_inputs import random_inputs
 
 
@@ -292,6 +300,39 @@ def test_a_sharded_index_from_elsewhere_reads_only_weight_files_beside_it(tmp_pa
         with pytest.raises(ValueError, match=reason) as caught:
             read_weights(model_dir)
         assert SAFETENSORS_INDEX_NAME in str(caught.value)
+
+
+HEAD_MODELS = (
+    LayoutLMv3ForTokenClassification,
+    LayoutLMv3ForSequenceClassification,
+    LayoutLMv3ForQuestionAnswering,
+    LayoutLMv3ForMaskedLM,
+    LayoutLMv3ForPretraining,
+)
+
+
+@pytest.mark.parametrize("head_model", HEAD_MODELS, ids=lambda cls: cls.__name__)
+def test_a_head_model_draws_each_weight_once(head_model):
+    """The backbone initialises itself when it is built and the head model only what it adds: from one seed a head
+    model's backbone is the bare model's (not drawn a second time once the head is built), the MLM decoder tied to
+    the word embeddings leaves them as drawn (padding row zero), and the head's own weights get the BERT init."""
+    config = tiny(num_labels=2, patch_mask_token=True)
+    torch.manual_seed(0)
+    bare = LayoutLMv3Model(config).state_dict()
+    torch.manual_seed(0)
+    model = head_model(config)
+    backbone = model.layoutlmv3.state_dict()
+    assert backbone.keys() == bare.keys()
+    assert [name for name, value in bare.items() if not torch.equal(backbone[name], value)] == []
+    head = {name: weight for name, weight in model.named_parameters() if not name.startswith("layoutlmv3.")}
+    assert head, "every head model adds weights"
+    for name, weight in head.items():
+        if name.endswith(".bias"):
+            assert not weight.any(), name
+        elif weight.dim() == 2:  # nn.Linear's own init (uniform, std 1/sqrt(3 * fan_in)) would be 0.07 here
+            assert abs(weight.std().item() - config.initializer_range) < 0.006, name
+        else:
+            assert torch.equal(weight, torch.ones_like(weight)), name  # LayerNorm
 
 
 def test_masked_lm_loss_is_zero_not_nan_when_nothing_is_masked():

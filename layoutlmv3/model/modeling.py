@@ -44,11 +44,21 @@ class LayoutLMv3PreTrainedModel(nn.Module):
         self.config = config
 
     def init_weights(self) -> None:
-        """BERT-style init: N(0, initializer_range) for projections and tables, zero biases, unit LayerNorms."""
+        """BERT-style init: N(0, initializer_range) for projections and tables, zero biases, unit LayerNorms.
+
+        Each weight is drawn once: a backbone inside a head model initialised itself when it was built, so the head
+        model draws only what it adds (from one seed, its backbone is the bare model), and a decoder tied to the
+        word embeddings leaves them as drawn."""
         std = self.config.initializer_range
+        backbones = [child for child in self.children() if isinstance(child, LayoutLMv3PreTrainedModel)]
+        initialised = {module for backbone in backbones for module in backbone.modules()}
+        backbone_weights = {id(weight) for backbone in backbones for weight in backbone.parameters()}
         for module in self.modules():
+            if module in initialised:
+                continue
             if isinstance(module, (nn.Linear, nn.Conv2d)):
-                nn.init.normal_(module.weight, std=std)
+                if id(module.weight) not in backbone_weights:  # else a decoder tied to the word embeddings
+                    nn.init.normal_(module.weight, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):

@@ -2,7 +2,7 @@
 task: questions): image (+ OCR words) + question -> the answer (a span of the page's words), a JSON line each.
 
 Words come from NAME.json beside the image, --words, or Tesseract; the question and the page are windowed as in
-training, and the best span over all windows is the answer.
+training, and the best span over all windows is the answer (layoutlmv3.finetune.answerer).
 """
 
 from __future__ import annotations
@@ -13,18 +13,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from data_prep.page_words import words_of_page
 from data_prep.pages import read_page
 from data_prep.rejects import PageRejected
-from layoutlmv3.finetune.dataset import image_size, model_inputs
-from layoutlmv3.finetune.qa import Question, QuestionWindows, best_answers
-from layoutlmv3.finetune.task_base import saved_processing
-from layoutlmv3.model import LayoutLMv3ForQuestionAnswering
-from layoutlmv3.page_layout import BadBox, model_words, to_sample_mode
-from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+from layoutlmv3.finetune.answerer import Answerer
+from layoutlmv3.page_layout import BadBox
 
 EPILOG = """\
 examples:
@@ -50,25 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@torch.no_grad()
 def answer(args: argparse.Namespace) -> list[dict]:
-    model = LayoutLMv3ForQuestionAnswering.from_pretrained(args.model, trained_head=True).eval()
-    saved = saved_processing(args.model)  # as the model was fine-tuned, unless told otherwise
-    max_length = saved.get("max_length", 512) if args.max_length is None else args.max_length
-    stride = saved.get("stride", 128) if args.stride is None else args.stride
-    tokenizer = LayoutLMv3Tokenizer.from_pretrained(args.model)
-    page = to_sample_mode(read_page(args.image))  # any page file; one over the pixel cap is refused unread
+    """Each question with its answer, read from the page by the fine-tuned model."""
+    answerer = Answerer(args.model, args.max_length, args.stride)  # as the model was fine-tuned, unless told
+    page = read_page(args.image)  # any page file; one over the pixel cap is refused unread
     words = words_of_page(args.image, page, args.words)  # --words, NAME.json beside it, else Tesseract
-    texts, boxes = model_words(words, *page.size, saved.get("boxes", "segment"))
-    questions = [Question(str(n), q, args.image, texts, boxes, [], None) for n, q in enumerate(args.question)]
-    windows = QuestionWindows(questions, tokenizer, max_length, stride, image_size(model.config))
-    logits = []
-    for item in windows.items:
-        batch = {name: tensor[None] for name, tensor in item.items()}
-        output = model(**model_inputs(batch, model.config, "cpu", torch.float32))
-        text = item["input_ids"].shape[0]
-        logits.append((output.start_logits[0, :text], output.end_logits[0, :text]))
-    return [{"question": q.question, "answer": a} for q, a in zip(questions, best_answers(questions, windows, logits))]
+    answers = answerer.answer(page, words, args.question)
+    return [{"question": question, "answer": text} for question, text in zip(args.question, answers, strict=True)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,7 @@ words) -> the class and every class's probability, as JSON.
 
 A page is any of layoutlmv3.page_sources.PAGE_SUFFIXES (a PDF's first page); with --image DIR, files there of
 another type are listed as skipped. Words come from Tesseract unless --words gives them (JSON: {"words": [{"text", "box": [x0, y0, x1, y1], "line"}]},
-pixel boxes); the layout positions and the image are prepared as in training (the page's first window).
+pixel boxes); the page is read as in training (layoutlmv3.finetune.classifier).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -22,13 +21,9 @@ from data_prep.page_words import words_of_page
 from data_prep.pages import read_page, scan_folder
 from data_prep.rejects import PageRejected
 from data_prep.shard_writer import write_file_atomically
-from layoutlmv3.finetune.dataset import model_inputs
-from layoutlmv3.finetune.task_base import saved_processing
-from layoutlmv3.model import LayoutLMv3ForSequenceClassification
-from layoutlmv3.page_layout import BadBox, Word, model_words, to_sample_mode
+from layoutlmv3.finetune.classifier import Classifier
+from layoutlmv3.page_layout import BadBox
 from layoutlmv3.page_sources import PAGE_SUFFIXES
-from layoutlmv3.processing import LayoutLMv3Processor, page_pixels
-from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 EPILOG = """\
 examples:
@@ -39,32 +34,6 @@ exit codes: 0 classified; 1 some pages of --image DIR could not be read (each na
 classified) or anything else; 2 unusable input (a model not fine-tuned for document classes, no pages, the one
 page or its words file unreadable, an --out that cannot be written; one line on stderr).
 """
-
-
-class Classifier:
-    """A fine-tuned document classifier with its tokenizer and class names."""
-
-    def __init__(self, model_dir: str | Path, max_length: int = 512, boxes: str = "segment") -> None:
-        self.model = LayoutLMv3ForSequenceClassification.from_pretrained(model_dir, trained_head=True).eval()
-        config = self.model.config
-        if len(config.id2label) != config.num_labels:
-            raise ValueError(f"{model_dir} names no classes (id2label): not a fine-tuned document classifier")
-        self.classes = [config.id2label[index] for index in range(config.num_labels)]
-        tokenizer = LayoutLMv3Tokenizer.from_pretrained(model_dir)
-        self.processor = LayoutLMv3Processor(tokenizer, max_length=max_length, stride=0)  # the first window decides
-        self.boxes = boxes
-
-    @torch.no_grad()
-    def classify(self, image: Image.Image, words: Sequence[Word]) -> dict:
-        image = to_sample_mode(image)
-        texts, boxes = model_words(words, *image.size, self.boxes)
-        window = self.processor.encode(texts, boxes)[0]
-        inputs = {name: torch.tensor([getattr(window, name)]) for name in ("input_ids", "bbox", "attention_mask")}
-        inputs["pixel_values"] = page_pixels(image, self.model.config.input_size)[None]
-        logits = self.model(**model_inputs(inputs, self.model.config, "cpu", torch.float32)).logits
-        probabilities = logits.softmax(-1)[0]
-        ranked = sorted(zip(self.classes, probabilities.tolist(), strict=True), key=lambda pair: -pair[1])
-        return {"class": ranked[0][0], "probabilities": {name: round(value, 4) for name, value in ranked}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,12 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not images:
         print(f"error: no page images ({' '.join(sorted(PAGE_SUFFIXES))}) under {args.image}", file=sys.stderr)
         return 2
-    saved = saved_processing(args.model)  # as the model was fine-tuned, unless told otherwise
     lines, skipped = [], 0
     try:
-        classifier = Classifier(
-            args.model, args.max_length or saved.get("max_length", 512), saved.get("boxes", "segment")
-        )
+        classifier = Classifier(args.model, args.max_length)  # as the model was fine-tuned, unless told otherwise
         # A bar for a folder (long work); none for one page.
         for path in tqdm(images, desc="classify", unit="page", disable=not args.image.is_dir()):
             try:

@@ -45,9 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--page", type=_page_number, default=0, help="page of a multi-page file, from 0 (single image; default 0)"
     )
-    parser.add_argument("--boxes", choices=("segment", "word"), default="segment", help="layout positions")
-    parser.add_argument("--max-length", type=int, default=512, help="tokens per window (default 512)")
-    parser.add_argument("--stride", type=int, default=128, help="tokens shared by consecutive windows")
+    parser.add_argument(
+        "--boxes", choices=("segment", "word"), help="layout positions (default: as fine-tuned, else segment)"
+    )
+    parser.add_argument("--max-length", type=int, help="tokens per window (default: as fine-tuned, else 512)")
+    parser.add_argument(
+        "--stride", type=int, help="tokens shared by consecutive windows (default: as fine-tuned, else 128)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     return parser
 

@@ -1,11 +1,17 @@
 """The one page processor: page image + words + pixel boxes (+ labels) -> the model's inputs.
 
-What transformers' `LayoutLMv3Processor(apply_ocr=False)` does, in one place for every path that turns a page into
-model inputs (shard writing and collation, fine-tuning, prediction, the image tokenizer, the demo): the page
-squashed to a square with one resampling filter (bilinear with antialiasing, as its image processor), pixel values
-rescaled by 1/255 and normalised with mean 0.5 / std 0.5, boxes normalised to 0..1000 by `page_layout.normalize_box`
-(int(1000 * x / size), as its `normalize_box`), words tokenised into windows by our tokenizer. A test holds it equal
-to transformers' processor on FUNSD pages.
+What transformers' `LayoutLMv3Processor(apply_ocr=False)` does: the page squashed to a square with one resampling
+filter (bilinear with antialiasing, as its image processor), pixel values rescaled by 1/255 and normalised with
+mean 0.5 / std 0.5, boxes normalised to 0..1000 by `page_layout.normalize_box` (int(1000 * x / size), as its
+`normalize_box`), words tokenised into padded windows by our tokenizer. A test holds it equal to transformers'
+processor on FUNSD pages.
+
+Its one call (`LayoutLMv3Processor.__call__`) is how every fine-tuning dataset and every predictor makes a page's
+inputs, with the labels of its task: word labels on sub-tokens (entities), the page's class (classification), or
+questions with their answers' first and last tokens (question answering). Pretraining stores pages uncut and
+windows them at load time, so shard writing and collation use its parts (`resize_page`, `normalize_box`, the
+pixel normalisation) instead. A fine-tuned model carries the windows it was tuned on (`PROCESSING_FILE`), and
+`processing_settings` gives them to its predictor.
 """
 
 from __future__ import annotations
@@ -13,11 +19,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from layoutlmv3.constants import IGNORE_INDEX, NO_WORD
+from layoutlmv3.json_files import read_json_file
 from layoutlmv3.page_layout import normalize_box
 from layoutlmv3.tokenizer import Encoding, LayoutLMv3Tokenizer
 
@@ -25,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 RESAMPLE = Image.Resampling.BILINEAR  # LayoutLMv3ImageProcessor's; Pillow antialiases when shrinking
 IMAGE_MEAN, IMAGE_STD = 0.5, 0.5  # IMAGENET_STANDARD_MEAN / STD, per channel
+MAX_QUESTION_TOKENS = 64  # a longer question is cut to this many tokens (once said)
+PROCESSING_FILE = "processing.json"  # beside a fine-tuned model: how its pages were made inputs
+DEFAULT_PROCESSING = {"max_length": 512, "stride": 128, "boxes": "segment"}  # for a model without the file
 
 
 def resize_page(image: Image.Image, size: int) -> Image.Image:
@@ -45,27 +58,38 @@ def page_pixels(image: Image.Image, size: int = 224) -> torch.Tensor:
 
 @dataclass
 class PageInputs:
-    """One page's windows as the model takes them (each [W, T] or [W, T, 4]) and the page image [3, S, S]."""
+    """One page's windows as the model takes them ([W, T] or [W, T, 4]), the page image [3, S, S] (None for a
+    text-only model) and the task's labels: `labels` [W, T] (word labels on tokens) or [W] (the page's class);
+    for questions, which question each window asks and where its answer starts and ends ([W] each)."""
 
     input_ids: torch.Tensor
     bbox: torch.Tensor
     attention_mask: torch.Tensor
-    word_ids: torch.Tensor  # page word index per token, -1 for specials and padding
-    labels: torch.Tensor | None  # word label on a word's first sub-token, IGNORE_INDEX elsewhere
-    pixel_values: torch.Tensor
+    word_ids: torch.Tensor  # page word index per token, NO_WORD for specials, questions and padding
+    pixel_values: torch.Tensor | None
+    labels: torch.Tensor | None = None
+    question: torch.Tensor | None = None  # index into the call's questions
+    start_positions: torch.Tensor | None = None  # the answer's first token, 0 (<s>) where it is not whole
+    end_positions: torch.Tensor | None = None
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
-        """The four tensors the model's forward takes, the image repeated for every window."""
-        windows = len(self.input_ids)
-        return {
-            "input_ids": self.input_ids,
-            "bbox": self.bbox,
-            "attention_mask": self.attention_mask,
-            "pixel_values": self.pixel_values.expand(windows, -1, -1, -1),
-        }
+        """The tensors the model's forward takes, the image repeated for every window."""
+        inputs = {"input_ids": self.input_ids, "bbox": self.bbox, "attention_mask": self.attention_mask}
+        if self.pixel_values is not None:
+            inputs["pixel_values"] = self.pixel_values.expand(len(self.input_ids), -1, -1, -1)
+        return inputs
+
+    def window(self, index: int) -> dict[str, torch.Tensor]:
+        """Window `index` as a dataset item: its row of every tensor there is, and the page image."""
+        rows = {name: getattr(self, name) for name in WINDOW_FIELDS}
+        item = {name: value[index] for name, value in rows.items() if value is not None}
+        if self.pixel_values is not None:
+            item["pixel_values"] = self.pixel_values
+        return item
 
 
-NO_WORD = -1
+WINDOW_FIELDS = ("input_ids", "bbox", "attention_mask", "word_ids", "labels", "question", "start_positions",
+                 "end_positions")  # fmt: skip
 
 
 class LayoutLMv3Processor:
@@ -80,25 +104,57 @@ class LayoutLMv3Processor:
         self.tokenizer, self.image_size, self.max_length, self.stride = tokenizer, image_size, max_length, stride
         self._said_cut = False
 
-    def normalize_boxes(self, boxes: Sequence[Sequence[float]], width: int, height: int) -> list[list[int]]:
-        """Pixel boxes -> 0..1000 (a box that cannot belong to the page raises page_layout.BadBox)."""
-        return [normalize_box(box, width, height) for box in boxes]
+    def __call__(
+        self,
+        image: Image.Image | None,
+        words: Sequence[str],
+        boxes: Sequence[Sequence[float]],
+        labels: Sequence[int] | None = None,
+        *,
+        boxes_normalized: bool = False,
+        continuation: Sequence[int] | None = None,
+        page_label: int | None = None,
+        questions: Sequence[str] | None = None,
+        answer_spans: Sequence[tuple[int, int] | None] | None = None,
+    ) -> PageInputs:
+        """A page's model inputs, padded windows of `max_length` tokens sharing `stride`; `boxes` in pixels of
+        `image` unless `boxes_normalized` (0..1000 already; needed without an image, for a text-only model).
 
-    def encode(
-        self, words: Sequence[str], boxes: Sequence[Sequence[int]], labels: Sequence[int] | None = None
-    ) -> list[Encoding]:
-        """Windows of already normalised (0..1000) boxes, padded to max_length (fixed shapes stack into batches)."""
-        return self.tokenizer.encode_windows(
+        Entities: `labels` (one per word) sit on each word's first sub-token, IGNORE_INDEX elsewhere, or with
+        `continuation` on every sub-token (`continuation[label]` on the later ones: B-X -> I-X). Classification:
+        `page_label` is every window's label (a classifier reads the first window). Question answering: every
+        window of every question of `questions` (`encode_questions`), `question` naming it; with `answer_spans`
+        (the answer's first and last word per question, or None) the windows holding the whole answer point at
+        its first and last token, the others at <s>."""
+        if not boxes_normalized:
+            if image is None:
+                raise ValueError("pixel boxes need the page image to be normalised")
+            boxes = [normalize_box(box, *image.size) for box in boxes]
+        pixel_values = None if image is None else page_pixels(image, self.image_size)
+        if questions is not None:
+            if labels is not None or page_label is not None:
+                raise ValueError("questions are labelled by their answer spans, not by word or page labels")
+            return self._question_inputs(questions, words, boxes, answer_spans, pixel_values)
+        windows = self.tokenizer.encode_windows(
             words, boxes, labels, max_length=self.max_length, stride=self.stride, pad_to=self.max_length
         )
+        inputs = _stack(windows, pixel_values)
+        if labels is not None:
+            if page_label is not None:
+                raise ValueError("a page has word labels or a page label, not both")
+            inputs.labels = torch.tensor([_token_labels(w, labels, continuation) for w in windows])
+        elif page_label is not None:
+            inputs.labels = torch.full((len(windows),), page_label)
+        return inputs
 
     def encode_question(
-        self, question: str, words: Sequence[str], boxes: Sequence[Sequence[int]], max_question_tokens: int = 64
+        self,
+        question: str,
+        words: Sequence[str],
+        boxes: Sequence[Sequence[int]],
+        max_question_tokens: int = MAX_QUESTION_TOKENS,
     ) -> list[Encoding]:
-        """Windows of ``<s> question </s></s> page words </s>`` (RoBERTa's pair layout, as transformers' LayoutLMv3
-        processor builds it for question answering), padded to max_length: the question in every window with the
-        special box, the page's words split into windows sharing `stride` tokens. Word ids are those of the page's
-        words (None on the question and the specials), so answer spans map back to words."""
+        """`encode_questions` for one question."""
         return self.encode_questions([question], words, boxes, max_question_tokens)[0]
 
     def encode_questions(
@@ -106,10 +162,13 @@ class LayoutLMv3Processor:
         questions: Sequence[str],
         words: Sequence[str],
         boxes: Sequence[Sequence[int]],
-        max_question_tokens: int = 64,
+        max_question_tokens: int = MAX_QUESTION_TOKENS,
     ) -> list[list[Encoding]]:
-        """`encode_question` for several questions about one page, its words tokenised once (a page is asked
-        about many times: DocVQA's pages, every field of a form)."""
+        """Per question, the windows of ``<s> question </s></s> page words </s>`` (RoBERTa's pair layout, as
+        transformers' LayoutLMv3 processor builds it for question answering), padded to max_length: the question
+        in every window with the special box, the page's words split into windows sharing `stride` tokens and
+        tokenised once for all questions (a page is asked about many times). Word ids are those of the page's
+        words (None on the question and the specials), so answer spans map back to words."""
         if any(not question.split() for question in questions):
             raise ValueError("the question is empty")
         room = self.max_length - 4 - self.stride - 1  # the question may take what the page's windows can spare
@@ -117,6 +176,30 @@ class LayoutLMv3Processor:
             raise ValueError(f"max_length {self.max_length} with stride {self.stride} leaves no room for a question")
         page = self.tokenizer.tokenize_words(words, boxes) if words else ([], [], [])
         return [self._question_windows(question, page, room, max_question_tokens) for question in questions]
+
+    def _question_inputs(
+        self,
+        questions: Sequence[str],
+        words: Sequence[str],
+        boxes: Sequence[Sequence[int]],
+        answer_spans: Sequence[tuple[int, int] | None] | None,
+        pixel_values: torch.Tensor | None,
+    ) -> PageInputs:
+        if answer_spans is not None and len(answer_spans) != len(questions):
+            raise ValueError(f"{len(answer_spans)} answer spans for {len(questions)} questions")
+        encoded = self.encode_questions(questions, words, boxes)
+        windows = [window for question in encoded for window in question]
+        inputs = _stack(windows, pixel_values)
+        inputs.question = torch.tensor([number for number, question in enumerate(encoded) for _ in question])
+        if answer_spans is not None:
+            positions = [
+                _answer_positions(window, answer_spans[number])
+                for number, question in enumerate(encoded)
+                for window in question
+            ]
+            inputs.start_positions = torch.tensor([start for start, _ in positions])
+            inputs.end_positions = torch.tensor([end for _, end in positions])
+        return inputs
 
     def _question_windows(
         self,
@@ -153,23 +236,50 @@ class LayoutLMv3Processor:
             )
         return windows
 
-    def __call__(
-        self,
-        image: Image.Image,
-        words: Sequence[str],
-        boxes: Sequence[Sequence[float]],
-        labels: Sequence[int] | None = None,
-        boxes_normalized: bool = False,
-    ) -> PageInputs:
-        """A page's model inputs; `boxes` in pixels of `image` unless `boxes_normalized` (0..1000 already)."""
-        if not boxes_normalized:
-            boxes = self.normalize_boxes(boxes, *image.size)
-        windows = self.encode(words, boxes, labels)
-        return PageInputs(
-            input_ids=torch.tensor([w.input_ids for w in windows]),
-            bbox=torch.tensor([w.bbox for w in windows]),
-            attention_mask=torch.tensor([w.attention_mask for w in windows]),
-            word_ids=torch.tensor([[NO_WORD if i is None else i for i in w.word_ids] for w in windows]),
-            labels=None if labels is None else torch.tensor([w.labels for w in windows]),
-            pixel_values=page_pixels(image, self.image_size),
-        )
+
+def _stack(windows: Sequence[Encoding], pixel_values: torch.Tensor | None) -> PageInputs:
+    return PageInputs(
+        input_ids=torch.tensor([w.input_ids for w in windows]),
+        bbox=torch.tensor([w.bbox for w in windows]),
+        attention_mask=torch.tensor([w.attention_mask for w in windows]),
+        word_ids=torch.tensor([[NO_WORD if i is None else i for i in w.word_ids] for w in windows]),
+        pixel_values=pixel_values,
+    )
+
+
+def _token_labels(window: Encoding, labels: Sequence[int], continuation: Sequence[int] | None) -> list[int]:
+    """The window's token labels; with `continuation`, a word's later sub-tokens get its continuation label."""
+    if continuation is None:
+        return window.labels
+    return [
+        continuation[labels[word]] if label == IGNORE_INDEX and word is not None else label
+        for label, word in zip(window.labels, window.word_ids, strict=True)
+    ]
+
+
+def _answer_positions(window: Encoding, span: tuple[int, int] | None) -> tuple[int, int]:
+    """The first token of the answer's first word and the last of its last word, or (0, 0) (<s>: no answer
+    here) when the window does not hold the whole answer or there is none."""
+    if span is None:
+        return 0, 0
+    first, last = span
+    starts = [i for i, word in enumerate(window.word_ids) if word == first]
+    ends = [i for i, word in enumerate(window.word_ids) if word == last]
+    return (starts[0], ends[-1]) if starts and ends else (0, 0)
+
+
+def processing_settings(
+    model_dir: str | Path, max_length: int | None = None, stride: int | None = None, boxes: str | None = None
+) -> dict[str, Any]:
+    """The window length, stride and box level to read pages at for the model in `model_dir`: those given, else
+    those it was fine-tuned with (its PROCESSING_FILE), else DEFAULT_PROCESSING, so a predictor prepares pages as
+    training did unless told otherwise."""
+    path = Path(model_dir) / PROCESSING_FILE
+    saved = read_json_file(path) if path.exists() else {}  # a broken file is named, never silently ignored
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: expected a JSON object (window length, stride, box level)")
+    given = {"max_length": max_length, "stride": stride, "boxes": boxes}
+    return {
+        name: saved.get(name, value) if given[name] is None else given[name]
+        for name, value in DEFAULT_PROCESSING.items()
+    }

@@ -24,13 +24,15 @@ from torch.utils.data import DataLoader
 
 from data_prep.synth import write_corpus
 from launch.finetune import main as finetune_main
+from layoutlmv3.constants import NO_WORD
 from layoutlmv3.finetune.config import load_finetune_config
-from layoutlmv3.finetune.dataset import NO_WORD, WindowDataset, make_windows
+from layoutlmv3.finetune.dataset import WindowDataset
 from layoutlmv3.finetune.evaluate import entity_scores, evaluate, merge_windows
 from layoutlmv3.finetune.funsd import LABEL_IDS, LABELS, entity_types, read_page, read_split
 from layoutlmv3.finetune.loader import WindowLoader
 from layoutlmv3.finetune.train import BEST_DIR, RESULTS_FILE, split_dev
 from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3ForTokenClassification, LayoutLMv3Model
+from layoutlmv3.processing import LayoutLMv3Processor
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
 from layoutlmv3.training.signals import EXIT_PREEMPTED
 
@@ -106,14 +108,15 @@ def test_windows_merge_back_onto_every_word(stride: int) -> None:
     words = [WORDS[i % len(WORDS)] + ("s" * (i % 3)) for i in range(60)]
     boxes = [[i, i, i + 10, i + 10] for i in range(60)]
     labels = [i % len(LABELS) for i in range(60)]
-    windows = make_windows(tokenizer, 0, words, boxes, labels, max_length=24, stride=stride)
-    assert len(windows) > 3
-    for window in windows:  # labels sit on first sub-tokens only
-        assert (window.labels != -100).sum() <= (window.word_ids != NO_WORD).sum()
+    processor = LayoutLMv3Processor(tokenizer, max_length=24, stride=stride)
+    windows = processor(None, words, boxes, labels, boxes_normalized=True)
+    assert len(windows.input_ids) > 3
+    for token_labels, word_ids in zip(windows.labels, windows.word_ids):  # labels sit on first sub-tokens only
+        assert (token_labels != -100).sum() <= (word_ids != NO_WORD).sum()
     stream = []
-    for index, window in enumerate(windows):
-        word_labels = torch.tensor([labels[w] if w != NO_WORD else 0 for w in window.word_ids.tolist()])
-        stream.append((index, window.word_ids, torch.nn.functional.one_hot(word_labels, len(LABELS)).float()))
+    for index, word_ids in enumerate(windows.word_ids):
+        word_labels = torch.tensor([labels[w] if w != NO_WORD else 0 for w in word_ids.tolist()])
+        stream.append((index, word_ids, torch.nn.functional.one_hot(word_labels, len(LABELS)).float()))
     merged = merge_windows(len(words), stream)
     assert merged.labels == labels
     assert merged.confidences == [1.0] * len(words)
@@ -518,7 +521,8 @@ def test_only_training_windows_without_a_labelled_token_are_left_out(tmp_path: P
     long_page = type(blank[0])("long", image, ["Total", long_word], [[0, 0, 10, 10]] * 2, [1, 0])
     pages = [*blank, long_page]
     kept = WindowDataset(pages, tokenizer, 24, 4)  # dev / test
-    made = sum(len(make_windows(tokenizer, i, p.words, p.boxes, p.labels, 24, 4)) for i, p in enumerate(pages))
+    processor = LayoutLMv3Processor(tokenizer, max_length=24, stride=4)
+    made = sum(len(processor(None, p.words, p.boxes, p.labels, boxes_normalized=True).input_ids) for p in pages)
     assert len(kept) == made and {window.page for window in kept.windows} == {0, 1, 2}
     training = WindowDataset(pages, tokenizer, 24, 4, drop_unlabelled=True)
     assert 0 < len(training) < made and training.unlabelled == made - len(training)

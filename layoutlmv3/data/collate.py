@@ -15,11 +15,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+from layoutlmv3.constants import NO_WORD
 from layoutlmv3.data.decode import PageSample
 from layoutlmv3.processing import IMAGE_MEAN, IMAGE_STD  # the page processor's normalisation
 from layoutlmv3.tokenizer import CLS_ID, PAD_ID, SEP_ID  # fixed by the tokenizer, which checks them on load
-
-NO_WORD = -1  # word id of specials and padding
 
 PadTo = Literal["max_length", "longest"] | int
 Crop = Literal["random", "start"]

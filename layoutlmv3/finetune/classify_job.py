@@ -20,7 +20,7 @@ from layoutlmv3.training.engine import Training
 
 from .classes import ClassifiedPage, class_names, read_class_split
 from .config import FinetuneConfig
-from .dataset import load_pixels, model_config, model_inputs
+from .dataset import model_config, model_inputs
 from .splits import split_dev
 from .task_base import FinetuneJobBase, SelectionTask, sharded_map
 
@@ -30,20 +30,16 @@ CONFUSION_FILE = "confusion.png"
 
 
 class PageDataset(Dataset):
-    """One fixed-length window per page (its first `max_length` tokens) with the page image and class."""
+    """One fixed-length window per page (its first `max_length` tokens, from the page processor's call) with the
+    page image and class."""
 
     def __init__(self, pages: list[ClassifiedPage], tokenizer: LayoutLMv3Tokenizer, max_length: int, size: int) -> None:
-        processor = LayoutLMv3Processor(tokenizer, max_length=max_length, stride=0)
+        processor = LayoutLMv3Processor(tokenizer, size, max_length, stride=0)
         self.items = []
         for page in pages:
-            window = processor.encode(page.words, page.boxes)[0]
-            self.items.append({
-                "input_ids": torch.tensor(window.input_ids),
-                "bbox": torch.tensor(window.bbox),
-                "attention_mask": torch.tensor(window.attention_mask),
-                "pixel_values": load_pixels(page.image_path, size),
-                "labels": torch.tensor(page.label),
-            })  # fmt: skip
+            with Image.open(page.image_path) as image:
+                inputs = processor(image, page.words, page.boxes, boxes_normalized=True, page_label=page.label)
+            self.items.append(inputs.window(0))
 
     def __len__(self) -> int:
         return len(self.items)

@@ -1,8 +1,8 @@
 """Pages -> fixed-length windows the token classifier takes, each with its page's 224 px image.
 
-A page longer than `max_length` tokens becomes several windows that overlap by `stride` tokens
-(`LayoutLMv3Tokenizer.encode_windows`), so every word is seen; word ids stay page word indices, which is how
-`evaluate.merge_windows` maps predictions back onto words. Labels sit on each word's first sub-token, or with a
+A page longer than `max_length` tokens becomes several windows that overlap by `stride` tokens (the page
+processor's one call, `LayoutLMv3Processor.__call__`), so every word is seen; word ids stay page word indices,
+which is how `evaluate.merge_windows` maps predictions back onto words. Labels sit on each word's first sub-token, or with a
 `continuation` map on every sub-token (later ones get the word's continuation label: B-X -> I-X); evaluation
 reads first sub-tokens either way.
 
@@ -18,19 +18,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image
 
 from layoutlmv3.constants import IGNORE_INDEX
 from layoutlmv3.model import LayoutLMv3Config
-from layoutlmv3.processing import LayoutLMv3Processor, page_pixels
+from layoutlmv3.processing import LayoutLMv3Processor
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 logger = logging.getLogger(__name__)
 
-NO_WORD = -1  # word id of specials and padding in tensors
 MODEL_INPUTS = ("input_ids", "bbox", "attention_mask", "pixel_values")
 
 
@@ -61,11 +59,6 @@ def model_inputs(
     return inputs
 
 
-def load_pixels(path: Path, size: int = 224) -> torch.Tensor:
-    with Image.open(path) as image:
-        return page_pixels(image, size)
-
-
 @dataclass
 class Window:
     """One window's tensors ([T] each, bbox [T, 4]) and the index of the page it came from."""
@@ -78,42 +71,9 @@ class Window:
     labels: torch.Tensor | None
 
 
-def make_windows(
-    tokenizer: LayoutLMv3Tokenizer,
-    page: int,
-    words: Sequence[str],
-    boxes: Sequence[Sequence[int]],
-    labels: Sequence[int] | None,
-    max_length: int,
-    stride: int,
-    continuation: Sequence[int] | None = None,
-) -> list[Window]:
-    """All windows of one page, padded to `max_length` (fixed shapes: plain stacking makes a batch).
-    `continuation[label]`: the label of a word's later sub-tokens (None: they carry none)."""
-    encodings = LayoutLMv3Processor(tokenizer, max_length=max_length, stride=stride).encode(words, boxes, labels)
-    windows = []
-    for encoding in encodings:
-        token_labels = encoding.labels
-        if token_labels is not None and continuation is not None:
-            token_labels = [
-                continuation[labels[word]] if label == IGNORE_INDEX and word is not None else label
-                for label, word in zip(token_labels, encoding.word_ids, strict=True)
-            ]
-        windows.append(
-            Window(
-                page=page,
-                input_ids=torch.tensor(encoding.input_ids),
-                bbox=torch.tensor(encoding.bbox),
-                attention_mask=torch.tensor(encoding.attention_mask),
-                word_ids=torch.tensor([NO_WORD if w is None else w for w in encoding.word_ids]),
-                labels=None if token_labels is None else torch.tensor(token_labels),
-            )
-        )
-    return windows
-
-
 class WindowDataset(torch.utils.data.Dataset):
-    """Windows of labelled pages; page images are decoded once and kept in memory (FUNSD: ~200 pages)."""
+    """Windows of labelled pages, made by the page processor's one call; page images are decoded once and kept in
+    memory (FUNSD: ~200 pages)."""
 
     def __init__(
         self,
@@ -125,18 +85,21 @@ class WindowDataset(torch.utils.data.Dataset):
         continuation: Sequence[int] | None = None,
         drop_unlabelled: bool = False,
     ) -> None:
-        self.pages = list(pages)
-        self.windows = [
-            window
-            for index, page in enumerate(self.pages)
-            for window in make_windows(
-                tokenizer, index, page.words, page.boxes, page.labels, max_length, stride, continuation
-            )
-        ]
+        processor = LayoutLMv3Processor(tokenizer, image_size, max_length, stride)
+        self.pages, self.windows, self.pixels = list(pages), [], []
+        for index, page in enumerate(self.pages):
+            with Image.open(page.image_path) as image:
+                inputs = processor(
+                    image, page.words, page.boxes, page.labels, boxes_normalized=True, continuation=continuation
+                )
+            self.pixels.append(inputs.pixel_values)
+            for row in range(len(inputs.input_ids)):
+                labels = None if inputs.labels is None else inputs.labels[row]
+                rows = (inputs.input_ids[row], inputs.bbox[row], inputs.attention_mask[row], inputs.word_ids[row])
+                self.windows.append(Window(index, *rows, labels))
         self.unlabelled = 0  # windows left out for want of a labelled token
         if drop_unlabelled:
             self.windows = self._labelled_windows()
-        self.pixels = [load_pixels(page.image_path, image_size) for page in self.pages]
 
     def _labelled_windows(self) -> list[Window]:
         labelled = [w.labels is None or bool((w.labels != IGNORE_INDEX).any()) for w in self.windows]

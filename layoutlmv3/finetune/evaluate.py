@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 
-from .dataset import NO_WORD, model_config, model_inputs
+from layoutlmv3.constants import NO_WORD
+
+from .dataset import model_config, model_inputs
 
 
 @dataclass

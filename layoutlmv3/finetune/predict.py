@@ -21,9 +21,10 @@ from seqeval.metrics.sequence_labeling import get_entities
 
 from layoutlmv3.model import LayoutLMv3ForTokenClassification
 from layoutlmv3.page_layout import Word, model_words, to_sample_mode
+from layoutlmv3.processing import LayoutLMv3Processor, processing_settings
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
-from .dataset import make_windows, model_inputs, page_pixels
+from .dataset import model_inputs
 from .evaluate import merge_windows
 from .funsd import BOX_LEVELS
 
@@ -62,24 +63,28 @@ class PagePrediction:
 
 
 class Predictor:
-    """A model directory (from launch/finetune.py) with its tokenizer and label names, ready for pages."""
+    """A model directory (from launch/finetune.py) with its tokenizer and label names, ready for pages: read at the
+    window length, stride and box level it was fine-tuned with (its processing.json) unless told otherwise."""
 
     def __init__(
         self,
         model_dir: str | Path,
         device: str = "cpu",
-        max_length: int = 512,
-        stride: int = 128,
-        boxes: str = "segment",
+        max_length: int | None = None,
+        stride: int | None = None,
+        boxes: str | None = None,
     ) -> None:
-        if boxes not in BOX_LEVELS:
-            raise ValueError(f"boxes must be one of {BOX_LEVELS}, got {boxes!r}")
+        settings = processing_settings(model_dir, max_length, stride, boxes)
+        if settings["boxes"] not in BOX_LEVELS:
+            raise ValueError(f"boxes must be one of {BOX_LEVELS}, got {settings['boxes']!r}")
         self.model = LayoutLMv3ForTokenClassification.from_pretrained(model_dir, trained_head=True).to(device).eval()
         if len(self.model.config.id2label) != self.model.config.num_labels:
             raise ValueError(f"{model_dir} names no labels (id2label): not a fine-tuned token classifier")
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
-        self.tokenizer = LayoutLMv3Tokenizer.from_pretrained(model_dir)
-        self.device, self.max_length, self.stride, self.boxes = torch.device(device), max_length, stride, boxes
+        tokenizer = LayoutLMv3Tokenizer.from_pretrained(model_dir)
+        image_size = self.model.config.input_size
+        self.processor = LayoutLMv3Processor(tokenizer, image_size, settings["max_length"], settings["stride"])
+        self.device, self.boxes = torch.device(device), settings["boxes"]
 
     @torch.no_grad()
     def predict(self, image: Image.Image, words: Sequence[Word], name: str = "", page: int = 0) -> PagePrediction:
@@ -109,18 +114,13 @@ class Predictor:
     def _classify(self, image: Image.Image, words: list[str], boxes: list[list[int]]) -> tuple[list[int], list[float]]:
         if not words:
             return [], []
-        windows = make_windows(self.tokenizer, 0, words, boxes, None, self.max_length, self.stride)
-        pixels = page_pixels(image, self.model.config.input_size)
-        batch = {
-            "input_ids": torch.stack([w.input_ids for w in windows]),
-            "bbox": torch.stack([w.bbox for w in windows]),
-            "attention_mask": torch.stack([w.attention_mask for w in windows]),
-            "pixel_values": pixels.expand(len(windows), -1, -1, -1),
-        }
+        inputs = self.processor(image, words, boxes, boxes_normalized=True)
         parameter = next(self.model.parameters())
-        logits = self.model(**model_inputs(batch, self.model.config, self.device, parameter.dtype)).logits
-        probabilities = logits.float().softmax(-1).cpu()
-        merged = merge_windows(len(words), ((i, w.word_ids, probabilities[i]) for i, w in enumerate(windows)))
+        batch = model_inputs(inputs.model_inputs(), self.model.config, self.device, parameter.dtype)
+        probabilities = self.model(**batch).logits.float().softmax(-1).cpu()
+        merged = merge_windows(
+            len(words), ((i, word_ids, probabilities[i]) for i, word_ids in enumerate(inputs.word_ids))
+        )
         return merged.labels, merged.confidences
 
 

@@ -12,12 +12,14 @@ is not on the page as words trains the model to point at <s> (no answer), and is
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from layoutlmv3.data_roots import inside_root
@@ -27,7 +29,6 @@ from layoutlmv3.processing import LayoutLMv3Processor
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 from .classes import page_words
-from .dataset import load_pixels
 
 MAX_ANSWER_WORDS = 12  # a predicted span longer than this many words is not considered
 CANDIDATES = 20  # best start and end positions per window whose pairs are considered
@@ -135,8 +136,9 @@ def read_questions(split_dir: str | Path, boxes: str = "segment") -> list[Questi
 
 class QuestionWindows(Dataset):
     """Every window of every question, with the answer's first and last token in it (0, <s>, when the answer is
-    not in this window or not on the page) and which question it belongs to. Each page's words are tokenised
-    once for all its questions; `size` None (a text-only model) reads no page image."""
+    not in this window or not on the page) and which question it belongs to: the page processor's one call per
+    page, with all the page's questions (its words tokenised once for all of them); `size` None (a text-only
+    model) reads no page image."""
 
     def __init__(
         self,
@@ -146,38 +148,28 @@ class QuestionWindows(Dataset):
         stride: int,
         size: int | None,
     ) -> None:
-        processor = LayoutLMv3Processor(tokenizer, max_length=max_length, stride=stride)
+        processor = LayoutLMv3Processor(tokenizer, size or 224, max_length, stride)
         self.questions, self.items = list(questions), []
         by_page: dict[Path, list[int]] = {}
         for number, question in enumerate(self.questions):
             by_page.setdefault(question.image_path, []).append(number)
-        encoded: dict[int, list] = {}
-        for numbers in by_page.values():
-            page = self.questions[numbers[0]]  # the questions of a page share its words
-            texts = [self.questions[number].question for number in numbers]
-            encoded.update(zip(numbers, processor.encode_questions(texts, page.words, page.boxes), strict=True))
-        pixels = {path: load_pixels(path, size) for path in by_page} if size is not None else {}
-        for number, question in enumerate(self.questions):
-            image = {"pixel_values": pixels[question.image_path]} if pixels else {}
-            for window in encoded[number]:
-                start = end = 0
-                if question.span is not None:
-                    first, last = question.span
-                    positions = [i for i, word in enumerate(window.word_ids) if word is not None]
-                    starts = [i for i in positions if window.word_ids[i] == first]
-                    ends = [i for i in positions if window.word_ids[i] == last]
-                    if starts and ends:  # the whole answer lies in this window
-                        start, end = starts[0], ends[-1]
-                self.items.append({
-                    "input_ids": torch.tensor(window.input_ids),
-                    "bbox": torch.tensor(window.bbox),
-                    "attention_mask": torch.tensor(window.attention_mask),
-                    **image,
-                    "word_ids": torch.tensor([-1 if w is None else w for w in window.word_ids]),
-                    "question": torch.tensor(number),
-                    "start_positions": torch.tensor(start),
-                    "end_positions": torch.tensor(end),
-                })  # fmt: skip
+        windows: dict[int, list[dict[str, torch.Tensor]]] = {}
+        for path, numbers in by_page.items():
+            asked = [self.questions[number] for number in numbers]  # the questions of a page share its words
+            with Image.open(path) if size is not None else nullcontext() as image:
+                inputs = processor(
+                    image,
+                    asked[0].words,
+                    asked[0].boxes,
+                    boxes_normalized=True,
+                    questions=[question.question for question in asked],
+                    answer_spans=[question.span for question in asked],
+                )
+            for row in range(len(inputs.input_ids)):
+                item = inputs.window(row)
+                number = numbers[int(item["question"])]
+                windows.setdefault(number, []).append({**item, "question": torch.tensor(number)})
+        self.items = [item for number in range(len(self.questions)) for item in windows[number]]
 
     def keep_answerless(self, fraction: float, seed: int) -> None:
         """Keep a seeded `fraction` of the windows that point at <s> (the answer not in them), all the others.
@@ -195,14 +187,20 @@ class QuestionWindows(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.items[index]
 
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return iter(self.items)
+
 
 def best_answers(
-    questions: Sequence[Question], windows: QuestionWindows, logits: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    questions: Sequence[Question],
+    windows: Sequence[Mapping[str, torch.Tensor]],
+    logits: Sequence[tuple[torch.Tensor, torch.Tensor]],
 ) -> list[str]:
-    """Per question, the words of the span with the highest start + end logit over all its windows, among the
-    CANDIDATES best starts and ends on page words (at most MAX_ANSWER_WORDS long; "" for a page without words)."""
+    """Per question, the words of the span with the highest start + end logit over all its windows (dataset items:
+    a QuestionWindows, or the windows of the page processor's call), among the CANDIDATES best starts and ends on
+    page words (at most MAX_ANSWER_WORDS long; "" for a page without words)."""
     best: list[tuple[float, str]] = [(-float("inf"), "") for _ in questions]
-    for item, (start_logits, end_logits) in zip(windows.items, logits, strict=True):
+    for item, (start_logits, end_logits) in zip(windows, logits, strict=True):
         number, word_ids = int(item["question"]), item["word_ids"]
         on_words = word_ids >= 0
         if not on_words.any():

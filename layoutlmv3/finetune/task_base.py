@@ -26,8 +26,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, default_collate
 
-from layoutlmv3.json_files import read_json_file
 from layoutlmv3.model import LayoutLMv3PreTrainedModel
+from layoutlmv3.processing import PROCESSING_FILE
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 from layoutlmv3.training.checkpointing import on_rank_zero
 from layoutlmv3.training.engine import Training, non_embedding_parameters
@@ -43,19 +43,6 @@ logger = logging.getLogger(__name__)
 BEST_DIR = "best"
 RESULTS_FILE = "results.json"
 SELECTION_FILE = "selection.json"  # in best/: the step and dev score it was kept for
-PROCESSING_FILE = "processing.json"  # in best/: how pages were made inputs (max_length, stride, boxes)
-
-
-def saved_processing(model_dir: str | Path) -> dict[str, Any]:
-    """The window length, stride and box level the model in `model_dir` was fine-tuned with ({} if unknown), so
-    prediction prepares pages the same way by default."""
-    path = Path(model_dir) / PROCESSING_FILE
-    if not path.exists():
-        return {}
-    processing = read_json_file(path)  # a model from elsewhere: a broken file is named, never silently ignored
-    if not isinstance(processing, dict):
-        raise ValueError(f"{path}: expected a JSON object (window length, stride, box level)")
-    return processing
 
 
 class FinetuneJobBase:

@@ -12,10 +12,8 @@ import errno
 import logging
 import multiprocessing
 import os
-import re
 import resource
 import shutil
-import socket
 import sys
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
@@ -27,6 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from layoutlmv3.atomic_files import remove_temporaries_of, target_of_temporary
 from layoutlmv3.data.sample_format import MANIFEST_FORMAT_VERSION
 from layoutlmv3.page_sources import PAGE_SUFFIXES
 from layoutlmv3.tokenizer import CONFIG_FILE, MERGES_FILE, VOCAB_FILE, LayoutLMv3Tokenizer
@@ -50,7 +49,7 @@ from .process import WorkerSetup, WorkItem, init_worker, make_processor, process
 from .progress import ProgressMismatch
 from .rejects import Reject
 from .samples import Sample
-from .shard_writer import ShardSizeMismatch, remove_temporaries_of
+from .shard_writer import ShardSizeMismatch
 from .tesseract_engine import persistent_engine_problem, worker_environment
 
 logger = logging.getLogger(__name__)
@@ -429,7 +428,8 @@ def storage_error(error: OSError, out: Path) -> str:
     was to become), what failed and what to do. Nothing partial is published: shards and manifests appear by
     rename once whole. Running out of file handles is named as such wherever it happens (it is no fault of the
     storage)."""
-    path = _published_path(Path(error.filename) if isinstance(error.filename, str | os.PathLike) else out)
+    path = Path(error.filename) if isinstance(error.filename, str | os.PathLike) else out
+    path = target_of_temporary(path) or path
     reason = error.strerror or str(error)
     if error.errno in (errno.EMFILE, errno.ENFILE):
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -445,12 +445,6 @@ def storage_error(error: OSError, out: Path) -> str:
         return f"cannot read {path}: {reason}; check it, then rerun (finished shards are kept)"
     hint = _STORAGE_HINTS.get(error.errno, "check the storage, then rerun (finished shards are kept)")
     return f"cannot write {path}: {reason}; {hint}"
-
-
-def _published_path(path: Path) -> Path:
-    """The file a hidden temporary (shard_writer.temporary_path: .NAME.HOST.PID.tmp) was to become."""
-    match = re.fullmatch(rf"\.(.+)\.{re.escape(socket.gethostname())}\.\d+\.tmp", path.name)
-    return path.with_name(match.group(1)) if match else path
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -21,12 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from layoutlmv3.atomic_files import temporaries_of
 from layoutlmv3.data.sample_format import SHARD_PATTERN, sample_key
 
 from .progress import PROGRESS_DIR, ChunkProgress, load_progress, save_progress
 from .rejects import SAMPLE_TOO_LARGE, Reject
 from .samples import Sample
-from .shard_writer import ShardWriter, encode_members, finished_size, temporaries_of
+from .shard_writer import ShardWriter, encode_members, finished_size
 
 
 @dataclass(frozen=True)

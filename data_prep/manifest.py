@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from layoutlmv3.atomic_files import remove_temporaries_of, write_bytes
 from layoutlmv3.data.sample_format import (
     IMAGE_SIZE,
     MANIFEST_FILE,
@@ -25,7 +26,7 @@ from layoutlmv3.data.shards import ManifestError
 from layoutlmv3.json_files import JsonFileError, parse_json, read_json_file
 
 from .rejects import Reject
-from .shard_writer import ShardRecord, remove_temporaries_of, write_file_atomically
+from .shard_writer import ShardRecord
 
 TASK_MANIFEST = "manifest.task{task:04d}-of-{tasks:04d}.json"
 TASK_REJECTS = "rejects.task{task:04d}-of-{tasks:04d}.jsonl"
@@ -63,8 +64,8 @@ def output_names(task_index: int, num_tasks: int) -> tuple[str, str]:
 def write_outputs(out: Path, names: tuple[str, str], manifest: dict, rejects: Iterable[Reject]) -> None:
     """Write the rejects, then the manifest (whose presence says the output is complete), each atomically."""
     lines = "".join(json.dumps(reject.to_json(), ensure_ascii=False) + "\n" for reject in rejects)
-    write_file_atomically(out / names[1], lines.encode("utf-8"))
-    write_file_atomically(out / names[0], (json.dumps(manifest, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+    write_bytes(out / names[1], lines.encode("utf-8"))
+    write_bytes(out / names[0], (json.dumps(manifest, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
 
 
 def merge_task_manifests(out: Path) -> dict:

@@ -2,7 +2,7 @@
 page (one timeout, one image mode for every launcher), or taken back out of data_prep shards, so a collection
 already OCR'd for pretraining (RVL-CDIP, say) is fine-tuned on without running Tesseract a second time. Words
 files are ``NAME.json`` beside ``NAME.png`` (`layoutlmv3.page_layout.read_words`' format), each written at once
-(`shard_writer.write_file_atomically`).
+(`layoutlmv3.atomic_files`).
 
 Each shard sample's ``meta.json`` holds its words, their 0..1000 boxes, their line ids and the page's source path
 relative to the input root it was built from (`layoutlmv3.data.sample_format`). A page image is matched to the
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from layoutlmv3.atomic_files import write_bytes
 from layoutlmv3.data.remote import tar_files
 from layoutlmv3.data.sample_format import MANIFEST_FILE, META_FILE
 from layoutlmv3.data.shards import list_shards
@@ -31,7 +32,6 @@ from layoutlmv3.tokenizer import MAX_COORD
 
 from .ocr import Word, parse_tsv, run_tesseract
 from .rejects import PageRejected
-from .shard_writer import write_file_atomically
 
 OCR_TIMEOUT = 120.0  # seconds of Tesseract per page
 
@@ -64,7 +64,7 @@ def ocr_missing_words(images: Iterable[Path]) -> int:
 
 
 def _write_words(image: Path, entries: list[dict]) -> None:
-    write_file_atomically(words_file(image), json.dumps({"words": entries}).encode())
+    write_bytes(words_file(image), json.dumps({"words": entries}).encode())
 
 
 def shard_words(shards_dir: str | Path) -> dict[str, dict]:

@@ -17,11 +17,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from layoutlmv3.atomic_files import write_bytes
 from layoutlmv3.data.shards import ManifestError
 from layoutlmv3.json_files import JsonFileError, read_json_file
 
 from .rejects import Reject
-from .shard_writer import ShardRecord, write_file_atomically
+from .shard_writer import ShardRecord
 
 PROGRESS_DIR = "progress"
 
@@ -90,4 +91,4 @@ _REBUILD = "delete it to rebuild that chunk (its shards are rewritten), or use a
 
 def save_progress(path: Path, progress: ChunkProgress) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_file_atomically(path, json.dumps(progress.to_json(), ensure_ascii=False, indent=1).encode("utf-8"))
+    write_bytes(path, json.dumps(progress.to_json(), ensure_ascii=False, indent=1).encode("utf-8"))

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from data_prep.page_words import words_of_page
 from data_prep.pages import read_page, scan_folder
 from data_prep.rejects import PageRejected
-from data_prep.shard_writer import write_file_atomically
+from layoutlmv3.atomic_files import write_text
 from layoutlmv3.finetune.classifier import Classifier
 from layoutlmv3.page_layout import BadBox
 from layoutlmv3.page_sources import PAGE_SUFFIXES
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = "".join(line + "\n" for line in lines)
     if args.out:
         try:
-            write_file_atomically(args.out, text.encode("utf-8"))
+            write_text(args.out, text)
         except OSError as error:
             print(f"error: --out {args.out}: {error}", file=sys.stderr)
             return 2

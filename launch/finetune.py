@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data_prep.page_words import ocr_missing_words, write_words_from_shards
-from data_prep.shard_writer import remove_dead_temporaries_of
 from data_prep.synth import DOCUMENT_KINDS, write_class_split, write_cord_split, write_corpus, write_question_split
+from layoutlmv3.atomic_files import remove_dead_temporaries_of
 from layoutlmv3.finetune.classes import listed_pages
 from layoutlmv3.finetune.config import (
     FinetuneConfig,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..shard_writer import remove_temporaries_of
+from layoutlmv3.atomic_files import remove_temporaries_of
+
 from .funsd_format import is_complete, page_paths, write_page
 from .generate import generate_page, page_id
 

@@ -9,13 +9,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..shard_writer import write_file_atomically
+from layoutlmv3.atomic_files import write_bytes
+
 from .document import SynthPage
 
 
 def write_atomically(path: Path, content: str | Image.Image) -> None:
-    """Text (UTF-8) or an image (PNG) written under a hidden temporary name and renamed into place (data_prep's
-    `write_file_atomically`): an interrupted run leaves no half file that a reader or a resume would take."""
+    """Text (UTF-8) or an image (PNG) written under a hidden temporary name and renamed into place
+    (`layoutlmv3.atomic_files`): an interrupted run leaves no half file that a reader or a resume would take."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(content, str):
         data = content.encode("utf-8")
@@ -23,7 +24,7 @@ def write_atomically(path: Path, content: str | Image.Image) -> None:
         buffer = io.BytesIO()
         content.save(buffer, format="PNG")
         data = buffer.getvalue()
-    write_file_atomically(path, data)
+    write_bytes(path, data)
 
 
 def words_json(page: SynthPage) -> str:

@@ -1,0 +1,207 @@
+"""Files and folders that appear whole or not at all: the one writer behind every file a reader or a resume trusts
+(weights, checkpoint records, shards and manifests, conversions, the kept best model, the image tokenizer's output,
+synthetic pages).
+
+A file is written under a hidden temporary beside it, ``.NAME.HOST.PID-TOKEN.tmp`` (no ``*.json``/``*.tar`` glob or
+manifest names it; unique to the host, the process and the call, so two writers of one name, threads included, never
+share one), flushed to disk, renamed over NAME, and the folder synced so that a crash cannot bring the temporary
+name back. A write that fails (a full disk, an exception) removes its temporary; only a kill leaves one, which the
+name's writer removes on its next run: `remove_temporaries_of` under a lock, `remove_dead_temporaries_of` (this
+host's writers that are gone) without one.
+
+A folder is filled under such a temporary name, synced, and swapped in: the old folder is renamed aside, the new
+one renamed in, the old one deleted. A reader finds the old folder or the new one, never a mix; a kill between the
+two renames leaves NAME absent (both folders are then temporaries, removed by the next swap).
+
+No project imports: the model package and data_prep use it alike.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import socket
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporary_path(path: Path) -> Path:
+    """A fresh hidden name beside `path` to write it under: ``.NAME.HOST.PID-TOKEN.tmp``."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}-{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
+
+
+def target_of_temporary(path: Path) -> Path | None:
+    """The file a temporary of this host's was to become (to name it in an error), None for any other name."""
+    host = re.escape(socket.gethostname())
+    match = re.fullmatch(rf"\.(.+)\.{host}\.\d+(?:-[0-9a-f]+)?{re.escape(TEMPORARY_SUFFIX)}", path.name)
+    return path.with_name(match.group(1)) if match else None
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` at once: a reader sees the old file or the new one, never half."""
+    with file_in_place(path) as temporary, open(temporary, "wb") as file:
+        file.write(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    """`write_bytes` of `text` in UTF-8."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def file_in_place(path: Path) -> Iterator[Path]:
+    """Yields a temporary name beside `path` for the caller to write (safetensors, PIL, torch.save take a name);
+    once the block ends the file is synced and renamed to `path`. A block that raises takes the temporary with it
+    and leaves `path` as it was."""
+    temporary = temporary_path(path)
+    try:
+        yield temporary
+        _sync_file(temporary)
+        rename_into_place(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def rename_into_place(temporary: Path, path: Path) -> None:
+    """Give a complete, synced temporary (a `temporary_path` a writer kept open, like a shard) its name, durably."""
+    os.replace(temporary, path)
+    sync_directory(path.parent)
+
+
+@contextmanager
+def directory_in_place(path: Path) -> Iterator[Path]:
+    """Yields an empty temporary folder beside `path` for the caller to fill; once the block ends its files are
+    synced and it replaces `path` (an earlier folder there is kept until the new one is in place, then deleted).
+    A block that raises takes the temporary folder with it and leaves `path` as it was. Folders this host's
+    killed writers left beside `path` are removed first (another host's may be a swap in progress)."""
+    remove_dead_temporaries_of([path])
+    staged = temporary_path(path)
+    staged.mkdir()
+    try:
+        yield staged
+        _sync_tree(staged)
+        _swap_in(staged, path)
+    except BaseException:
+        _remove(staged)
+        raise
+
+
+def _swap_in(staged: Path, path: Path) -> None:
+    """Rename `staged` to `path`, the folder there first set aside and deleted only once the new one is in."""
+    aside = temporary_path(path) if os.path.lexists(path) else None
+    if aside is not None:
+        os.rename(path, aside)
+    try:
+        os.rename(staged, path)
+    except BaseException:
+        if aside is not None:
+            os.rename(aside, path)  # the old folder back under its name
+        raise
+    sync_directory(path.parent)
+    if aside is not None:
+        _remove(aside)
+
+
+def sync_directory(directory: Path) -> None:
+    """Persist the entries of `directory` (a rename into it), so a crash cannot bring a temporary name back."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(root: Path) -> None:
+    """Every file and folder under `root` on disk (a folder before its parent), `root` last."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            _sync_file(Path(folder, name))
+        sync_directory(Path(folder))
+
+
+def temporaries_of(path: Path) -> list[Path]:
+    """Temporaries of `path` left by any process (e.g. one that was killed)."""
+    return _temporaries_in(path.parent, {path.name})
+
+
+def remove_temporaries_of(paths: Iterable[Path]) -> list[Path]:
+    """Delete the temporaries any process left of these files (killed runs), listing each folder once however many
+    files it holds; returns what was deleted. Only for the files' one writer (under their locks): a live writer's
+    temporary looks the same."""
+    names = _names_by_folder(paths)
+    stale = sorted(temporary for folder, wanted in names.items() for temporary in _temporaries_in(folder, wanted))
+    for path in stale:
+        _remove(path)
+    return stale
+
+
+def remove_dead_temporaries_of(paths: Iterable[Path]) -> list[Path]:
+    """Delete the temporaries of these files that processes of this host left and that no longer run (a killed
+    run's); returns what was deleted. For writers with no lock that spans hosts (words files beside the user's
+    pages, swapped folders): another host's temporary, or a live process's, may be a write in progress, and is
+    left alone."""
+    host = socket.gethostname()
+    stale = []
+    for folder, wanted in _names_by_folder(paths).items():
+        writers = {f".{name}.{host}" for name in wanted}
+        for temporary in _temporaries_in(folder, wanted):
+            writer, _, process = temporary.name[: -len(TEMPORARY_SUFFIX)].rpartition(".")
+            pid = process.partition("-")[0]  # PID-TOKEN, or PID alone (temporaries written before tokens were)
+            if writer in writers and pid.isdigit() and not _running(int(pid)):
+                _remove(temporary)
+                stale.append(temporary)
+    return sorted(stale)
+
+
+def _names_by_folder(paths: Iterable[Path]) -> dict[Path, set[str]]:
+    """The files' names grouped by folder: each folder is listed once, however many files it holds."""
+    names: dict[Path, set[str]] = {}
+    for path in paths:
+        names.setdefault(path.parent, set()).add(path.name)
+    return names
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _temporaries_in(folder: Path, names: set[str]) -> list[Path]:
+    """`temporary_path`'s entries of any of `names` in `folder`: ``.{name}.{host}.{pid}[-{token}].tmp`` (a host may
+    hold dots)."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in os.scandir(folder):
+        hidden = entry.name.startswith(".") and entry.name.endswith(TEMPORARY_SUFFIX)
+        stem = entry.name[1 : -len(TEMPORARY_SUFFIX)] if hidden else ""
+        if any(stem[:cut] in names for cut, char in enumerate(stem) if char == "."):
+            found.append(folder / entry.name)
+    return sorted(found)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, a link (never what it points to) or a folder with its contents."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

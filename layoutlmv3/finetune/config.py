@@ -23,11 +23,11 @@ class FinetuneData:
     )
     format: str = "funsd"  # funsd, or cord (clovaai/cord's layout: image/ + json/ per split, its own dev split)
     boxes: str = "segment"  # segment: the annotated entity boxes, as the paper; word: each word's own box
-    max_length: int = 512
+    max_length: int = 512  # tokens per window; longer pages become overlapping windows
     stride: int = 128  # tokens shared by consecutive windows of a long page
     dev_fraction: float = 0.1  # FUNSD: of training_data, held out (deterministically, by seed) for model selection
     synthetic_train_pages: int = 64  # with no data.dir: forms written by data_prep.synth into output.dir
-    synthetic_test_pages: int = 16
+    synthetic_test_pages: int = 16  # synthetic pages in the test split
     # task questions with no data.dir: key -> value questions asked per synthetic page, its first fields in page
     # order ("What is the Date?"); 0 asks every field with an answer (about 14 a page)
     synthetic_questions_per_page: int = 4
@@ -120,7 +120,7 @@ class FinetuneLogging(LoggingSection):
 class FinetuneCheckpoint(CheckpointSection):
     dir: str = ""  # "": output.dir/checkpoints (DeepSpeed checkpoints for resume; the selected model is best/)
     every: int = 0  # 0: at the end and on preemption only
-    keep: int = 1
+    keep: int = 1  # checkpoints kept (the newest)
 
 
 @dataclass

@@ -54,7 +54,7 @@ class DataConfig:
     images: str | None = None  # folder of page images
     shards: str | None = None  # as pretraining's data.train_shards: a dataset directory, its manifest, a brace pattern
     synthetic_pages: int = 0  # this many data_prep.synth pages, written to a folder by launch/train_image_tokenizer.py
-    synthetic_seed: int = 0
+    synthetic_seed: int = 0  # seed of the synthetic pages
     eval_fraction: float = 0.1  # share of pages held out for evaluation (by a hash of the page key)
     eval_images: int = 64  # evaluate on at most this many held-out pages
     shuffle_buffer: int = 512  # pages mixed in a buffer (shards hold consecutive pages of one document)
@@ -65,8 +65,8 @@ class DataConfig:
     # the first back-off (doubled each time), and the deadline of one attempt (seconds of waiting on the server or
     # command in all) after which it is cut off (layoutlmv3/data/remote.py).
     remote_attempts: int = 5
-    remote_retry_s: float = 2.0
-    remote_deadline_s: float = 600.0
+    remote_retry_s: float = 2.0  # the first back-off between attempts, doubled after each failure
+    remote_deadline_s: float = 600.0  # seconds of waiting in all before one attempt is cut off
 
     def __post_init__(self) -> None:
         sources = [self.images is not None, self.shards is not None, self.synthetic_pages > 0]

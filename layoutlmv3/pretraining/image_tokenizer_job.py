@@ -69,7 +69,7 @@ class ImageTokenizerTrain(TrainSection):
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
-    decay: str = "cosine"
+    decay: str = "cosine"  # after warmup: linear, cosine or constant
     autocast: str = "fp32"  # bf16: encoder and decoder under bf16 autocast (the quantiser always in fp32)
 
     def __post_init__(self) -> None:
@@ -87,12 +87,12 @@ class ImageTokenizerLogging(LoggingSection):
 class ImageTokenizerCheckpoint(CheckpointSection):
     dir: str = ""  # "": output.dir/checkpoints
     every: int = 0  # 0: at the end and on preemption only
-    keep: int = 1
+    keep: int = 1  # checkpoints kept (the newest)
 
 
 @dataclass
 class ImageTokenizerOutput:
-    dir: str = "outputs/image_tokenizer"
+    dir: str = "outputs/image_tokenizer"  # the trained tokenizer, its metrics, logs and checkpoints
     grid_images: int = 8  # held-out pages in reconstructions.png
 
     def __post_init__(self) -> None:

@@ -29,7 +29,7 @@ __all__ = [
 
 @dataclass
 class ModelSection:
-    flavor: str = "base"
+    flavor: str = "base"  # tiny, small, base or large (LayoutLMv3Config.from_flavor)
     overrides: dict[str, Any] = field(default_factory=dict)  # LayoutLMv3Config fields, e.g. attn_implementation
     init_from: str | None = None  # a model directory (ours or transformers') to continue pretraining from
     # The paper's start: a transformers RoBERTa directory (e.g. roberta-base) whose word embeddings (and, with
@@ -56,13 +56,13 @@ class DataSection:
     # A shard directory with manifest.json (or the manifest, or a brace pattern); or several corpora mixed by
     # weight: [{shards: /data/iit-cdip, weight: 0.8}, {shards: /data/forms, weight: 0.2}]
     train_shards: str | list[CorpusSection] = ""
-    val_shards: str | None = None
+    val_shards: str | None = None  # held-out shards for validation losses (null: none)
     tokenizer: str = ""  # vocab.json + merges.txt directory; its fingerprint must match the shards'
-    max_length: int = 512
-    pad_to: str | int = "max_length"
+    max_length: int = 512  # tokens per page; longer pages are cropped at a random window
+    pad_to: str | int = "max_length"  # max_length, longest (in the batch), or a multiple such as 64
     boxes: str = "segment"  # the paper used segment-level layout positions
-    num_workers: int = 4
-    shuffle_buffer: int = 1000
+    num_workers: int = 4  # loader worker processes per rank
+    shuffle_buffer: int = 1000  # samples mixed in each worker's shuffle buffer
     epoch_batches: int | None = None  # batches per epoch per rank (resampled shards); None: one pass
     val_batches: int = 50  # micro-batches per rank per validation (fewer when the held-out shards run out)
     # Length bucketing: 0 (off) or K >= 2 -- each loader worker sorts K micro-batches' worth of pages by length;
@@ -71,7 +71,7 @@ class DataSection:
     # Shards at http(s):// URLs or `pipe:` commands: attempts per shard, and the first back-off (doubled after
     # each failure) before a shard that keeps failing is skipped with a warning (layoutlmv3/data/remote.py).
     remote_attempts: int = 5
-    remote_retry_s: float = 2.0
+    remote_retry_s: float = 2.0  # the first back-off between attempts, doubled after each failure
     # The deadline of one attempt at a remote shard or manifest: seconds spent waiting on the server or command in
     # all (not the training time between samples). Past it the connection is cut or the command's process group
     # killed, and the attempt counts as failed: a stalled or trickling server never holds a rank for ever. Raise
@@ -106,16 +106,16 @@ class DataSection:
 
 @dataclass
 class ObjectiveSection:
-    mlm_weight: float = 1.0
-    mim_weight: float = 1.0
-    wpa_weight: float = 1.0
+    mlm_weight: float = 1.0  # weight of masked language modeling in the loss
+    mim_weight: float = 1.0  # weight of masked image modeling in the loss
+    wpa_weight: float = 1.0  # weight of word-patch alignment in the loss
     # Masking: the defaults (the paper's) and the rules live in MaskingConfig; these fields mirror its own.
     text_mask_ratio: float = MaskingConfig.text_mask_ratio
-    span_lambda: float = MaskingConfig.span_lambda
-    mask_token_share: float = MaskingConfig.mask_token_share
-    random_token_share: float = MaskingConfig.random_token_share
-    image_mask_ratio: float = MaskingConfig.image_mask_ratio
-    min_block_patches: int = MaskingConfig.min_block_patches
+    span_lambda: float = MaskingConfig.span_lambda  # mean span length (Poisson) of masked text spans
+    mask_token_share: float = MaskingConfig.mask_token_share  # share of masked tokens replaced by <mask>
+    random_token_share: float = MaskingConfig.random_token_share  # share of masked tokens replaced by a random token
+    image_mask_ratio: float = MaskingConfig.image_mask_ratio  # share of image patches masked, in blocks
+    min_block_patches: int = MaskingConfig.min_block_patches  # smallest block of masked patches
     image_tokenizer: str = ""  # a trained image tokenizer directory (frozen)
 
     def __post_init__(self) -> None:

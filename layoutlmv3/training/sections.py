@@ -14,15 +14,15 @@ from .schedule import DECAYS
 
 @dataclass
 class TrainSection:
-    steps: int = 500_000
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.048
-    min_lr_ratio: float = 0.0
+    steps: int = 500_000  # optimizer steps; the LR schedule spans them
+    lr: float = 1e-4  # peak learning rate (AdamW), reached after warmup
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW's beta1, beta2
+    eps: float = 1e-6  # AdamW's epsilon
+    weight_decay: float = 0.01  # AdamW's decoupled weight decay (not on biases, norms, embeddings)
+    warmup_ratio: float = 0.048  # share of train.steps warming up linearly from 0 to lr
+    min_lr_ratio: float = 0.0  # the learning rate at the last step, as a share of lr
     decay: str = "linear"  # after warmup, down to lr * min_lr_ratio: linear (the paper's), cosine, or constant
-    seed: int = 42
+    seed: int = 42  # seeds weights, data order and pretraining masks: same seed, same run
     max_bad_steps: int = 20  # non-finite losses tolerated (each micro-batch skipped) before the run stops
     # Stop (checkpoint, exit 0) after this step while the schedule still spans `steps`: splits a run into jobs.
     stop_at_step: int | None = None
@@ -72,10 +72,10 @@ class TrainSection:
 
 @dataclass
 class LoggingSection:
-    dir: str = "runs/pretrain"
+    dir: str = "runs/pretrain"  # TensorBoard events, metrics.jsonl and the resolved run_config.yaml
     every: int = 10  # a log line every N steps (TensorBoard and metrics.jsonl get every step)
     val_every: int = 1000  # validation on data.val_shards every N steps; 0: never
-    tensorboard: bool = True
+    tensorboard: bool = True  # write TensorBoard events (rank 0)
     progress: bool = True  # tqdm bar with ETA on rank 0
     peak_tflops: float | None = None  # per-device peak for MFU; None: the table of known GPUs (no MFU on CPU)
 
@@ -90,7 +90,7 @@ class LoggingSection:
 
 @dataclass
 class CheckpointSection:
-    dir: str = "checkpoints/pretrain"
+    dir: str = "checkpoints/pretrain"  # DeepSpeed checkpoints step########/ and `latest`
     every: int = 1000  # also at the end, on stop_at_step and on preemption; 0: only then
     keep: int = 3  # complete checkpoints kept; older ones are deleted once a newer one is complete
     # Seconds a run waits for another run's lock on `dir` before it is refused (exit 2): one run per directory.

@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   -> virtualenv + dependencies, then the main job on the embedded synthetic default (CPU, tiny sizes)
 #   make test   -> virtualenv + dependencies + system packages, then lint and the whole test suite (CPU)
+# While working, `make test-fast` runs every test not marked slow (nothing that trains, launches ranks or starts the
+# Slurm cluster): under 3 minutes on 2 cores.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +16,7 @@ export PYTHONUNBUFFERED := 1
 # left in it by a killed build (which makes every DeepSpeed run wait forever).
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
-.PHONY: demo smoke test lint format system-deps venv ocr-engine clean
+.PHONY: demo smoke test test-fast lint format system-deps venv ocr-engine clean
 
 venv: $(VENV)/.installed
 
@@ -61,6 +63,9 @@ lint: venv system-deps
 
 test: venv system-deps ocr-engine lint
 	$(PY) -m pytest -q --durations=15
+
+test-fast: venv system-deps ocr-engine
+	$(PY) -m pytest -q -m "not slow" --durations=10
 
 format: venv
 	$(VENV)/bin/ruff format .

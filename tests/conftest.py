@@ -1,5 +1,6 @@
-"""Shared test fixtures: locations of the optional shared datasets, seeded RNG; a stale op build lock stops the
-session at once (every DeepSpeed test would otherwise wait on it until its timeout)."""
+"""Shared test fixtures: locations of the optional shared datasets, seeded RNG, the pretraining world and the local
+Slurm cluster (session-wide: built once for every module that uses them); a stale op build lock stops the session at
+once (every DeepSpeed test would otherwise wait on it until its timeout)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from layoutlmv3.training.extensions import check_build_locks
-from tests.slurm_cluster import slurm_env  # noqa: F401  (the session fixture: one local cluster for every Slurm test)
+# The helper modules' asserts report their values as the test modules' do.
+pytest.register_assert_rewrite("tests.shard_files", "tests.slurm_cluster")
+
+from layoutlmv3.training.extensions import check_build_locks  # noqa: E402
+from tests.pretrain_world import build_world  # noqa: E402
+from tests.slurm_cluster import slurm_env  # noqa: E402, F401  (the session fixture: one local cluster for every Slurm test)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The shared data (FUNSD, RoBERTa vocabulary) lives beside the checkout; it is never copied into the tree.
@@ -40,6 +45,12 @@ def funsd_dir() -> Path:
     if not (path / "training_data" / "annotations").is_dir():
         pytest.skip(f"FUNSD not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pretraining world (tests/pretrain_world.py) that the launcher's and the Slurm cluster's runs read."""
+    return build_world(tmp_path_factory.mktemp("pretrain_world"))
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,7 @@ def train_step_report(tmp_path_factory) -> tuple[dict, Path]:
     return json.loads((out / "report.json").read_text()), out
 
 
+@pytest.mark.slow
 def test_train_step_reports_every_variant_and_batch(train_step_report):
     report, out = train_step_report
     variants = {row["variant"] for row in report["results"]}
@@ -43,6 +44,7 @@ def test_train_step_reports_every_variant_and_batch(train_step_report):
     assert (out / "throughput.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_train_step_variants_compute_the_same_loss(train_step_report):
     """Every variant starts from the same weights: dropout-free losses agree, so the timings compare like for like."""
     report, _ = train_step_report
@@ -51,6 +53,7 @@ def test_train_step_variants_compute_the_same_loss(train_step_report):
         assert max(losses) - min(losses) < 1e-5, losses
 
 
+@pytest.mark.slow
 def test_train_step_compiled_layers_match(tmp_path):
     run_script(
         "benchmarks/train_step.py", "--flavor", "tiny", "--batch", "2", "--impl", "ours", "--attn", "sdpa",
@@ -131,6 +134,7 @@ def test_qa_baselines_table(tmp_path: Path) -> None:
     assert 0 < blind < rule and rule > 0.5
 
 
+@pytest.mark.slow
 def test_qa_training_probe_tells_one_pages_questions_apart_at_a_wide_init(tmp_path: Path) -> None:
     """The probe behind BENCHMARKS.md's question-answering diagnosis, and proof that a question's words reach the
     span head: a fresh tiny model at initializer_range 0.2 (no dropout) learns to answer each of one page's

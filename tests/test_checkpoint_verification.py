@@ -152,6 +152,7 @@ def _flip_a_tensor_byte(path: Path) -> None:
         handle.write(bytes([byte[0] ^ 0xFF]))
 
 
+@pytest.mark.slow
 def test_saves_record_each_files_checksum(runs: Path) -> None:
     for tag in (runs / "pretrain" / tag_for(10), runs / "image_tokenizer" / "checkpoints" / tag_for(1)):
         checkpoint = read_checkpoint(tag)
@@ -161,6 +162,7 @@ def test_saves_record_each_files_checksum(runs: Path) -> None:
             assert file_digest(tag / name) == digest
 
 
+@pytest.mark.slow
 def test_a_planted_pickle_in_optim_states_is_refused_by_convert_and_probe(
     runs: Path, pretrain: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -183,6 +185,7 @@ def test_a_planted_pickle_in_optim_states_is_refused_by_convert_and_probe(
     assert f"refusing to load {planted}" in capsys.readouterr().err and not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_byte_changed_in_place_is_set_aside_and_the_previous_checkpoint_resumed(
     pretrain: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -200,6 +203,7 @@ def test_a_byte_changed_in_place_is_set_aside_and_the_previous_checkpoint_resume
     assert not (pretrain / tag_for(10)).exists() and len(list(pretrain.glob(f"{tag_for(10)}.damaged-*"))) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "record",
     [
@@ -231,6 +235,7 @@ def test_an_unreadable_or_wrong_shaped_record_is_a_damaged_checkpoint_never_a_fr
         resolve_resume("auto", pretrain)  # the only one: refused, not a start from step 0
 
 
+@pytest.mark.slow
 def test_a_probe_names_a_damaged_record_and_goes_on(
     runs: Path, pretrain: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -244,6 +249,7 @@ def test_a_probe_names_a_damaged_record_and_goes_on(
     assert "not probed: step00000005" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_pt_file_added_after_the_save_is_damage(pretrain: Path, caplog: pytest.LogCaptureFixture) -> None:
     """DeepSpeed globs *optim_states.pt: another rank's file slipped in would be consolidated with the rest."""
     tag = pretrain / tag_for(10)
@@ -252,12 +258,14 @@ def test_a_pt_file_added_after_the_save_is_damage(pretrain: Path, caplog: pytest
     assert "zero_pp_rank_1_mp_rank_00_optim_states.pt was not written by the save" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_fifo_among_the_pickles_is_damage_not_a_hang(pretrain: Path, caplog: pytest.LogCaptureFixture) -> None:
     os.mkfifo(pretrain / tag_for(10) / "extra.pt")
     assert resolve_resume("auto", pretrain).step == 5
     assert "extra.pt is not a regular file" in caplog.text
 
 
+@pytest.mark.slow
 def test_records_written_before_checksums_or_sizes_still_resume(pretrain: Path) -> None:
     marker = pretrain / tag_for(10) / COMPLETE_FILE
     record = json.loads(marker.read_text())
@@ -267,6 +275,7 @@ def test_records_written_before_checksums_or_sizes_still_resume(pretrain: Path) 
     assert resolve_resume("auto", pretrain).step == 10  # neither
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("job", "says"),
     [
@@ -346,6 +355,7 @@ def _rerecord(tag: Path, name: str) -> None:
     (tag / COMPLETE_FILE).write_text(json.dumps(record))
 
 
+@pytest.mark.slow
 def test_a_plain_data_type_outside_the_allow_list_is_allowed_by_the_user_never_by_the_checkpoint(
     pretrain: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -404,6 +414,7 @@ def _link_the_record(tag: Path, tmp_path: Path) -> str:
     return COMPLETE_FILE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "plant", [_link_planted_pickle, _link_etc_passwd_in_the_record, _link_a_folder, _link_the_record]
 )
@@ -421,6 +432,7 @@ def test_nothing_is_read_through_a_link_in_a_tag(
     assert len(list(pretrain.glob(f"{tag_for(10)}.damaged-*"))) == 1
 
 
+@pytest.mark.slow
 def test_a_tag_that_is_a_link_is_damage_and_pruning_never_follows_it(
     pretrain: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -444,6 +456,7 @@ def test_a_tag_that_is_a_link_is_damage_and_pruning_never_follows_it(
     assert resolve_resume(str(tmp_path / "elsewhere" / tag_for(5)), tmp_path / "elsewhere").step == 5  # the user's
 
 
+@pytest.mark.slow
 def test_an_unreadable_record_older_than_the_newest_is_set_aside_once_by_pruning(
     pretrain: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -458,6 +471,7 @@ def test_an_unreadable_record_older_than_the_newest_is_set_aside_once_by_pruning
     assert caplog.text == "" and (pretrain / tag_for(10)).is_dir()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "latest",
     [b"\x00\xffgarbage\n", b"step00000010" * 1000, b"../step00000010", b"/etc", b"step00000010/../../x", b""],
@@ -473,6 +487,7 @@ def test_a_latest_file_names_a_tag_or_is_refused(
     assert len(err) < 400
 
 
+@pytest.mark.slow
 def test_a_huge_record_is_damage_without_being_read(pretrain: Path, caplog: pytest.LogCaptureFixture) -> None:
     marker = pretrain / tag_for(10) / COMPLETE_FILE
     os.truncate(marker, 1 << 30)  # sparse: 1 GB of zeros on no disk
@@ -483,6 +498,7 @@ def test_a_huge_record_is_damage_without_being_read(pretrain: Path, caplog: pyte
     assert resolve_resume("auto", pretrain).step == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["folder", "device"])
 def test_a_record_that_is_not_a_file_is_named_not_left_unseen(
     pretrain: Path, kind: str, caplog: pytest.LogCaptureFixture
@@ -496,6 +512,7 @@ def test_a_record_that_is_not_a_file_is_named_not_left_unseen(
     assert f"{marker} is " in caplog.text and not (pretrain / tag_for(10)).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recorded", ["mp_rank_00_model_states.pt", "rank_state/rank00000.pt"])
 def test_a_recorded_file_that_is_a_folder_is_damage(
     pretrain: Path, recorded: str, caplog: pytest.LogCaptureFixture
@@ -515,6 +532,7 @@ def _legacy_format(payload: object, path: Path) -> None:
     torch.save(payload, path, _use_new_zipfile_serialization=False)  # not a zip: no data.pkl to scan
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("write", [_protocol_4, _legacy_format])
 def test_a_pickle_the_static_scan_cannot_read_is_never_loaded(
     pretrain: Path, tmp_path: Path, write, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
@@ -533,6 +551,7 @@ def test_a_pickle_the_static_scan_cannot_read_is_never_loaded(
     assert not marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "what"), [("a" * 63, "64 hex digits"), ("A" * 64, "64 hex digits"), (7, "64 hex digits")]
 )
@@ -545,6 +564,7 @@ def test_a_checksum_of_the_wrong_form_is_a_damaged_record(pretrain: Path, name: 
         read_checkpoint(tag)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["/etc/passwd", "rank_state/../../../x.pt", "a\\..\\..\\b.pt", "rank_state//../x.pt"])
 def test_a_record_naming_a_file_outside_its_tag_is_damaged(pretrain: Path, name: str) -> None:
     tag = pretrain / tag_for(10)
@@ -558,6 +578,7 @@ def test_a_record_naming_a_file_outside_its_tag_is_damaged(pretrain: Path, name:
 PLANTED_SCRIPT = "open({marker!r}, 'w').write('ran')\n"
 
 
+@pytest.mark.slow
 def test_scripts_in_a_checkpoint_are_never_run_nor_imported(
     pretrain: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -76,6 +76,7 @@ def test_scores_and_confusion() -> None:
 CLASSIFY_SEED = 1
 
 
+@pytest.mark.slow
 def test_document_classification_learns_on_the_trainer_and_classifies_a_new_page(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -81,6 +81,7 @@ def _inputs() -> dict[str, torch.Tensor]:
     return random_inputs(batch=2, length=40, vocab_size=VOCAB)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_every_zero_stage_converts_to_a_loadable_model(checkpoints: Path, tmp_path: Path, stage: int) -> None:
     checkpoint = resolve_tag(checkpoints / f"zero{stage}")
@@ -98,6 +99,7 @@ def test_every_zero_stage_converts_to_a_loadable_model(checkpoints: Path, tmp_pa
     assert tokenizer.fingerprint == LayoutLMv3Tokenizer.from_pretrained(checkpoints / "vocab").fingerprint
 
 
+@pytest.mark.slow
 def test_a_checkpoint_converts_after_its_init_from_directory_is_gone(checkpoints: Path, tmp_path: Path) -> None:
     """The model shape comes from the model config recorded in the checkpoint, not from re-reading the run's
     `model.init_from` directory (which may have moved since) or re-deriving it from flavor and overrides."""
@@ -106,6 +108,7 @@ def test_a_checkpoint_converts_after_its_init_from_directory_is_gone(checkpoints
     assert LayoutLMv3Config.load(out / "config.json").hidden_size == LayoutLMv3Config.from_flavor("tiny").hidden_size
 
 
+@pytest.mark.slow
 def test_drop_pretraining_heads_keeps_only_the_backbone(checkpoints: Path, tmp_path: Path) -> None:
     out = convert_checkpoint(resolve_tag(checkpoints / "zero2"), tmp_path / "model", drop_pretraining_heads=True)
     keys = load_file(out / "model.safetensors")
@@ -113,6 +116,7 @@ def test_drop_pretraining_heads_keeps_only_the_backbone(checkpoints: Path, tmp_p
     LayoutLMv3Model.from_pretrained(out)
 
 
+@pytest.mark.slow
 def test_hf_output_matches_ours_in_transformers(checkpoints: Path, tmp_path: Path) -> None:
     """--to hf: transformers' LayoutLMv3Model and ForTokenClassification load it and compute what ours do."""
     checkpoint = resolve_tag(checkpoints / "zero3")
@@ -153,18 +157,21 @@ def test_from_hf_gives_our_format(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_cli_converts_a_chosen_tag(checkpoints: Path, tmp_path: Path) -> None:
     argv = ["--checkpoint", str(checkpoints / "zero1"), "--tag", tag_for(5), "--out", str(tmp_path / "m")]
     assert convert_main(argv) == 0
     LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "m", num_labels=7)
 
 
+@pytest.mark.slow
 def test_missing_tag_is_refused(checkpoints: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = ["--checkpoint", str(checkpoints / "zero2"), "--tag", "step00000099", "--out", str(tmp_path / "m")]
     assert convert_main(argv) == 2
     assert "no checkpoint tag 'step00000099'; complete tags: ['step00000005']" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_size_is_refused(checkpoints: Path, tmp_path: Path) -> None:
     LayoutLMv3Config.from_flavor("small", vocab_size=VOCAB, visual_codebook_size=CODEBOOK).save(
         tmp_path / "config.json"
@@ -173,6 +180,7 @@ def test_checkpoint_of_another_size_is_refused(checkpoints: Path, tmp_path: Path
         convert_checkpoint(resolve_tag(checkpoints / "zero2"), tmp_path / "m", config_path=tmp_path / "config.json")
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_refused(checkpoints: Path, tmp_path: Path) -> None:
     shutil.copytree(checkpoints / "zero2", tmp_path / "ckpt")
     optim = next((tmp_path / "ckpt" / tag_for(5)).glob("*optim_states.pt"))
@@ -187,6 +195,7 @@ def test_help() -> None:
     assert exit_info.value.code == 0
 
 
+@pytest.mark.slow
 def test_non_finite_weights_are_refused_and_the_old_output_is_kept(
     checkpoints: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -210,6 +219,7 @@ def test_non_finite_weights_are_refused_and_the_old_output_is_kept(
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_an_out_holding_another_model_is_not_written_over(checkpoints: Path, tmp_path: Path, capsys) -> None:
     """--out naming a fine-tuned model (files a conversion does not write) is refused; an earlier conversion
     there is replaced whole, with nothing of it left beside the new files."""

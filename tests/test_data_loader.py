@@ -10,11 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 from PIL import Image
 
 import layoutlmv3.data.loader as loader_module
-from layoutlmv3.checksums import file_digest
 from layoutlmv3.data import (
     Collator,
     PageSample,
@@ -29,14 +27,12 @@ from layoutlmv3.data.sample_format import (
     IMAGE_FILE,
     IMAGE_SIZE,
     MANIFEST_FILE,
-    MANIFEST_FORMAT_VERSION,
     META_FILE,
-    SHARD_PATTERN,
     TOKENIZER_IMAGE_FILE,
-    TOKENIZER_IMAGE_SIZE,
     TOKENS_FILE,
     sample_key,
 )
+from tests.shard_files import assert_same_batches, batch_keys, page_members, png_bytes, write_dataset
 
 UNEVEN_COUNTS = (7, 3, 9, 1, 6)  # 5 shards for 2 ranks x 2 workers: some workers get 2 shards, one gets none
 BAD_KEY = sample_key("doc/2.pdf", 4)  # shard 2's sample 4 has an undecodable image
@@ -46,104 +42,15 @@ BATCH = 4
 # ---------------------------------------------------------------- fixture data
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def _page(rng: np.random.Generator, key: str, length: int, mode: str = "L") -> dict[str, bytes | str]:
-    """One sample's tar members: blocky random images (small PNGs), random tokens in lines of words."""
-    words = max(length // 2, 1)
-    word_ids = np.sort(rng.integers(0, words, length)).astype(np.int32)
-    line_ids = [word // 5 for word in range(words)]
-    line_boxes = rng.integers(0, 1001, (line_ids[-1] + 1, 4)).tolist()
-    word_boxes = rng.integers(0, 1001, (words, 4))
-    tokens = io.BytesIO()
-    np.savez(
-        tokens,
-        input_ids=rng.integers(5, 50_000, length).astype(np.int32),
-        bbox=word_boxes[word_ids].astype(np.int16),
-        word_ids=word_ids,
-    )
-    channels = () if mode == "L" else (3,)
-    blocks = rng.integers(0, 256, (14, 14, *channels), dtype=np.uint8)
-    image = blocks.repeat(IMAGE_SIZE // 14, 0).repeat(IMAGE_SIZE // 14, 1)
-    meta = {
-        "words": [f"w{i}" for i in range(words)],
-        "word_boxes": word_boxes.tolist(),
-        "line_ids": line_ids,
-        "line_boxes": line_boxes,
-        "page_size": [1000, 1300],
-        "source": f"{key}.pdf",
-        "page": 0,
-        "tokenizer": "test",
-    }
-    return {
-        "__key__": key,
-        IMAGE_FILE: _png(image),
-        TOKENIZER_IMAGE_FILE: _png(image[::2, ::2]),
-        TOKENS_FILE: tokens.getvalue(),
-        META_FILE: json.dumps(meta).encode(),
-    }
-
-
-def _write_dataset(root: Path, counts: tuple[int, ...], bad_key: str | None = None, source: str = "doc") -> list[str]:
-    """Shards + manifest as data_prep writes them (each shard's samples, size and sha256); returns the keys of the
-    decodable samples."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    entries, keys = [], []
-    for index, count in enumerate(counts):
-        name = SHARD_PATTERN.format(prefix="train", index=index)
-        with wds.TarWriter(str(root / name)) as writer:
-            for page in range(count):
-                key = sample_key(f"{source}/{index}.pdf", page)
-                sample = _page(rng, key, int(rng.integers(1, 700)), mode="RGB" if page % 3 == 0 else "L")
-                if key == bad_key:
-                    sample[IMAGE_FILE] = b"\x89PNG not really"
-                else:
-                    keys.append(key)
-                writer.write(sample)
-        entries.append(
-            {"name": name, "samples": count, "bytes": (root / name).stat().st_size, "sha256": file_digest(root / name)}
-        )
-    manifest = {
-        "format_version": MANIFEST_FORMAT_VERSION,
-        "tokenizer": "test",
-        "image_size": IMAGE_SIZE,
-        "tokenizer_image_size": TOKENIZER_IMAGE_SIZE,
-        "shards": entries,
-        "total_samples": sum(counts),
-        "rejects": {},
-        "seed": 0,
-    }
-    (root / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return keys
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """5 uneven shards (26 samples), one of them undecodable."""
     root = tmp_path_factory.mktemp("shards")
-    return root, _write_dataset(root, UNEVEN_COUNTS, bad_key=BAD_KEY)
+    return root, write_dataset(root, UNEVEN_COUNTS, bad_key=BAD_KEY)
 
 
 def _sample(length: int, key: str = "k", seed: int = 0) -> PageSample:
-    return decode_sample(_page(np.random.default_rng(seed), key, length))
-
-
-def _keys(batches: list[dict]) -> list[str]:
-    return [key for batch in batches for key in batch["keys"]]
-
-
-def _assert_same_batches(got: list[dict], expected: list[dict]) -> None:
-    assert [batch["keys"] for batch in got] == [batch["keys"] for batch in expected]
-    for a, b in zip(got, expected):
-        assert a.keys() == b.keys()
-        for name, value in a.items():
-            if isinstance(value, torch.Tensor):
-                assert torch.equal(value, b[name]), name
+    return decode_sample(page_members(np.random.default_rng(seed), key, length))
 
 
 # ---------------------------------------------------------------- shards and decoding
@@ -169,7 +76,7 @@ def test_manifest_of_another_format_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 def test_decode_round_trip(mode: str) -> None:
-    raw = _page(np.random.default_rng(1), "doc_p00000", 37, mode=mode)
+    raw = page_members(np.random.default_rng(1), "doc_p00000", 37, mode=mode)
     page = decode_sample(raw)
     with np.load(io.BytesIO(raw[TOKENS_FILE])) as npz:
         np.testing.assert_array_equal(page.input_ids, npz["input_ids"])
@@ -184,10 +91,10 @@ def test_decode_round_trip(mode: str) -> None:
 
 
 def test_decode_rejects_incomplete_and_malformed_samples() -> None:
-    raw = _page(np.random.default_rng(1), "k", 5)
+    raw = page_members(np.random.default_rng(1), "k", 5)
     with pytest.raises(ValueError, match="lacks"):
         decode_sample({name: value for name, value in raw.items() if name != META_FILE})
-    small = dict(raw, **{IMAGE_FILE: _png(np.zeros((100, 100), dtype=np.uint8))})
+    small = dict(raw, **{IMAGE_FILE: png_bytes(np.zeros((100, 100), dtype=np.uint8))})
     with pytest.raises(ValueError, match="expected 224x224"):
         decode_sample(small)
 
@@ -270,7 +177,7 @@ def test_exact_epochs_see_every_sample_once_across_ranks_and_workers(dataset: tu
     ]
     orders = []
     for _ in range(2):
-        seen = [_keys(list(loader)) for loader in loaders]
+        seen = [batch_keys(list(loader)) for loader in loaders]
         assert sorted(seen[0] + seen[1]) == sorted(keys)
         orders.append(seen)
     assert orders[0] != orders[1]  # shard order and shuffle change with the epoch
@@ -286,7 +193,7 @@ def test_length_bucketing_keeps_every_sample_and_cuts_padding(dataset: tuple[Pat
             collate_fn=Collator(max_length=512, pad_to="longest", seed=0),
         )  # fmt: skip
         batches = list(loader)
-        assert sorted(_keys(batches)) == sorted(keys)
+        assert sorted(batch_keys(batches)) == sorted(keys)
         padded[buckets] = sum(batch["input_ids"].numel() for batch in batches)
         batch_counts[buckets] = len(batches)
     assert batch_counts[4] == batch_counts[0] == loader.epoch_batches
@@ -299,7 +206,7 @@ def test_length_bucketing_needs_at_least_two_batches(dataset: tuple[Path, list[s
 
 
 def test_exact_epoch_batch_count_comes_from_the_manifest(tmp_path: Path) -> None:
-    _write_dataset(tmp_path, UNEVEN_COUNTS)
+    write_dataset(tmp_path, UNEVEN_COUNTS)
     for rank in range(2):
         loader = build_train_loader(tmp_path, BATCH, rank=rank, world_size=2, num_workers=2, resampled=False)
         for _ in range(2):
@@ -362,18 +269,18 @@ def test_resume_continues_with_the_exact_same_batches(
             if not resampled:
                 assert rest == []
                 rest = list(resumed)
-            _assert_same_batches(rest, epochs[1])
+            assert_same_batches(rest, epochs[1])
         else:
-            _assert_same_batches(rest, epochs[0][stop:])
-            _assert_same_batches(list(resumed), epochs[1])
+            assert_same_batches(rest, epochs[0][stop:])
+            assert_same_batches(list(resumed), epochs[1])
 
 
 @pytest.fixture(scope="module")
 def two_corpora(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A corpus of 3 big shards (20 samples each) and one of 5 small shards (2 samples each)."""
     big, small = tmp_path_factory.mktemp("big"), tmp_path_factory.mktemp("small")
-    _write_dataset(big, (20, 20, 20), source="big")
-    _write_dataset(small, (2, 2, 2, 2, 2), source="small")
+    write_dataset(big, (20, 20, 20), source="big")
+    write_dataset(small, (2, 2, 2, 2, 2), source="small")
     return big, small
 
 
@@ -383,7 +290,7 @@ def test_a_mixture_follows_its_weights_whatever_the_shard_sizes(two_corpora: tup
     big, small = two_corpora
     mixture = [WeightedShards(big, 1.0), WeightedShards(small, 3.0)]
     loader = build_train_loader(mixture, batch_size=4, num_workers=0, seed=1, epoch_length=60, shuffle_buffer=0)
-    keys = _keys(list(loader))
+    keys = batch_keys(list(loader))
     share = sum(key.startswith("small") for key in keys) / len(keys)
     assert len(keys) == 240 and abs(share - 0.75) < 0.09, share  # 3.2 binomial standard deviations
     with pytest.raises(ValueError, match="resampled mode"):
@@ -404,7 +311,7 @@ def test_a_mixture_resumes_with_the_exact_same_batches(two_corpora: tuple[Path, 
         next(iterator)
     resumed = build_train_loader(mixture, 2, **kwargs)
     resumed.load_state_dict(original.state_dict())
-    _assert_same_batches(list(resumed), reference[4:])
+    assert_same_batches(list(resumed), reference[4:])
     reweighted = build_train_loader([WeightedShards(big, 0.5), WeightedShards(small, 0.5)], 2, **kwargs)
     with pytest.raises(ValueError, match="cannot resume: state has weights=\\[0.8, 0.2\\]"):
         reweighted.load_state_dict(original.state_dict())
@@ -447,14 +354,14 @@ def test_resume_refuses_a_different_layout(dataset: tuple[Path, list[str]]) -> N
 
 
 def test_corrupt_and_missing_shards_are_logged_and_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    keys = _write_dataset(tmp_path, (4, 6, 5))
+    keys = write_dataset(tmp_path, (4, 6, 5))
     urls = [shard.url for shard in list_shards(tmp_path)]
     truncated, garbage, missing = Path(urls[1]), tmp_path / "garbage.tar", tmp_path / "missing.tar"
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     garbage.write_bytes(np.random.default_rng(0).bytes(30_000))
     with caplog.at_level(logging.WARNING, logger="layoutlmv3.data.loader"):
         loader = build_train_loader([*urls, str(garbage), str(missing)], 3, num_workers=0, resampled=False)
-        seen = _keys(list(loader))
+        seen = batch_keys(list(loader))
     in_truncated = {sample_key("doc/1.pdf", page) for page in range(6)}
     assert len(seen) == len(set(seen)) and set(seen) <= set(keys)
     assert set(keys) - in_truncated <= set(seen)  # the intact shards are read whole ...

@@ -251,6 +251,7 @@ def test_outputs_index_like_transformers():
         plain["loss"]
 
 
+@pytest.mark.slow
 def test_transformers_trainer_runs_our_token_classifier(tmp_path):
     """transformers' Trainer indexes outputs (out[0] is the loss, out[1:] the logits): a few steps train and
     evaluate our model unchanged."""

@@ -34,8 +34,8 @@ from layoutlmv3.data.remote import (
 )
 from layoutlmv3.data.shards import ManifestError
 from layoutlmv3.json_files import JsonFileError
-from tests.test_data_loader import _write_dataset
-from tests.test_remote_shards import _alive, _deadline_threads, _raw_server
+from tests.raw_servers import alive, deadline_threads, raw_server
+from tests.shard_files import write_dataset
 
 QUICK = RetryPolicy(attempts=2, first_delay_s=0.01, deadline_s=1.0)
 BOUND_S = 2 * QUICK.deadline_s + 3  # two attempts at their deadline, with room for a loaded machine
@@ -44,7 +44,7 @@ TEN_GB = 10 * 1024**3
 
 def _shard(tmp_path: Path, count: int = 3) -> tuple[Path, object]:
     root = tmp_path / "shards"
-    _write_dataset(root, (count,), source="hostile")
+    write_dataset(root, (count,), source="hostile")
     shard = list_shards(root)[0]
     return Path(shard.url), shard
 
@@ -96,18 +96,18 @@ def test_a_body_that_never_ends_is_cut_by_the_recorded_size_or_the_member_cap(ch
     ever: with the manifest's size the read stops past it; without, the member is refused from its header. Either
     way at once, not at the deadline, and never 10 GB in memory."""
     head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" if chunked else "HTTP/1.0 200 OK\r\n"
-    with _raw_server(_respond(head, _forever(_member_header("a.png", 1 << 20), chunked))) as url:
+    with raw_server(_respond(head, _forever(_member_header("a.png", 1 << 20), chunked))) as url:
         with caplog.at_level(logging.WARNING):
             got, took = _timed(lambda: list(shard_samples(f"{url}/s.tar", QUICK, size=20480)))
         assert got == [] and took < QUICK.deadline_s
         assert "goes on past the 20480 bytes its manifest entry records" in caplog.text
     caplog.clear()
-    with _raw_server(_respond(head, _forever(_member_header("a.png", TEN_GB), chunked))) as url:
+    with raw_server(_respond(head, _forever(_member_header("a.png", TEN_GB), chunked))) as url:
         with caplog.at_level(logging.WARNING):
             got, took = _timed(lambda: list(shard_samples(f"{url}/s.tar", QUICK)))
         assert got == [] and took < QUICK.deadline_s
         assert f"member 'a.png' declares {TEN_GB} bytes" in caplog.text and "after 2 failed attempts" in caplog.text
-    assert not _deadline_threads()
+    assert not deadline_threads()
 
 
 def test_a_content_length_that_lies_is_caught(tmp_path: Path, caplog) -> None:
@@ -123,7 +123,7 @@ def test_a_content_length_that_lies_is_caught(tmp_path: Path, caplog) -> None:
         caplog.clear()
         head = f"HTTP/1.0 200 OK\r\nContent-Length: {length}\r\n"
         answer = _respond(head, lambda c, s, body=body: c.sendall(body))
-        with _raw_server(answer) as url, caplog.at_level(logging.WARNING):
+        with raw_server(answer) as url, caplog.at_level(logging.WARNING):
             recorded = list(shard_samples(f"{url}/s.tar", QUICK, shard.samples, shard.bytes, shard.sha256))
             unrecorded = list(shard_samples(f"{url}/s.tar", QUICK))
         assert recorded == [], case  # the declared size is not the recorded one: refused before any sample
@@ -146,7 +146,7 @@ def test_a_redirect_to_another_scheme_is_not_followed() -> None:
         targets = ["file:///etc/passwd", f"ftp://127.0.0.1:{ftp.getsockname()[1]}/manifest.json"]
         for target in targets:
             head = f"HTTP/1.0 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n"
-            with _raw_server(_respond(head, lambda c, s: None)) as url, pytest.raises(OSError) as raised:
+            with raw_server(_respond(head, lambda c, s: None)) as url, pytest.raises(OSError) as raised:
                 read_bytes(f"{url}/manifest.json", RetryPolicy(attempts=1, deadline_s=5))
             assert f"cannot read {url}/manifest.json" in str(raised.value) and "redirect" in str(raised.value).lower()
         with pytest.raises(TimeoutError):
@@ -166,7 +166,7 @@ def test_an_error_status_is_retried_and_named(status: str, caplog) -> None:
             connection, stop
         )
 
-    with _raw_server(answer) as url, caplog.at_level(logging.WARNING):
+    with raw_server(answer) as url, caplog.at_level(logging.WARNING):
         assert list(shard_samples(f"{url}/s.tar", QUICK)) == []
         assert len(requests) == QUICK.attempts
         assert f"HTTPError: HTTP Error {status.split()[0]}" in caplog.text
@@ -220,7 +220,7 @@ def test_a_child_that_left_the_group_cannot_hold_a_read_past_its_deadline(tmp_pa
             got, took = _timed(lambda: list(shard_samples(command, QUICK)))
         assert got == [] and took < BOUND_S
         assert "DeadlineExceeded" in caplog.text and "after 2 failed attempts" in caplog.text
-        assert not _deadline_threads()
+        assert not deadline_threads()
     finally:
         for pid in pids.read_text().split() if pids.exists() else []:
             with contextlib.suppress(ProcessLookupError):
@@ -242,9 +242,9 @@ def test_a_command_that_ignores_sigterm_is_killed_at_its_deadline_and_when_aband
 def _gone(pid: int, within_s: float = 2.0) -> bool:
     """Dead (or a zombie) within `within_s`: a SIGKILL is delivered at once, /proc may show it a moment later."""
     until = time.monotonic() + within_s
-    while _alive(pid) and time.monotonic() < until:
+    while alive(pid) and time.monotonic() < until:
         time.sleep(0.02)
-    return not _alive(pid)
+    return not alive(pid)
 
 
 # ---------------------------------------------------------------- tars built to hurt
@@ -360,9 +360,9 @@ def test_a_manifest_that_redirects_is_still_json_checked(tmp_path: Path) -> None
     """An http->http redirect is followed (urllib's default, loopback only here) and its body checked like any."""
     body = json.dumps({"shards": "no"}).encode()
     target = _respond(f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\n", lambda c, s: c.sendall(body))
-    with _raw_server(target) as final:
+    with raw_server(target) as final:
         head = f"HTTP/1.0 301 Moved\r\nLocation: {final}/manifest.json\r\nContent-Length: 0\r\n"
-        with _raw_server(_respond(head, lambda c, s: None)) as url:
+        with raw_server(_respond(head, lambda c, s: None)) as url:
             assert read_bytes(f"{url}/manifest.json", QUICK) == body
 
 
@@ -388,7 +388,7 @@ def test_every_reader_of_shard_members_takes_the_capped_reader(tmp_path: Path) -
 
 
 def _manifest_with(root: Path, shards: list[dict]) -> Path:
-    _write_dataset(root, (1,), source="m")
+    write_dataset(root, (1,), source="m")
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["shards"] = shards
     (root / "manifest.json").write_text(json.dumps(manifest))
@@ -465,14 +465,14 @@ def test_endless_headers_and_a_content_length_that_is_no_number_are_bounded(tmp_
         while not stop.is_set():
             connection.sendall(b"X-Again: and again\r\n")
 
-    with _raw_server(_respond("HTTP/1.0 200 OK", endless)) as url, caplog.at_level(logging.WARNING):
+    with raw_server(_respond("HTTP/1.0 200 OK", endless)) as url, caplog.at_level(logging.WARNING):
         got, took = _timed(lambda: list(shard_samples(f"{url}/s.tar", QUICK)))
     assert got == [] and took < QUICK.deadline_s and "got more than 100 headers" in caplog.text
     path, _ = _shard(tmp_path)
     data = path.read_bytes()
     for length in ("-5", "lots"):
         head = f"HTTP/1.0 200 OK\r\nContent-Length: {length}\r\n"
-        with _raw_server(_respond(head, lambda c, s: c.sendall(data))) as url:
+        with raw_server(_respond(head, lambda c, s: c.sendall(data))) as url:
             assert len(list(shard_samples(f"{url}/s.tar", QUICK, expected=3))) == 3
 
 

@@ -134,6 +134,7 @@ def test_encode_is_deterministic_and_never_changes_the_codebook() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_changing_one_patch_changes_its_code_and_no_other_in_row_major_order(trained) -> None:
     """Inverting the 8x8 pixels of token (r, c) changes code r*14+c and leaves the other 195 codes alone."""
     model = trained[0]
@@ -205,6 +206,7 @@ def test_bad_codes_and_configs_raise() -> None:
         ImageTokenizerConfig.from_flavor("huge")
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_gives_identical_codes(trained, tmp_path: Path) -> None:
     model = trained[0]
     model.save_pretrained(tmp_path)
@@ -223,6 +225,7 @@ def test_from_pretrained_refuses_directories_without_safetensors(tmp_path: Path)
 
 
 # ---- training --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_reduces_reconstruction_error_and_uses_the_codebook(trained) -> None:
     _, before, after, out = trained
     assert after["mse"] < 0.1 * before["mse"], (before, after)
@@ -327,6 +330,7 @@ def test_an_out_that_is_a_file_is_named_as_given(tmp_path: Path, capsys: pytest.
     assert f"error: --out {tmp_path / 'afile'} is a file, not a directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_launch_script_trains_from_an_image_folder(page_folder: Path, tmp_path: Path) -> None:
     config = REPO_ROOT / "configs" / "image_tokenizer" / "tiny.yaml"
     args = ["--config", str(config), "--images", str(page_folder), "--out", str(tmp_path), "--steps", "3", "--quiet"]
@@ -350,6 +354,7 @@ def _launch(arguments: list[str], ranks: int = 1) -> int:
     return subprocess.run(command, cwd=REPO_ROOT, env=env, timeout=600).returncode
 
 
+@pytest.mark.slow
 def test_launch_script_writes_synthetic_pages_to_a_folder_first_and_trains_on_two_ranks(tmp_path: Path) -> None:
     """The library reads pages; synthetic ones are made by data_prep, through the launcher, once (by the first
     of the ranks). Two ranks train the same codebook (the quantiser all-reduces its statistics)."""
@@ -387,6 +392,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threshold", [0.0, 1.0])
 def test_two_ranks_keep_one_codebook(threshold: float, tmp_path: Path) -> None:
     """Each of two ranks quantises its half of every batch: both end with the same codebook (statistics

@@ -24,7 +24,7 @@ from layoutlmv3.data import build_train_loader, list_shards, read_manifest
 from layoutlmv3.data.sample_format import MANIFEST_FILE, SHARD_PATTERN, sample_key
 from layoutlmv3.data.shards import ManifestError, check_shard_name
 from layoutlmv3.json_files import JsonFileError
-from tests.test_data_loader import _keys, _write_dataset
+from tests.shard_files import batch_keys, write_dataset
 
 COUNTS = (4, 5, 3)
 
@@ -60,7 +60,7 @@ def _rewrite(root: Path, change) -> None:
 
 
 def _loader_keys(source) -> list[str]:
-    return _keys(list(build_train_loader(source, 2, num_workers=0, shuffle_buffer=0, resampled=False)))
+    return batch_keys(list(build_train_loader(source, 2, num_workers=0, shuffle_buffer=0, resampled=False)))
 
 
 # ---------------------------------------------------------------- names: plain file names inside the directory
@@ -69,7 +69,7 @@ def _loader_keys(source) -> list[str]:
 @pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
 def test_a_shard_name_that_is_not_a_plain_file_name_refuses_the_manifest(tmp_path: Path, name: object) -> None:
     root = tmp_path / "shards"
-    _write_dataset(root, COUNTS)
+    write_dataset(root, COUNTS)
     _rewrite(root, lambda manifest: manifest["shards"][1].update(name=name))
     with pytest.raises(ManifestError, match=r"shard entry 1 has name .*refused whole") as caught:
         list_shards(root)
@@ -80,7 +80,7 @@ def test_a_shard_name_that_is_not_a_plain_file_name_refuses_the_manifest(tmp_pat
 @pytest.mark.parametrize("name", ["train-000001.tar", "sub/dir/part_1.v2.tar", "A-b_c.tar"])
 def test_plain_names_in_subfolders_are_read(tmp_path: Path, name: str) -> None:
     root = tmp_path / "shards"
-    keys = _write_dataset(root, COUNTS)
+    keys = write_dataset(root, COUNTS)
     (root / name).parent.mkdir(parents=True, exist_ok=True)
     (root / "train-000001.tar").rename(root / name)
     _rewrite(root, lambda manifest: manifest["shards"][1].update(name=name))
@@ -93,7 +93,7 @@ def test_a_pipe_manifest_never_hands_a_name_to_the_shell(tmp_path: Path) -> None
     """`pipe:CMD .../manifest.json` makes each shard's command from the manifest's names: a name with a shell
     command in it is refused with the manifest, and the command never runs."""
     root = tmp_path / "shards"
-    keys = _write_dataset(root, COUNTS)
+    keys = write_dataset(root, COUNTS)
     source = f"pipe:cat {root}/{MANIFEST_FILE}"
     piped = list_shards(source)
     assert [shard.url for shard in piped] == [
@@ -131,7 +131,7 @@ def test_a_pipe_manifest_never_hands_a_name_to_the_shell(tmp_path: Path) -> None
 )
 def test_a_manifest_of_the_wrong_shape_is_a_named_error(tmp_path: Path, change, message: str) -> None:
     root = tmp_path / "shards"
-    _write_dataset(root, COUNTS)
+    write_dataset(root, COUNTS)
     _rewrite(root, change)
     with pytest.raises(ManifestError, match=message) as caught:
         list_shards(root)
@@ -140,7 +140,7 @@ def test_a_manifest_of_the_wrong_shape_is_a_named_error(tmp_path: Path, change, 
 
 def test_a_manifest_that_is_not_json_or_not_an_object_names_its_file(tmp_path: Path) -> None:
     root = tmp_path / "shards"
-    _write_dataset(root, COUNTS)
+    write_dataset(root, COUNTS)
     (root / MANIFEST_FILE).write_text('{"format_version": 1, "shards": [')
     with pytest.raises(JsonFileError, match=rf"{root / MANIFEST_FILE} is not valid JSON"):
         list_shards(root)
@@ -171,11 +171,11 @@ def _substitute_same_size(path: Path) -> None:
 
 def test_a_shard_that_is_not_the_one_its_manifest_describes_is_skipped_and_named(tmp_path: Path, caplog) -> None:
     root = tmp_path / "shards"
-    keys = _write_dataset(root, COUNTS)
+    keys = write_dataset(root, COUNTS)
     urls = [shard.url for shard in list_shards(root)]
     _substitute_same_size(Path(urls[0]))
     bigger = tmp_path / "bigger"
-    _write_dataset(bigger, (COUNTS[1] + 2,), source="big")
+    write_dataset(bigger, (COUNTS[1] + 2,), source="big")
     (bigger / "train-000000.tar").replace(urls[1])  # more samples under shard 1's name
     with caplog.at_level(logging.WARNING):
         seen = _loader_keys(root)
@@ -189,7 +189,7 @@ def test_a_shard_that_is_not_the_one_its_manifest_describes_is_skipped_and_named
 
 def test_more_samples_than_recorded_is_damage_even_without_a_size(tmp_path: Path, caplog) -> None:
     root = tmp_path / "shards"
-    _write_dataset(root, COUNTS)
+    write_dataset(root, COUNTS)
     _rewrite(root, lambda manifest: [entry.pop(field) for entry in manifest["shards"] for field in ("bytes", "sha256")])
     _rewrite(root, lambda manifest: manifest["shards"][2].update(samples=COUNTS[2] - 1))
     with caplog.at_level(logging.WARNING):
@@ -200,7 +200,7 @@ def test_more_samples_than_recorded_is_damage_even_without_a_size(tmp_path: Path
 
 def test_a_manifest_written_before_checksums_still_loads(tmp_path: Path, caplog) -> None:
     root = tmp_path / "shards"
-    keys = _write_dataset(root, COUNTS)
+    keys = write_dataset(root, COUNTS)
     _rewrite(root, lambda manifest: [entry.pop("sha256") for entry in manifest["shards"]])
     assert all(shard.sha256 is None and shard.bytes for shard in list_shards(root))
     with caplog.at_level(logging.WARNING):
@@ -280,12 +280,12 @@ def test_an_unreadable_progress_record_is_named_with_what_to_do(tmp_path: Path, 
 
 def test_words_from_shards_refuse_a_manifest_name_outside_and_name_a_broken_meta(tmp_path: Path) -> None:
     root = tmp_path / "shards"
-    _write_dataset(root, COUNTS)
+    write_dataset(root, COUNTS)
     assert len(shard_words(root)) == sum(COUNTS)  # every sample is page 0 of its own source
     _rewrite(root, lambda manifest: manifest["shards"][0].update(name="../../outside.tar"))
     with pytest.raises(ManifestError, match="refused whole"):
         shard_words(root)
-    _write_dataset(root, COUNTS)
+    write_dataset(root, COUNTS)
     shard = root / "train-000000.tar"
     data = shard.read_bytes()
     at = data.index(b'{"words"')

@@ -1,7 +1,8 @@
 """launch/pretrain.py under the real DeepSpeed launcher: CPU, gloo, 2 ranks, tiny model, synthetic shards.
 
-One small world (BPE vocabulary, shards, untrained tiny image tokenizer) serves every run. The straight 20-step
-ZeRO-2 run is both the end-to-end test and the reference that resumed runs must repeat loss for loss.
+One small world (BPE vocabulary, shards, untrained tiny image tokenizer: conftest.py's `world`) serves every run.
+The straight 20-step ZeRO-2 run is both the end-to-end test and the reference that resumed runs must repeat loss for
+loss.
 """
 
 from __future__ import annotations
@@ -27,14 +28,10 @@ from typing import IO
 import psutil
 import pytest
 import torch
-import yaml
 from torch import nn
 
-from data_prep.build_shards import BuildConfig, build
-from data_prep.synth import write_corpus
 from layoutlmv3.data import build_train_loader
 from layoutlmv3.model import LayoutLMv3Config
-from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
 from layoutlmv3.pretraining.inputs import check_shards_tokenizer
 from layoutlmv3.pretraining.job import run
 from layoutlmv3.pretraining.model import LayoutLMv3ForPretraining
@@ -67,60 +64,13 @@ from layoutlmv3.training.signals import (
     EXIT_TOO_MANY_BAD_STEPS,
     StopRequest,
 )
+from tests.pretrain_world import WORLD_STEPS as STEPS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STEPS = 20
 RUN_TIMEOUT = 300  # seconds per launch; a healthy one takes 10-30 s
 
 
-# ---------------------------------------------------------------- the world and the launcher
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Shards (8 train, 3 held-out), a 1000-id BPE vocabulary, a tiny image tokenizer and the run config."""
-    root = tmp_path_factory.mktemp("pretrain_world")
-    write_corpus(root / "synth_train", 24, seed=0)
-    write_corpus(root / "synth_val", 6, seed=1)
-    words = [
-        word["text"]
-        for path in sorted((root / "synth_train" / "annotations").glob("*.json"))
-        for entity in json.loads(path.read_text())["form"]
-        for word in entity["words"]
-    ]
-    train_bpe(words, vocab_size=1000).save_pretrained(root / "vocab")
-    for name, per_shard in (("train", 3), ("val", 2)):
-        build(
-            BuildConfig(
-                input=root / f"synth_{name}",
-                out=root / "shards" / name,
-                ocr="funsd",
-                tokenizer_dir=root / "vocab",
-                max_samples_per_shard=per_shard,
-                progress_bar=False,
-            )
-        )
-    torch.manual_seed(0)
-    ImageTokenizer(ImageTokenizerConfig.from_flavor("tiny")).save_pretrained(root / "image_tokenizer")
-    config = {
-        "model": {"flavor": "tiny"},
-        "data": {
-            "train_shards": str(root / "shards" / "train"),
-            "val_shards": str(root / "shards" / "val"),
-            "tokenizer": str(root / "vocab"),
-            "max_length": 128,
-            "num_workers": 0,
-            "shuffle_buffer": 8,
-            "val_batches": 2,
-        },
-        "objectives": {"image_tokenizer": str(root / "image_tokenizer")},
-        "train": {"steps": STEPS, "lr": 5.0e-4, "seed": 7},
-        "logging": {"every": 5, "val_every": 10, "progress": False},
-        "checkpoint": {"every": 10, "keep": 3},
-        "deepspeed": str(REPO_ROOT / "ds_configs" / "cpu_fp32.json"),
-    }
-    (root / "run.yaml").write_text(yaml.safe_dump(config))
-    return root
+# ---------------------------------------------------------------- the launcher
 
 
 @dataclass
@@ -238,6 +188,7 @@ def zero3_run(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Launch:
 # ---------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_zero2_end_to_end(zero2_run: Launch) -> None:
     assert zero2_run.returncode == 0, zero2_run.output[-5000:]
     losses = zero2_run.losses()
@@ -258,6 +209,7 @@ def test_zero2_end_to_end(zero2_run: Launch) -> None:
     )
 
 
+@pytest.mark.slow
 def test_zero3_end_to_end_skips_a_nan_loss(zero3_run: Launch, zero2_run: Launch) -> None:
     assert zero3_run.returncode == 0, zero3_run.output[-5000:]
     losses = zero3_run.losses()
@@ -279,6 +231,7 @@ def test_zero3_end_to_end_skips_a_nan_loss(zero3_run: Launch, zero2_run: Launch)
     assert sorted(p.name for p in zero3_run.checkpoints.glob("step*")) == [tag_for(6), tag_for(8)]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(world: Path, zero2_run: Launch, tmp_path: Path) -> None:
     """Steps 11-20 after resuming from the step-10 checkpoint equal those of the straight run."""
     _copy_checkpoint(zero2_run, 10, tmp_path)
@@ -288,6 +241,7 @@ def test_resume_continues_exactly(world: Path, zero2_run: Launch, tmp_path: Path
     _assert_same_losses(resumed.losses(), zero2_run.losses(), range(11, STEPS + 1))
 
 
+@pytest.mark.slow
 def test_universal_checkpoint_resumes_on_another_world_size(world: Path, zero2_run: Launch, tmp_path: Path) -> None:
     """2 ranks -> 1 rank: with lr 0 the first step on one rank leaves the 2-rank step-10 weights untouched."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -306,6 +260,7 @@ def test_universal_checkpoint_resumes_on_another_world_size(world: Path, zero2_r
         assert torch.equal(tensor, continued[name]), name
 
 
+@pytest.mark.slow
 def test_sigusr1_checkpoints_exits_42_and_resumes(world: Path, zero2_run: Launch, tmp_path: Path) -> None:
     """SIGUSR1 to one rank: both stop after the same step, save, exit 42; resuming repeats the straight run."""
     started = _start(world, tmp_path)
@@ -326,6 +281,7 @@ def test_sigusr1_checkpoints_exits_42_and_resumes(world: Path, zero2_run: Launch
     _assert_same_losses(resumed.losses(), zero2_run.losses(), range(1, STEPS + 1))
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_and_exits_42_with_the_data_loader_workers_alive(world: Path, tmp_path: Path) -> None:
     """Ctrl-C reaches every process of the terminal's group: the ranks and their data-loader workers. The first is a
     stop request like SIGUSR1 (the ranks finish the step, save, exit 42); the workers ignore it (forked after the
@@ -422,6 +378,7 @@ def test_a_stop_while_a_rank_waits_for_data_saves_the_last_step_and_resumes_exac
     _assert_same_losses(resumed.losses(), zero2_run.losses(), range(1, last + 1))
 
 
+@pytest.mark.slow
 def test_resuming_with_another_loader_layout_names_the_setting(world: Path, zero2_run: Launch, tmp_path: Path) -> None:
     """The saved data position belongs to the loader's layout (here data.num_workers 0): a resume with another one
     is refused at start-up naming the setting and the saved value, not as the loader's internal field."""
@@ -431,6 +388,7 @@ def test_resuming_with_another_loader_layout_names_the_setting(world: Path, zero
     assert f"{tag_for(10)} was saved with data.num_workers = 0, this run has 1" in result.output, result.output[-3000:]
 
 
+@pytest.mark.slow
 def test_corrupt_shard_is_logged_and_skipped(world: Path, tmp_path: Path) -> None:
     shards = tmp_path / "shards"
     shutil.copytree(world / "shards" / "train", shards)
@@ -443,6 +401,7 @@ def test_corrupt_shard_is_logged_and_skipped(world: Path, tmp_path: Path) -> Non
     assert all(math.isfinite(loss) for loss in result.losses().values())
 
 
+@pytest.mark.slow
 def test_too_many_non_finite_losses_stop_the_run(world: Path, tmp_path: Path) -> None:
     overrides = ["--train.debug_nan_batches", "[3, 4, 5]", "--train.max_bad_steps", "2"]
     result = launch(world, tmp_path, *overrides)
@@ -464,6 +423,7 @@ class _PlantedCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_with_planted_code(world: Path, zero2_run: Launch, tmp_path: Path) -> None:
     _copy_checkpoint(zero2_run, STEPS, tmp_path)
     marker = tmp_path / "code-ran"
@@ -476,6 +436,7 @@ def test_resume_refuses_a_checkpoint_with_planted_code(world: Path, zero2_run: L
     assert not result.losses()
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(
     zero2_run: Launch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -499,6 +460,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(
         resolve_resume("auto", tmp_path / "checkpoints")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_shape_or_vocabulary_is_refused_before_loading(zero2_run: Launch) -> None:
     checkpoint = read_checkpoint(zero2_run.checkpoints / tag_for(STEPS))
     assert checkpoint.model_config is not None and checkpoint.files
@@ -522,6 +484,7 @@ def test_a_checkpoint_of_another_shape_or_vocabulary_is_refused_before_loading(z
         resolve_resume("auto", planted)
 
 
+@pytest.mark.slow
 def test_resuming_with_another_model_shape_names_the_setting(world: Path, zero2_run: Launch, tmp_path: Path) -> None:
     """Instead of DeepSpeed's hundred lines of `size mismatch`."""
     _copy_checkpoint(zero2_run, STEPS, tmp_path)
@@ -531,6 +494,7 @@ def test_resuming_with_another_model_shape_names_the_setting(world: Path, zero2_
     assert "size mismatch" not in result.output
 
 
+@pytest.mark.slow
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint_and_stops(world: Path, tmp_path: Path) -> None:
     """A 7 MB filesystem holds one tiny-model checkpoint (about 5 MB with one rank), not two."""
     small = tmp_path / "small"
@@ -624,6 +588,7 @@ def _rank_processes(launcher: int) -> dict[int, psutil.Process]:
     return ranks
 
 
+@pytest.mark.slow
 def test_a_stopped_rank_is_named_and_the_attempt_ends(world: Path, tmp_path: Path) -> None:
     """SIGSTOP on rank 1: rank 0 names it in a heartbeat line, then gives up at the collective timeout (a crash's
     exit code, which slurm/pretrain.sbatch requeues)."""
@@ -845,6 +810,7 @@ def test_a_second_run_on_one_checkpoint_dir_is_refused_while_the_first_holds_it(
     assert f"pid {os.getpid()} on " in (tmp_path / ".run.lock").read_text()
 
 
+@pytest.mark.slow
 def test_a_second_launch_on_a_running_runs_checkpoint_dir_exits_5_naming_it(world: Path, tmp_path: Path) -> None:
     first = _start(world, tmp_path / "first", "--checkpoint.dir", str(tmp_path / "shared"), "--train.steps", "2000")
     try:

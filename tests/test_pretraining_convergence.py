@@ -30,6 +30,7 @@ from layoutlmv3.pretraining.model import LayoutLMv3ForPretraining
 from layoutlmv3.pretraining.step import batch_to_device, pretraining_forward
 from layoutlmv3.tokenizer import train_bpe
 
+pytestmark = pytest.mark.slow  # trains
 STEPS = 1400
 WINDOW = 30  # steps averaged at the start and at the end
 

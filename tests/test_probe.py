@@ -20,6 +20,7 @@ from launch.probe_checkpoints import main as probe_main
 from layoutlmv3.tokenizer import train_bpe
 from tests.slurm_cluster import requires_slurm, sbatch, wait_for_job
 
+pytestmark = pytest.mark.slow  # every test fine-tunes checkpoints of a launched engine
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Two checkpoints (steps 5 and 10) of one tiny pretraining engine, saved the way the training loop saves.
 MAKE_CHECKPOINTS = """

@@ -117,6 +117,7 @@ def test_every_field_can_be_asked_and_answerless_training_windows_are_thinned(tm
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(whole.items, text_only.items, strict=True))
 
 
+@pytest.mark.slow
 def test_question_answering_runs_on_the_trainer_and_answers_a_new_question(tmp_path: Path, capsys) -> None:
     _model(tmp_path / "model")
     out = tmp_path / "out"
@@ -139,6 +140,7 @@ def test_question_answering_runs_on_the_trainer_and_answers_a_new_question(tmp_p
     assert printed["question"] == "What is the Date?" and set(printed["answer"].split()) <= words
 
 
+@pytest.mark.slow
 def test_a_short_cpu_run_reads_the_question_and_beats_the_question_blind_baseline(tmp_path: Path) -> None:
     """The claim of the built-in question set: tiny_qa.yaml's recipe, shortened for a test (1500 steps over
     64-token windows at lr 4e-3, about 3 CPU minutes with the pages) on a fresh tiny model, answers held-out
@@ -193,6 +195,7 @@ def test_a_long_question_is_cut_to_fit_and_the_dev_split_holds_out_whole_pages(t
     assert train_pages and dev_pages and not train_pages & dev_pages
 
 
+@pytest.mark.slow
 def test_two_ranks_under_zero3_score_what_the_kept_model_answers(tmp_path: Path) -> None:
     """QA on 2 CPU ranks, ZeRO-3: dev and test windows are spread over the ranks in lockstep (every rank runs the
     same number of forwards, as sharded parameters need) and the kept model is gathered from the shards; reloaded

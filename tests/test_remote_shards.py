@@ -6,7 +6,6 @@ not the file its manifest entry describes fails its attempts too."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import http.server
@@ -23,7 +22,8 @@ import pytest
 
 from layoutlmv3.data import build_train_loader, list_shards
 from layoutlmv3.data.remote import RetryPolicy
-from tests.test_data_loader import _assert_same_batches, _keys, _write_dataset
+from tests.raw_servers import alive, deadline_threads, raw_server
+from tests.shard_files import assert_same_batches, batch_keys, write_dataset
 
 FAST_RETRY = RetryPolicy(attempts=3, first_delay_s=0.01)
 COUNTS = (5, 4, 6, 3)
@@ -58,7 +58,7 @@ class _FlakyHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "shards"
-    _write_dataset(root, COUNTS, source="web")
+    write_dataset(root, COUNTS, source="web")
     _FlakyHandler.drop_first, _FlakyHandler.always_drop, _FlakyHandler.requests = Counter(), set(), Counter()
     _FlakyHandler.cut_at = {}
     handler = functools.partial(_FlakyHandler, directory=str(root))
@@ -86,7 +86,7 @@ def test_a_manifest_and_shards_over_http_survive_dropped_connections(server, cap
     assert [shard.samples for shard in remote] == list(COUNTS)
     with caplog.at_level(logging.WARNING):
         over_http = list(_exact(f"{url}/manifest.json"))
-    _assert_same_batches(over_http, list(_exact(root)))
+    assert_same_batches(over_http, list(_exact(root)))
     assert _FlakyHandler.requests[names[0]] == 2 and _FlakyHandler.requests[names[2]] == 3
     assert caplog.text.count("failed (attempt") == 3 and "skipping" not in caplog.text
 
@@ -101,7 +101,7 @@ def test_a_connection_cut_between_tar_members_is_not_taken_for_the_end(server, c
     _FlakyHandler.cut_at[shard.url.rsplit("/", 1)[-1]] = boundary
     with caplog.at_level(logging.WARNING):
         over_http = list(_exact(f"{url}/manifest.json"))
-    _assert_same_batches(over_http, list(_exact(root)))
+    assert_same_batches(over_http, list(_exact(root)))
     assert "IncompleteRead" in caplog.text and "skipping" not in caplog.text
 
 
@@ -109,7 +109,7 @@ def test_a_consumer_that_stops_early_ends_the_read_without_a_retry(tmp_path: Pat
     from layoutlmv3.data.remote import shard_samples
 
     root = tmp_path / "shards"
-    _write_dataset(root, (6,), source="early")
+    write_dataset(root, (6,), source="early")
     samples = shard_samples(f"pipe:cat {list_shards(root)[0].url}", FAST_RETRY)
     with caplog.at_level(logging.WARNING):
         next(samples)
@@ -125,7 +125,7 @@ def test_resume_over_http_continues_with_the_same_batches(server) -> None:
     next(iterator), next(iterator)
     resumed = _exact(f"{url}/manifest.json")
     resumed.load_state_dict(original.state_dict())
-    _assert_same_batches(list(resumed), reference[2:])
+    assert_same_batches(list(resumed), reference[2:])
 
 
 def test_a_shard_that_keeps_failing_is_skipped_and_counted(server, caplog) -> None:
@@ -133,22 +133,22 @@ def test_a_shard_that_keeps_failing_is_skipped_and_counted(server, caplog) -> No
     names = [shard.url.rsplit("/", 1)[-1] for shard in list_shards(root)]
     _FlakyHandler.always_drop.add(names[1])
     with caplog.at_level(logging.WARNING):
-        keys = _keys(list(_exact(f"{url}/manifest.json")))
+        keys = batch_keys(list(_exact(f"{url}/manifest.json")))
     assert _FlakyHandler.requests[names[1]] == FAST_RETRY.attempts
     assert f"skipping the rest of shard {url}/{names[1]} after 3 failed attempts" in caplog.text
     assert "shard(s) skipped so far" in caplog.text
-    lost = [key for key in _keys(list(_exact(root))) if key not in keys]
+    lost = [key for key in batch_keys(list(_exact(root))) if key not in keys]
     assert lost and all(key.startswith("web__1_pdf") for key in lost)  # only the failing shard's samples
 
 
 def test_pipe_commands_read_shards_and_a_failing_command_is_retried(tmp_path: Path, caplog) -> None:
     root = tmp_path / "shards"
-    _write_dataset(root, COUNTS, source="pipe")
+    write_dataset(root, COUNTS, source="pipe")
     local = [shard.url for shard in list_shards(root)]
     piped = [f"pipe:cat {path}" for path in local]
-    _assert_same_batches(list(_exact(piped)), list(_exact(local)))
+    assert_same_batches(list(_exact(piped)), list(_exact(local)))
     with caplog.at_level(logging.WARNING):
-        keys = _keys(list(_exact([*piped[:1], "pipe:echo no such object >&2; exit 3"])))
+        keys = batch_keys(list(_exact([*piped[:1], "pipe:echo no such object >&2; exit 3"])))
     assert keys and "pipe command exited with 3" in caplog.text and "after 3 failed attempts" in caplog.text
 
 
@@ -185,7 +185,7 @@ def test_https_with_the_servers_certificate_trusted(server, tmp_path: Path, monk
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         url = f"https://127.0.0.1:{httpd.server_address[1]}"
         _FlakyHandler.drop_first.update({list_shards(root)[1].url.rsplit("/", 1)[-1]: 1})
-        _assert_same_batches(list(_exact(f"{url}/manifest.json")), list(_exact(root)))
+        assert_same_batches(list(_exact(f"{url}/manifest.json")), list(_exact(root)))
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -195,32 +195,6 @@ def test_https_with_the_servers_certificate_trusted(server, tmp_path: Path, monk
 
 
 DEADLINE = RetryPolicy(attempts=2, first_delay_s=0.01, deadline_s=1.0)
-
-
-@contextlib.contextmanager
-def _raw_server(answer: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
-    """A TCP server on 127.0.0.1 that hands each connection to `answer` in a thread of its own (ended at exit)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop, threads = threading.Event(), []
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except OSError:
-                return
-            thread = threading.Thread(target=answer, args=(connection, stop), daemon=True)
-            thread.start()
-            threads.append(thread)
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        listener.close()
-        for thread in threads:
-            thread.join(5)
 
 
 def _never_answer(connection: socket.socket, stop: threading.Event) -> None:
@@ -240,15 +214,11 @@ def _trickle(connection: socket.socket, stop: threading.Event) -> None:
                 return
 
 
-def _deadline_threads() -> list[threading.Thread]:
-    return [thread for thread in threading.enumerate() if thread.name.startswith("deadline of")]
-
-
 @pytest.mark.parametrize("answer", [_never_answer, _trickle], ids=["never-answers", "trickles"])
 def test_a_stalled_server_fails_each_attempt_at_its_deadline_then_the_shard_is_skipped(answer, caplog) -> None:
     from layoutlmv3.data.remote import read_json, shard_samples
 
-    with _raw_server(answer) as url, caplog.at_level(logging.WARNING):
+    with raw_server(answer) as url, caplog.at_level(logging.WARNING):
         started = time.monotonic()
         assert list(shard_samples(f"{url}/train-000000.tar", DEADLINE, expected=4)) == []
         took = time.monotonic() - started
@@ -259,7 +229,7 @@ def test_a_stalled_server_fails_each_attempt_at_its_deadline_then_the_shard_is_s
         with pytest.raises(OSError, match=f"cannot read {url}/manifest.json: .*no complete answer after 1 s"):
             read_json(f"{url}/manifest.json", DEADLINE)  # a manifest: the same deadline, the same retries
         assert time.monotonic() - started < 2 * DEADLINE.deadline_s + 3
-    assert not _deadline_threads()
+    assert not deadline_threads()
 
 
 def test_a_pipe_command_that_never_writes_is_killed_with_its_children_at_the_deadline(tmp_path: Path, caplog) -> None:
@@ -275,19 +245,10 @@ def test_a_pipe_command_that_never_writes_is_killed_with_its_children_at_the_dea
     started_pids = [int(pid) for pid in pids.read_text().split()]
     assert len(started_pids) == 4  # two attempts, a shell and its sleep each
     gone_by = time.monotonic() + 10  # SIGKILL is asynchronous: a loaded machine schedules the dying child later
-    while [pid for pid in started_pids if _alive(pid)] and time.monotonic() < gone_by:
+    while [pid for pid in started_pids if alive(pid)] and time.monotonic() < gone_by:
         time.sleep(0.05)
-    assert not [pid for pid in started_pids if _alive(pid)]
-    assert not _deadline_threads()
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for a parent that does not reap it is not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
+    assert not [pid for pid in started_pids if alive(pid)]
+    assert not deadline_threads()
 
 
 def test_the_deadline_counts_waiting_not_the_consumers_time(tmp_path: Path) -> None:
@@ -296,7 +257,7 @@ def test_the_deadline_counts_waiting_not_the_consumers_time(tmp_path: Path) -> N
     from layoutlmv3.data.remote import shard_samples
 
     root = tmp_path / "shards"
-    _write_dataset(root, (4,), source="slow")
+    write_dataset(root, (4,), source="slow")
     url = f"pipe:cat {list_shards(root)[0].url}"
     samples = []
     for sample in shard_samples(url, RetryPolicy(attempts=1, first_delay_s=0, deadline_s=0.5), expected=4):
@@ -325,7 +286,7 @@ def test_a_remote_shard_other_than_its_manifest_entry_is_retried_then_skipped(se
     at = data.rindex(b'"w0"')
     changed.write_bytes(data[:at] + b'"x0"' + data[at + 4 :])  # same name and size, other content
     with caplog.at_level(logging.WARNING):
-        keys = _keys(list(_exact(f"{url}/manifest.json")))
+        keys = batch_keys(list(_exact(f"{url}/manifest.json")))
     name = changed.name
     assert _FlakyHandler.requests[name] == FAST_RETRY.attempts
     assert f"skipping the rest of shard {url}/{name} after 3 failed attempts" in caplog.text
@@ -377,7 +338,7 @@ def test_the_image_tokenizer_reads_shards_through_the_loaders_checked_path(tmp_p
     from layoutlmv3.pretraining.image_tokenizer_data import DataConfig, image_source
 
     root = tmp_path / "shards"
-    _write_dataset(root, (3, 3), source="tok")
+    write_dataset(root, (3, 3), source="tok")
     changed = Path(list_shards(root)[1].url)
     data = changed.read_bytes()
     at = data.rindex(b'"w0"')
@@ -395,9 +356,9 @@ def test_the_image_tokenizer_takes_its_remote_attempts_and_deadline_from_the_con
     from layoutlmv3.pretraining.image_tokenizer_data import DataConfig, image_source
 
     root = tmp_path / "shards"
-    _write_dataset(root, (2,), source="tok")
+    write_dataset(root, (2,), source="tok")
     settings = {"remote_attempts": 2, "remote_retry_s": 0.01, "remote_deadline_s": 0.5}
-    with _raw_server(_serve_manifest_only((root / "manifest.json").read_bytes())) as url:
+    with raw_server(_serve_manifest_only((root / "manifest.json").read_bytes())) as url:
         source = image_source(DataConfig(shards=f"{url}/manifest.json", **settings))
         assert source.items == (f"{url}/train-000000.tar",) and source.retry == RetryPolicy(2, 0.01, 0.5)
         started = time.monotonic()
@@ -405,7 +366,7 @@ def test_the_image_tokenizer_takes_its_remote_attempts_and_deadline_from_the_con
             assert list(source.raw(source.items, lambda key: True)) == []
         assert time.monotonic() - started < 2 * 0.5 + 3
         assert f"skipping the rest of shard {url}/train-000000.tar after 2 failed attempts" in caplog.text
-    with _raw_server(_never_answer) as url:
+    with raw_server(_never_answer) as url:
         started = time.monotonic()
         with pytest.raises(OSError, match="no complete answer after 0.5 s"):
             image_source(DataConfig(shards=f"{url}/manifest.json", **settings))
@@ -421,7 +382,7 @@ def test_the_tokenizer_check_and_the_loader_read_a_remote_manifest_with_the_conf
     from layoutlmv3.tokenizer import train_bpe
 
     tokenizer = train_bpe(["a", "b"] * 5, vocab_size=300)
-    with _raw_server(_never_answer) as url:
+    with raw_server(_never_answer) as url:
         data = DataSection(train_shards=f"{url}/manifest.json", remote_attempts=2, remote_retry_s=0.01)
         config = RunConfig(data=dataclasses.replace(data, remote_deadline_s=0.5))
         started = time.monotonic()

@@ -24,7 +24,7 @@ from layoutlmv3.training.metrics import METRICS_FILE, MetricsLogger
 from layoutlmv3.training.prefetch import PrefetchedBatches
 from layoutlmv3.training.runner import _check_logging_dir
 from tests.file_digests import digests
-from tests.test_data_loader import _write_dataset
+from tests.shard_files import write_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,7 +183,7 @@ def test_the_reading_thread_hands_out_the_loaders_batches_with_the_position_afte
     """The position kept is the one after the last batch handed out, never one counting a batch read ahead; and
     the reading thread draws nothing from the global torch RNG (the loop seeds dropout from it), not even when it
     starts the next epoch's iterator."""
-    _write_dataset(tmp_path / "shards", (4, 3))
+    write_dataset(tmp_path / "shards", (4, 3))
     straight = build_train_loader(tmp_path / "shards", 1, num_workers=0, seed=3, shuffle_buffer=0, epoch_length=3)
     expected = [(batch["input_ids"], straight.state_dict()) for _, batch in zip(range(7), _epochs(straight))]
     batches, _ = _prefetching(tmp_path / "shards")

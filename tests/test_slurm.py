@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.file_digests import digests
 from tests.slurm_cluster import (
     SETUP,
@@ -21,16 +23,15 @@ from tests.slurm_cluster import (
     sbatch,
     wait_for_job,
 )
-from tests.test_pretrain_launcher import world  # noqa: F401  (the session fixture)
 
-pytestmark = requires_slurm
+pytestmark = [requires_slurm, pytest.mark.slow]  # a real cluster, launched ranks
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CPU_JOB = [*cpu_job(1, 2), "--time=10"]
 
 
 def test_requeueing_stops_after_max_crashes_or_requeues(
     slurm_env: dict[str, str],
-    world: Path,  # noqa: F811
+    world: Path,
     tmp_path: Path,
 ) -> None:
     """A run that keeps crashing is not requeued forever (here: ranks that exit 1 at once, MAX_CRASHES=1)."""
@@ -52,7 +53,7 @@ def test_requeueing_stops_after_max_crashes_or_requeues(
 
 def test_prep_array_over_three_nodes_and_merge_equal_one_task(
     slurm_env: dict[str, str],
-    world: Path,  # noqa: F811
+    world: Path,
     tmp_path: Path,
 ) -> None:
     """A 3-task prep array, one task per node (--exclusive), plus its merge job write the shards and manifest of

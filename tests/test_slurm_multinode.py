@@ -1,5 +1,5 @@
 """Pretraining across hosts on the local 3-node Slurm cluster (tests/slurm_cluster.py): CPU, gloo over each
-node's own network interface, the tiny world of test_pretrain_launcher.
+node's own network interface, the tiny pretraining world (conftest.py's `world`).
 
 What runs here: `sbatch --nodes=2 --ntasks-per-node=2 slurm/pretrain.sbatch` (4 ranks on 2 hosts) against the same
 run on one node; `deepspeed --launcher slurm` inside a 2-node allocation; USR1 preemption across hosts; a node
@@ -39,9 +39,8 @@ from tests.slurm_cluster import (
     wait_for_job,
     wait_until,
 )
-from tests.test_pretrain_launcher import world  # noqa: F401  (the session fixture)
 
-pytestmark = requires_slurm
+pytestmark = [requires_slurm, pytest.mark.slow]  # a real cluster, launched ranks
 
 STEPS = 40  # long enough for a signal or a node failure to land mid-run; ~0.3 s a step with 4 ranks
 RUN = ["--train.steps", str(STEPS), "--logging.every", "1", "--logging.val_every", "0", "--checkpoint.every", "10"]
@@ -77,7 +76,7 @@ def finished_run(env: dict[str, str], out: Path, job: str, restarts: int = 0) ->
 
 
 @pytest.fixture(scope="module")
-def two_nodes(slurm_env: dict[str, str], world: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
+def two_nodes(slurm_env: dict[str, str], world: Path, tmp_path_factory: pytest.TempPathFactory):
     """The reference: STEPS steps, 2 nodes x 2 ranks, uninterrupted. (output dir, attempt-0 log)."""
     out = tmp_path_factory.mktemp("two_nodes")
     env = pretrain_env(slurm_env, world, out)
@@ -87,7 +86,7 @@ def two_nodes(slurm_env: dict[str, str], world: Path, tmp_path_factory: pytest.T
 
 def test_four_ranks_on_two_hosts_equal_four_ranks_on_one(
     slurm_env: dict[str, str],
-    world: Path,  # noqa: F811
+    world: Path,
     two_nodes: tuple[Path, str],
     tmp_path: Path,
 ) -> None:
@@ -121,7 +120,7 @@ def test_four_ranks_on_two_hosts_equal_four_ranks_on_one(
 
 def test_deepspeed_launcher_slurm_in_a_two_node_allocation(
     slurm_env: dict[str, str],
-    world: Path,  # noqa: F811
+    world: Path,
     two_nodes: tuple[Path, str],
     tmp_path: Path,
 ) -> None:
@@ -153,7 +152,7 @@ def test_deepspeed_launcher_slurm_in_a_two_node_allocation(
 
 def test_usr1_across_hosts_checkpoints_requeues_and_resumes_exactly(
     slurm_env: dict[str, str],
-    world: Path,  # noqa: F811
+    world: Path,
     two_nodes: tuple[Path, str],
     tmp_path: Path,
 ) -> None:
@@ -181,7 +180,7 @@ def test_usr1_across_hosts_checkpoints_requeues_and_resumes_exactly(
 
 def test_a_dead_node_ends_the_attempt_and_the_job_resumes_on_the_healthy_nodes(
     slurm_env: dict[str, str],
-    world: Path,  # noqa: F811
+    world: Path,
     two_nodes: tuple[Path, str],
     tmp_path: Path,
 ) -> None:
@@ -240,7 +239,7 @@ def test_a_dead_node_ends_the_attempt_and_the_job_resumes_on_the_healthy_nodes(
 
 def test_shrinking_to_one_node_keeps_the_global_batch(
     slurm_env: dict[str, str],
-    world: Path,  # noqa: F811
+    world: Path,
     two_nodes: tuple[Path, str],
     tmp_path: Path,
 ) -> None:

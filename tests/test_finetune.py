@@ -236,6 +236,7 @@ def one_rank(forms: Path, tmp_path_factory: pytest.TempPathFactory) -> FineTuned
     return run
 
 
+@pytest.mark.slow
 def test_fine_tuning_learns_and_keeps_the_best_dev_model(forms: Path, one_rank: FineTuned) -> None:
     """A tiny random model fine-tuned 100 steps on synthetic forms: entity F1 on unseen forms far above what a
     labeller without the model gets (the same label frequencies, drawn at random), the kept model is the one with
@@ -273,6 +274,7 @@ def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_ranks_fine_tune_as_well_as_one(forms: Path, one_rank: FineTuned, tmp_path: Path) -> None:
     """The same global batch on two ranks (no accumulation; each step sees the same windows as one rank's two
     accumulated micro-batches): the loss curve follows one rank's and the test F1 lies within NOISE_SPAN of it;
@@ -288,6 +290,7 @@ def test_two_ranks_fine_tune_as_well_as_one(forms: Path, one_rank: FineTuned, tm
     assert abs(sum(ours[-20:]) - sum(theirs[-20:])) / sum(theirs[-20:]) < 0.3
 
 
+@pytest.mark.slow
 def test_preempted_fine_tuning_resumes_exactly(forms: Path, one_rank: FineTuned, tmp_path: Path) -> None:
     """SIGUSR1 mid-run: a checkpoint, exit 42; run again: the same dev history, test scores and kept weights as
     the uninterrupted run, to the bit."""
@@ -350,6 +353,7 @@ def _odd_pages(data: Path, seed: int) -> list[str]:
     return names
 
 
+@pytest.mark.slow
 def test_windows_without_a_labelled_token_are_left_out_and_counted(forms: Path, tmp_path: Path) -> None:
     """Such pages among the training data: the run trains with finite losses to the end (not exit 3,
     "diverged"), and one warning counts the windows left out and names their pages."""
@@ -374,6 +378,7 @@ def test_help() -> None:
     assert exit_info.value.code == 0
 
 
+@pytest.mark.slow
 def test_bf16_fine_tuning_runs_and_exports_what_it_evaluated(forms: Path, tmp_path: Path) -> None:
     """The GPU default is a bf16 engine; DeepSpeed runs bf16 on CPU too, so the dtype paths (pixel values cast to
     the engine's dtype in training and evaluation, the exported weights, test scoring of the kept model) run
@@ -395,6 +400,7 @@ def test_bf16_fine_tuning_runs_and_exports_what_it_evaluated(forms: Path, tmp_pa
     assert rescored["f1"] == pytest.approx(run.results["test"]["f1"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_fine_tuning_resumes_on_another_number_of_ranks(forms: Path, one_rank: FineTuned, tmp_path: Path) -> None:
     """One rank's final checkpoint (ZeRO-0: the optimizer state is whole) continues on two ranks for 10 more
     steps: the window position cannot map onto another split, so the next epoch starts; the dev history goes on."""

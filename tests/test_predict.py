@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from launch.predict import main as predict_main
 from layoutlmv3.finetune.funsd import LABELS
 from layoutlmv3.finetune.predict import Predictor
 from layoutlmv3.model import LayoutLMv3Config, LayoutLMv3ForTokenClassification, LayoutLMv3Model
+from layoutlmv3.processing import PROCESSING_FILE
 from layoutlmv3.tokenizer import train_bpe
 
 WORDS = ["Date", "Total", "Name", "Amount", "Signature", "Remarks", "approved", "received", "1998", "John"]
@@ -83,6 +85,33 @@ def test_entities_group_bio_spans(model_dir: Path, monkeypatch: pytest.MonkeyPat
         ("ANSWER", "12", [20, 0, 28, 10], 0.9, [2]),
         ("HEADER", "Hi", [40, 0, 48, 10], 0.7, [4]),  # a stray I- starts an entity (CoNLL rules)
     ]
+
+
+def test_pages_are_read_as_the_model_was_fine_tuned_unless_told_otherwise(
+    model_dir: Path, page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model fine-tuned on 128-token windows (the demo's, configs/finetune/tiny.yaml) carries processing.json:
+    launch/predict.py reads pages at its window length, stride and box level; the flags still win."""
+    tuned = tmp_path / "tuned"
+    shutil.copytree(model_dir, tuned)
+    (tuned / PROCESSING_FILE).write_text(json.dumps({"max_length": 128, "stride": 32, "boxes": "word"}) + "\n")
+    read: list[tuple[int, int, str]] = []
+    classify = Predictor._classify
+    monkeypatch.setattr(
+        Predictor,
+        "_classify",
+        lambda self, *page: (
+            read.append((self.processor.max_length, self.processor.stride, self.boxes)) or classify(self, *page)
+        ),
+    )
+    words = {"words": [{"text": w, "box": [10 + 60 * i, 10, 60 + 60 * i, 30], "line": 0} for i, w in enumerate(WORDS)]}
+    (tmp_path / "words.json").write_text(json.dumps(words))
+    argv = ["--model", str(tuned), "--image", str(page), "--words", str(tmp_path / "words.json")]
+    assert predict_main([*argv, "--out", str(tmp_path / "a.json")]) == 0
+    assert predict_main([*argv, "--out", str(tmp_path / "b.json"), "--max-length", "64", "--stride", "8"]) == 0
+    assert predict_main([*argv, "--out", str(tmp_path / "c.json"), "--boxes", "segment"]) == 0
+    assert read == [(128, 32, "word"), (64, 8, "word"), (128, 32, "segment")]
+    assert (Predictor(model_dir).processor.max_length, Predictor(model_dir).processor.stride) == (512, 128)
 
 
 def test_batch_mode_writes_one_json_per_page(

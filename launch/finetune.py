@@ -27,6 +27,7 @@ from pathlib import Path
 from data_prep.page_words import ocr_missing_words, write_words_from_shards
 from data_prep.synth import DOCUMENT_KINDS, write_class_split, write_cord_split, write_corpus, write_question_split
 from layoutlmv3.atomic_files import remove_dead_temporaries_of
+from layoutlmv3.config_help import add_common_arguments, config_yaml, report_bad_config, settings_help
 from layoutlmv3.finetune.classes import listed_pages
 from layoutlmv3.finetune.config import (
     FinetuneConfig,
@@ -36,7 +37,7 @@ from layoutlmv3.finetune.funsd import SPLITS
 from layoutlmv3.finetune.qa import question_images
 from layoutlmv3.finetune.train import RESULTS_FILE, finetune
 from layoutlmv3.page_layout import words_file
-from layoutlmv3.training.signals import EXIT_BAD_CONFIG, EXIT_OK
+from layoutlmv3.training.signals import EXIT_OK
 
 EPILOG = """\
 examples:
@@ -61,27 +62,24 @@ checkpoint (run again to resume), 1 anything else.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__,
-        epilog=EPILOG,
+        epilog=f"{EPILOG}\n{settings_help(FinetuneConfig)}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
-        usage="%(prog)s --config YAML --model DIR [--data DIR] [--out DIR] [--section.key VALUE ...]",
+        usage="%(prog)s --config YAML --model DIR [--data DIR] [--out DIR] [--resume R] [--print-config] [--section.key VALUE ...]",
     )
-    parser.add_argument("--config", type=Path, required=True, help="YAML fine-tuning config")
+    add_common_arguments(
+        parser,
+        config_help="YAML fine-tuning config (configs/finetune/*.yaml)",
+        out_help="output directory (overrides output.dir)",
+        resume_help="auto: continue from the newest complete checkpoint in OUTPUT/checkpoints if any (default); none: "
+        "start afresh (refused while checkpoints exist); PATH: a checkpoint tag directory",
+    )
     parser.add_argument("--model", required=True, help="model directory with tokenizer files (launch/convert.py)")
     parser.add_argument(
         "--data",
         help="the task's data root: FUNSD's training_data/ + testing_data/, CORD's or RVL-CDIP's or DocVQA's "
         "train/ (+ val/) + test/ (default: synthetic pages for the task)",
     )
-    parser.add_argument("--out", help="output directory (overrides output.dir)")
-    parser.add_argument(
-        "--resume",
-        default="auto",
-        metavar="{auto,none,PATH}",
-        help="auto: continue from the newest complete checkpoint in OUTPUT/checkpoints if any (default); none: "
-        "start afresh (refused while checkpoints exist); PATH: a checkpoint tag directory",
-    )
-    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     return parser
 
 
@@ -152,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides += ["--output.dir", json.dumps(args.out)]
     try:
         config = load_finetune_config(args.config, overrides)
+        if args.print_config:
+            print(config_yaml(config), end="")
+            return EXIT_OK
         if not config.data.dir:
             config.data.dir = str(write_synthetic_forms(config))
             if config.task == "classes":
@@ -159,8 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif config.task in ("classes", "questions"):
             fill_missing_words(config)
     except (ValueError, OSError) as error:  # bad config or output directory: one line, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+        return report_bad_config(error)
     code = finetune(config, args.resume)
     results_file = Path(config.output.dir) / RESULTS_FILE
     if code == EXIT_OK and os.environ.get("RANK", "0") == "0" and results_file.is_file():

@@ -9,9 +9,14 @@ can be overridden on the command line as --section.key VALUE (VALUE is read as Y
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from layoutlmv3.config_help import add_common_arguments, config_yaml, report_bad_config, settings_help
+from layoutlmv3.pretraining.run_config import RunConfig, load_run_config
+from layoutlmv3.training.signals import EXIT_OK
 
 EPILOG = """\
 examples:
@@ -32,28 +37,42 @@ a checkpoint: requeue and resume; 1 anything else (a crash, a collective timeout
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__,
-        epilog=EPILOG,
+        epilog=f"{EPILOG}\n{settings_help(RunConfig)}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
-        usage="%(prog)s --config YAML [--resume {auto,none,PATH}] [--section.key VALUE ...]",
+        usage="%(prog)s --config YAML [--out DIR] [--resume {auto,none,PATH}] [--print-config] [--section.key VALUE ...]",
     )
-    parser.add_argument("--config", required=True, type=Path, help="YAML run config (configs/pretrain/*.yaml)")
-    parser.add_argument(
-        "--resume",
-        default="auto",
-        metavar="{auto,none,PATH}",
-        help="auto: newest complete checkpoint if any (default); none: start afresh (refused if checkpoint.dir "
-        "holds checkpoints); PATH: a checkpoint tag directory, e.g. checkpoints/pretrain/step00010000",
+    add_common_arguments(
+        parser,
+        config_help="YAML run config (configs/pretrain/*.yaml)",
+        out_help="output directory: logs in DIR/runs, checkpoints in DIR/checkpoints (overrides logging.dir and "
+        "checkpoint.dir)",
+        resume_help="auto: newest complete checkpoint if any (default); none: start afresh (refused if "
+        "checkpoint.dir holds checkpoints); PATH: a checkpoint tag directory, e.g. checkpoints/pretrain/step00010000",
     )
-    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
-    from layoutlmv3.pretraining.job import run  # imports DeepSpeed: not needed for --help
+    if args.out:  # paths as quoted YAML: a directory named 2024 stays a string
+        out = Path(args.out)
+        overrides += [
+            "--logging.dir",
+            json.dumps(str(out / "runs")),
+            "--checkpoint.dir",
+            json.dumps(str(out / "checkpoints")),
+        ]
+    try:
+        config = load_run_config(args.config, overrides)
+    except (OSError, ValueError) as error:
+        return report_bad_config(error)
+    if args.print_config:
+        print(config_yaml(config), end="")
+        return EXIT_OK
+    from layoutlmv3.pretraining.job import run  # imports DeepSpeed: not needed for --help or --print-config
 
-    return run(args.config, overrides, resume=args.resume)
+    return run(config, resume=args.resume)
 
 
 if __name__ == "__main__":

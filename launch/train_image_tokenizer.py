@@ -20,13 +20,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data_prep.synth import generate_page, page_id
+from layoutlmv3.atomic_files import file_in_place, remove_dead_temporaries_of
+from layoutlmv3.config_help import add_common_arguments, config_yaml, report_bad_config, settings_help
 from layoutlmv3.pretraining.image_tokenizer_job import (
     METRICS_FILE,
     ImageTokenizerRunConfig,
     load_image_tokenizer_config,
     run,
 )
-from layoutlmv3.training.signals import EXIT_BAD_CONFIG, EXIT_OK
+from layoutlmv3.training.signals import EXIT_OK
 
 EPILOG = """\
 examples:
@@ -44,12 +46,18 @@ exit codes: as launch/pretrain.py -- 0 done, 2 unusable config or data, 4 a chec
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__,
-        epilog=EPILOG,
+        epilog=f"{EPILOG}\n{settings_help(ImageTokenizerRunConfig)}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
-        usage="%(prog)s --config YAML [--images DIR | --shards PATTERN] [--out DIR] [--steps N] [--section.key VALUE]",
+        usage="%(prog)s --config YAML [--images DIR | --shards PATTERN] [--out DIR] [--steps N] [--resume R] [--print-config] [--section.key VALUE]",
     )
-    parser.add_argument("--config", required=True, type=Path, help="YAML run config (configs/image_tokenizer/*.yaml)")
+    add_common_arguments(
+        parser,
+        config_help="YAML run config (configs/image_tokenizer/*.yaml)",
+        out_help="output directory (overrides output.dir)",
+        resume_help="auto: continue from the newest complete checkpoint in output.dir/checkpoints if any (default); "
+        "none: start afresh (refused while checkpoints exist); PATH: a checkpoint tag directory",
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--images",
@@ -63,17 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on webdataset shards (their tok.png) instead: a data_prep shard directory, its manifest.json, a "
         "brace pattern of .tar files or http(s):// / pipe: URLs",
     )
-    parser.add_argument("--out", metavar="DIR", help="output directory (overrides output.dir)")
     parser.add_argument("--steps", metavar="N", type=int, help="training steps (overrides train.steps)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (logging.progress false)")
-    parser.add_argument(
-        "--resume",
-        default="auto",
-        metavar="{auto,none,PATH}",
-        help="auto: continue from the newest complete checkpoint in output.dir/checkpoints if any (default); "
-        "none: start afresh (refused while checkpoints exist); PATH: a checkpoint tag directory",
-    )
-    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     return parser
 
 
@@ -101,12 +100,12 @@ def with_synthetic_folder(config: ImageTokenizerRunConfig) -> ImageTokenizerRunC
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as lock:
         fcntl.lockf(lock, fcntl.LOCK_EX)
-        for index in range(data.synthetic_pages):
-            path = folder / f"{page_id(data.synthetic_seed, index)}.png"
-            if not path.is_file():  # written under a temporary name: a killed run leaves no half page
-                temporary = path.with_name(f".{path.name}.tmp")
+        pages = {index: folder / f"{page_id(data.synthetic_seed, index)}.png" for index in range(data.synthetic_pages)}
+        missing = {index: path for index, path in pages.items() if not path.is_file()}
+        remove_dead_temporaries_of(missing.values())  # the half pages of a run killed while writing them
+        for index, path in missing.items():  # written under a temporary name: a killed run leaves no half page
+            with file_in_place(path) as temporary:
                 generate_page(data.synthetic_seed, index).image.save(temporary, format="PNG", compress_level=1)
-                temporary.replace(path)
     data.images, data.synthetic_pages = str(folder), 0
     return config
 
@@ -118,11 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_image_tokenizer_config(args.config, [*overrides, *command_line_overrides(args)])
         if Path(config.output.dir).exists() and not Path(config.output.dir).is_dir():  # named as the user gave it
             raise ValueError(f"{'--out' if args.out else 'output.dir'} {config.output.dir} is a file, not a directory")
+        if args.print_config:
+            print(config_yaml(config), end="")
+            return EXIT_OK
         if config.data.synthetic_pages > 0:
             config = with_synthetic_folder(config)
     except (OSError, ValueError) as error:  # bad config or output directory: one line, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+        return report_bad_config(error)
     code = run(config, args.resume)
     metrics_file = Path(config.output.dir) / METRICS_FILE
     if code == EXIT_OK and os.environ.get("RANK", "0") == "0" and metrics_file.is_file():

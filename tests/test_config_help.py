@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,3 +73,50 @@ def test_every_key_of_a_shipped_config_is_listed_with_its_default(path: Path) ->
     assert keys <= listed, f"{path}: not in --help: {sorted(keys - listed)}"
     text = settings_help(JOB_CONFIGS[path.parent.name])
     assert all(f"--{name} (default " in text for name in listed)
+
+
+LAUNCHERS = {
+    "pretrain": ("launch.pretrain", RunConfig, ["--config", "configs/pretrain/tiny.yaml"]),
+    "finetune": ("launch.finetune", FinetuneConfig, ["--config", "configs/finetune/tiny.yaml", "--model", "m"]),
+    "image_tokenizer": (
+        "launch.train_image_tokenizer",
+        ImageTokenizerRunConfig,
+        ["--config", "configs/image_tokenizer/tiny.yaml"],
+    ),
+}
+
+
+@pytest.mark.parametrize("job", sorted(LAUNCHERS))
+def test_each_launchers_help_names_every_setting_and_the_common_flags(job: str) -> None:
+    module, config_class, _ = LAUNCHERS[job]
+    text = importlib.import_module(module).build_parser().format_help()
+    missing = [setting.name for setting in settings(config_class) if f"--{setting.name} (default " not in text]
+    assert not missing, f"{module} --help lacks {missing}"
+    assert all(flag in text for flag in ("--config", "--out", "--resume", "--print-config"))
+
+
+@pytest.mark.parametrize("job", sorted(LAUNCHERS))
+def test_print_config_prints_the_resolved_config_which_reloads_as_the_same(
+    job: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module, config_class, arguments = LAUNCHERS[job]
+    monkeypatch.chdir(REPO_ROOT)
+    main = importlib.import_module(module).main
+    assert main([*arguments, "--print-config", "--train.lr", "0.25", "--out", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    (tmp_path / "resolved.yaml").write_text(printed)
+    assert main(["--config", str(tmp_path / "resolved.yaml"), *arguments[2:], "--print-config"]) == 0
+    assert capsys.readouterr().out == printed  # nothing lost or changed on the way through YAML
+    resolved = yaml.safe_load(printed)
+    assert resolved["train"]["lr"] == 0.25 and str(tmp_path / "o") in printed
+
+
+@pytest.mark.parametrize("job", sorted(LAUNCHERS))
+def test_a_bad_setting_is_one_error_line_in_every_launcher(
+    job: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module, _, arguments = LAUNCHERS[job]
+    monkeypatch.chdir(REPO_ROOT)
+    assert importlib.import_module(module).main([*arguments, "--train.lrr", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: unknown key(s) in config.train: ['lrr']")

@@ -29,10 +29,12 @@ logger = logging.getLogger(__name__)
 OBJECTIVE_METRICS = tuple(field.name for field in dataclasses.fields(PretrainingOutput))  # loss first
 
 
-def run(config_path: str | Path, overrides: list[str] | None = None, resume: str = "auto") -> int:
-    """Pretrain as the run config says; `resume` is "auto" (newest complete checkpoint), "none" or a tag
-    directory. Returns the exit code."""
-    return run_job(lambda: PretrainingJob(load_run_config(config_path, overrides)), resume)
+def run(config: RunConfig | str | Path, overrides: list[str] | None = None, resume: str = "auto") -> int:
+    """Pretrain as the run config (a loaded one, or its YAML file + overrides) says; `resume` is "auto" (newest
+    complete checkpoint), "none" or a tag directory. Returns the exit code."""
+    if isinstance(config, RunConfig):
+        return run_job(lambda: PretrainingJob(config), resume)
+    return run_job(lambda: PretrainingJob(load_run_config(config, overrides)), resume)
 
 
 class PretrainingJob:

@@ -1,4 +1,4 @@
-"""The model, its optimizer and the DeepSpeed engine around them.
+"""A job's model in the DeepSpeed engine: its optimizer (parameter groups, weight decay) and the engine around both.
 
 We build the optimizer ourselves and hand it to `deepspeed.initialize`, so the optimizer settings stay in the
 run config (YAML) while micro-batch, accumulation, precision and ZeRO stay in the DeepSpeed JSON; `Training`

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +81,12 @@ class PageInputs:
 
     def window(self, index: int) -> dict[str, torch.Tensor]:
         """Window `index` as a dataset item: its row of every tensor there is, and the page image."""
-        rows = {name: getattr(self, name) for name in WINDOW_FIELDS}
-        item = {name: value[index] for name, value in rows.items() if value is not None}
-        if self.pixel_values is not None:
-            item["pixel_values"] = self.pixel_values
-        return item
-
-
-WINDOW_FIELDS = ("input_ids", "bbox", "attention_mask", "word_ids", "labels", "question", "start_positions",
-                 "end_positions")  # fmt: skip
+        tensors = {field.name: getattr(self, field.name) for field in fields(self)}
+        return {
+            name: value if name == "pixel_values" else value[index]
+            for name, value in tensors.items()
+            if value is not None
+        }
 
 
 class LayoutLMv3Processor:
@@ -146,16 +143,6 @@ class LayoutLMv3Processor:
         elif page_label is not None:
             inputs.labels = torch.full((len(windows),), page_label)
         return inputs
-
-    def encode_question(
-        self,
-        question: str,
-        words: Sequence[str],
-        boxes: Sequence[Sequence[int]],
-        max_question_tokens: int = MAX_QUESTION_TOKENS,
-    ) -> list[Encoding]:
-        """`encode_questions` for one question."""
-        return self.encode_questions([question], words, boxes, max_question_tokens)[0]
 
     def encode_questions(
         self,

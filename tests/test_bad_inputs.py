@@ -190,11 +190,11 @@ def test_windows_refuse_a_negative_stride_and_an_empty_question_and_say_they_cut
         LayoutLMv3Processor(tokenizer, max_length=64, stride=-50)
     processor = LayoutLMv3Processor(tokenizer, max_length=64, stride=8)
     with pytest.raises(ValueError, match="the question is empty"):
-        processor.encode_question("   ", ["Date"], [[0, 0, 10, 10]])
-    assert len(processor.encode_question("What is the Date?", ["Date"], [[0, 0, 10, 10]])) == 1
+        processor.encode_questions(["   "], ["Date"], [[0, 0, 10, 10]])
+    assert len(processor.encode_questions(["What is the Date?"], ["Date"], [[0, 0, 10, 10]])[0]) == 1
     with caplog.at_level("WARNING"):
         for _ in range(2):  # said once, not for every long question of a split
-            (window,) = processor.encode_question("What is the Date? " * 40, ["Date"], [[0, 0, 10, 10]])
+            ((window,),) = processor.encode_questions(["What is the Date? " * 40], ["Date"], [[0, 0, 10, 10]])
     assert [record.message[:42] for record in caplog.records] == ["a question longer than 51 tokens is cut to"]
     assert window.word_ids.count(0) == 1  # the page's word is still read
 

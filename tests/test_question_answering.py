@@ -45,9 +45,9 @@ def test_answers_are_located_as_word_runs() -> None:
 def test_question_windows_put_the_question_first_and_the_answer_in_the_window_that_holds_it(tmp_path: Path) -> None:
     tokenizer = train_bpe(["What", "is", "the", "Date", "Name", "John", "Smith", "1998"] * 5, vocab_size=300)
     words = ["Date:", "12/03/1998", "Name:", "John", "Smith"] * 6
-    windows = LayoutLMv3Processor(tokenizer, max_length=32, stride=8).encode_question(
-        "What is the Name?", words, [[1, 2, 3, 4]] * 30
-    )
+    windows = LayoutLMv3Processor(tokenizer, max_length=32, stride=8).encode_questions(
+        ["What is the Name?"], words, [[1, 2, 3, 4]] * 30
+    )[0]
     assert len(windows) > 2 and all(len(w.input_ids) == 32 for w in windows)
     first = windows[0]
     assert first.input_ids[0] == tokenizer.cls_token_id
@@ -58,7 +58,7 @@ def test_question_windows_put_the_question_first_and_the_answer_in_the_window_th
     assert covered == set(range(30))
     processor = LayoutLMv3Processor(tokenizer, max_length=32, stride=8)  # a page's words tokenised once for all
     together = processor.encode_questions(["What is the Name?", "What is the Date?"], words, [[1, 2, 3, 4]] * 30)
-    alone = processor.encode_question("What is the Date?", words, [[1, 2, 3, 4]] * 30)
+    alone = processor.encode_questions(["What is the Date?"], words, [[1, 2, 3, 4]] * 30)[0]
     assert together == [windows, alone] and together[0] != together[1]
 
 
@@ -173,7 +173,7 @@ def test_a_short_cpu_run_reads_the_question_and_beats_the_question_blind_baselin
 def test_a_long_question_is_cut_to_fit_and_the_dev_split_holds_out_whole_pages(tmp_path: Path) -> None:
     tokenizer = train_bpe(["What", "is", "the", "Date"] * 5, vocab_size=300)
     processor = LayoutLMv3Processor(tokenizer, max_length=128, stride=64)
-    windows = processor.encode_question("What is the date " * 40, ["Date:", "1998"], [[1, 2, 3, 4]] * 2)
+    windows = processor.encode_questions(["What is the date " * 40], ["Date:", "1998"], [[1, 2, 3, 4]] * 2)[0]
     assert len(windows) == 1 and len(windows[0].input_ids) == 128 and 0 in windows[0].word_ids
     from layoutlmv3.finetune.config import load_finetune_config
     from layoutlmv3.finetune.qa_job import QuestionAnsweringJob

@@ -61,7 +61,7 @@ def file_in_place(path: Path) -> Iterator[Path]:
     temporary = temporary_path(path)
     try:
         yield temporary
-        _sync_file(temporary)
+        _sync(temporary)
         rename_into_place(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -71,7 +71,7 @@ def file_in_place(path: Path) -> Iterator[Path]:
 def rename_into_place(temporary: Path, path: Path) -> None:
     """Give a complete, synced temporary (a `temporary_path` a writer kept open, like a shard) its name, durably."""
     os.replace(temporary, path)
-    sync_directory(path.parent)
+    _sync(path.parent)
 
 
 @contextmanager
@@ -103,21 +103,14 @@ def _swap_in(staged: Path, path: Path) -> None:
         if aside is not None:
             os.rename(aside, path)  # the old folder back under its name
         raise
-    sync_directory(path.parent)
+    _sync(path.parent)
     if aside is not None:
         _remove(aside)
 
 
-def sync_directory(directory: Path) -> None:
-    """Persist the entries of `directory` (a rename into it), so a crash cannot bring a temporary name back."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sync_file(path: Path) -> None:
+def _sync(path: Path) -> None:
+    """Put a file's data, or a folder's entries (a rename into it), on disk: after a crash the name holds what was
+    written, and a renamed temporary does not come back."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -129,8 +122,8 @@ def _sync_tree(root: Path) -> None:
     """Every file and folder under `root` on disk (a folder before its parent), `root` last."""
     for folder, _, files in os.walk(root, topdown=False):
         for name in files:
-            _sync_file(Path(folder, name))
-        sync_directory(Path(folder))
+            _sync(Path(folder, name))
+        _sync(Path(folder))
 
 
 def temporaries_of(path: Path) -> list[Path]:

@@ -1,12 +1,13 @@
-"""Where a conversion lands: written beside `--out` and swapped in whole, so a failed conversion leaves the old
-directory as it was, and a directory holding something else (a fine-tuned model) is never written over."""
+"""Where a conversion lands: written beside `--out` and swapped in whole (`layoutlmv3.atomic_files`), so a failed
+conversion leaves the old directory as it was, and a directory holding something else (a fine-tuned model) is never
+written over."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from layoutlmv3.atomic_files import directory_in_place
 from layoutlmv3.model import weights_io
 from layoutlmv3.tokenizer import CONFIG_FILE, MERGES_FILE, VOCAB_FILE
 
@@ -15,7 +16,7 @@ CONVERTED_FILES = frozenset({weights_io.CONFIG_NAME, weights_io.SAFETENSORS_NAME
 
 
 def publish(out: Path, write: Callable[[Path], None]) -> Path:
-    """Run `write(staging_dir)`, then make the staged directory `out` (replacing an earlier conversion there)."""
+    """Run `write(folder)` on a new folder beside `out`, then swap it in as `out` (replacing an earlier conversion)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
     if out.is_dir() and (foreign := sorted(path.name for path in out.iterdir() if path.name not in CONVERTED_FILES)):
@@ -25,16 +26,6 @@ def publish(out: Path, write: Callable[[Path], None]) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ValueError(f"--out {out}: cannot make its folder: {error}") from None
-    staged, previous = out.with_name(f".{out.name}.converting"), out.with_name(f".{out.name}.previous")
-    shutil.rmtree(staged, ignore_errors=True)
-    try:
+    with directory_in_place(out) as staged:
         write(staged)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
-    if out.exists():
-        out.rename(previous)
-    staged.rename(out)
-    shutil.rmtree(previous, ignore_errors=True)
     return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Callable
 from itertools import chain
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, default_collate
 
+from layoutlmv3.atomic_files import directory_in_place
 from layoutlmv3.model import LayoutLMv3PreTrainedModel
 from layoutlmv3.processing import PROCESSING_FILE
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
@@ -153,19 +153,13 @@ class SelectionTask:
         module = self.training.engine.module
 
         def write() -> None:
-            best, staged, previous = (self.out / name for name in (BEST_DIR, f"{BEST_DIR}.new", f"{BEST_DIR}.old"))
-            shutil.rmtree(staged, ignore_errors=True)
-            module.save_pretrained(staged)
-            self.job.tokenizer.save_pretrained(staged)
-            (staged / SELECTION_FILE).write_text(json.dumps({"step": step, "dev_score": self.best_score}) + "\n")
-            data = self.job.config.data
-            processing = {"max_length": data.max_length, "stride": data.stride, "boxes": data.boxes}
-            (staged / PROCESSING_FILE).write_text(json.dumps(processing) + "\n")
-            shutil.rmtree(previous, ignore_errors=True)
-            if best.exists():
-                best.rename(previous)
-            staged.rename(best)
-            shutil.rmtree(previous, ignore_errors=True)
+            with directory_in_place(self.out / BEST_DIR) as staged:
+                module.save_pretrained(staged)
+                self.job.tokenizer.save_pretrained(staged)
+                (staged / SELECTION_FILE).write_text(json.dumps({"step": step, "dev_score": self.best_score}) + "\n")
+                data = self.job.config.data
+                processing = {"max_length": data.max_length, "stride": data.stride, "boxes": data.boxes}
+                (staged / PROCESSING_FILE).write_text(json.dumps(processing) + "\n")
 
         with deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=self.training.zero_stage == 3):
             on_rank_zero(write, f"the model of step {step} not exported to {self.out / BEST_DIR}")

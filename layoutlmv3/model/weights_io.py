@@ -1,14 +1,13 @@
 """Reading and writing model directories (config.json + weights), ours or transformers'.
 
 Weights are read without executing pickled code: safetensors, or `torch.load(weights_only=True)` for the
-pytorch_model.bin files older transformers checkpoints ship. Files are written under a temporary name and
-renamed, so an interrupted save never leaves a half-written file under the real name.
+pytorch_model.bin files older transformers checkpoints ship. Files are written through `layoutlmv3.atomic_files`,
+so an interrupted save never leaves a half-written file under the real name.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from layoutlmv3.atomic_files import file_in_place, write_text
 from layoutlmv3.json_files import read_json_file
 
 CONFIG_NAME = "config.json"
@@ -77,12 +77,10 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def write_weights(weights: dict[str, torch.Tensor], path: Path) -> None:
     """Atomically write contiguous CPU copies of `weights` as safetensors."""
     tensors = {key: value.detach().contiguous().cpu() for key, value in weights.items()}
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(tensors, temporary, metadata={"format": "pt"})
-    os.replace(temporary, path)
+    with file_in_place(path) as temporary:
+        save_file(tensors, temporary, metadata={"format": "pt"})
 
 
 def write_json(values: dict[str, Any], path: Path) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
+    """Atomically write `values` as a model directory's JSON (sorted keys, indented)."""
+    write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from layoutlmv3.atomic_files import file_in_place
 from layoutlmv3.config_loading import require
 from layoutlmv3.data.loader import read_shards
 from layoutlmv3.data.remote import DEFAULT_RETRY, RetryPolicy
@@ -340,4 +341,5 @@ def save_reconstruction_grid(model: ImageTokenizer, images: torch.Tensor, path: 
         grid[:, pad : pad + size, left : left + size] = original
         grid[:, 2 * pad + size : 2 * pad + 2 * size, left : left + size] = reconstruction
     pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(pixels).save(path, optimize=True)
+    with file_in_place(path) as temporary:
+        Image.fromarray(pixels).save(temporary, format="PNG", optimize=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from layoutlmv3 import atomic_files
 from layoutlmv3.config_loading import load_config, require
 from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
 from layoutlmv3.pretraining.image_tokenizer_data import (
@@ -214,7 +215,7 @@ class ImageTokenizerTask:
         module.save_pretrained(out)
         if not self.last_eval:
             self.validate(self.config.train.steps)
-        (out / METRICS_FILE).write_text(json.dumps(self.last_eval, indent=2) + "\n")
+        atomic_files.write_text(out / METRICS_FILE, json.dumps(self.last_eval, indent=2) + "\n")
         save_reconstruction_grid(module, self.eval_images[: self.config.output.grid_images], out / GRID_FILE)
 
     def state_dict(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ Layout of `checkpoint.dir`:
     latest                         the newest complete tag, in DeepSpeed's format (zero_to_fp32 reads it)
 
 Saving: every rank writes its DeepSpeed shards and rank state -> barrier -> rank 0 writes `complete`, replaces
-`latest` atomically (temp file + os.replace) and deletes checkpoints beyond the newest `keep` -> barrier. A crash
+`latest` atomically (layoutlmv3.atomic_files) and deletes checkpoints beyond the newest `keep` -> barrier. A crash
 before `complete` leaves a tag that resuming ignores, and `latest` never names a tag without `complete`.
 DeepSpeed's own `latest` update is switched off (save_latest=False): it would move before the other ranks are done.
 A save that fails on any rank (disk full, quota, I/O error) is agreed on by all ranks, its partial tag deleted,
@@ -65,6 +65,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from layoutlmv3.atomic_files import write_text
 from layoutlmv3.checksums import ALGORITHM, file_digest
 from layoutlmv3.json_files import JsonFileError, read_json_file
 
@@ -558,8 +559,8 @@ def save_checkpoint(
         sizes = {name: size for name, (size, _) in files.items()}
         digests = {name: digest for name, (_, digest) in files.items()}
         meta = {"step": step, "world_size": dist.get_world_size(), "files": sizes, ALGORITHM: digests}
-        write_text_atomically(path / COMPLETE_FILE, json.dumps({**meta, **(record or {})}))
-        write_text_atomically(directory / LATEST_FILE, tag)
+        write_text(path / COMPLETE_FILE, json.dumps({**meta, **(record or {})}))
+        write_text(directory / LATEST_FILE, tag)
         _prune(directory, keep)
         logger.info("checkpoint %s complete", path)
     dist.barrier()  # nobody leaves (or exits) before the checkpoint is marked complete
@@ -736,16 +737,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _rank_state_file(path: Path, rank: int) -> Path:
     return path / RANK_STATE_DIR / f"rank{rank:05d}.pt"
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` at once (fsync'd): a reader sees the old file or the new one, never half."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def _prune(directory: Path, keep: int) -> None:

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .checkpointing import write_text_atomically
+from layoutlmv3 import atomic_files
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _drop_rows_after(path: Path, step: int) -> None:
         else:
             dropped += 1
     if dropped:
-        write_text_atomically(path, "".join(kept))
+        atomic_files.write_text(path, "".join(kept))
         logger.info("%s: %d row(s) past the resumed step %d dropped (they are trained again)", path, dropped, step)
 
 
@@ -196,7 +196,7 @@ class MetricsLogger:
     def write_text(self, name: str, text: str) -> None:
         """A file beside the metrics (e.g. the resolved run config), under the same rule: a failure warns once."""
         if self.enabled:
-            self._guarded(self.directory / name, lambda: (self.directory / name).write_text(text))
+            self._guarded(self.directory / name, lambda: atomic_files.write_text(self.directory / name, text))
 
     def log_validation(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:

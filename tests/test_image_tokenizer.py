@@ -224,6 +224,24 @@ def test_from_pretrained_refuses_directories_without_safetensors(tmp_path: Path)
         ImageTokenizer.from_pretrained(tmp_path)
 
 
+def test_a_tokenizer_directory_s_config_is_read_as_data(tmp_path: Path) -> None:
+    """config.json is read like every model directory's JSON: NaN, a non-object and a FIFO are named errors, not a
+    config with a NaN weight, an AttributeError, nor a reader blocked for ever."""
+    config_file = tmp_path / "config.json"
+    ImageTokenizerConfig.from_flavor("tiny").save(config_file)
+    text = config_file.read_text()
+    config_file.write_text(text.replace('"commitment_weight": 0.25', '"commitment_weight": NaN'))
+    with pytest.raises(ValueError, match="config.json is not valid JSON: NaN"):
+        ImageTokenizerConfig.load(config_file)
+    config_file.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="config.json: expected a JSON object"):
+        ImageTokenizerConfig.load(config_file)
+    config_file.unlink()
+    os.mkfifo(config_file)
+    with pytest.raises(ValueError, match="FIFO"):
+        ImageTokenizerConfig.load(config_file)
+
+
 # ---- training --------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_training_reduces_reconstruction_error_and_uses_the_codebook(trained) -> None:

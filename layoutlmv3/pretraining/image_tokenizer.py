@@ -37,7 +37,6 @@ take the argmax over the 8192 logits of each of the 14x14 positions, flattened r
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -47,6 +46,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from layoutlmv3.json_files import read_json_file
 from layoutlmv3.model import weights_io
 
 MODEL_TYPE = "layoutlmv3-image-tokenizer"
@@ -138,7 +138,9 @@ class ImageTokenizerConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ImageTokenizerConfig:
-        values = json.loads(Path(path).read_text())
+        values = read_json_file(path)  # as every model directory's JSON: NaN, a FIFO, 10 GB named, not read
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a JSON object of config fields")
         model_type = values.pop("model_type", None)
         if model_type != MODEL_TYPE:
             raise ValueError(f"{path}: model_type {model_type!r} is not {MODEL_TYPE!r}")

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from layoutlmv3.atomic_files import write_text
 from layoutlmv3.constants import IGNORE_INDEX
 from layoutlmv3.json_files import read_json_file
 
@@ -98,13 +99,14 @@ class LayoutLMv3Tokenizer:
         return cls(vocab, merges, max_length if isinstance(max_length, int) else DEFAULT_MODEL_MAX_LENGTH)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write vocab.json, merges.txt and a tokenizer_config.json that transformers can load as well."""
+        """Write vocab.json, merges.txt and a tokenizer_config.json that transformers can load as well (each whole or
+        not at all: `layoutlmv3.atomic_files`)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         by_id = dict(sorted(self._vocab.items(), key=lambda item: item[1]))
-        (directory / VOCAB_FILE).write_text(json.dumps(by_id, ensure_ascii=False), encoding="utf-8")
+        write_text(directory / VOCAB_FILE, json.dumps(by_id, ensure_ascii=False))
         merges = "".join(f"{a} {b}\n" for a, b in self._merges)
-        (directory / MERGES_FILE).write_text(f"{MERGES_HEADER}\n{merges}", encoding="utf-8")
+        write_text(directory / MERGES_FILE, f"{MERGES_HEADER}\n{merges}")
         config = {
             "tokenizer_class": "LayoutLMv3Tokenizer",
             "model_max_length": self.model_max_length,
@@ -117,7 +119,7 @@ class LayoutLMv3Tokenizer:
             "unk_token": UNK_TOKEN,
             "mask_token": MASK_TOKEN,
         }
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
     # ------------------------------------------------------------------ vocabulary facts
 

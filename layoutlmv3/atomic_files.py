@@ -1,6 +1,6 @@
-"""Files and folders that appear whole or not at all: the one writer behind every file a reader or a resume trusts
-(weights, checkpoint records, shards and manifests, conversions, the kept best model, the image tokenizer's output,
-synthetic pages).
+"""Files and folders that appear whole or not at all, for every writer whose output a reader or a resume trusts
+(weights and tokenizer files, checkpoint records, shards and manifests, conversions, the kept best model, the image
+tokenizer's output, synthetic pages).
 
 A file is written under a hidden temporary beside it, ``.NAME.HOST.PID-TOKEN.tmp`` (no ``*.json``/``*.tar`` glob or
 manifest names it; unique to the host, the process and the call, so two writers of one name, threads included, never

@@ -149,7 +149,7 @@ class QuestionWindows(Dataset):
         size: int | None,
     ) -> None:
         processor = LayoutLMv3Processor(tokenizer, size or 224, max_length, stride)
-        self.questions, self.items = list(questions), []
+        self.questions = list(questions)
         by_page: dict[Path, list[int]] = {}
         for number, question in enumerate(self.questions):
             by_page.setdefault(question.image_path, []).append(number)

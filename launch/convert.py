@@ -1,6 +1,8 @@
 """Convert a model for use elsewhere: a DeepSpeed pretraining checkpoint, or a transformers LayoutLMv3 directory,
 into a self-contained model directory (config.json + model.safetensors + tokenizer files) that
-`LayoutLMv3ForTokenClassification.from_pretrained` (and, with --to hf, transformers) loads.
+`LayoutLMv3ForTokenClassification.from_pretrained` loads. With --to hf (a checkpoint, or with --model one of our
+model directories, e.g. a fine-tuning run's best/) the directory is transformers' own: its AutoModel*, AutoTokenizer
+and AutoProcessor load it with nothing of this project installed.
 
 A checkpoint is verified before anything of it is loaded (its `complete` record, pickles that would run code,
 file sizes and checksums): a damaged, planted or other job's checkpoint is exit 2 with the file named.
@@ -14,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from layoutlmv3.convert import convert_checkpoint, convert_from_hf, resolve_tag
+from layoutlmv3.convert import convert_checkpoint, convert_from_hf, convert_to_hf, resolve_tag
 from layoutlmv3.convert.checkpoint import add_allow_global
 
 EPILOG = """\
@@ -23,6 +25,7 @@ examples:
   python launch/convert.py --checkpoint outputs/checkpoints/pretrain/tiny --tag step00000300 \\
       --drop-pretraining-heads --out outputs/models/tiny-backbone
   python launch/convert.py --checkpoint outputs/checkpoints/pretrain/tiny --to hf --out outputs/models/tiny-hf
+  python launch/convert.py --model outputs/finetune/funsd/best --to hf --out outputs/models/funsd-hf
   python launch/convert.py --from-hf path/to/layoutlmv3-base --out outputs/models/base
 """
 
@@ -34,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="checkpoint.dir of a pretraining run (or one tag directory)")
     source.add_argument("--from-hf", type=Path, help="a transformers LayoutLMv3 model directory")
+    source.add_argument(
+        "--model", type=Path, help="one of our model directories (a conversion, a fine-tuning best/); needs --to hf"
+    )
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
     parser.add_argument("--tag", default="latest", help="checkpoint tag, e.g. step00001000 (default: latest)")
     parser.add_argument("--to", choices=("native", "hf"), default="native", help="output format (default: native)")
@@ -57,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.from_hf:
             out = convert_from_hf(args.from_hf, args.out)
+        elif args.model:
+            if args.to != "hf":
+                raise ValueError("--model is already in our format: add --to hf to write transformers' layout")
+            out = convert_to_hf(args.model, args.out)
         else:
             out = convert_checkpoint(
                 resolve_tag(args.checkpoint, args.tag),

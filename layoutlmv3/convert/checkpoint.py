@@ -45,6 +45,7 @@ from layoutlmv3.training.checkpointing import (
     verify_checkpoint,
 )
 
+from .hf import write_for_transformers
 from .publish import publish
 
 logger = logging.getLogger(__name__)
@@ -137,8 +138,11 @@ def convert_checkpoint(
     out = Path(out)
 
     def write(directory: Path) -> None:
-        model.save_pretrained(directory, format=to)
-        tokenizer.save_pretrained(directory)
+        if to == "hf":
+            write_for_transformers(model, tokenizer, directory)
+        else:
+            model.save_pretrained(directory)
+            tokenizer.save_pretrained(directory)
 
     publish(out, write)
     logger.info("wrote %s (%s format, step %d)", out, to, checkpoint.step)

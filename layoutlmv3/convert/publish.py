@@ -11,8 +11,11 @@ from layoutlmv3.atomic_files import directory_in_place
 from layoutlmv3.model import weights_io
 from layoutlmv3.tokenizer import CONFIG_FILE, MERGES_FILE, VOCAB_FILE
 
+PREPROCESSOR_FILE = "preprocessor_config.json"  # transformers' image processor settings (--to hf)
 # What a conversion writes; an --out holding only these is an earlier conversion, replaced.
-CONVERTED_FILES = frozenset({weights_io.CONFIG_NAME, weights_io.SAFETENSORS_NAME, VOCAB_FILE, MERGES_FILE, CONFIG_FILE})
+CONVERTED_FILES = frozenset(
+    {weights_io.CONFIG_NAME, weights_io.SAFETENSORS_NAME, VOCAB_FILE, MERGES_FILE, CONFIG_FILE, PREPROCESSOR_FILE}
+)
 
 
 def publish(out: Path, write: Callable[[Path], None]) -> Path:

@@ -22,12 +22,12 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm import tqdm
+from typing import Any
 
 from layoutlmv3.atomic_files import remove_temporaries_of, target_of_temporary
 from layoutlmv3.data.sample_format import MANIFEST_FORMAT_VERSION
 from layoutlmv3.page_sources import PAGE_SUFFIXES
+from layoutlmv3.progress import progress
 from layoutlmv3.tokenizer import CONFIG_FILE, MERGES_FILE, VOCAB_FILE, LayoutLMv3Tokenizer
 
 from .chunk_lock import chunk_locks
@@ -244,16 +244,9 @@ def _bounded_ordered_map(
         yield in_flight.popleft().result()
 
 
-def _progress_bar(config: BuildConfig) -> tqdm:
-    """Pages done and pages/s; updated rarely when stderr is a log file rather than a terminal."""
-    interactive = sys.stderr.isatty()
-    return tqdm(
-        desc=f"task {config.task_index}/{config.num_tasks}",
-        unit="page",
-        disable=not config.progress_bar,
-        mininterval=0.5 if interactive else 30.0,
-        dynamic_ncols=interactive,
-    )
+def _progress_bar(config: BuildConfig) -> Any:
+    """Pages done and pages/s: a bar on a terminal, a line every 30 s in a log file (an array task's log)."""
+    return progress(desc=f"task {config.task_index}/{config.num_tasks}", unit="page", disable=not config.progress_bar)
 
 
 # ---------------------------------------------------------------------------------------------- command line

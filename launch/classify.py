@@ -24,6 +24,7 @@ from layoutlmv3.atomic_files import write_text
 from layoutlmv3.finetune.classifier import Classifier
 from layoutlmv3.page_layout import BadBox
 from layoutlmv3.page_sources import PAGE_SUFFIXES
+from layoutlmv3.progress import progress
 
 EPILOG = """\
 examples:
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         classifier = Classifier(args.model, args.max_length)  # as the model was fine-tuned, unless told otherwise
         # A bar for a folder (long work); none for one page.
-        for path in tqdm(images, desc="classify", unit="page", disable=not args.image.is_dir()):
+        for path in progress(images, desc="classify", unit="page", disable=not args.image.is_dir()):
             try:
                 lines.append(json.dumps({"image": str(path), **classify_page(classifier, path, args.words)}))
             except PAGE_ERRORS as error:

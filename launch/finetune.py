@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -96,6 +97,8 @@ def write_synthetic_forms(config: FinetuneConfig) -> Path:
     with open(root / ".lock", "w") as lock:
         fcntl.lockf(lock, fcntl.LOCK_EX)
         if not done.exists():
+            started = time.perf_counter()  # a minute or more for big synthetic splits: say when it starts and ends
+            logging.getLogger("synthetic").info("writing synthetic %s pages under %s", kind, root)
             if kind == "questions":  # key -> value questions of the forms, words beside each page
                 per_page = data.synthetic_questions_per_page or None
                 write_question_split(root / "train", data.synthetic_train_pages, seed=seed, per_page=per_page)
@@ -112,6 +115,7 @@ def write_synthetic_forms(config: FinetuneConfig) -> Path:
                 write_corpus(root / SPLITS[0], data.synthetic_train_pages, seed=seed)
                 write_corpus(root / SPLITS[1], data.synthetic_test_pages, seed=seed + 1)
             done.touch()
+            logging.getLogger("synthetic").info("synthetic pages written (%.0f s)", time.perf_counter() - started)
     return root
 
 

@@ -24,6 +24,7 @@ from data_prep.pages import read_page, read_pages, scan_folder
 from data_prep.rejects import PageRejected
 from layoutlmv3.finetune.predict import Predictor, draw
 from layoutlmv3.page_layout import BadBox, read_words
+from layoutlmv3.progress import progress
 
 EPILOG = """\
 examples:
@@ -131,7 +132,7 @@ def _page(predictor: Predictor, path: Path, page: int, words: list[Word] | None,
 def _batch(predictor: Predictor, root: Path, files: list[str], out: Path, viz: Path | None) -> int:
     """Every page of `files` under `root`; a page that fails is reported and skipped (exit 1 if any)."""
     failed = 0
-    for relative in tqdm(files, desc="predict", unit="file"):
+    for relative in progress(files, desc="predict", unit="file"):
         stem = Path(relative).with_suffix("")
         for number, image in read_pages(root / relative):
             name = f"{stem}.json" if number == 0 else f"{stem}.p{number}.json"

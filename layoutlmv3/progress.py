@@ -28,13 +28,14 @@ def progress(
     """A tqdm bar when `stream` (default stderr) is a terminal, else a `LogProgress` with the same calls
     (update, set_postfix, close, iteration, `with`)."""
     stream = sys.stderr if stream is None else stream
-    if not disable and not _is_terminal(stream):
+    if not disable and not is_terminal(stream):
         return LogProgress(iterable, total=total, initial=initial, desc=desc, unit=unit, every_s=every_s, stream=stream)
     return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, disable=disable, dynamic_ncols=True,
                 file=stream)  # fmt: skip
 
 
-def _is_terminal(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
+    """Whether `stream` is an interactive terminal (a bar redraws well there; a log file gets lines)."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):  # closed or not a real file

@@ -5,10 +5,15 @@ from __future__ import annotations
 import io
 import os
 import pty
+import subprocess
+import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
 from layoutlmv3.progress import LogProgress, progress
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_log_file_gets_a_line_per_interval_and_one_at_the_end(monkeypatch) -> None:
@@ -43,3 +48,33 @@ def test_a_terminal_gets_the_bar_and_disable_gets_nothing() -> None:
     bar.update(3)
     bar.close()
     assert stream.getvalue() == ""
+
+
+def test_training_in_a_log_file_has_step_lines_and_no_bar(tmp_path, monkeypatch) -> None:
+    from layoutlmv3.training.metrics import MetricsLogger
+
+    with open(tmp_path / "slurm-1.out", "w") as log:
+        monkeypatch.setattr(sys, "stderr", log)
+        with MetricsLogger(
+            tmp_path / "runs", enabled=True, every=1, total_steps=3, start_step=0, tensorboard=False
+        ) as m:
+            assert m.bar is None  # the per-step log lines are the progress in a file
+        leader, follower = pty.openpty()
+        with os.fdopen(follower, "w") as terminal:
+            monkeypatch.setattr(sys, "stderr", terminal)
+            with MetricsLogger(tmp_path / "runs2", enabled=True, every=1, total_steps=3, start_step=0,
+                               tensorboard=False) as m:  # fmt: skip
+                assert isinstance(m.bar, tqdm)
+        os.close(leader)
+
+
+def test_a_batch_log_of_synthetic_pages_has_no_carriage_returns(tmp_path) -> None:
+    """What a Slurm job's slurm-*.out gets from a command with progress: lines, never a bar's redraws."""
+    with open(tmp_path / "slurm-2.out", "w") as log:
+        done = subprocess.run(
+            [sys.executable, "-m", "data_prep.synth", "--out", str(tmp_path / "pages"), "--pages", "2"],
+            stdout=log, stderr=log, cwd=REPO_ROOT, timeout=300,
+        )  # fmt: skip
+    text = (tmp_path / "slurm-2.out").read_text()
+    assert done.returncode == 0, text
+    assert "\r" not in text and "synth: 2/2 page (100%)" in text

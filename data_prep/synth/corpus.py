@@ -6,9 +6,8 @@ import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from layoutlmv3.atomic_files import remove_temporaries_of
+from layoutlmv3.progress import progress as progress_bar
 
 from .funsd_format import is_complete, page_paths, write_page
 from .generate import generate_page, page_id
@@ -39,7 +38,7 @@ def write_corpus(
     out = Path(out_dir)
     tasks = [(str(out), seed, i) for i in range(pages) if not is_complete(out, page_id(seed, i))]
     remove_temporaries_of(path for _, _, index in tasks for path in page_paths(out, page_id(seed, index)))
-    with tqdm(total=len(tasks), disable=not progress, unit="page", desc="synth") as bar:
+    with progress_bar(total=len(tasks), disable=not progress, unit="page", desc="synth") as bar:
         if workers <= 1 or len(tasks) <= 1:
             for task in tasks:
                 _write_one(task)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from itertools import chain
 from pathlib import Path
@@ -99,7 +100,12 @@ class SelectionTask:
         """Dev scores of the live weights; a new best is exported to OUTPUT/best (collective)."""
         engine = self.training.engine
         engine.eval()
+        started = time.perf_counter()  # minutes on a big dev split: a line when it starts and when it ends
+        logger.info("step %d: scoring the dev split", step)
         scores = _scalars(self.score(engine, "dev", lockstep=self.training.zero_stage == 3))
+        logger.info(
+            "step %d: dev %s %.4f (%.0f s)", step, self.metric, scores[self.metric], time.perf_counter() - started
+        )
         engine.train()
         self.history.append({"step": step, **{f"dev_{name}": value for name, value in scores.items()}})
         if scores[self.metric] > self.best_score:
@@ -120,7 +126,10 @@ class SelectionTask:
             )  # fmt: skip
             self.best_step, self.best_score = kept["step"], kept["dev_score"]
         best = self.job.model_class.from_pretrained(self.out / BEST_DIR).to(self.training.device).eval()
+        started = time.perf_counter()
+        logger.info("scoring the kept model (step %d) on the test split", self.best_step)
         test = self.score(best, "test", lockstep=False)
+        logger.info("test split scored (%.0f s)", time.perf_counter() - started)
         results = {
             "best_step": self.best_step,
             f"dev_{self.metric}": self.best_score,

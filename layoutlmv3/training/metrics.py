@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import math
+import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from layoutlmv3 import atomic_files
+from layoutlmv3.progress import is_terminal
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ class MetricsLogger:
         self._files_failed = False
         if not enabled:
             return
-        if progress:
+        if progress and is_terminal(sys.stderr):  # in a log file the step lines below are the progress
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
             self._stack.callback(self.bar.close)
             self._stack.enter_context(logging_redirect_tqdm())

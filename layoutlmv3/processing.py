@@ -265,6 +265,10 @@ def processing_settings(
     saved = read_json_file(path) if path.exists() else {}  # a broken file is named, never silently ignored
     if not isinstance(saved, dict):
         raise ValueError(f"{path}: expected a JSON object (window length, stride, box level)")
+    for name, value in saved.items():  # a model from elsewhere: a wrong kind is named here, not a traceback later
+        default = DEFAULT_PROCESSING.get(name)
+        if default is not None and (type(value) is not type(default)):
+            raise ValueError(f"{path}: {name} must be {type(default).__name__}, got {value!r}")
     given = {"max_length": max_length, "stride": stride, "boxes": boxes}
     return {
         name: saved.get(name, value) if given[name] is None else given[name]

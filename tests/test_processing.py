@@ -33,7 +33,7 @@ from layoutlmv3.model import (
     LayoutLMv3ForTokenClassification,
 )
 from layoutlmv3.page_layout import Word, normalize_box
-from layoutlmv3.processing import LayoutLMv3Processor, page_pixels, resize_page
+from layoutlmv3.processing import PROCESSING_FILE, LayoutLMv3Processor, page_pixels, processing_settings, resize_page
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
 
 
@@ -234,3 +234,20 @@ def test_every_predictor_makes_its_inputs_through_the_processors_call(
     assert len(answerer.answer(page, words, ["What is the date?", "Who signed?"])) == 2
     (inputs,) = spy.returned
     assert int(inputs.question.max()) == 1 and torch.equal(seen[0]["input_ids"], inputs.input_ids)
+
+
+@pytest.mark.parametrize(
+    ("saved", "message"),
+    [("[128]", "expected a JSON object"), ('{"max_length": "128"}', "max_length must be int"),
+     ('{"stride": true}', "stride must be int"), ('{"boxes": 3}', "boxes must be str"),
+     ('{"max_length": NaN}', "NaN")],
+)  # fmt: skip
+def test_a_model_directorys_processing_settings_of_the_wrong_kind_are_named(tmp_path, saved, message) -> None:
+    """processing.json comes with a model from elsewhere: a wrong kind is an error naming the file and the setting,
+    never a TypeError deep in the processor."""
+    (tmp_path / PROCESSING_FILE).write_text(saved)
+    with pytest.raises(ValueError, match=message) as raised:
+        processing_settings(tmp_path)
+    assert str(tmp_path / PROCESSING_FILE) in str(raised.value)
+    (tmp_path / PROCESSING_FILE).write_text('{"max_length": 128}')
+    assert processing_settings(tmp_path, stride=8) == {"max_length": 128, "stride": 8, "boxes": "segment"}

@@ -18,6 +18,7 @@ No project imports: the model package and data_prep use it alike.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -63,9 +64,9 @@ def file_in_place(path: Path) -> Iterator[Path]:
         yield temporary
         _sync(temporary)
         rename_into_place(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
-        raise
+        _raise_naming(error, temporary, path)
 
 
 def rename_into_place(temporary: Path, path: Path) -> None:
@@ -79,17 +80,32 @@ def directory_in_place(path: Path) -> Iterator[Path]:
     """Yields an empty temporary folder beside `path` for the caller to fill; once the block ends its files are
     synced and it replaces `path` (an earlier folder there is kept until the new one is in place, then deleted).
     A block that raises takes the temporary folder with it and leaves `path` as it was. Folders this host's
-    killed writers left beside `path` are removed first (another host's may be a swap in progress)."""
+    killed writers left beside `path` are removed first (another host's may be a swap in progress). A link to a
+    folder stays a link: the folder it names is replaced. A file at `path` is refused, not replaced by a folder."""
+    if os.path.lexists(path) and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder: a file is not replaced by one", str(path))
+    path = path.resolve() if path.is_symlink() else path
     remove_dead_temporaries_of([path])
     staged = temporary_path(path)
-    staged.mkdir()
     try:
+        staged.mkdir()
         yield staged
         _sync_tree(staged)
         _swap_in(staged, path)
-    except BaseException:
+    except BaseException as error:
         _remove(staged)
-        raise
+        _raise_naming(error, staged, path)
+
+
+def _raise_naming(error: BaseException, temporary: Path, path: Path) -> None:
+    """Re-raise `error`; a disk's error on the hidden temporary or on no file (a full disk) names `path` instead,
+    the name the user gave (its kind kept: OSError picks the subclass of the errno)."""
+    where = getattr(error, "filename", None)
+    if not isinstance(error, OSError) or error.errno is None:
+        raise error
+    if where is not None and temporary != Path(where) and temporary not in Path(where).parents:
+        raise error
+    raise OSError(error.errno, error.strerror, str(path)) from error
 
 
 def _swap_in(staged: Path, path: Path) -> None:
@@ -150,14 +166,22 @@ def remove_dead_temporaries_of(paths: Iterable[Path]) -> list[Path]:
     host = socket.gethostname()
     stale = []
     for folder, wanted in _names_by_folder(paths).items():
-        writers = {f".{name}.{host}" for name in wanted}
         for temporary in _temporaries_in(folder, wanted):
-            writer, _, process = temporary.name[: -len(TEMPORARY_SUFFIX)].rpartition(".")
-            pid = process.partition("-")[0]  # PID-TOKEN, or PID alone (temporaries written before tokens were)
-            if writer in writers and pid.isdigit() and not _running(int(pid)):
+            writers = [writer for name in wanted if (writer := _writer(temporary.name, name)) is not None]
+            if any(writer_host == host and not _running(pid) for writer_host, pid in writers):
                 _remove(temporary)
                 stale.append(temporary)
     return sorted(stale)
+
+
+def _writer(entry: str, name: str) -> tuple[str, int] | None:
+    """(host, PID) of a `temporary_path` of `name` (``.NAME.HOST.PID-TOKEN.tmp``, or ``.NAME.HOST.PID.tmp`` as
+    written before tokens were), None for any other entry: a user's ``.NAME.backup.tmp`` is not a temporary."""
+    head = f".{name}."
+    if not (entry.startswith(head) and entry.endswith(TEMPORARY_SUFFIX)):
+        return None
+    match = re.fullmatch(r"(.+)\.(\d+)(?:-[0-9a-f]+)?", entry[len(head) : -len(TEMPORARY_SUFFIX)])
+    return (match.group(1), int(match.group(2))) if match else None
 
 
 def _names_by_folder(paths: Iterable[Path]) -> dict[Path, set[str]]:
@@ -173,6 +197,8 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except OverflowError:  # no PID this host can hold: not a writer of ours to judge, so kept
+        return True
     except PermissionError:  # another user's process
         return True
     return True
@@ -183,13 +209,7 @@ def _temporaries_in(folder: Path, names: set[str]) -> list[Path]:
     hold dots)."""
     if not folder.is_dir():
         return []
-    found = []
-    for entry in os.scandir(folder):
-        hidden = entry.name.startswith(".") and entry.name.endswith(TEMPORARY_SUFFIX)
-        stem = entry.name[1 : -len(TEMPORARY_SUFFIX)] if hidden else ""
-        if any(stem[:cut] in names for cut, char in enumerate(stem) if char == "."):
-            found.append(folder / entry.name)
-    return sorted(found)
+    return sorted(folder / entry.name for entry in os.scandir(folder) if any(_writer(entry.name, n) for n in names))
 
 
 def _remove(path: Path) -> None:

@@ -243,8 +243,9 @@ def test_outputs_index_like_transformers():
     labels = torch.zeros_like(inputs["input_ids"])
     with torch.no_grad():
         plain, with_loss = model(**inputs), model(**inputs, labels=labels)
-    assert plain.keys() == ["logits"] and plain[0] is plain.logits is plain["logits"]
-    assert with_loss.keys() == ["loss", "logits"] and with_loss[0] is with_loss.loss
+    assert isinstance(plain, transformers.utils.ModelOutput)  # transformers' own type, not a look-alike
+    assert list(plain.keys()) == ["logits"] and plain[0] is plain.logits is plain["logits"]
+    assert list(with_loss.keys()) == ["loss", "logits"] and with_loss[0] is with_loss.loss
     assert with_loss[1:] == (with_loss.logits,) and with_loss.to_tuple() == (with_loss.loss, with_loss.logits)
     assert "loss" in with_loss and "hidden_states" not in with_loss and dict(with_loss.items())["logits"] is not None
     with pytest.raises(KeyError):

@@ -4,11 +4,13 @@ load and answer as transformers' do."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -16,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from launch.convert import main as convert_main
 from layoutlmv3.model import (
     LayoutLMv3Config,
+    LayoutLMv3ForMaskedLM,
     LayoutLMv3ForQuestionAnswering,
     LayoutLMv3ForSequenceClassification,
     LayoutLMv3ForTokenClassification,
@@ -23,6 +26,7 @@ from layoutlmv3.model import (
 )
 from layoutlmv3.processing import LayoutLMv3Processor
 from layoutlmv3.tokenizer import train_bpe
+from tests.model_inputs import random_inputs
 
 TOLERANCE = 1e-5
 WORDS = ["alpha", "beta", "gamma", "total", "date"]
@@ -106,3 +110,143 @@ def test_a_converted_model_is_transformers_own(tmp_path: Path) -> None:
     for name in ("input_ids", "bbox", "attention_mask"):
         assert torch.equal(theirs[f"processor.{name}"], inputs[name]), name
     torch.testing.assert_close(theirs["processor.pixel_values"], inputs["pixel_values"], atol=TOLERANCE, rtol=0)
+
+
+def _tiny(**overrides) -> LayoutLMv3Config:
+    return LayoutLMv3Config.from_flavor("tiny", vocab_size=300, **overrides)
+
+
+def _trainer(model: torch.nn.Module, out: Path, **options):
+    import transformers
+
+    rows = []
+    for seed in range(4):
+        inputs = {
+            name: tensor[0] for name, tensor in random_inputs(batch=1, length=16, vocab_size=300, seed=seed).items()
+        }
+        rows.append({**inputs, "labels": inputs["input_ids"] % 3})
+    arguments = transformers.TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=2, max_steps=2, learning_rate=1e-3, report_to=[],
+        save_strategy="no", use_cpu=True, disable_tqdm=True, logging_strategy="no", **options,
+    )  # fmt: skip
+    trainer = transformers.Trainer(model=model, args=arguments, train_dataset=rows)
+    trainer.train()
+    return trainer
+
+
+def test_trainer_saves_reload_with_both_libraries(tmp_path: Path) -> None:
+    """transformers' Trainer saves only the weights of a model that is not its PreTrainedModel: ours reload with
+    the config given (and say so without it); a converted model trained with transformers' own class under Trainer
+    comes back into ours."""
+    import transformers
+
+    torch.manual_seed(0)
+    model = LayoutLMv3ForTokenClassification(_tiny(num_labels=3))
+    _trainer(model, tmp_path / "run", activation_checkpointing=True).save_model(tmp_path / "saved")
+    assert model.config.gradient_checkpointing  # the Trainer switched it on through our method
+    with pytest.raises(FileNotFoundError, match=r"config=model\.config"):
+        LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "saved")
+    reloaded = LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "saved", config=model.config)
+    inputs = random_inputs(batch=2, length=48, vocab_size=300, seed=9)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(**inputs).logits, model.eval()(**inputs).logits, atol=0, rtol=0)
+
+    model.save_pretrained(tmp_path / "hf", format="hf")
+    theirs = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "hf")
+    _trainer(theirs, tmp_path / "run-hf").save_model(tmp_path / "saved-hf")
+    back = LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "saved-hf", trained_head=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(**inputs).logits, theirs.eval()(**inputs).logits, atol=TOLERANCE, rtol=0)
+
+
+def test_a_head_of_another_size_is_an_error_unless_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """As transformers: num_labels=3 on a 7-label model raises, naming ignore_mismatched_sizes; with it the head is
+    initialised afresh with a warning, the backbone loaded."""
+    LayoutLMv3ForTokenClassification(_tiny(num_labels=7)).save_pretrained(tmp_path / "seven")
+    with pytest.raises(ValueError, match="ignore_mismatched_sizes"):
+        LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "seven", num_labels=3)
+    with caplog.at_level(logging.WARNING, logger="layoutlmv3.model.modeling"):
+        three = LayoutLMv3ForTokenClassification.from_pretrained(
+            tmp_path / "seven", num_labels=3, ignore_mismatched_sizes=True
+        )
+    assert three.classifier.linear.out_features == 3
+    assert any("newly initialised" in r.message and r.levelno == logging.WARNING for r in caplog.records)
+    saved = load_file(tmp_path / "seven" / "model.safetensors")
+    assert torch.equal(three.state_dict()["layoutlmv3.encoder.layers.0.ffn_up.weight"],
+                       saved["layoutlmv3.encoder.layers.0.ffn_up.weight"])  # fmt: skip
+
+
+def test_a_fresh_head_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    LayoutLMv3Model(_tiny()).save_pretrained(tmp_path / "bare")
+    with caplog.at_level(logging.WARNING, logger="layoutlmv3.model.modeling"):
+        LayoutLMv3ForSequenceClassification.from_pretrained(tmp_path / "bare", num_labels=4)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "newly initialised" in r.message]
+    assert warned and "classifier.out_proj.weight" in warned[0].getMessage()
+
+
+def test_from_pretrained_takes_transformers_arguments_or_names_them(tmp_path: Path) -> None:
+    LayoutLMv3ForTokenClassification(_tiny(num_labels=2)).save_pretrained(tmp_path / "tagger")
+    load = LayoutLMv3ForTokenClassification.from_pretrained
+    assert next(load(tmp_path / "tagger", torch_dtype=torch.bfloat16).parameters()).dtype == torch.bfloat16
+    assert next(load(tmp_path / "tagger", dtype="float16").parameters()).dtype == torch.float16
+    assert next(load(tmp_path / "tagger", dtype="auto", device_map="cpu").parameters()).dtype == torch.float32
+    labelled = load(tmp_path / "tagger", return_dict=True, id2label={0: "O", 1: "B"}, label2id={"O": 0, "B": 1})
+    assert labelled.config.id2label == {0: "O", 1: "B"}
+    with pytest.raises(ValueError, match="return_dict=False"):
+        load(tmp_path / "tagger", return_dict=False)
+    with pytest.raises(ValueError, match="does not support cache_dir"):
+        load(tmp_path / "tagger", cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="device_map"):
+        load(tmp_path / "tagger", device_map={"": 0})
+
+
+def test_outputs_are_transformers_model_outputs() -> None:
+    import transformers
+
+    inputs = random_inputs(batch=1, length=12, vocab_size=300)
+    for model in (
+        LayoutLMv3Model(_tiny()),
+        LayoutLMv3ForTokenClassification(_tiny()),
+        LayoutLMv3ForSequenceClassification(_tiny()),
+        LayoutLMv3ForQuestionAnswering(_tiny()),
+        LayoutLMv3ForMaskedLM(_tiny()),
+    ):
+        with torch.no_grad():
+            assert isinstance(model.eval()(**inputs), transformers.utils.ModelOutput), type(model).__name__
+
+
+def test_the_model_methods_transformers_users_call() -> None:
+    """gradient_checkpointing_enable (same gradients, the flag set), get_input_embeddings, resize_token_embeddings
+    (old rows kept, tied decoder and config follow)."""
+    torch.manual_seed(0)
+    model = LayoutLMv3ForMaskedLM(_tiny(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).train()
+    inputs = random_inputs(batch=1, length=12, vocab_size=300)
+    labels = inputs["input_ids"].clone()
+
+    def gradients() -> torch.Tensor:
+        model.zero_grad()
+        model(
+            inputs["input_ids"], inputs["bbox"], inputs["attention_mask"], inputs["pixel_values"], labels
+        ).loss.backward()
+        return model.layoutlmv3.encoder.layers[0].ffn_up.weight.grad.clone()
+
+    plain = gradients()
+    assert model.supports_gradient_checkpointing and not model.is_gradient_checkpointing
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.is_gradient_checkpointing and model.config.gradient_checkpointing
+    torch.testing.assert_close(gradients(), plain)
+    model.gradient_checkpointing_disable()
+    assert not model.config.gradient_checkpointing
+    with pytest.raises(ValueError, match="every_n_layers"):
+        model.activation_checkpointing_enable(every_n_layers=2)
+
+    words = model.get_input_embeddings()
+    assert words is model.layoutlmv3.text_embeddings.word and words.num_embeddings == 300
+    before = words.weight.detach().clone()
+    resized = model.resize_token_embeddings(310, pad_to_multiple_of=8)
+    assert resized is model.get_input_embeddings() and resized.num_embeddings == 312
+    assert model.config.vocab_size == 312 and torch.equal(resized.weight[:300], before)
+    assert model.mlm_head.decoder.weight is resized.weight and model.mlm_head.decoder.bias.shape == (312,)
+    inputs["input_ids"][0, 3] = 311  # a new token
+    with torch.no_grad():
+        assert model.eval()(inputs["input_ids"], inputs["bbox"], inputs["attention_mask"]).logits.shape[-1] == 312

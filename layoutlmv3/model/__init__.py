@@ -12,7 +12,6 @@ from .modeling import (
 from .outputs import (
     LayoutLMv3ModelOutput,
     MaskedLMOutput,
-    ModelOutput,
     QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
@@ -29,7 +28,6 @@ __all__ = [
     "LayoutLMv3ModelOutput",
     "LayoutLMv3PreTrainedModel",
     "MaskedLMOutput",
-    "ModelOutput",
     "QuestionAnsweringModelOutput",
     "SequenceClassifierOutput",
     "TokenClassifierOutput",

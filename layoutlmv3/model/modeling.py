@@ -38,6 +38,8 @@ class LayoutLMv3PreTrainedModel(nn.Module):
     # Backbone weights a checkpoint may lack without being wrong: the MIM mask token exists only in pretraining.
     optional_suffixes: tuple[str, ...] = ("visual_embeddings.mask_token",)
     hf_architecture = "LayoutLMv3Model"
+    supports_gradient_checkpointing = True  # transformers' Trainer asks before enabling it
+    main_input_name = "input_ids"
 
     def __init__(self, config: LayoutLMv3Config) -> None:
         super().__init__()
@@ -96,6 +98,83 @@ class LayoutLMv3PreTrainedModel(nn.Module):
             p.numel() for p in self.parameters() if id(p) not in excluded and (p.requires_grad or not only_trainable)
         )
 
+    # ---- what transformers users call on a model -------------------------------------------------------------
+    def activation_checkpointing_enable(
+        self,
+        activation_checkpointing_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """Recompute each layer's activations in the backward pass (the config's `gradient_checkpointing`), as
+        transformers' Trainer asks with `activation_checkpointing=True`. Every layer is checkpointed, on the device,
+        non-reentrantly: `{"use_reentrant": False}` is accepted, any other option is refused by name."""
+        options = {
+            k: v for k, v in (activation_checkpointing_kwargs or {}).items() if (k, v) != ("use_reentrant", False)
+        }
+        if every_n_layers != 1:
+            options["every_n_layers"] = every_n_layers
+        if offload:
+            options["offload"] = offload
+        if options:
+            raise ValueError(
+                f"activation checkpointing here covers every layer, non-reentrantly; unsupported: {options}"
+            )
+        self.config.gradient_checkpointing = True
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        """transformers' older name for `activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        self.config.gradient_checkpointing = False
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.activation_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.config.gradient_checkpointing
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The word-embedding table (the text branch's; a model without one has none to give)."""
+        backbone = getattr(self, "layoutlmv3", self)
+        if not hasattr(backbone, "text_embeddings"):
+            raise ValueError("this model has no text branch (text_embed is false): no input embeddings")
+        return backbone.text_embeddings.word
+
+    def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
+        """Install a new word-embedding table, re-tying every decoder that shares it; the config follows its size."""
+        old = self.get_input_embeddings()
+        getattr(self, "layoutlmv3", self).text_embeddings.word = embeddings
+        for module in self.modules():
+            if isinstance(module, MaskedLMHead) and module.decoder.weight is old.weight:
+                module.decoder.weight = embeddings.weight
+                if module.decoder.bias is not None and len(module.decoder.bias) != embeddings.num_embeddings:
+                    bias = module.decoder.bias.new_zeros(embeddings.num_embeddings)
+                    kept = min(len(bias), len(module.decoder.bias))
+                    bias[:kept] = module.decoder.bias.detach()[:kept]
+                    module.decoder.bias = nn.Parameter(bias)
+                module.decoder.out_features = embeddings.num_embeddings
+        self.config.vocab_size = embeddings.num_embeddings
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None):
+        """Grow or shrink the vocabulary (tokens added to the tokenizer): kept rows keep their vectors, new rows
+        are drawn as at initialisation, tied decoders follow. Returns the new table, as transformers does."""
+        old = self.get_input_embeddings()
+        size = old.num_embeddings if new_num_tokens is None else new_num_tokens
+        if pad_to_multiple_of:
+            size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
+        if size == old.num_embeddings:
+            return old
+        new = nn.Embedding(size, old.embedding_dim, padding_idx=old.padding_idx)
+        new.to(device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            nn.init.normal_(new.weight, std=self.config.initializer_range)
+            kept = min(size, old.num_embeddings)
+            new.weight[:kept] = old.weight[:kept]
+        self.set_input_embeddings(new)
+        return new
+
     # ---- saving -------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, format: str = "native") -> None:
         """Write config.json + model.safetensors. `format="hf"` writes transformers' layout instead, which
@@ -117,17 +196,51 @@ class LayoutLMv3PreTrainedModel(nn.Module):
 
     # ---- loading ------------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, trained_head: bool = False, **config_overrides: Any):
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        trained_head: bool = False,
+        ignore_mismatched_sizes: bool = False,
+        config: LayoutLMv3Config | None = None,
+        dtype: torch.dtype | str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        device_map: str | torch.device | None = None,
+        return_dict: bool = True,
+        **config_overrides: Any,
+    ):
         """Load ours or a transformers LayoutLMv3 directory (config.json + model.safetensors / pytorch_model.bin).
 
         `config_overrides` change execution or head fields, e.g. `num_labels=7, attn_implementation="eager"`.
-        Backbone weights must all be present and of the right shape; a head missing from the checkpoint (or of
-        another size) is freshly initialised, and one the model lacks is ignored, each with a log line — unless
-        `trained_head` (prediction: a fresh head would answer at random), which refuses such a directory.
+        Backbone weights must all be present and of the right shape. As in transformers, a head missing from the
+        checkpoint is freshly initialised and one the model lacks is ignored (each with a warning), while a head of
+        another size (`num_labels=3` on a 7-label model) is an error unless `ignore_mismatched_sizes`; with
+        `trained_head` (prediction: a fresh head would answer at random) any of these is refused.
+
+        transformers' usual arguments: `config` replaces config.json (a weights-only directory, as transformers'
+        Trainer saves our models: `from_pretrained(dir, config=model.config)`); `dtype` / `torch_dtype` (a dtype,
+        its name, or "auto": the saved weights'); `device_map`, one device ("auto": cuda if there is one);
+        `return_dict` must stay True (outputs are ModelOutputs, which also index and unpack like tuples). Any other
+        name must be a config field, or is refused by name.
         """
         directory = Path(directory)
-        config, is_hf = cls._saved_config(directory, config_overrides)
-        saved_by = weights_io.read_config(directory).get("architectures") or []
+        cls._check_loading_arguments(config_overrides, return_dict, device_map)
+        if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+            raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree: pass one")
+        has_config = (directory / weights_io.CONFIG_NAME).exists()
+        if config is None and not has_config and directory.is_dir() and any(directory.glob("*.safetensors")):
+            raise FileNotFoundError(
+                f"{directory} has weights but no {weights_io.CONFIG_NAME} (transformers' Trainer saves only the "
+                "weights of a model that is not its PreTrainedModel): pass the model's config, "
+                "from_pretrained(directory, config=model.config)"
+            )
+        saved = weights_io.read_config(directory) if has_config or config is None else {}
+        if config is None:
+            config, is_hf = cls._saved_config(directory, config_overrides)
+        else:
+            config = LayoutLMv3Config.from_dict({**config.to_dict(), **config_overrides})
+            is_hf = hf_interop.is_hf_config(saved)
+        saved_by = saved.get("architectures") or []
         if trained_head and saved_by and cls.hf_architecture not in saved_by:  # e.g. a page classifier whose
             raise ValueError(  # head happens to fit a token classifier's shapes
                 f"{directory} is not a fine-tuned {cls.__name__}: it was saved as {', '.join(map(str, saved_by))}"
@@ -136,8 +249,40 @@ class LayoutLMv3PreTrainedModel(nn.Module):
         if is_hf:
             weights = hf_interop.hf_to_native(weights)
         model = cls(config)
-        model.load_weights(weights, source=str(directory), trained_head=trained_head)
+        model.load_weights(
+            weights, source=str(directory), trained_head=trained_head, ignore_mismatched_sizes=ignore_mismatched_sizes
+        )
+        chosen_dtype = _loading_dtype(dtype if dtype is not None else torch_dtype, weights)
+        if chosen_dtype is not None:
+            model.to(chosen_dtype)
+        if device_map == "auto":
+            device_map = "cuda" if torch.cuda.is_available() else "cpu"
+        if device_map is not None:
+            model.to(device_map)
         return model
+
+    @classmethod
+    def _check_loading_arguments(cls, overrides: dict[str, Any], return_dict: bool, device_map: Any) -> None:
+        """Refuse, by name, what transformers' `from_pretrained` takes and ours does not do."""
+        if not return_dict:
+            raise ValueError("return_dict=False is not supported: outputs are ModelOutputs, which index and unpack "
+                             "like tuples (out[0], out.to_tuple())")  # fmt: skip
+        if device_map is not None and not isinstance(device_map, str | torch.device):
+            raise ValueError(f"device_map={device_map!r} is not supported: one device only (e.g. 'cuda', 'auto')")
+        label2id = overrides.pop("label2id", None)
+        if label2id is not None:  # transformers users pass both maps; ours keeps id2label only
+            derived = {int(index): label for label, index in label2id.items()}
+            given = {int(k): v for k, v in (overrides.get("id2label") or derived).items()}
+            if given != derived:
+                raise ValueError(f"label2id {label2id} is not the inverse of id2label {overrides['id2label']}")
+            overrides["id2label"] = derived
+        fields = set(LayoutLMv3Config().to_dict())
+        if unknown := sorted(set(overrides) - fields):
+            raise ValueError(
+                f"{cls.__name__}.from_pretrained does not support {', '.join(unknown)}: neither one of its arguments "
+                "(trained_head, ignore_mismatched_sizes, config, dtype/torch_dtype, device_map, return_dict) nor a "
+                "LayoutLMv3Config field"
+            )
 
     @classmethod
     def from_config_of(cls, directory: str | Path, **config_overrides: Any):
@@ -156,10 +301,15 @@ class LayoutLMv3PreTrainedModel(nn.Module):
         return config, is_hf
 
     def load_weights(
-        self, weights: dict[str, torch.Tensor], source: str = "checkpoint", trained_head: bool = False
+        self,
+        weights: dict[str, torch.Tensor],
+        source: str = "checkpoint",
+        trained_head: bool = False,
+        ignore_mismatched_sizes: bool = False,
     ) -> None:
         """Load backbone (+ head) weights saved from this class, the bare model, or another head model (not with
-        `trained_head`: then every weight of this class's head must be there, as fine-tuned)."""
+        `trained_head`: then every weight of this class's head must be there, as fine-tuned). A head weight of
+        another shape is an error unless `ignore_mismatched_sizes` (then it is initialised afresh)."""
         weights = self._align_prefix(weights)
         own = {k: v for k, v in self.state_dict().items() if k not in self.tied_weight_keys}
         backbone = self.base_prefix
@@ -195,10 +345,19 @@ class LayoutLMv3PreTrainedModel(nn.Module):
                 f"{source} is not a fine-tuned {type(self).__name__}: its head lacks or misfits "
                 f"{(missing + mismatched)[:4]} (a model fine-tuned for another task, or not fine-tuned?)"
             )
+        if mismatched and not ignore_mismatched_sizes:
+            details = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched]
+            raise ValueError(
+                f"{source}: head weights of another size ({'; '.join(details[:4])}), e.g. another num_labels; pass "
+                "ignore_mismatched_sizes=True to initialise that head afresh"
+            )
         if missing or mismatched:
-            logger.info("initialising head weights not in %s: %s", source, missing + mismatched)
+            logger.warning(
+                "%s weights were newly initialised, not loaded from %s (train them on your task): %s",
+                type(self).__name__, source, missing + mismatched,
+            )  # fmt: skip
         if head_unexpected:
-            logger.info("ignoring head weights of %s this model has no place for: %s", source, head_unexpected)
+            logger.warning("ignoring head weights of %s this model has no place for: %s", source, head_unexpected)
         loadable = {k: v for k, v in weights.items() if k in own and k not in mismatched}
         self.load_state_dict(loadable, strict=False)
 
@@ -217,6 +376,18 @@ class LayoutLMv3PreTrainedModel(nn.Module):
         if not self.base_prefix and has_prefix:
             return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
         return weights
+
+
+def _loading_dtype(requested: torch.dtype | str | None, weights: dict[str, torch.Tensor]) -> torch.dtype | None:
+    """The dtype `from_pretrained` casts to: a dtype, its name ("bfloat16"), or "auto" (the saved weights')."""
+    if requested is None or isinstance(requested, torch.dtype):
+        return requested
+    if requested == "auto":
+        return next((w.dtype for w in weights.values() if w.is_floating_point()), None)
+    chosen = getattr(torch, requested, None)
+    if not isinstance(chosen, torch.dtype):
+        raise ValueError(f"dtype {requested!r} is not a torch dtype name (e.g. 'float32', 'bfloat16') or 'auto'")
+    return chosen
 
 
 class LayoutLMv3Model(LayoutLMv3PreTrainedModel):

@@ -1,50 +1,16 @@
-"""Model outputs that behave like transformers' `ModelOutput`, so code written for transformers (its `Trainer`,
-pipelines, user loops) reads ours unchanged: `out.logits`, `out["logits"]`, `out[0]` (the loss when there is
-one), slices, `to_tuple()`, `keys()`. As in transformers, fields left None are skipped by indexing and tuples.
+"""Model outputs are transformers' own `ModelOutput` dataclasses, so code written for transformers (its `Trainer`,
+pipelines, `isinstance` checks, user loops) reads ours unchanged: `out.logits`, `out["logits"]`, `out[0]` (the loss
+when there is one), slices, `to_tuple()`, `keys()`; fields left None are skipped by indexing and tuples.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
+from transformers.utils import ModelOutput
 
 Tensors = tuple[torch.Tensor, ...]
-
-
-class ModelOutput:
-    """Mixin for output dataclasses: attribute, key and position access over the fields that are set."""
-
-    def keys(self) -> list[str]:
-        return [field.name for field in dataclasses.fields(self) if getattr(self, field.name) is not None]
-
-    def values(self) -> list[Any]:
-        return [getattr(self, name) for name in self.keys()]
-
-    def items(self) -> list[tuple[str, Any]]:
-        return [(name, getattr(self, name)) for name in self.keys()]
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(self.values())
-
-    def __getitem__(self, key: str | int | slice) -> Any:
-        if isinstance(key, str):
-            if key not in self.keys():
-                raise KeyError(key)
-            return getattr(self, key)
-        return self.to_tuple()[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.keys()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return len(self.keys())
 
 
 @dataclass

@@ -19,7 +19,8 @@ def build_model(config: RunConfig, vocab_size: int, codebook_size: int) -> Layou
     weights = LossWeights(config.objectives.mlm_weight, config.objectives.mim_weight, config.objectives.wpa_weight)
     if section.init_from:
         overrides = {"visual_codebook_size": codebook_size, **section.overrides}
-        model = LayoutLMv3ForPretraining.from_pretrained(section.init_from, **overrides)
+        # Another image tokenizer's codebook: its MIM head starts afresh (a warning), as it did before.
+        model = LayoutLMv3ForPretraining.from_pretrained(section.init_from, ignore_mismatched_sizes=True, **overrides)
         model.loss_weights = weights
     else:
         shape = {"vocab_size": vocab_size, "visual_codebook_size": codebook_size, **section.overrides}

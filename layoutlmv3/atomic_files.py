@@ -24,8 +24,9 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 TEMPORARY_SUFFIX = ".tmp"
@@ -82,9 +83,10 @@ def directory_in_place(path: Path) -> Iterator[Path]:
     A block that raises takes the temporary folder with it and leaves `path` as it was. Folders this host's
     killed writers left beside `path` are removed first (another host's may be a swap in progress). A link to a
     folder stays a link: the folder it names is replaced. A file at `path` is refused, not replaced by a folder."""
-    if os.path.lexists(path) and not path.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "not a folder: a file is not replaced by one", str(path))
     path = path.resolve() if path.is_symlink() else path
+    with suppress(FileNotFoundError):  # one look: a swap of another writer may take the folder aside meanwhile
+        if not stat.S_ISDIR(os.stat(path).st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder: a file is not replaced by one", str(path))
     remove_dead_temporaries_of([path])
     staged = temporary_path(path)
     try:

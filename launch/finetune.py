@@ -16,28 +16,21 @@ Tesseract. An interrupted run resumes from OUTPUT/checkpoints (--resume auto, th
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_prep.page_words import ocr_missing_words, write_words_from_shards
-from data_prep.synth import DOCUMENT_KINDS, write_class_split, write_cord_split, write_corpus, write_question_split
-from layoutlmv3.atomic_files import remove_dead_temporaries_of
+from data_prep.finetune_data import fill_missing_words, write_synthetic_forms
+from data_prep.synth import DOCUMENT_KINDS
 from layoutlmv3.config_help import add_common_arguments, config_yaml, report_bad_config, settings_help
-from layoutlmv3.finetune.classes import listed_pages
 from layoutlmv3.finetune.config import (
     FinetuneConfig,
     load_finetune_config,
 )
-from layoutlmv3.finetune.funsd import SPLITS
-from layoutlmv3.finetune.qa import question_images
 from layoutlmv3.finetune.train import RESULTS_FILE, finetune
-from layoutlmv3.page_layout import words_file
 from layoutlmv3.training.signals import EXIT_OK
 
 EPILOG = """\
@@ -82,65 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
         "train/ (+ val/) + test/ (default: synthetic pages for the task)",
     )
     return parser
-
-
-def write_synthetic_forms(config: FinetuneConfig) -> Path:
-    """Synthetic pages under output.dir/synthetic in data.format's layout (FUNSD forms, or CORD-layout receipts
-    with train/dev/test), written once: the ranks of a node start together, so the first takes a lock and writes
-    while the others wait, then find them complete."""
-    root = Path(config.output.dir) / "synthetic"
-    root.mkdir(parents=True, exist_ok=True)
-    data, seed = config.data, config.train.seed
-    kind = config.task if config.task in ("classes", "questions") else data.format
-    asked = f"-{data.synthetic_questions_per_page or 'all'}q" if kind == "questions" else ""
-    done = root / f".complete-{kind}{asked}-{data.synthetic_train_pages}-{data.synthetic_test_pages}-{seed}"
-    with open(root / ".lock", "w") as lock:
-        fcntl.lockf(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            started = time.perf_counter()  # a minute or more for big synthetic splits: say when it starts and ends
-            logging.getLogger("synthetic").info("writing synthetic %s pages under %s", kind, root)
-            if kind == "questions":  # key -> value questions of the forms, words beside each page
-                per_page = data.synthetic_questions_per_page or None
-                write_question_split(root / "train", data.synthetic_train_pages, seed=seed, per_page=per_page)
-                write_question_split(root / "test", data.synthetic_test_pages, seed=seed + 1, per_page=per_page)
-            elif kind == "classes":  # the page templates as document classes, words beside each page
-                write_class_split(root / "train", data.synthetic_train_pages, seed=seed)
-                write_class_split(root / "test", data.synthetic_test_pages, seed=seed + 1)
-            elif kind == "cord":
-                dev_pages = max(1, round(data.synthetic_train_pages * data.dev_fraction))
-                write_cord_split(root / "train", data.synthetic_train_pages - dev_pages, seed=seed)
-                write_cord_split(root / "dev", dev_pages, seed=seed + 2)
-                write_cord_split(root / "test", data.synthetic_test_pages, seed=seed + 1)
-            else:
-                write_corpus(root / SPLITS[0], data.synthetic_train_pages, seed=seed)
-                write_corpus(root / SPLITS[1], data.synthetic_test_pages, seed=seed + 1)
-            done.touch()
-            logging.getLogger("synthetic").info("synthetic pages written (%.0f s)", time.perf_counter() - started)
-    return root
-
-
-def _pages(task: str, root: Path) -> list[Path]:
-    """The page images of a document-class or question root (train, val and test splits present)."""
-    splits = [name for name in ("train", "val", "test") if (root / name).is_dir() or (root / f"{name}.txt").is_file()]
-    if task == "classes":
-        return [image for split in splits for image, _ in listed_pages(root / split)]
-    return sorted({image for split in splits for image in question_images(root / split)})
-
-
-def fill_missing_words(config: FinetuneConfig) -> None:
-    """Words files for the pages of a document-class or question root that have none: from data_prep shards
-    (data.words_from_shards) where given, else Tesseract. The ranks of a node start together: one does it."""
-    root = Path(config.data.dir)
-    pages = _pages(config.task, root)
-    if all(words_file(page).is_file() for page in pages):
-        return  # every page has its words: nothing is written (a read-only data root is fine)
-    with open(root / ".ocr.lock", "w") as lock:
-        fcntl.lockf(lock, fcntl.LOCK_EX)  # the pages stay; which have words files is read again under the lock
-        remove_dead_temporaries_of(words_file(page) for page in pages)  # of a run killed while writing them
-        if config.data.words_from_shards:
-            written = write_words_from_shards(config.data.words_from_shards, pages)
-            logging.getLogger("words").info("%d words files written from %s", written, config.data.words_from_shards)
-        ocr_missing_words(pages)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -220,7 +220,7 @@ def test_classify_finds_no_pages_or_an_unwritable_out_before_any_work(tmp_path, 
 def test_a_data_root_whose_pages_all_have_words_is_only_read(tmp_path) -> None:
     """Words are written (under a lock file in the root) only for pages that lack them: a read-only data root
     with every words file present trains, and no lock file is left among the user's data."""
-    from launch.finetune import fill_missing_words
+    from data_prep.finetune_data import fill_missing_words
     from layoutlmv3.finetune.config import FinetuneConfig
 
     (tmp_path / "train" / "letter").mkdir(parents=True)
@@ -239,8 +239,8 @@ def test_words_temporaries_a_killed_run_left_beside_the_pages_are_removed_on_the
     import socket
     import subprocess
 
+    from data_prep.finetune_data import fill_missing_words
     from data_prep.synth import write_class_split
-    from launch.finetune import fill_missing_words
     from layoutlmv3.finetune.config import FinetuneConfig
     from layoutlmv3.page_layout import words_file
 

@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 
 from data_prep.build_shards import BuildConfig, build
+from data_prep.finetune_data import fill_missing_words
 from data_prep.synth import DOCUMENT_KINDS, write_class_split
 from data_prep.synth.generate import generate_page
 from launch.classify import main as classify_main
-from launch.finetune import fill_missing_words
 from layoutlmv3.finetune.classes import class_names, page_words, read_class_split, words_file
 from layoutlmv3.finetune.classify_job import class_scores, draw_confusion
 from layoutlmv3.finetune.config import load_finetune_config

@@ -205,7 +205,7 @@ def _class_root(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.mark.parametrize("kind", ["dotdot", "absolute", "link"])
 def test_a_classification_index_line_leading_outside_the_root_is_refused(tmp_path: Path, kind: str) -> None:
     """Named with file and line, before any page is read or any words file written (outside or in the root)."""
-    from launch.finetune import fill_missing_words
+    from data_prep.finetune_data import fill_missing_words
     from layoutlmv3.finetune.classes import class_names, listed_pages
     from layoutlmv3.finetune.config import FinetuneConfig
 
@@ -568,7 +568,7 @@ def test_fine_tuning_ocr_of_pages_without_words_opens_them_as_every_page_reader(
     """launch/finetune.py OCRs the pages of a class folder that have no words file: a FIFO there blocked it for
     ever, a 12000x12000 page was decoded (144 M pixels) and handed to Tesseract. Both refused by name, unread."""
     import data_prep.page_words
-    from launch.finetune import fill_missing_words
+    from data_prep.finetune_data import fill_missing_words
     from layoutlmv3.data_roots import NotARegularFile
     from layoutlmv3.finetune.config import FinetuneConfig
 

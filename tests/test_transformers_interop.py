@@ -112,6 +112,12 @@ def test_a_converted_model_is_transformers_own(tmp_path: Path) -> None:
     torch.testing.assert_close(theirs["processor.pixel_values"], inputs["pixel_values"], atol=TOLERANCE, rtol=0)
 
 
+def test_a_model_directory_converts_only_to_transformers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    LayoutLMv3Model(LayoutLMv3Config.from_flavor("tiny", vocab_size=300)).save_pretrained(tmp_path / "ours")
+    assert convert_main(["--model", str(tmp_path / "ours"), "--out", str(tmp_path / "out")]) == 2
+    assert "--to hf" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def _tiny(**overrides) -> LayoutLMv3Config:
     return LayoutLMv3Config.from_flavor("tiny", vocab_size=300, **overrides)
 

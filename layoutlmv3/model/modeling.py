@@ -349,7 +349,8 @@ class LayoutLMv3PreTrainedModel(nn.Module):
             details = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched]
             raise ValueError(
                 f"{source}: head weights of another size ({'; '.join(details[:4])}), e.g. another num_labels; pass "
-                "ignore_mismatched_sizes=True to initialise that head afresh"
+                "ignore_mismatched_sizes=True to initialise that head afresh (fine-tuning: --model.overrides "
+                "'{ignore_mismatched_sizes: true}')"
             )
         if missing or mismatched:
             logger.warning(

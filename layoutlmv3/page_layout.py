@@ -20,6 +20,7 @@ from PIL import Image
 from layoutlmv3.json_files import read_json_file
 from layoutlmv3.tokenizer import MAX_COORD
 
+BOX_LEVELS = ("word", "segment")  # what `model_words` can give as a word's layout position
 BOX_MARGIN = 0.1  # fraction of the page a box may overhang an edge before it is absurd (beyond that: refused)
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 

@@ -17,7 +17,7 @@ pixel normalisation) instead. A fine-tuned model carries the windows it was tune
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,8 @@ from PIL import Image
 
 from layoutlmv3.constants import IGNORE_INDEX, NO_WORD
 from layoutlmv3.json_files import read_json_file
-from layoutlmv3.page_layout import normalize_box
+from layoutlmv3.model import LayoutLMv3Config
+from layoutlmv3.page_layout import BOX_LEVELS, normalize_box
 from layoutlmv3.tokenizer import Encoding, LayoutLMv3Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ IMAGE_MEAN, IMAGE_STD = 0.5, 0.5  # IMAGENET_STANDARD_MEAN / STD, per channel
 MAX_QUESTION_TOKENS = 64  # a longer question is cut to this many tokens (once said)
 PROCESSING_FILE = "processing.json"  # beside a fine-tuned model: how its pages were made inputs
 DEFAULT_PROCESSING = {"max_length": 512, "stride": 128, "boxes": "segment"}  # for a model without the file
+WINDOWS_PER_FORWARD = 8  # a predictor runs a page's windows this many at a time: memory bounded however long the page
 
 
 def resize_page(image: Image.Image, size: int) -> Image.Image:
@@ -78,6 +80,13 @@ class PageInputs:
         if self.pixel_values is not None:
             inputs["pixel_values"] = self.pixel_values.expand(len(self.input_ids), -1, -1, -1)
         return inputs
+
+    def model_batches(self, windows: int = WINDOWS_PER_FORWARD) -> Iterator[dict[str, torch.Tensor]]:
+        """`model_inputs` a few windows at a time, for a forward whose memory does not grow with the page (a words
+        file of 10^5 words is a thousand windows)."""
+        inputs = self.model_inputs()
+        for start in range(0, len(self.input_ids), windows):
+            yield {name: value[start : start + windows] for name, value in inputs.items()}
 
     def window(self, index: int) -> dict[str, torch.Tensor]:
         """Window `index` as a dataset item: its row of every tensor there is, and the page image."""
@@ -129,6 +138,8 @@ class LayoutLMv3Processor:
             boxes = [normalize_box(box, *image.size) for box in boxes]
         pixel_values = None if image is None else page_pixels(image, self.image_size)
         if questions is not None:
+            if not questions:
+                raise ValueError("no questions: a page is asked at least one")
             if labels is not None or page_label is not None:
                 raise ValueError("questions are labelled by their answer spans, not by word or page labels")
             return self._question_inputs(questions, words, boxes, answer_spans, pixel_values)
@@ -256,11 +267,16 @@ def _answer_positions(window: Encoding, span: tuple[int, int] | None) -> tuple[i
 
 
 def processing_settings(
-    model_dir: str | Path, max_length: int | None = None, stride: int | None = None, boxes: str | None = None
+    model_dir: str | Path,
+    max_length: int | None = None,
+    stride: int | None = None,
+    boxes: str | None = None,
+    model_config: LayoutLMv3Config | None = None,
 ) -> dict[str, Any]:
     """The window length, stride and box level to read pages at for the model in `model_dir`: those given, else
     those it was fine-tuned with (its PROCESSING_FILE), else DEFAULT_PROCESSING, so a predictor prepares pages as
-    training did unless told otherwise."""
+    training did unless told otherwise. A box level there is none of, or (with `model_config`) a window longer than
+    the model's text positions, is an error naming where it came from, before a page is padded to it."""
     path = Path(model_dir) / PROCESSING_FILE
     saved = read_json_file(path) if path.exists() else {}  # a broken file is named, never silently ignored
     if not isinstance(saved, dict):
@@ -270,7 +286,16 @@ def processing_settings(
         if default is not None and (type(value) is not type(default)):
             raise ValueError(f"{path}: {name} must be {type(default).__name__}, got {value!r}")
     given = {"max_length": max_length, "stride": stride, "boxes": boxes}
-    return {
+    settings = {
         name: saved.get(name, value) if given[name] is None else given[name]
         for name, value in DEFAULT_PROCESSING.items()
     }
+    source = {name: f"{path}: {name}" if given[name] is None else name for name in given}
+    if settings["boxes"] not in BOX_LEVELS:
+        raise ValueError(f"{source['boxes']} must be one of {BOX_LEVELS}, got {settings['boxes']!r}")
+    if model_config is not None:  # RoBERTa's positions start after the pad id
+        longest = model_config.max_position_embeddings - model_config.pad_token_id - 1
+        if settings["max_length"] > longest:
+            raise ValueError(f"{source['max_length']} {settings['max_length']} is beyond the model's {longest} text "
+                             f"positions (max_position_embeddings {model_config.max_position_embeddings})")  # fmt: skip
+    return settings

@@ -49,6 +49,8 @@ MAX_COORD = 1000
 SPECIAL_BOX = (0, 0, 0, 0)
 IGNORE_LABEL = IGNORE_INDEX  # labels the loss skips (the model's one definition)
 DEFAULT_MODEL_MAX_LENGTH = 512
+PADDINGS = (False, True, "do_not_pad", "longest", "max_length")  # transformers' values `__call__` takes
+TRUNCATIONS = (None, False, True, "do_not_truncate", "longest_first", "only_first", "only_second")
 
 VOCAB_FILE, MERGES_FILE, CONFIG_FILE = "vocab.json", "merges.txt", "tokenizer_config.json"
 MERGES_HEADER = "#version: 0.2"
@@ -221,13 +223,20 @@ class LayoutLMv3Tokenizer:
         padding: False, True/"longest" or "max_length"; truncation (default: when `max_length` is given without
         padding) keeps the first `max_length` tokens, or with `return_overflowing_tokens` cuts the page into windows
         sharing `stride` tokens (`overflow_to_sample_mapping` says whose); return_tensors: None (lists) or "pt"."""
+        if padding not in PADDINGS or truncation not in TRUNCATIONS:  # a typo is named, not read as no padding
+            raise ValueError(f"padding must be one of {PADDINGS} and truncation one of {TRUNCATIONS}, got padding="
+                             f"{padding!r}, truncation={truncation!r}")  # fmt: skip
         batched = bool(text) and not isinstance(text[0], str)
+        if batched and (len(boxes) != len(text) or (word_labels is not None and len(word_labels) != len(text))):
+            raise ValueError(f"a batch of {len(text)} pages needs as many boxes and word_labels lists, got "
+                             f"{len(boxes)} and {'none' if word_labels is None else len(word_labels)}")  # fmt: skip
         pages = list(zip(text, boxes, word_labels or [None] * len(text))) if batched else [(text, boxes, word_labels)]
         if truncation is None:  # as transformers: max_length alone truncates, unless padding is asked for too
             truncate = max_length is not None and padding is False
         else:
             truncate = truncation not in (False, "do_not_truncate")
-        length = (max_length or self.model_max_length) if truncate or padding == "max_length" else None
+        longest = self.model_max_length if max_length is None else max_length
+        length = longest if truncate or padding == "max_length" else None
         rows, owners = [], []
         for index, (words, page_boxes, labels) in enumerate(pages):
             if truncate and return_overflowing_tokens:

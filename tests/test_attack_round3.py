@@ -101,3 +101,150 @@ def test_a_full_disk_during_a_folder_swap_keeps_the_old_folder_and_names_it(tmp_
             (staged / "w").write_bytes(b"n" * 1_200_000)
         assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(disk / "best")
         assert os.listdir(disk) == ["best"] and (disk / "best" / "w").read_bytes()[:1] == b"o"
+
+
+# The page processor's call, the predictors and the tokenizer's transformers-style call.
+
+WORDS = ["Date", "Total", "Name", "Amount", "Signature", "Remarks", "approved", "received", "1998", "John"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Untrained tiny models of the three predictors' kinds, saved as fine-tuning saves them (no processing.json)."""
+    from layoutlmv3.finetune.funsd import LABELS
+    from layoutlmv3.model import (
+        LayoutLMv3Config,
+        LayoutLMv3ForQuestionAnswering,
+        LayoutLMv3ForSequenceClassification,
+        LayoutLMv3ForTokenClassification,
+    )
+    from layoutlmv3.tokenizer import train_bpe
+
+    root = tmp_path_factory.mktemp("attack_models")
+    tokenizer = train_bpe(WORDS * 3, vocab_size=400)
+    kinds = {
+        "entities": (
+            LayoutLMv3ForTokenClassification,
+            {"num_labels": len(LABELS), "id2label": dict(enumerate(LABELS))},
+        ),
+        "classes": (LayoutLMv3ForSequenceClassification, {"num_labels": 2, "id2label": {0: "memo", 1: "form"}}),
+        "questions": (LayoutLMv3ForQuestionAnswering, {}),
+    }
+    for name, (model_class, labels) in kinds.items():
+        config = LayoutLMv3Config.from_flavor("tiny", vocab_size=tokenizer.vocab_size, **labels)
+        model_class(config).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return {name: root / name for name in kinds}
+
+
+def _page_words(count: int) -> list:
+    from data_prep.ocr import Word
+
+    return [Word(WORDS[i % len(WORDS)], [5 + (i % 19) * 10, 5 + (i // 19) % 9 * 10, 12 + (i % 19) * 10, 12], i // 19)
+            for i in range(count)]  # fmt: skip
+
+
+def _with_processing(models: dict[str, Path], kind: str, tmp_path: Path, settings: dict) -> Path:
+    import json
+    import shutil
+
+    from layoutlmv3.processing import PROCESSING_FILE
+
+    model = tmp_path / kind
+    shutil.copytree(models[kind], model)
+    (model / PROCESSING_FILE).write_text(json.dumps(settings))
+    return model
+
+
+def test_a_window_longer_than_the_model_in_processing_json_is_refused_before_a_page_is_padded(models, tmp_path) -> None:
+    """processing.json with max_length 10**9 built 10**9-token windows per page (a MemoryError or the OOM killer
+    at the first page); 2048 on a 512-position model failed at the first forward. Both are refused when the model
+    is loaded, naming the file."""
+    from layoutlmv3.finetune.answerer import Answerer
+    from layoutlmv3.finetune.classifier import Classifier
+    from layoutlmv3.finetune.predict import Predictor
+
+    for kind, predictor in (("entities", Predictor), ("classes", Classifier), ("questions", Answerer)):
+        model = _with_processing(models, kind, tmp_path, {"max_length": 10**9, "stride": 128, "boxes": "word"})
+        with pytest.raises(ValueError, match=r"processing\.json: max_length 1000000000 is beyond the model's"):
+            predictor(model)
+    with pytest.raises(ValueError, match="^max_length 2048 is beyond"):
+        Predictor(models["entities"], max_length=2048)
+
+
+def test_a_box_level_there_is_none_of_is_refused_by_every_predictor(models, tmp_path) -> None:
+    """{"boxes": "nope"} (or --boxes nope) was taken by the classifier and the answerer as word boxes, silently."""
+    from layoutlmv3.finetune.answerer import Answerer
+    from layoutlmv3.finetune.classifier import Classifier
+
+    model = _with_processing(models, "questions", tmp_path, {"boxes": "nope"})
+    with pytest.raises(ValueError, match=r"processing\.json: boxes must be one of \('word', 'segment'\), got 'nope'"):
+        Answerer(model)
+    with pytest.raises(ValueError, match="^boxes must be one of"):
+        Classifier(models["classes"], boxes="nope")
+
+
+def test_no_questions_is_a_clear_error(models) -> None:
+    """questions=[] failed as 'not enough values to unpack' deep in the answer search."""
+    from PIL import Image
+
+    from layoutlmv3.finetune.answerer import Answerer
+
+    answerer = Answerer(models["questions"], max_length=64, stride=16)
+    with pytest.raises(ValueError, match="no questions"):
+        answerer.answer(Image.new("RGB", (200, 100), "white"), _page_words(3), [])
+
+
+def test_a_long_page_is_run_a_few_windows_at_a_time(models, monkeypatch) -> None:
+    """A words file of 10^5 words is a thousand windows, all fed to one forward (0.9 GB for the tiny model, more
+    than a GPU holds for the base one): the predictors now run WINDOWS_PER_FORWARD at a time, same answers."""
+    from PIL import Image
+
+    from layoutlmv3.finetune.answerer import Answerer
+    from layoutlmv3.finetune.predict import Predictor
+    from layoutlmv3.processing import WINDOWS_PER_FORWARD
+
+    page, words = Image.new("RGB", (200, 100), "white"), _page_words(400)
+    predictor = Predictor(models["entities"], max_length=32, stride=8)
+    sizes = _forward_sizes(predictor.model, monkeypatch)
+    assert len(predictor.predict(page, words).words) == 400
+    assert len(sizes) > 1 and max(sizes) <= WINDOWS_PER_FORWARD
+    answerer = Answerer(models["questions"], max_length=48, stride=8)
+    sizes = _forward_sizes(answerer.model, monkeypatch)
+    assert len(answerer.answer(page, words, ["Total?", "Date?"])) == 2
+    assert len(sizes) > 1 and max(sizes) <= WINDOWS_PER_FORWARD
+
+
+def _forward_sizes(model, monkeypatch) -> list[int]:
+    """How many windows each forward of `model` is given."""
+    sizes: list[int] = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda **batch: sizes.append(len(batch["input_ids"])) or forward(**batch))
+    return sizes
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [({"padding": "maxlength"}, "padding must be one of"), ({"truncation": "yes", "max_length": 3}, "truncation"),
+     ({"max_length": 0}, "max_length must be at least 2")],
+)  # fmt: skip
+def test_the_tokenizers_call_names_a_setting_it_cannot_take(models, call, message) -> None:
+    """padding="maxlength" (a typo) padded nothing; truncation="yes" truncated; max_length=0 meant the default."""
+    from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+
+    tokenizer = LayoutLMv3Tokenizer.from_pretrained(models["entities"])
+    with pytest.raises(ValueError, match=message):
+        tokenizer(["Date", "John"], boxes=[[1, 2, 3, 4], [5, 6, 7, 8]], **call)
+
+
+def test_a_batch_with_fewer_boxes_lists_than_pages_is_refused_not_cut(models) -> None:
+    """tok([page1, page2], boxes=[boxes1]) returned one row: the second page was dropped without a word."""
+    from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
+
+    tokenizer = LayoutLMv3Tokenizer.from_pretrained(models["entities"])
+    page, boxes = ["Date", "John"], [[1, 2, 3, 4], [5, 6, 7, 8]]
+    with pytest.raises(ValueError, match="a batch of 2 pages"):
+        tokenizer([page, page], boxes=[boxes])
+    with pytest.raises(ValueError, match="a batch of 2 pages"):
+        tokenizer([page, page], boxes=[boxes, boxes], word_labels=[[0, 1]])
+    assert len(tokenizer([page, page], boxes=[boxes, boxes])["input_ids"]) == 2

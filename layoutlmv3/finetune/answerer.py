@@ -32,7 +32,7 @@ class Answerer:
         device: str = "cpu",
     ) -> None:
         self.model = LayoutLMv3ForQuestionAnswering.from_pretrained(model_dir, trained_head=True).to(device).eval()
-        settings = processing_settings(model_dir, max_length, stride, boxes)
+        settings = processing_settings(model_dir, max_length, stride, boxes, self.model.config)
         tokenizer = LayoutLMv3Tokenizer.from_pretrained(model_dir)
         image_size = self.model.config.input_size
         self.processor = LayoutLMv3Processor(tokenizer, image_size, settings["max_length"], settings["stride"])
@@ -45,9 +45,11 @@ class Answerer:
         texts, boxes = model_words(words, *image.size, self.boxes)
         inputs = self.processor(image, texts, boxes, boxes_normalized=True, questions=questions)
         parameter = next(self.model.parameters())
-        output = self.model(**model_inputs(inputs.model_inputs(), self.model.config, self.device, parameter.dtype))
         text = inputs.input_ids.shape[1]  # the head scores visual positions too; answers are text
-        logits = list(zip(output.start_logits[:, :text].float().cpu(), output.end_logits[:, :text].float().cpu()))
+        logits = []
+        for part in inputs.model_batches():
+            output = self.model(**model_inputs(part, self.model.config, self.device, parameter.dtype))
+            logits += zip(output.start_logits[:, :text].float().cpu(), output.end_logits[:, :text].float().cpu())
         windows = [inputs.window(row) for row in range(len(inputs.input_ids))]
         asked = [Question(str(n), question, Path(), texts, boxes, [], None) for n, question in enumerate(questions)]
         return best_answers(asked, windows, logits)

@@ -30,7 +30,7 @@ class Classifier:
         if len(config.id2label) != config.num_labels:
             raise ValueError(f"{model_dir} names no classes (id2label): not a fine-tuned document classifier")
         self.classes = [config.id2label[index] for index in range(config.num_labels)]
-        settings = processing_settings(model_dir, max_length, 0, boxes)  # stride 0: the first window decides
+        settings = processing_settings(model_dir, max_length, 0, boxes, config)  # stride 0: the first window decides
         tokenizer = LayoutLMv3Tokenizer.from_pretrained(model_dir)
         self.processor = LayoutLMv3Processor(tokenizer, config.input_size, settings["max_length"], 0)
         self.boxes, self.device = settings["boxes"], torch.device(device)

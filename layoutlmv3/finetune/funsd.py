@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layoutlmv3.json_files import read_json_file
-from layoutlmv3.page_layout import BadBox, normalize_box
+from layoutlmv3.page_layout import BOX_LEVELS, BadBox, normalize_box
 from layoutlmv3.page_sources import IMAGE_SUFFIXES, open_image
 
 ENTITY_TYPES = ("HEADER", "QUESTION", "ANSWER")  # FUNSD's, in the order its label ids have always had
@@ -33,7 +33,6 @@ def bio_labels(entity_types: Sequence[str]) -> tuple[str, ...]:
 
 LABELS = bio_labels(ENTITY_TYPES)  # FUNSD's seven
 LABEL_IDS = {label: index for index, label in enumerate(LABELS)}
-BOX_LEVELS = ("word", "segment")
 SPLITS = ("training_data", "testing_data")
 
 

@@ -26,7 +26,6 @@ from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 from .dataset import model_inputs
 from .evaluate import merge_windows
-from .funsd import BOX_LEVELS
 
 COLORS = {"HEADER": (31, 119, 180), "QUESTION": (44, 160, 44), "ANSWER": (255, 127, 14)}
 OTHER_COLOR = (148, 103, 189)
@@ -74,10 +73,8 @@ class Predictor:
         stride: int | None = None,
         boxes: str | None = None,
     ) -> None:
-        settings = processing_settings(model_dir, max_length, stride, boxes)
-        if settings["boxes"] not in BOX_LEVELS:
-            raise ValueError(f"boxes must be one of {BOX_LEVELS}, got {settings['boxes']!r}")
         self.model = LayoutLMv3ForTokenClassification.from_pretrained(model_dir, trained_head=True).to(device).eval()
+        settings = processing_settings(model_dir, max_length, stride, boxes, self.model.config)
         if len(self.model.config.id2label) != self.model.config.num_labels:
             raise ValueError(f"{model_dir} names no labels (id2label): not a fine-tuned token classifier")
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
@@ -116,8 +113,12 @@ class Predictor:
             return [], []
         inputs = self.processor(image, words, boxes, boxes_normalized=True)
         parameter = next(self.model.parameters())
-        batch = model_inputs(inputs.model_inputs(), self.model.config, self.device, parameter.dtype)
-        probabilities = self.model(**batch).logits.float().softmax(-1).cpu()
+        probabilities = torch.cat(
+            [
+                self.model(**model_inputs(part, self.model.config, self.device, parameter.dtype)).logits.float().cpu()
+                for part in inputs.model_batches()
+            ]
+        ).softmax(-1)
         merged = merge_windows(
             len(words), ((i, word_ids, probabilities[i]) for i, word_ids in enumerate(inputs.word_ids))
         )

@@ -16,13 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from data_prep.ocr import Word
 from data_prep.page_words import ocr_words
 from data_prep.pages import read_page, read_pages, scan_folder
 from data_prep.rejects import PageRejected
-from layoutlmv3.finetune.predict import Predictor, draw
+from layoutlmv3.atomic_files import file_in_place, write_text
+from layoutlmv3.finetune.predict import PagePrediction, Predictor, draw
 from layoutlmv3.page_layout import BadBox, read_words
 from layoutlmv3.progress import progress
 
@@ -74,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _batch(predictor, args.image, files, args.out, args.viz)
         words = read_words(args.words) if args.words else None
         _page(predictor, args.image, args.page, words, args.out, args.viz)
-    except (ValueError, FileNotFoundError, PageRejected) as error:  # BadBox is a ValueError
+    except (ValueError, OSError, PageRejected) as error:  # BadBox is a ValueError; OSError: a full disk, say
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}")
@@ -122,11 +124,7 @@ def check_device(device: str) -> None:
 def _page(predictor: Predictor, path: Path, page: int, words: list[Word] | None, out: Path, viz: Path | None) -> None:
     image = read_page(path, page)  # a page that cannot be read, or is over the pixel cap: ValueError naming it
     prediction = predictor.predict(image, ocr_words(image) if words is None else words, name=str(path), page=page)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(prediction.to_json(), encoding="utf-8")
-    if viz:
-        viz.parent.mkdir(parents=True, exist_ok=True)
-        draw(image, prediction).save(viz)
+    _write(prediction, image, out, viz)
 
 
 def _batch(predictor: Predictor, root: Path, files: list[str], out: Path, viz: Path | None) -> int:
@@ -144,13 +142,19 @@ def _batch(predictor: Predictor, root: Path, files: list[str], out: Path, viz: P
                 tqdm.write(f"skipped {relative} page {number}: {error}", file=sys.stderr)  # above the bar, not into it
                 failed += 1
                 continue
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            (out / name).write_text(prediction.to_json(), encoding="utf-8")
-            if viz:
-                (viz / name).parent.mkdir(parents=True, exist_ok=True)
-                draw(image, prediction).save((viz / name).with_suffix(".png"))
+            _write(prediction, image, out / name, None if viz is None else (viz / name).with_suffix(".png"))
     print(f"wrote {out}" + (f" ({failed} page(s) skipped)" if failed else ""))
     return 1 if failed else 0
+
+
+def _write(prediction: PagePrediction, image: Image.Image, out: Path, viz: Path | None) -> None:
+    """The result (and its picture) written whole or not at all: a full disk leaves no half JSON to be read."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, prediction.to_json())
+    if viz:
+        viz.parent.mkdir(parents=True, exist_ok=True)
+        with file_in_place(viz) as temporary:
+            draw(image, prediction).save(temporary, format=Image.registered_extensions().get(viz.suffix.lower(), "PNG"))
 
 
 if __name__ == "__main__":

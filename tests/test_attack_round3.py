@@ -248,3 +248,26 @@ def test_a_batch_with_fewer_boxes_lists_than_pages_is_refused_not_cut(models) ->
     with pytest.raises(ValueError, match="a batch of 2 pages"):
         tokenizer([page, page], boxes=[boxes, boxes], word_labels=[[0, 1]])
     assert len(tokenizer([page, page], boxes=[boxes, boxes])["input_ids"]) == 2
+
+
+def test_predict_on_a_full_disk_says_one_line_and_leaves_no_half_result(models, tmp_path, capsys) -> None:
+    """launch/predict.py wrote --out with a plain write: a full disk left a half JSON where the result goes and
+    ended in an OSError traceback. The result is written whole or not at all, and the error is one line."""
+    import json
+
+    from PIL import Image
+
+    from launch.predict import main as predict_main
+
+    page = tmp_path / "page.png"
+    Image.new("RGB", (200, 100), "white").save(page)
+    words = [{"text": w, "box": [10 + 18 * i, 10, 26 + 18 * i, 20], "line": 0} for i, w in enumerate(WORDS)]
+    (tmp_path / "words.json").write_text(json.dumps({"words": words}))
+    with _small_disk(tmp_path / "disk", size="64k") as disk:
+        with contextlib.suppress(OSError):
+            (disk / "filler").write_bytes(b"x" * 200_000)  # the disk is now full
+        argv = ["--model", str(models["entities"]), "--image", str(page), "--words", str(tmp_path / "words.json")]
+        assert predict_main([*argv, "--out", str(disk / "page.json")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "No space left on device" in err[0] and str(disk / "page.json") in err[0], err
+        assert sorted(os.listdir(disk)) == ["filler"]

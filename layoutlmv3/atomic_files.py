@@ -19,6 +19,7 @@ No project imports: the model package and data_prep use it alike.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import secrets
@@ -30,11 +31,26 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 TEMPORARY_SUFFIX = ".tmp"
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, NFS)
 
 
 def temporary_path(path: Path) -> Path:
     """A fresh hidden name beside `path` to write it under: ``.NAME.HOST.PID-TOKEN.tmp``."""
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}-{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
+    stem = _temporary_stem(path.name)
+    return path.with_name(f".{stem}.{socket.gethostname()}.{os.getpid()}-{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
+
+
+def _temporary_stem(name: str) -> str:
+    """`name` as its temporaries spell it: whole, or, where the temporary's name would pass NAME_MAX (a page named
+    at length), cut and followed by a digest of the whole, so a name the file system takes can always be written."""
+    room = NAME_MAX - len(f"..{socket.gethostname()}.{'9' * 10}-{'f' * 8}{TEMPORARY_SUFFIX}".encode())
+    if len(name.encode()) <= room:
+        return name
+    digest = "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
+    cut = name
+    while len((cut + digest).encode()) > room:
+        cut = cut[:-1]
+    return cut + digest
 
 
 def target_of_temporary(path: Path) -> Path | None:
@@ -179,7 +195,7 @@ def remove_dead_temporaries_of(paths: Iterable[Path]) -> list[Path]:
 def _writer(entry: str, name: str) -> tuple[str, int] | None:
     """(host, PID) of a `temporary_path` of `name` (``.NAME.HOST.PID-TOKEN.tmp``, or ``.NAME.HOST.PID.tmp`` as
     written before tokens were), None for any other entry: a user's ``.NAME.backup.tmp`` is not a temporary."""
-    head = f".{name}."
+    head = f".{_temporary_stem(name)}."
     if not (entry.startswith(head) and entry.endswith(TEMPORARY_SUFFIX)):
         return None
     match = re.fullmatch(r"(.+)\.(\d+)(?:-[0-9a-f]+)?", entry[len(head) : -len(TEMPORARY_SUFFIX)])

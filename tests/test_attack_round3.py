@@ -271,3 +271,19 @@ def test_predict_on_a_full_disk_says_one_line_and_leaves_no_half_result(models, 
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "No space left on device" in err[0] and str(disk / "page.json") in err[0], err
         assert sorted(os.listdir(disk)) == ["filler"]
+
+
+def test_a_long_file_name_the_file_system_takes_can_be_written_and_its_temporary_found(tmp_path: Path) -> None:
+    """A page named at length (200 bytes and more: its words file NAME.json) could not be written: the temporary
+    ``.NAME.HOST.PID-TOKEN.tmp`` passed the file system's 255 bytes (ENAMETOOLONG for a name it takes)."""
+    from layoutlmv3.atomic_files import temporary_path
+
+    target = tmp_path / ("é" * 60 + "a" * 120 + ".json")  # 245 bytes
+    write_bytes(target, b"{}")
+    assert target.read_bytes() == b"{}" and os.listdir(tmp_path) == [target.name]
+    killed = temporary_path(target)
+    killed.write_text("half")
+    assert remove_temporaries_of([target]) == [killed] and remove_temporaries_of([tmp_path / "other.json"]) == []
+    with directory_in_place(tmp_path / ("b" * 250)) as staged:
+        (staged / "x").write_text("x")
+    assert sorted(os.listdir(tmp_path)) == sorted([target.name, "b" * 250])

@@ -287,3 +287,20 @@ def test_a_long_file_name_the_file_system_takes_can_be_written_and_its_temporary
     with directory_in_place(tmp_path / ("b" * 250)) as staged:
         (staged / "x").write_text("x")
     assert sorted(os.listdir(tmp_path)) == sorted([target.name, "b" * 250])
+
+
+def test_a_link_named_like_a_dead_writers_temporary_is_removed_never_what_it_points_to(tmp_path: Path) -> None:
+    """``.best.HOST.PID-TOKEN.tmp -> /somewhere/precious`` (a dead PID): the swap's clean-up deletes the link
+    alone; the folder it names, and a live process's temporary, are left as they are."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "data").write_text("keep")
+    link = tmp_path / f".best.{HOST}.{dead.pid}-0badc0de.tmp"
+    link.symlink_to(precious, target_is_directory=True)
+    live = tmp_path / f".best.{HOST}.{os.getpid()}-0123abcd.tmp"
+    live.mkdir()
+    with directory_in_place(tmp_path / "best") as staged:
+        (staged / "w").write_text("new")
+    assert not os.path.lexists(link) and (precious / "data").read_text() == "keep" and live.is_dir()

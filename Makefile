@@ -1,8 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   -> virtualenv + dependencies, then the main job on the embedded synthetic default (CPU, tiny sizes)
 #   make test   -> virtualenv + dependencies + system packages, then lint and the whole test suite (CPU)
-# While working, `make test-fast` runs every test not marked slow (nothing that trains, launches ranks or starts the
-# Slurm cluster): under 3 minutes on 2 cores.
+# While working, `make test-fast` runs every test not marked slow (nothing that trains, launches ranks, starts the
+# Slurm cluster or reruns data prep end to end): under 3 minutes on 2 cores.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -61,11 +61,14 @@ lint: venv system-deps
 	$(VENV)/bin/ruff format --check .
 	shellcheck slurm/*.sbatch slurm/local/*.sh launch/*.sh benchmarks/*.sh
 
+# Two xdist workers, one core each, taking whole modules (the Slurm cluster's together: tests/conftest.py).
+PYTEST_WORKERS := -n 2 --dist loadscope
+
 test: venv system-deps ocr-engine lint
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q $(PYTEST_WORKERS) --durations=15
 
 test-fast: venv system-deps ocr-engine
-	$(PY) -m pytest -q -m "not slow" --durations=10
+	$(PY) -m pytest -q $(PYTEST_WORKERS) -m "not slow" --durations=10
 
 format: venv
 	$(VENV)/bin/ruff format .

@@ -22,6 +22,39 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LAYOUTLMV3_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+# `make test` and `make test-fast` run on two xdist workers: each computes on one thread, and so do the processes it
+# starts unless a test sets its own, so that two workers do not oversubscribe two cores.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The modules whose tests use the Slurm cluster: one cluster a session (fixed node names and addresses), one worker.
+SLURM_CLUSTER_MODULES = ("tests/test_slurm.py", "tests/test_slurm_multinode.py", "tests/test_probe.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Workers take whole modules, so a module fixture (a fine-tuning run, a trained tokenizer) is built once, and the
+    Slurm cluster's modules together; modules go out in the order the workers collected them (long ones first)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "the Slurm cluster" if module in SLURM_CLUSTER_MODULES else module
+
+    config.option.loadscopereorder = False  # xdist would order by test count, putting a long 4-test module last
+    return ModuleScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a worker, the modules holding slow tests first (module order kept otherwise): the long runs start at once
+    instead of ending the run on one worker while the other waits."""
+    if XDIST_WORKER:
+        slow = {item.nodeid.split("::", 1)[0] for item in items if item.get_closest_marker("slow")}
+        items.sort(key=lambda item: item.nodeid.split("::", 1)[0] not in slow)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     try:
         check_build_locks()

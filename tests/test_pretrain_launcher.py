@@ -555,6 +555,7 @@ def test_a_full_logging_dir_warns_once_and_training_goes_on(world: Path, tmp_pat
     assert [c.step for c in [find_resume_checkpoint(result.checkpoints)] if c] == [STEPS]
 
 
+@pytest.mark.slow
 def test_unwritable_checkpoint_dir_is_found_before_training_without_a_launcher(world: Path, tmp_path: Path) -> None:
     """Plain `python launch/pretrain.py` (no launcher, no mpi4py) runs as one process and checks the directory."""
     blocker = tmp_path / "a-file"

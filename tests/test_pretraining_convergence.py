@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -60,7 +61,9 @@ def train_image_tokenizer(images: torch.Tensor, steps: int = 50) -> ImageTokeniz
 @pytest.fixture(scope="module")
 def training_curve(tmp_path_factory):
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # CI's two cores: 0.14 s a step instead of 0.20 on one thread; more buy little here
+    # Alone on CI's two cores: 0.14 s a step instead of 0.20 on one thread (more buy little here); on one of `make
+    # test`'s two xdist workers, one thread, the other worker has the other core.
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
     try:
         yield _train(tmp_path_factory.mktemp("convergence"))
     finally:

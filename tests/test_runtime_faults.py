@@ -94,6 +94,7 @@ def _published(out: Path) -> dict[str, str]:
     return digests([path for path in out.glob("*") if path.is_file() and not path.name.startswith(".")], out)
 
 
+@pytest.mark.slow
 def test_data_prep_on_a_full_disk_names_the_path_publishes_nothing_partial_and_resumes(
     small_corpus: tuple[Path, Path, Path], small_tmpfs
 ) -> None:
@@ -116,6 +117,7 @@ def test_data_prep_on_a_full_disk_names_the_path_publishes_nothing_partial_and_r
     assert _published(disk / "out") == reference
 
 
+@pytest.mark.slow
 def test_data_prep_on_a_read_only_out_is_one_line(small_corpus: tuple[Path, Path, Path], small_tmpfs) -> None:
     disk = small_tmpfs("1m", "ro")
     result = _build_shards(small_corpus, disk)
@@ -499,6 +501,7 @@ def _one_line(result: subprocess.CompletedProcess) -> str:
     return result.stderr.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("inodes", "failing"), [(8, "progress/shard-000000.json"), (13, "manifest.json")])
 def test_data_prep_out_of_inodes_at_a_progress_record_or_the_manifest_names_that_file_and_resumes(
     inodes: int, failing: str, small_corpus: tuple[Path, Path, Path], small_tmpfs
@@ -515,6 +518,7 @@ def test_data_prep_out_of_inodes_at_a_progress_record_or_the_manifest_names_that
     assert _published(disk / "out") == _published(small_corpus[2])
 
 
+@pytest.mark.slow
 def test_merge_manifests_on_a_full_disk_is_one_line_and_reruns(small_corpus: tuple[Path, Path, Path], small_tmpfs):
     disk = small_tmpfs("4m", "nr_inodes=1000")
     for task in ("0", "1"):
@@ -532,6 +536,7 @@ def test_merge_manifests_on_a_full_disk_is_one_line_and_reruns(small_corpus: tup
     assert json.loads((disk / "manifest.json").read_text())["total_samples"] == 6
 
 
+@pytest.mark.slow
 def test_data_prep_out_of_file_handles_says_so_in_one_line(small_corpus: tuple[Path, Path, Path], tmp_path: Path):
     """EMFILE is no storage fault: the line says to raise the open-file limit (or lower --workers)."""
     import resource

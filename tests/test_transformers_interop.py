@@ -140,6 +140,7 @@ def _trainer(model: torch.nn.Module, out: Path, **options):
     return trainer
 
 
+@pytest.mark.slow
 def test_trainer_saves_reload_with_both_libraries(tmp_path: Path) -> None:
     """transformers' Trainer saves only the weights of a model that is not its PreTrainedModel: ours reload with
     the config given (and say so without it); a converted model trained with transformers' own class under Trainer

@@ -61,7 +61,7 @@ def test_cache_dir_follows_torch_extensions_dir(tmp_path: Path, monkeypatch: pyt
 def test_without_a_setting_the_cache_is_the_virtualenvs_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A new shell (no TORCH_EXTENSIONS_DIR) must reuse the ops `make venv` built, not rebuild them into the cache
     every checkout shares; an explicit setting wins."""
-    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "")  # empty is unset; setenv (not delenv) restores what was there
     venv = tmp_path / "venv"
     monkeypatch.setattr(sys, "prefix", str(venv))
     monkeypatch.setattr(sys, "base_prefix", "/usr")
@@ -72,10 +72,10 @@ def test_without_a_setting_the_cache_is_the_virtualenvs_own(tmp_path: Path, monk
 
 
 def test_outside_a_virtualenv_torch_keeps_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "")
     monkeypatch.setattr(sys, "base_prefix", sys.prefix)
     use_virtualenv_cache()
-    assert "TORCH_EXTENSIONS_DIR" not in os.environ
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == ""
 
 
 def test_an_op_about_to_be_built_is_announced_once_built_not(

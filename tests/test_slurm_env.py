@@ -135,7 +135,7 @@ def test_global_batch_sets_the_accumulation_for_the_world_size() -> None:
 
 def test_run_config_checks_the_new_train_settings() -> None:
     config = load_run_config(REPO_ROOT / "configs" / "pretrain" / "tiny.yaml")
-    assert config.train.collective_timeout_s == 300.0 and config.train.global_batch_size is None
+    assert config.train.collective_timeout_s == 300.0 and config.train.global_batch_size == 4  # pinned, any rank count
     with pytest.raises(ValueError, match="train.collective_timeout_s must be > 0"):
         load_run_config(REPO_ROOT / "configs" / "pretrain" / "tiny.yaml", ["--train.collective_timeout_s", "0"])
     with pytest.raises(ValueError, match="train.global_batch_size must be >= 1"):

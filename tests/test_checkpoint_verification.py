@@ -491,10 +491,10 @@ def test_a_latest_file_names_a_tag_or_is_refused(
 def test_a_huge_record_is_damage_without_being_read(pretrain: Path, caplog: pytest.LogCaptureFixture) -> None:
     marker = pretrain / tag_for(10) / COMPLETE_FILE
     os.truncate(marker, 1 << 30)  # sparse: 1 GB of zeros on no disk
-    started = time.monotonic()
+    started = time.process_time()
     with pytest.raises(DamagedCheckpoint, match=f"{re.escape(str(marker))} is larger than {MAX_RECORD_BYTES} bytes"):
         read_checkpoint(marker.parent)
-    assert time.monotonic() - started < 2
+    assert time.process_time() - started < 2
     assert resolve_resume("auto", pretrain).step == 5
 
 

@@ -95,11 +95,11 @@ def documents(base: object) -> st.SearchStrategy[bytes]:
 
 
 def timed(call):
-    start = time.monotonic()
+    start = time.process_time()
     try:
         return call()
     finally:
-        assert time.monotonic() - start < 3
+        assert time.process_time() - start < 3
 
 
 def _image(path: Path) -> Image.Image:

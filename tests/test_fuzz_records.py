@@ -85,14 +85,14 @@ def _sample(arrays: dict[str, np.ndarray], meta: object, **members: object) -> d
 
 def decode_or_reject(raw: dict[str, object]) -> PageSample | None:
     """decode_sample's contract: a page collation takes (both box modes), or BadSample naming the sample."""
-    start = time.monotonic()
+    start = time.process_time()
     try:
         page = decode_sample(raw)
     except BadSample as error:
         assert isinstance(raw.get("__key__"), str) is False or repr(raw["__key__"]) in str(error)
         return None
     finally:
-        assert time.monotonic() - start < 3
+        assert time.process_time() - start < 3
     count = len(page.input_ids)
     assert page.input_ids.dtype == np.int32 and page.input_ids.shape == (count,) and (page.input_ids >= 0).all()
     assert page.bbox.dtype == np.int16 and page.bbox.shape == (count, 4)
@@ -203,10 +203,10 @@ def _npy_header(shape: tuple[int, ...], dtype: str = "<i4") -> bytes:
     ids=["huge-header", "zip-bomb", "pickle", "npy-v3"],
 )
 def test_token_arrays_too_large_or_not_integers_are_refused_before_allocation(tokens: bytes) -> None:
-    start = time.monotonic()
+    start = time.process_time()
     with pytest.raises(BadSample, match=f"{KEY}.*{TOKENS_FILE}"):
         decode_sample(_sample(*_valid_parts(), **{TOKENS_FILE: tokens}))
-    assert time.monotonic() - start < 5
+    assert time.process_time() - start < 5
 
 
 @pytest.mark.parametrize(

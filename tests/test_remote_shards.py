@@ -393,3 +393,22 @@ def test_the_tokenizer_check_and_the_loader_read_a_remote_manifest_with_the_conf
         with pytest.raises(OSError, match="no complete answer after 1 s"):
             build_train_loader(f"{url}/manifest.json", 2, num_workers=0, retry=DEADLINE)
         assert time.monotonic() - started < 2 * DEADLINE.deadline_s + 3
+
+
+def test_a_call_that_fails_once_the_budget_is_spent_is_named_a_deadline_whichever_fired_first() -> None:
+    """A socket timeout equal to the budget can end the recv a hair before the watchdog marks the deadline (seen
+    under load: "timed out" instead of the deadline's message): the failure is the deadline's all the same, while a
+    call that succeeds late keeps its data. The watchdog is stopped here so only the call's own timeout fires."""
+    from layoutlmv3.data.deadline import Deadline, DeadlineExceeded
+
+    deadline = Deadline(0.2, "http://127.0.0.1:1/x.tar")
+    deadline.close()  # no watchdog: the race's other order, made certain
+    with pytest.raises(DeadlineExceeded, match="no complete answer after 0.2 s"), deadline.waiting():
+        time.sleep(0.25)
+        raise TimeoutError("timed out")
+    late = Deadline(0.2, "late")
+    late.close()
+    with late.waiting():
+        time.sleep(0.25)
+        data = b"arrived"
+    assert data == b"arrived"

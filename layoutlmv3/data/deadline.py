@@ -112,5 +112,8 @@ class _Waiting:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.deadline._end()
-        if self.deadline.expired and (error is None or isinstance(error, Exception)):
+        # A call that failed once the whole budget was spent failed of the deadline, whichever fired first (a
+        # socket timeout equal to the budget can beat the watchdog by a hair on a loaded machine).
+        spent = error is not None and self.deadline._spent >= self.deadline.seconds
+        if (self.deadline.expired or spent) and (error is None or isinstance(error, Exception)):
             raise self.deadline.error() from error  # whatever the cancelled call made of it

@@ -10,10 +10,11 @@ files under it. The vocabulary is written with ``save_pretrained`` (vocab.json, 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from layoutlmv3.json_files import read_json_file
 from layoutlmv3.tokenizer import MIN_VOCAB_SIZE, TRAINED_MASK_ID, train_bpe
 
 
@@ -87,25 +88,36 @@ def read_texts(files: Sequence[Path]) -> Iterator[str]:
 
 
 def funsd_words(path: Path) -> Iterator[str]:
-    """The word texts of a FUNSD-style annotation file: ``{"form": [{"words": [{"text": ...}]}]}``."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "form" not in data:
-        raise ValueError(f"{path} is not a FUNSD-style annotation (no 'form' key)")
-    for entity in data["form"]:
-        for word in entity.get("words", []):
-            yield word["text"]
+    """The word texts of a FUNSD-style annotation file: ``{"form": [{"words": [{"text": ...}]}]}`` (boxes not
+    needed); read as data (`json_files`: named, bounded), a file of another shape is a ValueError naming it."""
+    data = read_json_file(path)
+    form = data.get("form") if isinstance(data, dict) else None
+    if not isinstance(form, list):
+        raise ValueError(f"{path} is not a FUNSD-style annotation (no 'form' list)")
+    for number, entity in enumerate(form):
+        words = entity.get("words", []) if isinstance(entity, dict) else None
+        if not isinstance(words, list) or not all(
+            isinstance(w, dict) and isinstance(w.get("text"), str) for w in words
+        ):
+            raise ValueError(f'{path}: entity {number} is not an object whose "words" are objects with a "text" string')
+        yield from (word["text"] for word in words)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    files = input_files(args.input)
-    tokenizer = train_bpe(read_texts(files), vocab_size=args.vocab_size, min_frequency=args.min_frequency)
-    tokenizer.save_pretrained(args.out)
+    try:
+        files = input_files(args.input)
+        tokenizer = train_bpe(read_texts(files), vocab_size=args.vocab_size, min_frequency=args.min_frequency)
+        tokenizer.save_pretrained(args.out)
+    except (OSError, ValueError) as error:  # a missing input or a malformed annotation: one line, exit 2
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(
         f"trained on {len(files)} files: {tokenizer.vocab_size} ids (<mask>={TRAINED_MASK_ID}), "
         f"fingerprint {tokenizer.fingerprint} -> {args.out}"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -417,3 +417,21 @@ def test_the_call_refuses_ragged_tensors_and_unknown_tensor_kinds(ours) -> None:
     with pytest.raises(ValueError, match="'np'"):
         ours(pages, boxes=boxes, padding=True, return_tensors="np")
     assert ours(pages, boxes=boxes, padding=True, return_tensors="pt")["input_ids"].shape[0] == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("[1]", "no 'form' list"), ('{"form": [{"words": [{"text": 3}]}]}', 'entity 0 is not an object whose "words"'),
+     ('{"form": [7]}', "entity 0"), ('{"form": [{"words": [{"text": NaN}]}]}', "NaN"), ("{", "")],
+)  # fmt: skip
+def test_a_malformed_annotation_in_a_tokenizer_corpus_is_one_error_line(tmp_path, capsys, content, message) -> None:
+    """The corpus is the user's data: a malformed FUNSD-style file is named in one line (exit 2), not a KeyError or
+    TypeError traceback, and nothing is written."""
+    (tmp_path / "forms").mkdir()
+    (tmp_path / "forms" / "page.json").write_text(content, encoding="utf-8")
+    code = train_tokenizer_main(
+        ["--input", str(tmp_path / "forms"), "--out", str(tmp_path / "vocab"), "--vocab-size", "300"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and str(tmp_path / "forms" / "page.json") in err and message in err
+    assert not (tmp_path / "vocab").exists()

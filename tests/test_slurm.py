@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -113,21 +115,23 @@ def test_prep_array_over_three_nodes_and_merge_equal_one_task(
 
 
 def test_one_node_mode_still_starts(tmp_path: Path) -> None:
-    """SLURM_LOCAL_NODES=1: the node `localhost` on loopback, beside the multi-host cluster (own ports and dir)."""
-    env = {
-        **os.environ,
-        "SLURM_LOCAL_NODES": "1",
-        "SLURM_LOCAL_DIR": str(tmp_path / "one-node"),
-        "SLURM_LOCAL_CTLD_PORT": "6917",
-        "SLURM_LOCAL_SLURMD_PORT": "6918",
-    }
+    """SLURM_LOCAL_NODES=1: the node `localhost` on loopback, beside the multi-host cluster (own ports and dir).
+    pytest's tmp_path (under an xdist worker's folder) is too long for slurmd's step sockets: refused by name."""
+    env = {**os.environ, "SLURM_LOCAL_NODES": "1", "SLURM_LOCAL_CTLD_PORT": "6917", "SLURM_LOCAL_SLURMD_PORT": "6918"}
+    deep = tmp_path / ("x" * 64)
+    refused = subprocess.run([str(SETUP), "start"], env={**env, "SLURM_LOCAL_DIR": str(deep)}, capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+    assert refused.returncode == 2 and "at most 64" in refused.stderr and not deep.exists()
+    short = Path(tempfile.mkdtemp(prefix="one-node-", dir="/tmp"))
+    env["SLURM_LOCAL_DIR"] = str(short)
     try:
         started = subprocess.run([str(SETUP), "start"], env=env, capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stderr
-        env["SLURM_CONF"] = str(tmp_path / "one-node" / "slurm.conf")
+        env["SLURM_CONF"] = str(short / "slurm.conf")
         nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], env=env, capture_output=True, text=True)
         assert nodes.stdout.split() == ["localhost", "idle"], nodes.stdout
         ran = subprocess.run(["srun", "-n", "2", "printenv", "SLURM_PROCID"], env=env, capture_output=True, text=True)
         assert sorted(ran.stdout.split()) == ["0", "1"], ran.stderr
     finally:
         subprocess.run([str(SETUP), "stop"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(short, ignore_errors=True)

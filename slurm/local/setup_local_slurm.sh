@@ -27,6 +27,13 @@
 set -euo pipefail
 
 STATE_DIR=${SLURM_LOCAL_DIR:-/tmp/layoutlmv3-slurm}
+# slurmd makes a Unix socket per job step at $STATE_DIR/spool/NODE/NODE_JOB.STEP, and a socket path may hold 108
+# bytes: past that every step fails with Slurm's "Unspecified error". Refuse a directory that leaves too little room.
+if [ "${#STATE_DIR}" -gt 64 ]; then
+    echo "SLURM_LOCAL_DIR $STATE_DIR is ${#STATE_DIR} characters: at most 64 (slurmd's step sockets under it must fit" \
+        "108 bytes); choose a shorter directory, e.g. under /tmp" >&2
+    exit 2
+fi
 CONF=$STATE_DIR/slurm.conf
 NODES=${SLURM_LOCAL_NODES:-3}
 SUBNET=${SLURM_LOCAL_SUBNET:-10.213.77}

@@ -410,6 +410,9 @@ def test_fine_tuning_resumes_on_another_number_of_ranks(forms: Path, one_rank: F
     assert "(world size 1) on 2 ranks: the data starts at epoch" in run.log
     steps = [entry["step"] for entry in run.results["dev_history"]]
     assert steps == [25, 50, 75, 100, 110]
+    # Only the checkpoints were copied: the kept model is not here, so selection starts again and keeps step 110.
+    assert "is not in" in run.log and "model selection starts again" in run.log
+    assert run.results["best_step"] == 110 and (tmp_path / BEST_DIR / "config.json").is_file()
 
 
 def test_config_refuses_no_dev_selection_and_names_moved_settings_only() -> None:

@@ -155,6 +155,14 @@ class SelectionTask:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_score, self.best_step = state.get("best_score", -1.0), state.get("best_step", 0)
         self.history = list(state.get("history", []))
+        if self.best_step and not (self.out / BEST_DIR / SELECTION_FILE).is_file():
+            # Checkpoints copied or resumed into another output.dir (or best/ deleted): the kept model is not here,
+            # so selection starts again, or the end would score a model that does not exist.
+            logger.warning(
+                "the model kept at step %d (dev %s %.4f) is not in %s: model selection starts again",
+                self.best_step, self.metric, self.best_score, self.out / BEST_DIR,
+            )  # fmt: skip
+            self.best_score, self.best_step = -1.0, 0
 
     def _export_best(self, step: int) -> None:
         """The live weights (gathered under ZeRO-3) in the `from_pretrained` format, written by rank 0 beside

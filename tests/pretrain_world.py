@@ -3,7 +3,6 @@ cluster's): synthetic shards, a BPE vocabulary, an untrained tiny image tokenize
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -11,6 +10,7 @@ import yaml
 
 from data_prep.build_shards import BuildConfig, build
 from data_prep.synth import write_corpus
+from data_prep.train_tokenizer import input_files, read_texts
 from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
 from layoutlmv3.tokenizer import train_bpe
 
@@ -22,12 +22,7 @@ def build_world(root: Path) -> Path:
     """Shards (8 train, 3 held-out), a 1000-id BPE vocabulary, a tiny image tokenizer and the run config."""
     write_corpus(root / "synth_train", 24, seed=0)
     write_corpus(root / "synth_val", 6, seed=1)
-    words = [
-        word["text"]
-        for path in sorted((root / "synth_train" / "annotations").glob("*.json"))
-        for entity in json.loads(path.read_text())["form"]
-        for word in entity["words"]
-    ]
+    words = list(read_texts(input_files([root / "synth_train" / "annotations"])))  # as the tokenizer CLI reads them
     train_bpe(words, vocab_size=1000).save_pretrained(root / "vocab")
     for name, per_shard in (("train", 3), ("val", 2)):
         build(

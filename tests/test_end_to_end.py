@@ -16,6 +16,7 @@ import yaml
 
 from data_prep.build_shards import BuildConfig, build
 from data_prep.synth import write_corpus
+from data_prep.train_tokenizer import input_files, read_texts
 from layoutlmv3.finetune.funsd import LABELS
 from layoutlmv3.pretraining.image_tokenizer import ImageTokenizer, ImageTokenizerConfig
 from layoutlmv3.tokenizer import train_bpe
@@ -44,12 +45,7 @@ def _run(command: list[str], **kwargs) -> str:
 def _pretraining_inputs(root: Path) -> Path:
     """Shards, a BPE vocabulary and an (untrained) tiny image tokenizer, as configs/pretrain/tiny.yaml describes."""
     write_corpus(root / "synth", 6, seed=0)
-    words = [
-        word["text"]
-        for path in sorted((root / "synth" / "annotations").glob("*.json"))
-        for entity in json.loads(path.read_text())["form"]
-        for word in entity["words"]
-    ]
+    words = list(read_texts(input_files([root / "synth" / "annotations"])))  # the words the tokenizer CLI would read
     train_bpe(words, vocab_size=1000).save_pretrained(root / "vocab")
     build(
         BuildConfig(

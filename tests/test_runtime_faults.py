@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from data_prep.synth import write_corpus
+from data_prep.train_tokenizer import input_files, read_texts
 from layoutlmv3.data import build_train_loader
 from layoutlmv3.tokenizer import train_bpe
 from layoutlmv3.training.metrics import METRICS_FILE, MetricsLogger
@@ -71,12 +72,7 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     """(6 synthetic pages, a vocabulary, their shards built on a healthy disk: 3 shards, about 180 KB)."""
     root = tmp_path_factory.mktemp("small_corpus")
     write_corpus(root / "in", 6, seed=0)
-    words = [
-        word["text"]
-        for path in sorted((root / "in" / "annotations").glob("*.json"))
-        for entity in json.loads(path.read_text())["form"]
-        for word in entity["words"]
-    ]
+    words = list(read_texts(input_files([root / "in" / "annotations"])))  # the words the tokenizer CLI would read
     train_bpe(words, vocab_size=300).save_pretrained(root / "vocab")
     corpus = root / "in", root / "vocab", root / "reference"
     assert _build_shards(corpus, corpus[2]).returncode == 0

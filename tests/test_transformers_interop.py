@@ -122,8 +122,10 @@ def _tiny(**overrides) -> LayoutLMv3Config:
     return LayoutLMv3Config.from_flavor("tiny", vocab_size=300, **overrides)
 
 
-def _trainer(model: torch.nn.Module, out: Path, **options):
+def _trainer(model: torch.nn.Module, out: Path, trainer_class: type | None = None, processing_class=None, **options):
     import transformers
+
+    from layoutlmv3.hf_trainer import LayoutLMv3Trainer
 
     rows = []
     for seed in range(4):
@@ -133,37 +135,72 @@ def _trainer(model: torch.nn.Module, out: Path, **options):
         rows.append({**inputs, "labels": inputs["input_ids"] % 3})
     arguments = transformers.TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=2, max_steps=2, learning_rate=1e-3, report_to=[],
-        save_strategy="no", use_cpu=True, disable_tqdm=True, logging_strategy="no", **options,
+        use_cpu=True, disable_tqdm=True, logging_strategy="no", **{"save_strategy": "no", **options},
     )  # fmt: skip
-    trainer = transformers.Trainer(model=model, args=arguments, train_dataset=rows)
+    trainer_class = trainer_class or LayoutLMv3Trainer
+    trainer = trainer_class(model=model, args=arguments, train_dataset=rows, processing_class=processing_class)
     trainer.train()
     return trainer
 
 
 @pytest.mark.slow
 def test_trainer_saves_reload_with_both_libraries(tmp_path: Path) -> None:
-    """transformers' Trainer saves only the weights of a model that is not its PreTrainedModel: ours reload with
-    the config given (and say so without it); a converted model trained with transformers' own class under Trainer
-    comes back into ours."""
+    """Our Trainer (transformers' with our save) writes save_model() and every checkpoint as a directory
+    `from_pretrained` reloads alone, that a resumed run reads back exactly and that converts for transformers; a
+    converted model trained with transformers' own class under Trainer comes back into ours."""
+    import transformers
+
+    inputs = random_inputs(batch=2, length=48, vocab_size=300, seed=9)
+    torch.manual_seed(0)
+    model = LayoutLMv3ForTokenClassification(_tiny(num_labels=3))
+    tokenizer = train_bpe(WORDS * 20, vocab_size=300)
+    trainer = _trainer(
+        model, tmp_path / "run", processing_class=tokenizer, activation_checkpointing=True, save_strategy="steps",
+        save_steps=1,
+    )  # fmt: skip
+    trainer.save_model(tmp_path / "saved")
+    assert (tmp_path / "saved" / "vocab.json").is_file()  # the processing class is saved beside the model
+    assert model.config.gradient_checkpointing  # the Trainer switched it on through our method
+    for directory in (tmp_path / "saved", tmp_path / "run" / "checkpoint-2"):
+        reloaded = LayoutLMv3ForTokenClassification.from_pretrained(directory, trained_head=True)
+        with torch.no_grad():
+            torch.testing.assert_close(reloaded.eval()(**inputs).logits, model.eval()(**inputs).logits, atol=0, rtol=0)
+
+    torch.manual_seed(1)  # another fresh model: the resumed run must take every weight from checkpoint-1
+    fresh = LayoutLMv3ForTokenClassification(_tiny(num_labels=3))
+    resumed = _trainer(fresh, tmp_path / "run", activation_checkpointing=True, save_strategy="no")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(**inputs).logits, model(**inputs).logits, atol=1e-6, rtol=0)
+
+    assert convert_main(["--model", str(tmp_path / "saved"), "--to", "hf", "--out", str(tmp_path / "saved-hf")]) == 0
+    converted = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "saved-hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(converted(**inputs).logits, model(**inputs).logits, atol=TOLERANCE, rtol=0)
+
+    model.save_pretrained(tmp_path / "hf", format="hf")
+    theirs = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "hf")
+    _trainer(theirs, tmp_path / "run-hf").save_model(tmp_path / "saved-by-hf")
+    back = LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "saved-by-hf", trained_head=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(**inputs).logits, theirs.eval()(**inputs).logits, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.slow
+def test_plain_trainer_saves_weights_only_and_the_error_says_what_to_do(tmp_path: Path) -> None:
+    """transformers' own Trainer writes only the weights of a module that is not its PreTrainedModel: loading
+    names the two ways out (config=, or our Trainer), and with the config given the weights are the model's."""
     import transformers
 
     torch.manual_seed(0)
     model = LayoutLMv3ForTokenClassification(_tiny(num_labels=3))
-    _trainer(model, tmp_path / "run", activation_checkpointing=True).save_model(tmp_path / "saved")
-    assert model.config.gradient_checkpointing  # the Trainer switched it on through our method
-    with pytest.raises(FileNotFoundError, match=r"config=model\.config"):
+    _trainer(model, tmp_path / "run", trainer_class=transformers.Trainer).save_model(tmp_path / "saved")
+    with pytest.raises(FileNotFoundError, match=r"config=model\.config.*LayoutLMv3Trainer"):
         LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "saved")
     reloaded = LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "saved", config=model.config)
     inputs = random_inputs(batch=2, length=48, vocab_size=300, seed=9)
     with torch.no_grad():
         torch.testing.assert_close(reloaded.eval()(**inputs).logits, model.eval()(**inputs).logits, atol=0, rtol=0)
-
-    model.save_pretrained(tmp_path / "hf", format="hf")
-    theirs = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "hf")
-    _trainer(theirs, tmp_path / "run-hf").save_model(tmp_path / "saved-hf")
-    back = LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "saved-hf", trained_head=True).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(back(**inputs).logits, theirs.eval()(**inputs).logits, atol=TOLERANCE, rtol=0)
 
 
 def test_a_head_of_another_size_is_an_error_unless_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

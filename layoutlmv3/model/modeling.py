@@ -176,12 +176,17 @@ class LayoutLMv3PreTrainedModel(nn.Module):
         return new
 
     # ---- saving -------------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, format: str = "native") -> None:
+    def save_pretrained(
+        self, directory: str | Path, format: str = "native", state_dict: dict[str, torch.Tensor] | None = None
+    ) -> None:
         """Write config.json + model.safetensors. `format="hf"` writes transformers' layout instead, which
-        `transformers.LayoutLMv3Model.from_pretrained` loads (heads transformers lacks are left out, with a warning)."""
+        `transformers.LayoutLMv3Model.from_pretrained` loads (heads transformers lacks are left out, with a warning).
+        `state_dict`: the weights to write instead of this module's own (as transformers' argument: a trainer that
+        shards the model gathers them first)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        weights = {k: v for k, v in self.state_dict().items() if k not in self.tied_weight_keys}
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        weights = {k: v for k, v in state_dict.items() if k not in self.tied_weight_keys}
         if format == "native":
             self.config.save(directory / weights_io.CONFIG_NAME, self.hf_architecture)
         elif format == "hf":
@@ -218,7 +223,7 @@ class LayoutLMv3PreTrainedModel(nn.Module):
         `trained_head` (prediction: a fresh head would answer at random) any of these is refused.
 
         transformers' usual arguments: `config` replaces config.json (a weights-only directory, as transformers'
-        Trainer saves our models: `from_pretrained(dir, config=model.config)`); `dtype` / `torch_dtype` (a dtype,
+        own Trainer saves our models -- `layoutlmv3.hf_trainer.LayoutLMv3Trainer` saves the config too); `dtype` / `torch_dtype` (a dtype,
         its name, or "auto": the saved weights'); `device_map`, one device ("auto": cuda if there is one);
         `return_dict` must stay True (outputs are ModelOutputs, which also index and unpack like tuples). Any other
         name must be a config field, or is refused by name.
@@ -232,7 +237,8 @@ class LayoutLMv3PreTrainedModel(nn.Module):
             raise FileNotFoundError(
                 f"{directory} has weights but no {weights_io.CONFIG_NAME} (transformers' Trainer saves only the "
                 "weights of a model that is not its PreTrainedModel): pass the model's config, "
-                "from_pretrained(directory, config=model.config)"
+                "from_pretrained(directory, config=model.config); train with layoutlmv3.hf_trainer.LayoutLMv3Trainer "
+                "to have its saves write the config too"
             )
         saved = weights_io.read_config(directory) if has_config or config is None else {}
         if config is None:

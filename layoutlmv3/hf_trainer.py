@@ -1,0 +1,40 @@
+"""transformers' `Trainer`, saving our models the way it saves its own.
+
+`transformers.Trainer` writes a model through `save_pretrained` only when it is transformers' `PreTrainedModel`; of
+any other module it writes the bare weights, with no config.json, so neither `save_model()` nor its checkpoints
+reload without the config given by hand. Our classes stay plain modules (README, "transformers"), and this subclass
+closes the gap: every save the Trainer makes -- `save_model()`, each `checkpoint-N/`, the best model it keeps --
+goes through our `save_pretrained` (config.json with the architecture, model.safetensors), so the directory reloads
+with `from_pretrained(dir)` and converts with `launch/convert.py --model DIR --to hf`. Resuming
+(`train(resume_from_checkpoint=...)`) reads those weights back through the Trainer's own path. A model that is not
+ours is saved exactly as the parent class saves it.
+
+This module is the one place that imports `transformers.Trainer`; nothing else in the package needs it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import transformers
+from transformers.trainer import TRAINING_ARGS_NAME  # the arguments saved beside a model
+
+from .model.modeling import LayoutLMv3PreTrainedModel
+
+
+class LayoutLMv3Trainer(transformers.Trainer):
+    """A `transformers.Trainer` whose saves of our models write a directory `from_pretrained` reloads."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if not isinstance(model, LayoutLMv3PreTrainedModel):
+            return super()._save(output_dir, state_dict=state_dict)
+        if not self.args.should_save:  # another rank writes; the gather (if any) happened in save_model
+            return None
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        model.save_pretrained(output_dir, state_dict=state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        return None

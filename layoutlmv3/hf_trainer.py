@@ -3,7 +3,7 @@
 `transformers.Trainer` writes a model through `save_pretrained` only when it is transformers' `PreTrainedModel`; of
 any other module it writes the bare weights, with no config.json, so neither `save_model()` nor its checkpoints
 reload without the config given by hand. Our classes stay plain modules (README, "transformers"), and this subclass
-closes the gap: every save the Trainer makes -- `save_model()`, each `checkpoint-N/`, the best model it keeps --
+closes the gap: every save the Trainer makes -- `save_model()` and each `checkpoint-N/` (the best model it keeps is one) --
 goes through our `save_pretrained` (config.json with the architecture, model.safetensors), so the directory reloads
 with `from_pretrained(dir)` and converts with `launch/convert.py --model DIR --to hf`. Resuming
 (`train(resume_from_checkpoint=...)`) reads those weights back through the Trainer's own path. A model that is not

@@ -37,6 +37,7 @@ from PIL import Image
 from layoutlmv3.data_roots import NotARegularFile
 from layoutlmv3.json_files import JsonFileError, parse_json, read_bounded
 
+from .ocr_settings import OcrSettings, boxes_to_page, prepare_page
 from .pdf import TextLayerFirst
 from .rejects import OCR_FAILED, OCR_INVALID, OCR_MISSING, OCR_TIMEOUT, PageRejected
 from .tesseract_engine import PersistentTesseract, use_persistent_engine
@@ -49,10 +50,10 @@ TSV_COLUMNS = 12  # level page_num block_num par_num line_num word_num left top 
 TSV_WORD_LEVEL = "5"
 
 
-def make_ocr(kind: str, timeout: float) -> Ocr:
-    """The OCR source named by ``--ocr``."""
+def make_ocr(kind: str, timeout: float, settings: OcrSettings | None = None) -> Ocr:
+    """The OCR source named by ``--ocr`` (`settings`: Tesseract's, ocr_settings.py; the default when None)."""
     if kind == "tesseract":
-        return TextLayerFirst(TesseractOcr(timeout))  # PDF pages with a text layer need no OCR
+        return TextLayerFirst(TesseractOcr(timeout, settings))  # PDF pages with a text layer need no OCR
     if kind == "json":
         return JsonOcr()
     if kind == "funsd":
@@ -69,8 +70,9 @@ class TesseractOcr:
     (identical words, no process start per page: tesseract_engine.py), else the command, fed the decoded page as
     PNM on stdin (works for any page of a multi-page TIFF)."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, settings: OcrSettings | None = None) -> None:
         self.timeout = timeout
+        self.settings = settings or OcrSettings()
         self._engine: PersistentTesseract | None = None
         self._chosen = False
 
@@ -81,19 +83,25 @@ class TesseractOcr:
         """Choose and start the engine, in the process that will read the pages: a failure to start stops the
         run here rather than rejecting every page as an internal error."""
         if not self._chosen:
-            self._engine = PersistentTesseract() if use_persistent_engine() else None
+            self._engine = PersistentTesseract(self.settings) if use_persistent_engine() else None
             self._chosen = True
 
     def read(self, path: Path, page: int, image: Image.Image) -> list[Word]:
         self.prepare()
+        seen = prepare_page(image, self.settings)
         if self._engine is not None:
-            return parse_tsv(self._engine.tsv(image, self.timeout))
-        return parse_tsv(run_tesseract(image, self.timeout))
+            tsv = self._engine.tsv(seen, self.timeout)
+        else:
+            tsv = run_tesseract(seen, self.timeout, self.settings)
+        return boxes_to_page(parse_tsv(tsv), seen.size, image.size)
 
 
-def run_tesseract(image: Image.Image, timeout: float) -> str:
+def run_tesseract(image: Image.Image, timeout: float, settings: OcrSettings | None = None) -> str:
     """Tesseract's TSV for ``image``; OMP_THREAD_LIMIT=1 because parallelism comes from the worker pool."""
-    command = ["tesseract", "stdin", "stdout"]
+    settings = settings or OcrSettings()
+    command = ["tesseract", "stdin", "stdout", "--psm", str(settings.psm)]
+    for name, value in settings.tesseract_variables().items():
+        command += ["-c", f"{name}={value}"]
     dpi = image.info.get("dpi")
     if dpi and round(float(dpi[0])) >= 50:
         command += ["--dpi", str(round(float(dpi[0])))]

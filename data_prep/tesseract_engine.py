@@ -19,6 +19,7 @@ from functools import cache
 
 from PIL import Image
 
+from .ocr_settings import OcrSettings
 from .rejects import OCR_FAILED, OCR_TIMEOUT, PageRejected
 
 logger = logging.getLogger(__name__)
@@ -82,10 +83,14 @@ def worker_environment() -> Iterator[None]:
 class PersistentTesseract:
     """One Tesseract engine for the life of the process; Tesseract's TSV of a page, as the command prints it."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: OcrSettings | None = None) -> None:
         import tesserocr
 
-        self._api = tesserocr.PyTessBaseAPI(lang="eng")
+        settings = settings or OcrSettings()
+        self._api = tesserocr.PyTessBaseAPI(lang="eng", psm=settings.psm)
+        for name, value in settings.tesseract_variables().items():
+            if not self._api.SetVariable(name, value):
+                raise RuntimeError(f"Tesseract has no variable {name!r}")
 
     def tsv(self, image: Image.Image, timeout: float) -> str:
         # Raw pixels, as the command's PNM on stdin: no resolution unless --dpi would be passed (SetImage would hand

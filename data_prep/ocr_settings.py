@@ -1,0 +1,108 @@
+"""How Tesseract reads a page: page segmentation, inverted-text retries and the resolution it sees.
+
+One frozen record, so data prep, the OCR quality benchmark (benchmarks/ocr_quality.py) and the manifest name the
+same configuration; `as_record()` is what the manifest and the chunk digests hold (a corpus built with other
+settings is refused on resume and by merge_manifests).
+
+Resolution: Tesseract reads print best at 200-300 dpi. A page's dpi is the one its file records, or, when the
+file records none (or an implausible one), estimated from its size as if its longer side were 11 inches (a
+US-letter scan; FUNSD's forms come out at about 100). A page below `min_dpi` is upscaled to it before OCR, one
+above `max_dpi` downscaled to it (0: no bound); the words' boxes are mapped back to the page's own pixels, so
+shards are in the pixels of the stored page whatever Tesseract saw. Resampling is deterministic (PIL, fixed
+filter), so a configuration still gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from PIL import Image
+
+from .words import Word
+
+LETTER_LONG_SIDE_INCHES = 11.0
+MIN_RECORDED_DPI = 50  # below this a recorded resolution is taken as absent (files that say 1 or 72 by default)
+PAGE_SEGMENTATION_MODES = (3, 4, 6, 11, 12)  # Tesseract's --psm values that read a whole page
+
+
+@dataclasses.dataclass(frozen=True)
+class OcrSettings:
+    """Tesseract's configuration for `--ocr tesseract` (the other sources read words given to them)."""
+
+    psm: int = 3  # Tesseract's page segmentation mode: 3 automatic, 4 one column, 6 one block, 11/12 sparse text
+    invert: bool = True  # retry lines of low confidence inverted (white on black); off saves time on plain documents
+    min_dpi: int = 0  # upscale pages below this resolution to it before OCR (0: never)
+    max_dpi: int = 0  # downscale pages above this resolution to it before OCR (0: never)
+
+    def __post_init__(self) -> None:
+        if self.psm not in PAGE_SEGMENTATION_MODES:
+            raise ValueError(f"psm must be one of {PAGE_SEGMENTATION_MODES} (modes that read a page), got {self.psm}")
+        for name in ("min_dpi", "max_dpi"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not (value == 0 or 50 <= value <= 1200):
+                raise ValueError(f"{name} must be 0 (off) or between 50 and 1200 dpi, got {value!r}")
+        if self.min_dpi and self.max_dpi and self.min_dpi > self.max_dpi:
+            raise ValueError(f"min_dpi ({self.min_dpi}) is above max_dpi ({self.max_dpi})")
+
+    def as_record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def tesseract_variables(self) -> dict[str, str]:
+        """Variables set on the engine (`-c NAME=VALUE` for the command, SetVariable in-process)."""
+        return {} if self.invert else {"tessedit_do_invert": "0"}
+
+
+def page_dpi(image: Image.Image) -> float:
+    """The page's resolution: recorded in the file, else estimated from its size (module docstring)."""
+    recorded = image.info.get("dpi")
+    if recorded:
+        try:
+            value = float(recorded[0])
+        except (TypeError, ValueError, IndexError):
+            value = 0.0
+        if MIN_RECORDED_DPI <= value <= 2400:
+            return value
+    return max(image.size) / LETTER_LONG_SIDE_INCHES
+
+
+def scale_for(image: Image.Image, settings: OcrSettings) -> float:
+    """The factor the page is resampled by before OCR (1.0: read as it is)."""
+    dpi = page_dpi(image)
+    if settings.min_dpi and dpi < settings.min_dpi:
+        return settings.min_dpi / dpi
+    if settings.max_dpi and dpi > settings.max_dpi:
+        return settings.max_dpi / dpi
+    return 1.0
+
+
+def prepare_page(image: Image.Image, settings: OcrSettings) -> Image.Image:
+    """The image Tesseract reads: the page itself, or resampled to the bounds. A resampled page carries its new
+    resolution (so Tesseract is told it); bilevel pages are resampled as grey, which keeps thin strokes."""
+    scale = scale_for(image, settings)
+    if scale == 1.0:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    source = image.convert("L") if image.mode not in ("L", "RGB") else image
+    resized = source.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC)
+    dpi = round(page_dpi(image) * scale)
+    resized.info["dpi"] = (dpi, dpi)
+    return resized
+
+
+def boxes_to_page(words: list[Word], read_size: tuple[int, int], page_size: tuple[int, int]) -> list[Word]:
+    """Words read on an image of `read_size`, with boxes in the pixels of the page of `page_size` (clamped)."""
+    if read_size == page_size:
+        return words
+    (read_width, read_height), (width, height) = read_size, page_size
+
+    def x(value: int) -> int:
+        return min(max(round(value * width / read_width), 0), width)
+
+    def y(value: int) -> int:
+        return min(max(round(value * height / read_height), 0), height)
+
+    return [
+        dataclasses.replace(word, box=(x(word.box[0]), y(word.box[1]), x(word.box[2]), y(word.box[3])))
+        for word in words
+    ]

@@ -34,7 +34,6 @@ from .chunk_lock import chunk_locks
 from .chunks import (
     ChunkBuilder,
     ShardLimits,
-    chunk_digest,
     key_collisions,
     lock_path,
     plan_chunks,
@@ -42,7 +41,8 @@ from .chunks import (
     task_chunks,
 )
 from .manifest import MergeError, check_shards, make_manifest, output_names, write_outputs
-from .ocr import OCR_KINDS, make_ocr
+from .ocr import OCR_KINDS, make_ocr, ocr_configuration
+from .ocr_settings import PAGE_SEGMENTATION_MODES, OcrSettings
 from .pages import scan_inputs
 from .pdf import DEFAULT_PDF_DPI
 from .process import WorkerSetup, WorkItem, init_worker, make_processor, process_in_worker
@@ -75,7 +75,9 @@ of N takes the I-th contiguous run of chunks. Each chunk becomes one or more sha
 and the settings, so N tasks + merge give the same shards, in the same order, as one task.
 
 resuming: rerun the same command. Shards are renamed into place when complete and recorded in progress/
-right after; a rerun skips recorded shards and redoes only the unfinished part of each chunk.
+right after; a rerun skips recorded shards and redoes only the unfinished part of each chunk. A rerun with
+other settings (tokenizer, OCR configuration, shard limits, seed, ...) is refused, naming each one recorded
+and requested.
 
 rejects: unreadable files/pages, missing/invalid OCR, Tesseract errors and timeouts, pages without words and
 absurd boxes are written to rejects.jsonl ({"source", "page", "reason", "detail"}) and counted by reason in
@@ -108,6 +110,7 @@ class BuildConfig:
     ocr_timeout: float = DEFAULT_OCR_TIMEOUT
     progress_bar: bool = True
     pdf_dpi: int = DEFAULT_PDF_DPI  # resolution PDF pages are rendered at
+    ocr_settings: OcrSettings = OcrSettings()  # how Tesseract reads a page (--ocr tesseract only)
 
 
 def build(config: BuildConfig) -> dict:
@@ -115,7 +118,7 @@ def build(config: BuildConfig) -> dict:
     tokenizer = LayoutLMv3Tokenizer.from_pretrained(config.tokenizer_dir)
     config.out.mkdir(parents=True, exist_ok=True)
     pages, skipped = scan_inputs(config.input)
-    sources = make_ocr(config.ocr, config.ocr_timeout).inputs(pages)
+    sources = make_ocr(config.ocr, config.ocr_timeout, config.ocr_settings).inputs(pages)
     _report_skipped(config, skipped, len(pages) - len(sources))
     if not sources:
         raise NoInput(
@@ -123,7 +126,8 @@ def build(config: BuildConfig) -> dict:
             f"{' '.join(sorted(PAGE_SUFFIXES))}{'; FUNSD pages sit in images/' if config.ocr == 'funsd' else ''})"
         )
     chunks = plan_chunks(sources, config.files_per_chunk, config.seed)
-    settings = _settings(config, tokenizer.fingerprint)
+    ocr = ocr_configuration(config.ocr, config.ocr_settings)
+    settings = _settings(config, tokenizer.fingerprint, ocr)
     limits = ShardLimits(config.max_samples_per_shard, config.max_shard_bytes)
     mine = task_chunks(chunks, config.task_index, config.num_tasks)
     outputs = output_names(config.task_index, config.num_tasks)
@@ -131,14 +135,12 @@ def build(config: BuildConfig) -> dict:
         if mine:  # what a killed run of these chunks left half-written (records, this task's manifest), now ours
             records = [progress_path(config.out, config.prefix, chunk.index) for chunk in mine]
             remove_temporaries_of(records + [config.out / name for name in outputs])
-        builders = [
-            ChunkBuilder(config.out, config.prefix, chunk, limits, chunk_digest(settings, chunk)) for chunk in mine
-        ]
+        builders = [ChunkBuilder(config.out, config.prefix, chunk, limits, settings) for chunk in mine]
         _write_pending(config, [builder for builder in builders if not builder.done], key_collisions(sources))
         shards = [shard for builder in builders for shard in builder.progress.shards]
         rejects = [reject for builder in builders for reject in builder.progress.rejects]
         check_shards(config.out, shards)  # the manifest never lists a shard that does not match its record
-        manifest = make_manifest(tokenizer.fingerprint, config.seed, shards, rejects)
+        manifest = make_manifest(tokenizer.fingerprint, config.seed, shards, rejects, ocr)
         write_outputs(config.out, outputs, manifest, rejects)
     return manifest
 
@@ -164,9 +166,11 @@ def _report_skipped(config: BuildConfig, skipped: Counter[str], unselected: int)
         )
 
 
-def _settings(config: BuildConfig, tokenizer: str) -> dict[str, object]:
-    """The settings that determine the bytes of a chunk (recorded in progress to refuse mixing builds)."""
-    return {
+def _settings(config: BuildConfig, tokenizer: str, ocr: dict[str, object]) -> dict[str, object]:
+    """The settings that determine the bytes of a chunk (recorded in progress to refuse mixing builds). `ocr` is
+    the OCR configuration (ocr_configuration): beyond the source's name, Tesseract's settings and release (other
+    sources' chunks keep the digests they had before these were recorded)."""
+    settings = {
         "format_version": MANIFEST_FORMAT_VERSION,
         "ocr": config.ocr,
         "pdf_dpi": config.pdf_dpi,
@@ -177,6 +181,9 @@ def _settings(config: BuildConfig, tokenizer: str) -> dict[str, object]:
         "files_per_chunk": config.files_per_chunk,
         "seed": config.seed,
     }
+    if config.ocr == "tesseract":
+        settings["tesseract"] = {name: value for name, value in ocr.items() if name != "source"}
+    return settings
 
 
 def _write_pending(config: BuildConfig, builders: Sequence[ChunkBuilder], collisions: dict[str, str]) -> None:
@@ -188,7 +195,7 @@ def _write_pending(config: BuildConfig, builders: Sequence[ChunkBuilder], collis
         for index, start in files
         for source in [builder.chunk.sources[index]]
     ]
-    setup = WorkerSetup(config.ocr, config.ocr_timeout, config.tokenizer_dir, config.pdf_dpi)
+    setup = WorkerSetup(config.ocr, config.ocr_timeout, config.tokenizer_dir, config.pdf_dpi, config.ocr_settings)
     with _results_in_order(setup, items, config.workers) as results, _progress_bar(config) as bar:
         done, rejects = 0, 0
         for builder, files in todo:
@@ -370,8 +377,64 @@ def build_parser() -> argparse.ArgumentParser:
         help="resolution PDF pages are rendered at (default: %(default)s); with --ocr tesseract, a PDF page's words "
         "come from its text layer when it has one (born-digital or already searchable), else from Tesseract",
     )
+    _add_ocr_settings(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def _add_ocr_settings(parser: argparse.ArgumentParser) -> None:
+    """Tesseract's settings (ocr_settings.py), defaults from OcrSettings; None when not given, so a flag given with
+    another --ocr is refused rather than ignored."""
+    default = OcrSettings()
+    group = parser.add_argument_group("Tesseract's settings (--ocr tesseract only; recorded in the manifest)")
+    group.add_argument(
+        "--ocr-psm",
+        type=int,
+        choices=PAGE_SEGMENTATION_MODES,
+        metavar="MODE",
+        help="Tesseract's page segmentation mode: 3 automatic, 4 one column, 6 one block of text, 11/12 sparse text "
+        f"(default: {default.psm})",
+    )
+    group.add_argument(
+        "--ocr-invert",
+        action=argparse.BooleanOptionalAction,
+        help="retry lines of low confidence as inverted (white on black) text; --no-ocr-invert saves time on pages "
+        f"without any (default: {'on' if default.invert else 'off'})",
+    )
+    group.add_argument(
+        "--ocr-min-dpi",
+        type=_non_negative,
+        metavar="DPI",
+        help="upscale pages below DPI (recorded in the file, else estimated from a letter-size page) to it before "
+        f"OCR; words keep boxes in the page's pixels; 0: never (default: {default.min_dpi})",
+    )
+    group.add_argument(
+        "--ocr-max-dpi",
+        type=_non_negative,
+        metavar="DPI",
+        help=f"downscale pages above DPI to it before OCR; 0: never (default: {default.max_dpi})",
+    )
+
+
+OCR_SETTING_FLAGS = {
+    "psm": "--ocr-psm",
+    "invert": "--ocr-invert",
+    "min_dpi": "--ocr-min-dpi",
+    "max_dpi": "--ocr-max-dpi",
+}
+
+
+def _ocr_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> OcrSettings:
+    """The OcrSettings of the command line: the defaults overridden by the flags given (refused unless --ocr
+    tesseract: the other sources read given words, the flags would do nothing)."""
+    given = {name: value for name in OCR_SETTING_FLAGS if (value := getattr(args, f"ocr_{name}")) is not None}
+    flags = " ".join(OCR_SETTING_FLAGS[name] for name in given)
+    if given and args.ocr != "tesseract":
+        parser.error(f"{flags}: Tesseract's settings apply to --ocr tesseract only, not --ocr {args.ocr}")
+    try:
+        return OcrSettings(**given)
+    except ValueError as error:
+        parser.error(f"{flags}: {error}")
 
 
 def parse_config(argv: Sequence[str] | None = None) -> BuildConfig:
@@ -404,6 +467,7 @@ def parse_config(argv: Sequence[str] | None = None) -> BuildConfig:
         ocr_timeout=args.ocr_timeout,
         progress_bar=not args.quiet,
         pdf_dpi=args.pdf_dpi,
+        ocr_settings=_ocr_settings(parser, args),
     )
 
 

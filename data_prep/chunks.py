@@ -100,15 +100,16 @@ def lock_path(out: Path, prefix: str, chunk: int) -> Path:
 class ChunkBuilder:
     """Writes one chunk's page outcomes, in order, into size-bounded shards, saving progress after each shard."""
 
-    def __init__(self, out: Path, prefix: str, chunk: Chunk, limits: ShardLimits, digest: str) -> None:
+    def __init__(self, out: Path, prefix: str, chunk: Chunk, limits: ShardLimits, settings: dict[str, object]) -> None:
         self.out = out
         self.chunk = chunk
         self.limits = limits
         self.name = chunk_prefix(prefix, chunk.index)
         self.progress_path = progress_path(out, prefix, chunk.index)  # its killed writes: build() removes them
-        self.progress = load_progress(self.progress_path, digest)
-        if self.progress.done and not self._shards_intact():
-            self.progress = ChunkProgress(digest)  # a listed shard vanished or changed: rebuild the chunk
+        digest = chunk_digest(settings, chunk)
+        self.progress = load_progress(self.progress_path, digest, settings)
+        if self.progress.done and not self._shards_intact():  # a listed shard vanished or changed: rebuild the chunk
+            self.progress = ChunkProgress(digest, settings=settings)
         if not self.progress.done:
             self._remove_unlisted_files()
         self._shard: ShardWriter | None = None

@@ -32,16 +32,27 @@ TASK_MANIFEST = "manifest.task{task:04d}-of-{tasks:04d}.json"
 TASK_REJECTS = "rejects.task{task:04d}-of-{tasks:04d}.jsonl"
 TASK_MANIFEST_RE = re.compile(r"manifest\.task(\d{4,})-of-(\d{4,})\.json")
 SHARED_KEYS = ("format_version", "tokenizer", "image_size", "tokenizer_image_size", "seed")
+# Shared too, but absent from manifests written before they were recorded (which still load and merge): the OCR
+# configuration (ocr.ocr_configuration) and the shared file list's digest (file_list.py; absent: --input walked).
+RECORDED_KEYS = ("ocr", "file_list")
 
 
 class MergeError(RuntimeError):
     """The task manifests in a directory do not make one complete, consistent job."""
 
 
-def make_manifest(tokenizer: str, seed: int, shards: Sequence[ShardRecord], rejects: Iterable[Reject]) -> dict:
-    """The manifest of these shards (in order) and rejects, reasons counted and sorted by name."""
+def make_manifest(
+    tokenizer: str,
+    seed: int,
+    shards: Sequence[ShardRecord],
+    rejects: Iterable[Reject],
+    ocr: dict | None = None,
+    file_list: dict | None = None,
+) -> dict:
+    """The manifest of these shards (in order) and rejects, reasons counted and sorted by name; `ocr` and
+    `file_list` (RECORDED_KEYS) are recorded when given."""
     counts = Counter(reject.reason for reject in rejects)
-    return {
+    manifest = {
         "format_version": MANIFEST_FORMAT_VERSION,
         "tokenizer": tokenizer,
         "image_size": IMAGE_SIZE,
@@ -51,6 +62,9 @@ def make_manifest(tokenizer: str, seed: int, shards: Sequence[ShardRecord], reje
         "rejects": dict(sorted(counts.items())),
         "seed": seed,
     }
+    recorded = {"ocr": ocr, "file_list": file_list}
+    manifest.update({key: value for key, value in recorded.items() if value is not None})
+    return manifest
 
 
 def output_names(task_index: int, num_tasks: int) -> tuple[str, str]:
@@ -71,16 +85,20 @@ def write_outputs(out: Path, names: tuple[str, str], manifest: dict, rejects: It
 def merge_task_manifests(out: Path) -> dict:
     """Merge the task manifests in ``out`` into manifest.json + rejects.jsonl; returns the merged manifest.
 
-    Refuses (MergeError) if tasks are missing, two job sizes are mixed, the tasks disagree on tokenizer, seed
-    or format, a listed shard is missing or of the wrong size, or a task's manifest or rejects file is not what a
+    Refuses (MergeError) if tasks are missing, two job sizes are mixed, the tasks disagree on tokenizer, seed,
+    format, OCR configuration or file list (naming two tasks and what each recorded), a listed shard is missing or of the wrong size, or a task's manifest or rejects file is not what a
     task writes (broken JSON, a wrong shape: the file named). Shard entries keep every field (size, sha256).
     """
     tasks = _task_manifest_paths(out)
     manifests = [_task_manifest(path) for path in tasks]
-    for key in SHARED_KEYS:
-        values = {json.dumps(manifest[key]) for manifest in manifests}
-        if len(values) > 1:
-            raise MergeError(f"task manifests disagree on {key!r}: {sorted(values)}")
+    for key in SHARED_KEYS + RECORDED_KEYS:
+        first = json.dumps(manifests[0].get(key), sort_keys=True)
+        for path, manifest in zip(tasks[1:], manifests[1:], strict=True):
+            if (value := json.dumps(manifest.get(key), sort_keys=True)) != first:
+                raise MergeError(
+                    f"task manifests disagree on {key!r}: {tasks[0].name} has {first}, {path.name} has {value} "
+                    "(tasks of one job must be built with the same settings and inputs)"
+                )
     try:
         shards = [
             shard
@@ -96,7 +114,8 @@ def merge_task_manifests(out: Path) -> dict:
         for task in range(num_tasks)
         for reject in _task_rejects(out / TASK_REJECTS.format(task=task, tasks=num_tasks))
     ]
-    merged = make_manifest(manifests[0]["tokenizer"], manifests[0]["seed"], shards, rejects)
+    first = manifests[0]
+    merged = make_manifest(first["tokenizer"], first["seed"], shards, rejects, first.get("ocr"), first.get("file_list"))
     remove_temporaries_of([out / MANIFEST_FILE, out / REJECTS_FILE])  # a killed merge's; one merge runs at a time
     write_outputs(out, (MANIFEST_FILE, REJECTS_FILE), merged, rejects)
     return merged

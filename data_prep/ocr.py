@@ -40,10 +40,10 @@ from layoutlmv3.json_files import JsonFileError, parse_json, read_bounded
 from .ocr_settings import OcrSettings, boxes_to_page, prepare_page
 from .pdf import TextLayerFirst
 from .rejects import OCR_FAILED, OCR_INVALID, OCR_MISSING, OCR_TIMEOUT, PageRejected
-from .tesseract_engine import PersistentTesseract, use_persistent_engine
+from .tesseract_engine import PersistentTesseract, tesseract_version, use_persistent_engine
 from .words import Ocr, Word  # Word is re-exported: other modules and tests import it from here
 
-__all__ = ["OCR_KINDS", "Ocr", "Word", "make_ocr", "parse_tsv", "run_tesseract"]
+__all__ = ["OCR_KINDS", "Ocr", "Word", "make_ocr", "ocr_configuration", "parse_tsv", "run_tesseract"]
 
 OCR_KINDS = ("tesseract", "json", "funsd", "hocr", "alto")
 TSV_COLUMNS = 12  # level page_num block_num par_num line_num word_num left top width height conf text
@@ -63,6 +63,14 @@ def make_ocr(kind: str, timeout: float, settings: OcrSettings | None = None) -> 
 
         return HocrOcr() if kind == "hocr" else AltoOcr()
     raise ValueError(f"unknown OCR kind {kind!r}, expected one of {OCR_KINDS}")
+
+
+def ocr_configuration(kind: str, settings: OcrSettings | None = None) -> dict[str, object]:
+    """What decides the words of `--ocr kind`, as the manifest and the progress records hold it: the source's name,
+    and for Tesseract its settings and release (other releases read other words)."""
+    if kind != "tesseract":
+        return {"source": kind}
+    return {"source": kind, **(settings or OcrSettings()).as_record(), "tesseract_version": tesseract_version()}
 
 
 class TesseractOcr:

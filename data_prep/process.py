@@ -17,6 +17,7 @@ from PIL import Image
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 from .ocr import Ocr, make_ocr
+from .ocr_settings import OcrSettings
 from .pages import read_pages
 from .pdf import DEFAULT_PDF_DPI
 from .rejects import DUPLICATE_KEY, INTERNAL_ERROR, PageRejected, Reject
@@ -43,6 +44,7 @@ class WorkerSetup:
     ocr_timeout: float
     tokenizer_dir: Path
     pdf_dpi: int = DEFAULT_PDF_DPI
+    ocr_settings: OcrSettings = OcrSettings()  # Tesseract's (--ocr tesseract only)
 
 
 class PageProcessor:
@@ -76,7 +78,7 @@ class PageProcessor:
 
 def make_processor(setup: WorkerSetup) -> PageProcessor:
     return PageProcessor(
-        make_ocr(setup.ocr, setup.ocr_timeout),
+        make_ocr(setup.ocr, setup.ocr_timeout, setup.ocr_settings),
         LayoutLMv3Tokenizer.from_pretrained(setup.tokenizer_dir),
         setup.pdf_dpi,
     )

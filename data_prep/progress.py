@@ -7,8 +7,10 @@ whole chunk is written. A rerun trusts only what a record lists: shard files of 
 list (renamed just before a kill) and temporary files are removed, and work restarts at the cursor, so the
 resumed chunk is byte-identical to an uninterrupted one.
 
-The record also holds a digest of the settings and input files that determine the chunk's bytes; resuming
-with different ones is refused instead of mixing two builds in one output directory.
+The record also holds a digest of the settings and input files that determine the chunk's bytes, and the settings
+themselves (tokenizer fingerprint, OCR configuration, shard limits, seed: build_shards._settings); resuming with
+different ones is refused, naming each setting recorded and requested, instead of mixing two builds in one output
+directory. Records written before the settings were kept name the digests only.
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ class ChunkProgress:
     rejects: list[Reject] = field(default_factory=list)
     cursor: tuple[int, int] = (0, 0)  # (file index within the chunk, first page of that file still to do)
     done: bool = False
+    settings: dict[str, object] | None = None  # what the digest covers besides the files; None in older records
 
     def to_json(self) -> dict[str, object]:
         return {
             "digest": self.digest,
+            "settings": self.settings,
             "shards": [shard.to_json() for shard in self.shards],
             "rejects": [reject.to_json() for reject in self.rejects],
             "cursor": list(self.cursor),
@@ -57,19 +61,24 @@ class ChunkProgress:
         file_index, page = data["cursor"]
         if not isinstance(data["digest"], str):
             raise TypeError(f"digest is {type(data['digest']).__name__}, not a string")
+        settings = data.get("settings")
+        if settings is not None and not isinstance(settings, dict):
+            raise TypeError(f"settings is {type(settings).__name__}, not an object")
         return cls(
             digest=data["digest"],
             shards=ShardRecord.list_from_json(data, where),
             rejects=[Reject.from_json(reject) for reject in data["rejects"]],
             cursor=(int(file_index), int(page)),
             done=bool(data["done"]),
+            settings=settings,
         )
 
 
-def load_progress(path: Path, digest: str) -> ChunkProgress:
-    """The saved progress at ``path``, or a fresh one; raises ProgressMismatch if it was made by another build."""
+def load_progress(path: Path, digest: str, settings: dict[str, object] | None = None) -> ChunkProgress:
+    """The saved progress at ``path``, or a fresh one recording `settings`; raises ProgressMismatch if it was made
+    by another build, naming what differs."""
     if not path.is_file():
-        return ChunkProgress(digest)
+        return ChunkProgress(digest, settings=settings)
     try:
         progress = ChunkProgress.from_json(read_json_file(path), str(path))
     except (ManifestError, JsonFileError) as error:  # these name the file
@@ -79,11 +88,29 @@ def load_progress(path: Path, digest: str) -> ChunkProgress:
             f"{path} is not a progress record ({type(error).__name__}: {error}); {_REBUILD}"
         ) from None
     if progress.digest != digest:
-        raise ProgressMismatch(
-            f"{path} was written with other settings or input files (digest {progress.digest} != {digest}); "
-            "use the settings of the first run, or a fresh --out directory"
-        )
+        raise ProgressMismatch(f"{path} {_difference(progress, digest, settings)}; {_SAME_SETTINGS}")
     return progress
+
+
+_SAME_SETTINGS = "use the settings and input of the first run, or a fresh --out directory"
+
+
+def _difference(recorded: ChunkProgress, digest: str, settings: dict[str, object] | None) -> str:
+    """What differs between the build that wrote a record and this one: each setting by name, else the files."""
+    if recorded.settings is None or settings is None:
+        return f"was written with other settings or input files (digest {recorded.digest} != {digest})"
+    names = sorted(set(recorded.settings) | set(settings))
+    changed = [name for name in names if recorded.settings.get(name) != settings.get(name)]
+    if not changed:
+        return "was written for other input files (the chunk's files differ: the input tree or file list changed)"
+    return "was built with other settings: " + "; ".join(
+        f"{name} recorded {_shown(recorded.settings.get(name))}, requested {_shown(settings.get(name))}"
+        for name in changed
+    )
+
+
+def _shown(value: object) -> str:
+    return "(none)" if value is None else json.dumps(value, sort_keys=True)
 
 
 _REBUILD = "delete it to rebuild that chunk (its shards are rewritten), or use a fresh --out directory"

@@ -43,13 +43,23 @@ def _problem(engine: str, path: str) -> str | None:
     except ImportError:
         return "tesserocr is not installed"
     library = tesserocr.tesseract_version().split()[1]
-    try:
-        command = subprocess.run(["tesseract", "--version"], capture_output=True, text=True).stdout.split()[1]
-    except (OSError, IndexError):
+    command = tesseract_version()
+    if command is None:
         return "the tesseract command is missing"
     if library != command:
         return f"tesserocr uses Tesseract {library}, the command {command}: their words differ"
     return None
+
+
+@cache
+def tesseract_version() -> str | None:
+    """The `tesseract` command's release (e.g. "5.3.0"; None when it is missing): other releases read other words,
+    so it is part of a corpus's OCR configuration (recorded in the manifest and the chunk digests). The in-process
+    engine runs only when tesserocr's library is this same release."""
+    try:
+        return subprocess.run(["tesseract", "--version"], capture_output=True, text=True).stdout.split()[1]
+    except (OSError, IndexError):
+        return None
 
 
 def use_persistent_engine() -> bool:

@@ -30,13 +30,14 @@ from data_prep.build_shards import BuildConfig, build
 from data_prep.manifest import MergeError, merge_task_manifests
 from data_prep.merge_manifests import main as merge_main
 from data_prep.ocr import parse_tsv
+from data_prep.ocr_settings import OcrSettings
 from data_prep.process import PageProcessor, WorkItem
 from data_prep.progress import PROGRESS_DIR
 from data_prep.rejects import PageRejected
 from data_prep.samples import encode_npz, line_layout, normalize_box
 from data_prep.shard_writer import ShardWriter, encode_members
 from data_prep.synth import write_corpus
-from data_prep.tesseract_engine import ENGINE_ENV
+from data_prep.tesseract_engine import ENGINE_ENV, tesseract_version
 from layoutlmv3.data.sample_format import (
     IMAGE_FILE,
     IMAGE_SIZE,
@@ -394,9 +395,17 @@ def test_tesseract_errors_and_timeouts_are_rejects(tokenizer_dir, tmp_path, monk
 
 
 @needs_tesseract
-def test_the_in_process_engine_writes_the_commands_shards_byte_for_byte(tokenizer_dir, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [OcrSettings(), OcrSettings(psm=11, invert=False, min_dpi=200)],
+    ids=["default", "psm11-noinvert-200dpi"],
+)
+def test_the_in_process_engine_writes_the_commands_shards_byte_for_byte(
+    tokenizer_dir, tmp_path, monkeypatch, settings
+) -> None:
     """tesserocr built against the system's Tesseract (make test builds it) gives the command's words and boxes:
-    the shards of a multi-page Group 4 TIFF and a synthetic PNG page are byte-identical either way."""
+    the shards of a multi-page Group 4 TIFF and a synthetic PNG page are byte-identical either way, with the
+    default settings and with others (another segmentation mode, no inverted retries, pages upscaled)."""
     pytest.importorskip("tesserocr", reason="`make test` builds tesserocr against the system's Tesseract")
     (tmp_path / "in").mkdir()
     make_g4_tiff(tmp_path / "in" / "doc.tiff", PAGE_TEXTS)
@@ -405,15 +414,115 @@ def test_the_in_process_engine_writes_the_commands_shards_byte_for_byte(tokenize
     outputs = {}
     for engine in ("cli", "api"):
         monkeypatch.setenv(ENGINE_ENV, engine)
-        build(config(tmp_path / "in", tmp_path / engine, tokenizer_dir, ocr="tesseract"))
+        build(config(tmp_path / "in", tmp_path / engine, tokenizer_dir, ocr="tesseract", ocr_settings=settings))
         outputs[engine] = output_files(tmp_path / engine)
     assert outputs["api"] == outputs["cli"]
     # As data prep runs it by default: one spawned worker with one OpenMP thread, the engine chosen there.
     monkeypatch.delenv(ENGINE_ENV)
     monkeypatch.setattr(build_shards, "PERSISTENT_OCR_MIN_FILES", 1)
-    build(config(tmp_path / "in", tmp_path / "auto", tokenizer_dir, ocr="tesseract"))
+    build(config(tmp_path / "in", tmp_path / "auto", tokenizer_dir, ocr="tesseract", ocr_settings=settings))
     assert output_files(tmp_path / "auto") == outputs["cli"]
     assert len([name for name in outputs["cli"] if name.endswith(".tar")]) >= 1
+    manifest = json.loads((tmp_path / "auto" / MANIFEST_FILE).read_text())
+    assert manifest["ocr"] == {"source": "tesseract", **settings.as_record(), "tesseract_version": tesseract_version()}
+
+
+def _word_pages(folder: Path, words: list[str]) -> None:
+    """One small page per word (about 55 dpi by its size, no resolution recorded): cheap for Tesseract."""
+    folder.mkdir(parents=True, exist_ok=True)
+    font = ImageFont.load_default(size=40)
+    for word in words:
+        page = Image.new("L", (600, 300), 255)
+        ImageDraw.Draw(page).text((60, 110), word, font=font, fill=0)
+        page.save(folder / f"{word.lower()}.png")
+
+
+@needs_tesseract
+def test_ocr_flags_reach_the_workers_and_the_manifest(tokenizer_dir, tmp_path, capsys) -> None:
+    """--no-ocr-invert --ocr-min-dpi 200 on the command line: spawned workers read the pages with them (their
+    shards are those of an in-process build with the same OcrSettings, not the default's) and the manifest says so."""
+    _word_pages(tmp_path / "in", ["INVOICE", "TOTAL"])
+    argv = ["--input", str(tmp_path / "in"), "--ocr", "tesseract", "--tokenizer", str(tokenizer_dir), "--quiet"]
+    build_shards.main(
+        [*argv, "--out", str(tmp_path / "cli"), "--workers", "2", "--no-ocr-invert", "--ocr-min-dpi", "200"]
+    )
+    chosen = OcrSettings(invert=False, min_dpi=200)
+    manifest = json.loads((tmp_path / "cli" / MANIFEST_FILE).read_text())
+    assert manifest["ocr"] == {
+        "source": "tesseract", "psm": 3, "invert": False, "min_dpi": 200, "max_dpi": 0,
+        "tesseract_version": tesseract_version(),
+    }  # fmt: skip
+    build(config(tmp_path / "in", tmp_path / "same", tokenizer_dir, ocr="tesseract", ocr_settings=chosen))
+    build(config(tmp_path / "in", tmp_path / "default", tokenizer_dir, ocr="tesseract"))
+    assert shard_bytes(tmp_path / "cli") == shard_bytes(tmp_path / "same") != shard_bytes(tmp_path / "default")
+    assert json.loads((tmp_path / "default" / MANIFEST_FILE).read_text())["ocr"]["min_dpi"] == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ocr-psm", "11"], "--ocr-psm: Tesseract's settings apply to --ocr tesseract only, not --ocr funsd"),
+        (["--no-ocr-invert", "--ocr-max-dpi", "300"], "--ocr-invert --ocr-max-dpi: Tesseract's settings apply"),
+    ],
+)
+def test_ocr_flags_with_another_source_are_refused(tokenizer_dir, tmp_path, capsys, flags, message) -> None:
+    argv = [
+        "--input",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "out"),
+        "--ocr",
+        "funsd",
+        "--tokenizer",
+        str(tokenizer_dir),
+    ]
+    with pytest.raises(SystemExit) as exit:
+        build_shards.parse_config([*argv, *flags])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+@needs_tesseract
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ocr-psm", "7"], "argument --ocr-psm: invalid choice: 7"),
+        (["--ocr-min-dpi", "30"], "--ocr-min-dpi: min_dpi must be 0 (off) or between 50 and 1200 dpi, got 30"),
+        (["--ocr-min-dpi", "300", "--ocr-max-dpi", "200"], "min_dpi (300) is above max_dpi (200)"),
+    ],
+)
+def test_bad_ocr_settings_are_refused_by_the_command_line(tokenizer_dir, tmp_path, capsys, flags, message) -> None:
+    argv = ["--input", str(tmp_path), "--out", str(tmp_path / "out"), "--ocr", "tesseract"]
+    with pytest.raises(SystemExit) as exit:
+        build_shards.parse_config([*argv, "--tokenizer", str(tokenizer_dir), *flags])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+@needs_tesseract
+def test_a_corpus_of_other_ocr_settings_is_refused_on_resume_naming_both(tokenizer_dir, tmp_path) -> None:
+    _word_pages(tmp_path / "in", ["INVOICE"])
+    build(config(tmp_path / "in", tmp_path / "out", tokenizer_dir, ocr="tesseract"))
+    other = config(tmp_path / "in", tmp_path / "out", tokenizer_dir, ocr="tesseract", ocr_settings=OcrSettings(psm=11))
+    with pytest.raises(build_shards.ProgressMismatch) as refused:
+        build(other)
+    recorded = {**OcrSettings().as_record(), "tesseract_version": tesseract_version()}
+    message = str(refused.value)
+    assert "shard-000000.json was built with other settings: tesseract recorded " in message
+    assert f"recorded {json.dumps(recorded, sort_keys=True)}, requested " in message
+    assert json.dumps({**recorded, "psm": 11}, sort_keys=True) in message, message
+
+
+@needs_tesseract
+def test_merge_refuses_tasks_of_other_ocr_settings_naming_both(tokenizer_dir, tmp_path) -> None:
+    _word_pages(tmp_path / "in", ["INVOICE", "TOTAL"])
+    for task, settings in enumerate([OcrSettings(), OcrSettings(invert=False)]):
+        task_config = config(tmp_path / "in", tmp_path / "out", tokenizer_dir, ocr="tesseract", files_per_chunk=1)
+        build(replace(task_config, task_index=task, num_tasks=2, ocr_settings=settings))
+    with pytest.raises(MergeError) as refused:
+        merge_task_manifests(tmp_path / "out")
+    message = str(refused.value)
+    assert "task manifests disagree on 'ocr': manifest.task0000-of-0002.json has {" in message
+    assert '"invert": true' in message and "manifest.task0001-of-0002.json has {" in message
+    assert '"invert": false' in message and not (tmp_path / "out" / MANIFEST_FILE).exists()
 
 
 def test_an_unexpected_error_rejects_the_page_and_the_run_goes_on(synth_dir, tokenizer, capsys) -> None:
@@ -632,10 +741,24 @@ def _named_lock_holders(out: Path) -> list[str]:
 
 
 def test_changed_settings_are_refused_on_resume(corpus_dir, tokenizer_dir, tmp_path, capsys) -> None:
+    """Each setting that differs is named with its recorded and requested value (the tokenizer by fingerprint)."""
     build(config(corpus_dir, tmp_path, tokenizer_dir))
-    argv = ["--input", str(corpus_dir), "--out", str(tmp_path), "--ocr", "funsd", "--tokenizer", str(tokenizer_dir)]
-    with pytest.raises(SystemExit, match="other settings or input files"):
-        build_shards.main([*argv, "--max-samples-per-shard", "4", "--files-per-chunk", "6", "--quiet"])
+    argv = ["--input", str(corpus_dir), "--out", str(tmp_path), "--ocr", "funsd", "--quiet"]
+    with pytest.raises(
+        SystemExit, match="was built with other settings: max_samples_per_shard recorded 5, requested 4"
+    ):
+        build_shards.main(
+            [*argv, "--tokenizer", str(tokenizer_dir), "--max-samples-per-shard", "4", "--files-per-chunk", "6"]
+        )
+    other = tmp_path.parent / f"{tmp_path.name}-vocab"
+    train_bpe(["other", "words", "entirely"], vocab_size=300).save_pretrained(other)
+    recorded = LayoutLMv3Tokenizer.from_pretrained(tokenizer_dir).fingerprint
+    requested = LayoutLMv3Tokenizer.from_pretrained(other).fingerprint
+    with pytest.raises(SystemExit) as refused:
+        build_shards.main([*argv, "--tokenizer", str(other), "--max-samples-per-shard", "5", "--files-per-chunk", "6"])
+    assert f'other settings: tokenizer recorded "{recorded}", requested "{requested}"; use the settings' in str(
+        refused.value.code
+    )
 
 
 def test_a_deleted_shard_is_rebuilt(corpus_dir, tokenizer_dir, tmp_path) -> None:

@@ -33,7 +33,11 @@ REJECTS_FILE = "rejects.jsonl"
 # manifest.json keys: {"format_version": 1, "tokenizer": fingerprint, "image_size": IMAGE_SIZE,
 #   "tokenizer_image_size": TOKENIZER_IMAGE_SIZE,
 #   "shards": [{"name": str, "samples": int, "bytes": int, "sha256": hex str}],
-#   "total_samples": int, "rejects": {reason: count}, "seed": int}
+#   "total_samples": int, "rejects": {reason: count}, "seed": int,
+#   "ocr": {"source": --ocr, and for tesseract "psm", "invert", "min_dpi", "max_dpi", "tesseract_version"},
+#   "file_list": {"sha256": hex str, "files": int} (only when the pages came from --file-list)}
+# "ocr" and "file_list" were added without a new format_version (readers ignore keys they do not use); manifests
+# written before them lack them and still load.
 # A shard's name is a plain relative file name (layoutlmv3.data.shards.check_shard_name); "sha256" (of the whole
 # tar file) is absent from manifests written before it was recorded, which still load unchecked.
 MANIFEST_FORMAT_VERSION = 1

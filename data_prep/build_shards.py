@@ -40,6 +40,7 @@ from .chunks import (
     progress_path,
     task_chunks,
 )
+from .file_list import FileList, FileListError, check_listed_pages, read_file_list
 from .manifest import MergeError, check_shards, make_manifest, output_names, write_outputs
 from .ocr import OCR_KINDS, make_ocr, ocr_configuration
 from .ocr_settings import PAGE_SEGMENTATION_MODES, OcrSettings
@@ -69,8 +70,8 @@ output (in --out):
   rejects.taskIIII-of-NNNN.jsonl          turns all of them into manifest.json + rejects.jsonl
   progress/{prefix}-{chunk:06d}.json   resume records (one per chunk)
 
-sharding: input files are sorted, shuffled with --seed and cut into chunks of --files-per-chunk files; task I
-of N takes the I-th contiguous run of chunks. Each chunk becomes one or more shards (a new part whenever
+sharding: input files (found by walking --input, or read from --file-list) are sorted, shuffled with --seed
+and cut into chunks of --files-per-chunk files; task I of N takes the I-th contiguous run of chunks. Each chunk becomes one or more shards (a new part whenever
 --max-samples-per-shard or --max-shard-bytes would be exceeded) whose bytes depend only on the chunk's files
 and the settings, so N tasks + merge give the same shards, in the same order, as one task.
 
@@ -88,6 +89,9 @@ examples:
   sbatch --array=0-63 --wrap "python -m data_prep.build_shards --input /data/iit-cdip --ocr tesseract \\
       --out /data/shards --tokenizer vocab/ --workers 16"   # task index/count from SLURM_ARRAY_TASK_*
   python -m data_prep.merge_manifests --out /data/shards
+  python -m data_prep.file_list --input /data/iit-cdip --out /data/shards/file-list.txt   # one walk, then
+  ... build_shards --input /data/iit-cdip --file-list /data/shards/file-list.txt ...      # in every task
+  slurm/submit_prep.sh --array=0-63 -- --input ... --out ...   # does all three on Slurm (slurm/README.md)
 """
 
 
@@ -111,18 +115,21 @@ class BuildConfig:
     progress_bar: bool = True
     pdf_dpi: int = DEFAULT_PDF_DPI  # resolution PDF pages are rendered at
     ocr_settings: OcrSettings = OcrSettings()  # how Tesseract reads a page (--ocr tesseract only)
+    file_list: Path | None = None  # the page files, listed once by data_prep.file_list (None: walk --input)
 
 
 def build(config: BuildConfig) -> dict:
     """Build (or resume) this task's shards and write its manifest; returns the manifest."""
     tokenizer = LayoutLMv3Tokenizer.from_pretrained(config.tokenizer_dir)
     config.out.mkdir(parents=True, exist_ok=True)
-    pages, skipped = scan_inputs(config.input)
+    listed = read_file_list(config.file_list) if config.file_list is not None else None
+    pages, skipped = (listed.pages, Counter()) if listed is not None else scan_inputs(config.input)
     sources = make_ocr(config.ocr, config.ocr_timeout, config.ocr_settings).inputs(pages)
     _report_skipped(config, skipped, len(pages) - len(sources))
     if not sources:
+        where = f"in --file-list {config.file_list}" if listed is not None else f"under {config.input}"
         raise NoInput(
-            f"no page files for --ocr {config.ocr} under {config.input} (read: "
+            f"no page files for --ocr {config.ocr} {where} (read: "
             f"{' '.join(sorted(PAGE_SUFFIXES))}{'; FUNSD pages sit in images/' if config.ocr == 'funsd' else ''})"
         )
     chunks = plan_chunks(sources, config.files_per_chunk, config.seed)
@@ -130,6 +137,8 @@ def build(config: BuildConfig) -> dict:
     settings = _settings(config, tokenizer.fingerprint, ocr)
     limits = ShardLimits(config.max_samples_per_shard, config.max_shard_bytes)
     mine = task_chunks(chunks, config.task_index, config.num_tasks)
+    if listed is not None:  # the listed files of this task only: N tasks still cost one look at each file
+        check_listed_pages(config.input, listed, [source for chunk in mine for source in chunk.sources])
     outputs = output_names(config.task_index, config.num_tasks)
     with chunk_locks([lock_path(config.out, config.prefix, chunk.index) for chunk in mine]):
         if mine:  # what a killed run of these chunks left half-written (records, this task's manifest), now ours
@@ -140,9 +149,13 @@ def build(config: BuildConfig) -> dict:
         shards = [shard for builder in builders for shard in builder.progress.shards]
         rejects = [reject for builder in builders for reject in builder.progress.rejects]
         check_shards(config.out, shards)  # the manifest never lists a shard that does not match its record
-        manifest = make_manifest(tokenizer.fingerprint, config.seed, shards, rejects, ocr)
+        manifest = make_manifest(tokenizer.fingerprint, config.seed, shards, rejects, ocr, _list_record(listed))
         write_outputs(config.out, outputs, manifest, rejects)
     return manifest
+
+
+def _list_record(listed: FileList | None) -> dict[str, object] | None:
+    return listed.record() if listed is not None else None
 
 
 class NoInput(RuntimeError):
@@ -297,6 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--input", required=True, type=Path, metavar="DIR", help="root directory of the page images")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created if missing)")
+    parser.add_argument(
+        "--file-list",
+        type=Path,
+        metavar="LIST",
+        help="read the page files from LIST (paths relative to --input, one a line, sorted; written once by "
+        "`python -m data_prep.file_list --input DIR --out LIST`) instead of walking --input, so the tasks of an "
+        "array share one walk; the chunks are those of the walk that wrote it, pages added since are not read, "
+        "a bad line refuses the task naming it, and its sha256 is recorded in the manifest (default: walk --input)",
+    )
     parser.add_argument(
         "--ocr",
         required=True,
@@ -468,6 +490,7 @@ def parse_config(argv: Sequence[str] | None = None) -> BuildConfig:
         progress_bar=not args.quiet,
         pdf_dpi=args.pdf_dpi,
         ocr_settings=_ocr_settings(parser, args),
+        file_list=args.file_list,
     )
 
 
@@ -509,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         manifest = build(config)
-    except (ProgressMismatch, MergeError, ShardSizeMismatch, NoInput) as error:
+    except (ProgressMismatch, MergeError, ShardSizeMismatch, NoInput, FileListError) as error:
         sys.exit(f"error: {error}")
     except BrokenProcessPool as error:
         sys.exit(
@@ -520,9 +543,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"error: {storage_error(error, config.out)}")
     rejects = sum(manifest["rejects"].values())
     names = output_names(config.task_index, config.num_tasks)
+    listed = manifest.get("file_list")
     print(
         f"task {config.task_index}/{config.num_tasks}: {manifest['total_samples']} samples in "
         f"{len(manifest['shards'])} shards, {rejects} rejected {manifest['rejects']} -> {config.out / names[0]}"
+        + (f" (pages from --file-list {config.file_list}, sha256 {listed['sha256']})" if listed else "")
     )
     if manifest["total_samples"] == 0 and rejects:
         sys.exit(f"error: every page of this task was rejected ({manifest['rejects']}): see {config.out / names[1]}")

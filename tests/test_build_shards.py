@@ -882,3 +882,6 @@ def test_cli_help_explains_every_flag() -> None:
         assert flag in help_text
     for flag in ("--max-samples-per-shard", "--max-shard-bytes", "--seed", "--files-per-chunk", "--ocr-timeout"):
         assert flag in help_text
+    for flag in ("--ocr-psm MODE", "--ocr-invert, --no-ocr-invert", "--ocr-min-dpi DPI", "--ocr-max-dpi DPI"):
+        assert flag in help_text
+    assert "--file-list LIST" in help_text and "python -m data_prep.file_list" in help_text

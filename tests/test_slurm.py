@@ -5,6 +5,8 @@ runs across hosts are in test_slurm_multinode.py.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -53,14 +55,18 @@ def test_requeueing_stops_after_max_crashes_or_requeues(
     assert "reached MAX_REQUEUES=0: not requeueing" in log
 
 
-def test_prep_array_over_three_nodes_and_merge_equal_one_task(
+def test_prep_array_over_three_nodes_reads_one_file_list_and_merge_equals_one_task(
     slurm_env: dict[str, str],
     world: Path,
     tmp_path: Path,
 ) -> None:
-    """A 3-task prep array, one task per node (--exclusive), plus its merge job write the shards and manifest of
-    a single-task build, byte for byte."""
-    build_args = ["--input", str(world / "synth_train"), "--ocr", "funsd", "--tokenizer", str(world / "vocab")]
+    """slurm/submit_prep.sh: one job lists the input, then a 3-task prep array, one task per node (--exclusive),
+    reads that list, and its merge job writes the shards and manifest of a single-task build that walked the same
+    input, byte for byte (the manifest adds the list's digest). A page added to --input after the list was written
+    (while the array is held) is in no shard: the tasks did not walk."""
+    pages = tmp_path / "input"
+    shutil.copytree(world / "synth_train", pages)  # a copy: this test adds a page to it
+    build_args = ["--input", str(pages), "--ocr", "funsd", "--tokenizer", str(world / "vocab")]
     build_args += ["--files-per-chunk", "4", "--max-samples-per-shard", "3", "--workers", "1", "--quiet"]
     plain = {k: v for k, v in slurm_env.items() if not k.startswith("SLURM_ARRAY")}
     one = tmp_path / "one"
@@ -74,18 +80,28 @@ def test_prep_array_over_three_nodes_and_merge_equal_one_task(
 
     three = tmp_path / "three"
     env = {**slurm_env, "PYTHON": sys.executable, "LOG_DIR": str(tmp_path / "logs")}
-    array = sbatch(
-        env,
-        tmp_path,
-        "--array=0-2",
-        "--exclusive",  # a whole node per task: the three tasks run on three hosts
-        "--cpus-per-task=1",  # the header's 16 exceed a local node
-        "slurm/prep.sbatch",
-        *build_args,
-        "--out",
-        str(three),
-        log="slurm-%A_%a.out",
+    array_options = [f"--output={tmp_path / 'slurm-%A_%a.out'}", "--array=0-2", "--hold"]
+    array_options += ["--exclusive", "--cpus-per-task=1"]  # a whole node per task; the header's 16 exceed a node
+    submitted = subprocess.run(
+        ["slurm/submit_prep.sh", *array_options, "--", *build_args, "--out", str(three)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
+    jobs = re.search(r"list job (\d+) writes (\S+) .*\narray job (\d+) builds from \2", submitted.stdout)
+    assert jobs is not None, submitted.stdout
+    listing, array = Path(jobs.group(2)), jobs.group(3)
+    assert listing == three / "file-list.txt"
+    listed = wait_for_job(env, jobs.group(1))
+    list_log = (tmp_path / "logs" / f"prep-list-{jobs.group(1)}.out").read_text()
+    assert listed["JobState"] == "COMPLETED" and f"listed 24 page files under {pages}" in list_log, list_log
+    for folder, suffix in (("images", ".png"), ("annotations", ".json")):  # a page any walk would build
+        first = sorted((pages / folder).glob(f"*{suffix}"))[0]
+        shutil.copy(first, pages / folder / f"zz_added{suffix}")
+    subprocess.run(["scontrol", "release", array], env=env, check=True, capture_output=True)
+
     ends, hosts = [], set()
     for task in (f"{array}_0", f"{array}_1", f"{array}_2"):
         fields = wait_for_job(env, task)
@@ -94,6 +110,7 @@ def test_prep_array_over_three_nodes_and_merge_equal_one_task(
         ends.append(fields["EndTime"])
         ran_on = re.search(r"task \d+ \(of 3\) on (\S+):", output)
         assert ran_on is not None and ran_on.group(1) == fields["NodeList"], output
+        assert f"(pages from --file-list {listing}, sha256 " in output, output  # the log names the list
         hosts.add(ran_on.group(1))
     assert len(hosts) >= 2, hosts  # spread over nodes, each writing to the shared output directory
     announced = re.search(r"merge job (\d+) runs after", (tmp_path / f"slurm-{array}_0.out").read_text())
@@ -105,13 +122,17 @@ def test_prep_array_over_three_nodes_and_merge_equal_one_task(
     assert merged["StartTime"] >= max(ends)  # ISO times: the merge waited for both tasks
 
     def outputs(directory: Path) -> dict[str, str]:
-        names = [p for p in directory.iterdir() if p.suffix == ".tar" or p.name in ("manifest.json", "rejects.jsonl")]
+        names = [p for p in directory.iterdir() if p.suffix == ".tar" or p.name == "rejects.jsonl"]
         return digests(names, directory)
 
     expected, got = outputs(one), outputs(three)
-    assert "manifest.json" in expected and len([n for n in expected if n.endswith(".tar")]) > 2
+    assert len([n for n in expected if n.endswith(".tar")]) > 2
     assert sorted(got) == sorted(expected)
-    assert got == expected
+    assert got == expected  # the added page is in no shard
+    manifest = json.loads((three / "manifest.json").read_text())
+    sha256 = hashlib.sha256(listing.read_bytes()).hexdigest()
+    assert manifest.pop("file_list") == {"sha256": sha256, "files": 24}
+    assert manifest == json.loads((one / "manifest.json").read_text())
 
 
 def test_one_node_mode_still_starts(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ from data refused line by line when it is not what the writer writes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import replace
@@ -158,3 +159,17 @@ def test_the_writer_leaves_out_names_a_list_cannot_hold_and_writes_whole(tmp_pat
     with pytest.raises(SystemExit, match=f"error: no page files under {empty}"):
         file_list.main(["--input", str(empty), "--out", str(tmp_path / "none.txt")])
     assert not (tmp_path / "none.txt").exists()
+
+
+def test_lines_across_read_blocks_are_read_and_numbered_as_one(tmp_path, monkeypatch) -> None:
+    """The list is read in blocks: a line cut by a block's end is still one line, and counted once."""
+    monkeypatch.setattr(file_list, "READ_BLOCK", 7)
+    listing = tmp_path / "files.txt"
+    pages = [f"scan/{number:03d}/page.TIF" for number in range(40)]
+    listing.write_text("".join(f"{page}\n" for page in pages))
+    listed = read_file_list(listing)
+    assert listed.pages == pages and listed.where(pages[17]) == f"{listing}:18"
+    assert listed.sha256 == hashlib.sha256(listing.read_bytes()).hexdigest()
+    listing.write_text("".join(f"{page}\n" for page in pages[:30]) + "scan/030/../page.tif\n")
+    with pytest.raises(FileListError, match=f"^{listing}:31: 'scan/030/../page.tif' is not a plain relative path"):
+        read_file_list(listing)

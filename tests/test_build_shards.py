@@ -50,6 +50,7 @@ from layoutlmv3.data.sample_format import (
     TOKENS_FILE,
     sample_key,
 )
+from layoutlmv3.data.shards import list_shards
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
 from tests.file_digests import digests
 
@@ -759,6 +760,31 @@ def test_changed_settings_are_refused_on_resume(corpus_dir, tokenizer_dir, tmp_p
     assert f'other settings: tokenizer recorded "{recorded}", requested "{requested}"; use the settings' in str(
         refused.value.code
     )
+
+
+def test_outputs_written_before_the_ocr_and_settings_were_recorded_still_merge_load_and_resume(
+    corpus_dir, tokenizer_dir, tmp_path
+) -> None:
+    """Task manifests without "ocr" (older builds) merge, the merged manifest loads; progress records without
+    "settings" resume, and one of other settings is refused by its digest alone."""
+    job = config(corpus_dir, tmp_path, tokenizer_dir, num_tasks=2)
+    for task in range(2):
+        build(replace(job, task_index=task))
+    for path in tmp_path.glob("manifest.task*.json"):
+        manifest = json.loads(path.read_text())
+        assert manifest.pop("ocr") == {"source": "funsd"}
+        path.write_text(json.dumps(manifest))
+    merged = merge_task_manifests(tmp_path)
+    assert "ocr" not in merged and len(list_shards(tmp_path)) == len(merged["shards"])
+    for path in (tmp_path / PROGRESS_DIR).glob("*.json"):
+        record = json.loads(path.read_text())
+        assert record.pop("settings")["tokenizer"] == LayoutLMv3Tokenizer.from_pretrained(tokenizer_dir).fingerprint
+        path.write_text(json.dumps(record))
+    reference = shard_bytes(tmp_path)
+    build(replace(job, task_index=1))
+    assert shard_bytes(tmp_path) == reference
+    with pytest.raises(build_shards.ProgressMismatch, match=r"other settings or input files \(digest \w+ != \w+\)"):
+        build(replace(job, task_index=1, seed=3))
 
 
 def test_a_deleted_shard_is_rebuilt(corpus_dir, tokenizer_dir, tmp_path) -> None:

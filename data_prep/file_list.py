@@ -12,11 +12,15 @@ planted). It is read as bytes, never evaluated: a FIFO or device named as the li
 over MAX_LIST_BYTES by its size (and never read past it), more than MAX_LISTED_FILES lines or a line over
 MAX_LINE_BYTES stop the reading. Every line must be a plain relative path (no "/" first, no ".", ".." or empty
 part, no control character, UTF-8) with a page suffix (PAGE_SUFFIXES), after the line before it (sorted, so no
-path twice). Before a task reads a page, its own files are joined to --input by data_roots.inside_root (links
-followed, confined to --input) and must be regular files (a FIFO named like a page would block the worker). Any
-error refuses the task, naming the list and the line. The list is written atomically (atomic_files): a reader
-sees a whole list or none. Names the format cannot hold (a line break in a file name) are left out of the list
-and reported, as the walk reports what is not a page.
+path twice), so no line can name a file outside --input by itself. Before a task reads a page, each of its own
+files must be a regular file (data_roots.check_regular_file: a FIFO named like a page would block the worker, a
+folder or device is no page; a missing file is no page either). Any error refuses the task, naming the list and
+the line. Links placed in the --input tree are followed, as the walk follows them (the README's threat model:
+links you place in a data folder are yours, datasets are assembled from them); resolving them and refusing those
+that lead outside (data_roots.inside_root) would make a list plan other chunks than the walk that wrote it, and
+would defend nothing against the list itself, which can only name paths under --input. The list is written
+atomically (atomic_files): a reader sees a whole list or none. Names the format cannot hold (a line break in a
+file name) are left out of the list and reported, as the walk reports what is not a page.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from layoutlmv3.atomic_files import file_in_place
-from layoutlmv3.data_roots import NAME_MAX, PATH_MAX, NotARegularFile, OutsideDataRoot, check_regular_file, inside_root
+from layoutlmv3.data_roots import NAME_MAX, PATH_MAX, NotARegularFile, check_regular_file
 from layoutlmv3.page_sources import PAGE_SUFFIXES
 
 from .pages import InputScan, scan_folder
@@ -136,16 +140,13 @@ def _add(pages: list[str], raw: bytes, path: Path) -> None:
 
 
 def check_listed_pages(root: Path, listed: FileList, pages: Iterable[str]) -> None:
-    """Refuse (FileListError naming the line) a page of `pages` (a task's share of the list) that leads outside
-    `root` or is not a regular file: what the walk would never have listed."""
+    """Refuse (FileListError naming the line) a page of `pages` (a task's share of the list) that is not a regular
+    file under `root` (links followed, as by the walk): gone since the list was written, or never a page."""
     for page in pages:
-        where = listed.where(page)
         try:
-            check_regular_file(inside_root(root, page, where))
-        except OutsideDataRoot as error:
-            raise FileListError(str(error)) from None
+            check_regular_file(root / page)
         except (OSError, NotARegularFile) as error:
-            raise FileListError(f"{where}: {page!r} under {root}: {error}") from None
+            raise FileListError(f"{listed.where(page)}: {page!r} under {root}: {error}") from None
 
 
 def write_file_list(root: Path, out: Path) -> tuple[InputScan, str]:

@@ -13,8 +13,9 @@
 # So N tasks cost one walk of the tree (minutes at 11 M files on a shared filesystem; before, every task walked
 # it), and every task plans the same chunks from the same list: pages added to --input after the list was written
 # are not built. With --file-list among the build arguments no list job is submitted: the array reads that list.
-# Prints the job ids. Environment: PYTHON (default python), REPO_DIR (default: this directory), LOG_DIR (default
-# logs/slurm), FILE_LIST.
+# The list job, like the merge job, gets none of the array's options: partition or account come from the cluster's
+# defaults or SBATCH_PARTITION / SBATCH_ACCOUNT. Prints the job ids. Environment: PYTHON (default python),
+# REPO_DIR (default: the current directory), LOG_DIR (default logs/slurm), FILE_LIST.
 set -euo pipefail
 
 REPO_DIR=${REPO_DIR:-$PWD}

@@ -40,7 +40,7 @@ from .chunks import (
     progress_path,
     task_chunks,
 )
-from .file_list import FileList, FileListError, check_listed_pages, read_file_list
+from .file_list import FileListError, check_listed_pages, read_file_list
 from .manifest import MergeError, check_shards, make_manifest, output_names, write_outputs
 from .ocr import OCR_KINDS, make_ocr, ocr_configuration
 from .ocr_settings import PAGE_SEGMENTATION_MODES, OcrSettings
@@ -71,9 +71,10 @@ output (in --out):
   progress/{prefix}-{chunk:06d}.json   resume records (one per chunk)
 
 sharding: input files (found by walking --input, or read from --file-list) are sorted, shuffled with --seed
-and cut into chunks of --files-per-chunk files; task I of N takes the I-th contiguous run of chunks. Each chunk becomes one or more shards (a new part whenever
---max-samples-per-shard or --max-shard-bytes would be exceeded) whose bytes depend only on the chunk's files
-and the settings, so N tasks + merge give the same shards, in the same order, as one task.
+and cut into chunks of --files-per-chunk files; task I of N takes the I-th contiguous run of chunks. Each
+chunk becomes one or more shards (a new part whenever --max-samples-per-shard or --max-shard-bytes would be
+exceeded) whose bytes depend only on the chunk's files and the settings, so N tasks + merge give the same
+shards, in the same order, as one task.
 
 resuming: rerun the same command. Shards are renamed into place when complete and recorded in progress/
 right after; a rerun skips recorded shards and redoes only the unfinished part of each chunk. A rerun with
@@ -149,13 +150,10 @@ def build(config: BuildConfig) -> dict:
         shards = [shard for builder in builders for shard in builder.progress.shards]
         rejects = [reject for builder in builders for reject in builder.progress.rejects]
         check_shards(config.out, shards)  # the manifest never lists a shard that does not match its record
-        manifest = make_manifest(tokenizer.fingerprint, config.seed, shards, rejects, ocr, _list_record(listed))
+        listing = listed.record() if listed is not None else None
+        manifest = make_manifest(tokenizer.fingerprint, config.seed, shards, rejects, ocr, listing)
         write_outputs(config.out, outputs, manifest, rejects)
     return manifest
-
-
-def _list_record(listed: FileList | None) -> dict[str, object] | None:
-    return listed.record() if listed is not None else None
 
 
 class NoInput(RuntimeError):

@@ -35,7 +35,16 @@ def test_a_build_from_the_list_writes_the_walks_shards(corpus_dir, tokenizer_dir
     Image.new("L", (60, 60), 255).save(late)  # after the list was written
     try:
         argv = ["--input", str(corpus_dir), "--ocr", "funsd", "--tokenizer", str(tokenizer_dir), "--quiet"]
-        argv += ["--files-per-chunk", "4", "--max-samples-per-shard", "3", "--file-list", str(listing)]
+        argv += [
+            "--files-per-chunk",
+            "4",
+            "--max-samples-per-shard",
+            "3",
+            "--file-list",
+            str(listing),
+            "--workers",
+            "1",
+        ]
         build_shards.main([*argv, "--out", str(tmp_path / "listed")])
     finally:
         late.unlink()

@@ -7,8 +7,10 @@ holds an empty `lock` file there and every other process waits for it to disappe
 forever inside `deepspeed.init_distributed()` with nothing in its log. `check_build_locks` turns that silent hang
 into one clear error before the run starts.
 
-`python -m layoutlmv3.training.extensions` builds the ops a CPU run needs, once, in one process (the Makefile does
-it when it creates the virtualenv), so tests and jobs never start by compiling concurrently.
+`python -m layoutlmv3.training.extensions` builds the ops a CPU run needs, once, ahead of any run (the Makefile does
+it when it creates the virtualenv), so tests and jobs never start by compiling concurrently. Each op builds in its
+own process, all at once: they share no file (one folder and lock per op), and a fresh virtualenv is ready in the
+time of the longest build instead of the sum (58 + 39 s on 2 cores).
 
 Without TORCH_EXTENSIONS_DIR, torch's cache is one per user, shared by every checkout and virtualenv: a shell that
 did not export the Makefile's setting rebuilt the ops silently (40-65 s) into it, over ops built against another
@@ -123,6 +125,17 @@ def build_ops(names: tuple[str, ...] = CPU_OPS) -> list[str]:
     return built
 
 
+def build_ops_at_once(names: tuple[str, ...]) -> int:
+    """Build each op in its own child process, concurrently; 0 when all succeed, else the first failure's code."""
+    import subprocess
+
+    use_virtualenv_cache()  # the children inherit the cache
+    module = "layoutlmv3.training.extensions"  # this file, also when it runs as __main__
+    children = [subprocess.Popen([sys.executable, "-m", module, "--ops", name]) for name in names]
+    codes = [child.wait() for child in children]
+    return next((code for code in codes if code), 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Build DeepSpeed's JIT ops once, ahead of runs and tests (set DS_ACCELERATOR=cpu for the "
@@ -135,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.check_only:
             check_build_locks()
+        elif len(args.ops) > 1:
+            check_build_locks()
+            return build_ops_at_once(tuple(args.ops))
         else:
             build_ops(tuple(args.ops))
     except ValueError as error:

@@ -7,17 +7,21 @@ settings is refused on resume and by merge_manifests).
 Resolution: Tesseract reads print best at 200-300 dpi. A page's dpi is the one its file records, or, when the
 file records none (or an implausible one), estimated from its size as if its longer side were 11 inches (a
 US-letter scan; FUNSD's forms come out at about 100). A page below `min_dpi` is upscaled to it before OCR, one
-above `max_dpi` downscaled to it (0: no bound); the words' boxes are mapped back to the page's own pixels, so
-shards are in the pixels of the stored page whatever Tesseract saw. Resampling is deterministic (PIL, fixed
-filter), so a configuration still gives the same bytes.
+above `max_dpi` downscaled to it (0: no bound); never past the pixel cap of every page (page_sources.MAX_PAGE_PIXELS:
+a 20000 x 4000 page of 100 dpi is read at 106, not 300, rather than as 720 M pixels). The words' boxes are mapped
+back to the page's own pixels, so shards are in the pixels of the stored page whatever Tesseract saw. Resampling is
+deterministic (PIL, fixed filter), so a configuration still gives the same bytes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from PIL import Image
+
+from layoutlmv3 import page_sources
 
 from .words import Word
 
@@ -68,9 +72,12 @@ def page_dpi(image: Image.Image) -> float:
 
 def scale_for(image: Image.Image, settings: OcrSettings) -> float:
     """The factor the page is resampled by before OCR (1.0: read as it is)."""
+    if not image.width or not image.height:
+        return 1.0
     dpi = page_dpi(image)
-    if settings.min_dpi and dpi < settings.min_dpi:
-        return settings.min_dpi / dpi
+    if settings.min_dpi and dpi < settings.min_dpi:  # to no more pixels than a page may have (page_sources' cap)
+        allowed = math.sqrt(page_sources.MAX_PAGE_PIXELS / (image.width * image.height))
+        return max(1.0, min(settings.min_dpi / dpi, allowed))
     if settings.max_dpi and dpi > settings.max_dpi:
         return settings.max_dpi / dpi
     return 1.0
@@ -83,6 +90,8 @@ def prepare_page(image: Image.Image, settings: OcrSettings) -> Image.Image:
     if scale == 1.0:
         return image
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if size[0] * size[1] > page_sources.MAX_PAGE_PIXELS:  # rounded up past the cap: round down instead
+        size = (math.floor(image.width * scale), math.floor(image.height * scale))
     source = image.convert("L") if image.mode not in ("L", "RGB") else image
     resized = source.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC)
     dpi = round(page_dpi(image) * scale)

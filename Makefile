@@ -59,7 +59,7 @@ smoke: venv system-deps
 lint: venv system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	shellcheck slurm/*.sbatch slurm/local/*.sh launch/*.sh benchmarks/*.sh
+	shellcheck slurm/*.sbatch slurm/*.sh slurm/local/*.sh launch/*.sh benchmarks/*.sh
 
 # Two xdist workers, one core each, taking whole modules (the Slurm cluster's together: tests/conftest.py).
 PYTEST_WORKERS := -n 2 --dist loadscope

@@ -37,7 +37,7 @@ from PIL import Image
 from layoutlmv3.data_roots import NotARegularFile
 from layoutlmv3.json_files import JsonFileError, parse_json, read_bounded
 
-from .ocr_settings import OcrSettings, boxes_to_page, prepare_page
+from .ocr_settings import OcrSettings, boxes_to_page, prepare_page, tesseract_dpi
 from .pdf import TextLayerFirst
 from .rejects import OCR_FAILED, OCR_INVALID, OCR_MISSING, OCR_TIMEOUT, PageRejected
 from .tesseract_engine import PersistentTesseract, tesseract_version, use_persistent_engine
@@ -110,9 +110,8 @@ def run_tesseract(image: Image.Image, timeout: float, settings: OcrSettings | No
     command = ["tesseract", "stdin", "stdout", "--psm", str(settings.psm)]
     for name, value in settings.tesseract_variables().items():
         command += ["-c", f"{name}={value}"]
-    dpi = image.info.get("dpi")
-    if dpi and round(float(dpi[0])) >= 50:
-        command += ["--dpi", str(round(float(dpi[0])))]
+    if (dpi := tesseract_dpi(image)) is not None:
+        command += ["--dpi", str(dpi)]
     pnm = _pnm_bytes(image)
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
     try:

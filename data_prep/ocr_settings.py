@@ -27,6 +27,7 @@ from .words import Word
 
 LETTER_LONG_SIDE_INCHES = 11.0
 MIN_RECORDED_DPI = 50  # below this a recorded resolution is taken as absent (files that say 1 or 72 by default)
+MAX_TOLD_DPI = 2**31 - 1  # Tesseract's int (it takes a value over 2400 as no resolution itself)
 PAGE_SEGMENTATION_MODES = (3, 4, 6, 11, 12)  # Tesseract's --psm values that read a whole page
 
 
@@ -68,6 +69,18 @@ def page_dpi(image: Image.Image) -> float:
         if MIN_RECORDED_DPI <= value <= 2400:
             return value
     return max(image.size) / LETTER_LONG_SIDE_INCHES
+
+
+def tesseract_dpi(image: Image.Image) -> int | None:
+    """The resolution Tesseract is told (`--dpi`, SetSourceResolution): the one the file records, rounded, when it is
+    a number Tesseract can take (50 dpi or more, finite, an int); None lets Tesseract estimate it. A TIFF whose
+    resolution is 1/0 records NaN, which rounding refuses."""
+    recorded = image.info.get("dpi")
+    try:
+        value = round(float(recorded[0]))  # type: ignore[index]
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError):
+        return None
+    return value if MIN_RECORDED_DPI <= value <= MAX_TOLD_DPI else None
 
 
 def scale_for(image: Image.Image, settings: OcrSettings) -> float:

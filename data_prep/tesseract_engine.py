@@ -19,7 +19,7 @@ from functools import cache
 
 from PIL import Image
 
-from .ocr_settings import OcrSettings
+from .ocr_settings import OcrSettings, tesseract_dpi
 from .rejects import OCR_FAILED, OCR_TIMEOUT, PageRejected
 
 logger = logging.getLogger(__name__)
@@ -109,9 +109,8 @@ class PersistentTesseract:
             image = image.convert("RGB")
         channels = 1 if image.mode == "L" else 3
         self._api.SetImageBytes(image.tobytes(), image.width, image.height, channels, channels * image.width)
-        dpi = image.info.get("dpi")
-        if dpi and round(float(dpi[0])) >= 50:  # as run_tesseract passes --dpi
-            self._api.SetSourceResolution(round(float(dpi[0])))
+        if (dpi := tesseract_dpi(image)) is not None:  # as run_tesseract passes --dpi
+            self._api.SetSourceResolution(dpi)
         if not self._api.Recognize(int(timeout * 1000)):
             raise PageRejected(OCR_TIMEOUT, f"tesseract ran over {timeout:g} s (or failed)")
         text = self._api.GetTSVText(0)

@@ -3,11 +3,19 @@ its writer's report, and transformers' Trainer saving our models. Each test is a
 
 from __future__ import annotations
 
-import pytest
-from PIL import Image
+import math
+import shutil
+from pathlib import Path
 
-from data_prep.ocr_settings import OcrSettings, prepare_page
+import pytest
+from PIL import Image, TiffImagePlugin
+
+from data_prep.ocr import TesseractOcr
+from data_prep.ocr_settings import OcrSettings, prepare_page, tesseract_dpi
+from data_prep.pages import read_pages
 from layoutlmv3 import page_sources
+
+needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract is not installed")
 
 
 def test_an_upscaled_page_stays_under_the_pixel_cap(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,3 +38,49 @@ def test_a_page_over_the_cap_is_never_upscaled(monkeypatch: pytest.MonkeyPatch) 
     page = Image.new("L", (200, 100), 255)
     page.info["dpi"] = (100, 100)
     assert prepare_page(page, OcrSettings(min_dpi=300)) is page
+
+
+@pytest.mark.parametrize(
+    ("dpi", "told"),
+    [
+        ((300, 300), 300),
+        ((72.4, 72.4), 72),
+        ((float("nan"), float("nan")), None),  # a TIFF whose resolution is 1/0
+        ((float("inf"), 300), None),
+        ((-300, -300), None),
+        ((1e30, 1e30), None),  # would overflow Tesseract's int
+        ((30, 30), None),
+        (("300", "300"), 300),
+        ((300,), 300),
+        ((), None),
+        ("300", None),  # not a pair
+    ],
+)
+def test_the_resolution_told_to_tesseract(dpi: object, told: int | None) -> None:
+    page = Image.new("L", (10, 10))
+    page.info["dpi"] = dpi
+    assert tesseract_dpi(page) == told
+
+
+def _nan_dpi_tiff(path: Path) -> Path:
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[282] = tags[283] = TiffImagePlugin.IFDRational(1, 0)  # XResolution, YResolution: 1/0
+    tags[296] = 2  # inches
+    Image.new("L", (200, 100), 255).save(path, tiffinfo=tags)
+    return path
+
+
+@needs_tesseract
+@pytest.mark.parametrize("engine", ["cli", "api"])
+def test_a_page_whose_file_records_a_nan_resolution_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """Pillow reads a TIFF resolution of 1/0 as NaN; telling it to Tesseract was a ValueError (an internal error
+    for the page) in both engines."""
+    if engine == "api":
+        pytest.importorskip("tesserocr")
+    monkeypatch.setenv("LAYOUTLMV3_OCR_ENGINE", engine)
+    path = _nan_dpi_tiff(tmp_path / "nan.tif")
+    ((_, page),) = list(read_pages(path))
+    assert math.isnan(page.info["dpi"][0])
+    assert TesseractOcr(60.0).read(path, 0, page) == []  # a blank page: no words, and no error

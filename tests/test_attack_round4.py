@@ -84,3 +84,31 @@ def test_a_page_whose_file_records_a_nan_resolution_is_read(
     ((_, page),) = list(read_pages(path))
     assert math.isnan(page.info["dpi"][0])
     assert TesseractOcr(60.0).read(path, 0, page) == []  # a blank page: no words, and no error
+
+
+@pytest.mark.slow
+def test_a_masked_lm_resumes_from_its_trainer_checkpoint(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The pretraining model leaves its tied decoder out of saved files; transformers' Trainer, resuming, read the
+    missing key as a transformers model's `_keys_to_ignore_on_save` and crashed (AttributeError) on our plain
+    module. The resumed run takes every weight from the checkpoint, tie kept; a weight truly missing is warned of."""
+    import torch
+    from torch.nn.modules.module import _IncompatibleKeys
+
+    from layoutlmv3.model import LayoutLMv3ForMaskedLM
+    from tests.model_inputs import random_inputs
+    from tests.test_transformers_interop import _tiny, _trainer
+
+    inputs = random_inputs(batch=2, length=48, vocab_size=300, seed=9)
+    torch.manual_seed(0)
+    model = LayoutLMv3ForMaskedLM(_tiny())
+    _trainer(model, tmp_path / "run", save_strategy="steps", save_steps=1)
+    torch.manual_seed(1)
+    fresh = LayoutLMv3ForMaskedLM(_tiny())
+    resumed = _trainer(fresh, tmp_path / "run", save_strategy="no")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
+    assert fresh.mlm_head.decoder.weight is fresh.layoutlmv3.text_embeddings.word.weight
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(**inputs).logits, model.eval()(**inputs).logits, atol=1e-6, rtol=0)
+    with caplog.at_level("WARNING"):
+        resumed._issue_warnings_after_load(_IncompatibleKeys(["mlm_head.decoder.weight", "mlm_head.dense.weight"], []))
+    assert "mlm_head.dense.weight" in caplog.text and "mlm_head.decoder.weight" not in caplog.text

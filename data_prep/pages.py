@@ -50,9 +50,12 @@ class InputScan:
 
     def skip(self, kind: str, relative: str) -> None:
         """Count a file that is not read, keeping the first of its kind as the example (printable, whatever bytes
-        its name holds)."""
+        its name holds: undecodable bytes and control characters escaped, so the note stays one line and a name
+        cannot drive the terminal)."""
         self.skipped[kind] += 1
-        self.examples.setdefault(kind, os.fsencode(relative).decode("utf-8", "backslashreplace"))
+        if kind not in self.examples:
+            text = os.fsencode(relative).decode("utf-8", "backslashreplace")
+            self.examples[kind] = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
     def skipped_note(self) -> str:
         """'' if nothing was skipped, else one line naming the files that are not pages (by type, with examples)."""

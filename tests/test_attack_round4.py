@@ -112,3 +112,19 @@ def test_a_masked_lm_resumes_from_its_trainer_checkpoint(tmp_path: Path, caplog:
     with caplog.at_level("WARNING"):
         resumed._issue_warnings_after_load(_IncompatibleKeys(["mlm_head.decoder.weight", "mlm_head.dense.weight"], []))
     assert "mlm_head.dense.weight" in caplog.text and "mlm_head.decoder.weight" not in caplog.text
+
+
+def test_the_writer_reports_a_name_it_leaves_out_on_one_printable_line(tmp_path: Path) -> None:
+    """A file name may hold a line break or a terminal escape: the list leaves it out, and the warning that says
+    so (one line, the example as escaped text) must neither break in two nor drive the terminal."""
+    from data_prep.file_list import UNLISTABLE, write_file_list
+
+    root = tmp_path / "in"
+    root.mkdir()
+    Image.new("L", (8, 8)).save(root / "page.png")
+    (root / "evil\n\x1b]0;owned\x07.png").write_bytes((root / "page.png").read_bytes())
+    scan, _ = write_file_list(root, tmp_path / "list.txt")
+    note = scan.skipped_note()
+    assert UNLISTABLE in note and "evil\\n\\x1b]0;owned\\x07.png" in note
+    assert note.isprintable()
+    assert (tmp_path / "list.txt").read_text() == "page.png\n"

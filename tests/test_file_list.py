@@ -169,7 +169,7 @@ def test_the_writer_leaves_out_names_a_list_cannot_hold_and_writes_whole(tmp_pat
     file_list.main(["--input", str(tree), "--out", str(listing)])
     assert listing.read_text() == "a.tif\nb.png\n" and not list(tmp_path.glob(".*.tmp"))
     err = capsys.readouterr().err
-    assert "1 (name a file list cannot hold) (e.g. line\nbreak.png)" in err and "1 .txt (e.g. notes.txt)" in err
+    assert "1 (name a file list cannot hold) (e.g. line\\nbreak.png)" in err and "1 .txt (e.g. notes.txt)" in err
     assert read_file_list(listing).pages == ["a.tif", "b.png"]  # what the writer writes, the reader reads
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -33,15 +33,19 @@ done
 shift  # the --
 build=("$@")
 
-value_of() {  # the value of build_shards' option $1 (--name VALUE or --name=VALUE), empty if absent
-    local previous="" arg
+value_of() {  # the value of build_shards' option $1 (--name VALUE or --name=VALUE), empty if absent; the last
+    local previous="" arg value=""  # one when repeated, as argparse reads it
     for arg in "${build[@]}"; do
         case $arg in
-            "$1"=*) echo "${arg#"$1"=}"; return ;;
+            "$1"=*) value=${arg#"$1"=} ;;
         esac
-        [ "$previous" = "$1" ] && { echo "$arg"; return; }
+        [ "$previous" = "$1" ] && value=$arg
         previous=$arg
     done
+    printf '%s\n' "$value"
+}
+sh_quoted() {  # $1 quoted for /bin/sh, which runs sbatch --wrap (bash's %q may write $'...', which dash reads as text)
+    printf "'%s'" "${1//\'/\'\\\'\'}"
 }
 input=$(value_of --input)
 out=$(value_of --out)
@@ -55,8 +59,8 @@ dependency=()
 if [ -z "$listing" ]; then
     listing=${FILE_LIST:-$out/file-list.txt}
     mkdir -p "$LOG_DIR"
-    printf -v list_command 'cd %q && %q -m data_prep.file_list --input %q --out %q' \
-        "$REPO_DIR" "$PYTHON" "$input" "$listing"
+    list_command="cd $(sh_quoted "$REPO_DIR") && $(sh_quoted "$PYTHON") -m data_prep.file_list"
+    list_command+=" --input $(sh_quoted "$input") --out $(sh_quoted "$listing")"
     list_job=$(sbatch --parsable --job-name=layoutlmv3-prep-list --ntasks=1 --cpus-per-task=1 \
         --output="$LOG_DIR/prep-list-%j.out" --wrap "$list_command")
     list_job=${list_job%%;*}

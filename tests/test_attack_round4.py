@@ -128,3 +128,65 @@ def test_the_writer_reports_a_name_it_leaves_out_on_one_printable_line(tmp_path:
     assert UNLISTABLE in note and "evil\\n\\x1b]0;owned\\x07.png" in note
     assert note.isprintable()
     assert (tmp_path / "list.txt").read_text() == "page.png\n"
+
+
+FAKE_SBATCH = """#!/bin/bash
+count=$(ls "$CALLS" | wc -l)
+printf '%s\\0' "$@" > "$CALLS/$count"
+echo "$((100 + count))"
+"""
+FAKE_PYTHON = """#!/bin/sh
+printf '%s\\0' "$(pwd)" > "$CALLS/ran"
+printf '%s\\0' "$@" >> "$CALLS/ran"
+"""
+
+
+def _submit_prep(tmp_path: Path, build_args: list[str], locale: str = "C") -> list[list[str]]:
+    """slurm/submit_prep.sh run against a fake sbatch: the argument lists of its submissions, in order."""
+    import os
+    import subprocess
+
+    calls, tools = tmp_path / "calls", tmp_path / "bin"
+    calls.mkdir()
+    tools.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("python", FAKE_PYTHON)):
+        (tools / name).write_text(text)
+        (tools / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "CALLS": str(calls), "LC_ALL": locale}
+    env |= {"PYTHON": str(tools / "python"), "LOG_DIR": str(tmp_path / "logs"), "REPO_DIR": str(tmp_path)}
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run([repo / "slurm" / "submit_prep.sh", "--array=0-1", "--", *build_args], env=env, check=True,
+                   capture_output=True, cwd=repo)  # fmt: skip
+    return [(calls / str(number)).read_bytes().decode().split("\0")[:-1] for number in range(2)]
+
+
+def _run_list_job(tmp_path: Path, sbatch_args: list[str]) -> list[str]:
+    """What the list job's --wrap command runs, as sbatch runs it (/bin/sh): the directory, then the arguments."""
+    import os
+    import subprocess
+
+    wrap = next(arg.removeprefix("--wrap=") for arg in sbatch_args if arg.startswith("--wrap"))
+    if wrap == "--wrap":
+        wrap = sbatch_args[sbatch_args.index("--wrap") + 1]
+    subprocess.run(["/bin/sh", "-c", wrap], env={**os.environ, "CALLS": str(tmp_path / "calls")}, check=True)
+    return (tmp_path / "calls" / "ran").read_bytes().decode().split("\0")[:-1]
+
+
+def test_submit_prep_list_job_quotes_for_sh_in_any_locale(tmp_path: Path) -> None:
+    """The list job runs under sbatch --wrap, a /bin/sh script: bash's %q quoting wrote $'...' for a non-ASCII
+    path in the C locale (and for any control character), which dash reads as literal text."""
+    pages = tmp_path / "scans café" / "it's"
+    out = tmp_path / "out dir"
+    list_job, array = _submit_prep(tmp_path, ["--input", str(pages), "--out", str(out), "--ocr", "tesseract"])
+    ran = _run_list_job(tmp_path, list_job)
+    assert ran == [str(tmp_path), "-m", "data_prep.file_list", "--input", str(pages), "--out", f"{out}/file-list.txt"]
+    assert array[-2:] == ["--file-list", f"{out}/file-list.txt"]
+
+
+def test_submit_prep_reads_a_repeated_option_as_build_shards_does(tmp_path: Path) -> None:
+    """argparse takes the last of a repeated --input/--out; the list job must list that input, not the first."""
+    args = ["--input", "/data/old", "--out", "/shards/old", "--input=/data/new", "--out", "/shards/new"]
+    list_job, array = _submit_prep(tmp_path, args)
+    ran = _run_list_job(tmp_path, list_job)
+    assert ran[-4:] == ["--input", "/data/new", "--out", "/shards/new/file-list.txt"]
+    assert array[-2:] == ["--file-list", "/shards/new/file-list.txt"]

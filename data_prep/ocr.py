@@ -40,7 +40,7 @@ from layoutlmv3.json_files import JsonFileError, parse_json, read_bounded
 from .ocr_settings import OcrSettings, boxes_to_page, prepare_page, tesseract_dpi
 from .pdf import TextLayerFirst
 from .rejects import OCR_FAILED, OCR_INVALID, OCR_MISSING, OCR_TIMEOUT, PageRejected
-from .tesseract_engine import PersistentTesseract, tesseract_version, use_persistent_engine
+from .tesseract_engine import PersistentTesseract, tesseract_pixels, tesseract_version, use_persistent_engine
 from .words import Ocr, Word  # Word is re-exported: other modules and tests import it from here
 
 __all__ = ["OCR_KINDS", "Ocr", "Word", "make_ocr", "ocr_configuration", "parse_tsv", "run_tesseract"]
@@ -130,7 +130,7 @@ def run_tesseract(image: Image.Image, timeout: float, settings: OcrSettings | No
 
 def _pnm_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PPM")  # P5 for "L", P6 for "RGB": no compression to pay for
+    tesseract_pixels(image).save(buffer, format="PPM")  # P5 for "L", P6 for "RGB": no compression to pay for
     return buffer.getvalue()
 
 

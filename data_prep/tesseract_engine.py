@@ -90,6 +90,12 @@ def worker_environment() -> Iterator[None]:
                 os.environ[name] = value
 
 
+def tesseract_pixels(image: Image.Image) -> Image.Image:
+    """The page as both engines hand it to Tesseract: grey or colour as it is, any other mode ("P", "CMYK", "LA",
+    "1", "I;16", ...) as RGB, so the command's PNM and the engine's raw bytes are the same pixels."""
+    return image if image.mode in ("L", "RGB") else image.convert("RGB")
+
+
 class PersistentTesseract:
     """One Tesseract engine for the life of the process; Tesseract's TSV of a page, as the command prints it."""
 
@@ -105,8 +111,7 @@ class PersistentTesseract:
     def tsv(self, image: Image.Image, timeout: float) -> str:
         # Raw pixels, as the command's PNM on stdin: no resolution unless --dpi would be passed (SetImage would hand
         # Tesseract a BMP that claims 96 dpi, and its words would differ on pages without one).
-        if image.mode not in ("L", "RGB"):
-            image = image.convert("RGB")
+        image = tesseract_pixels(image)
         channels = 1 if image.mode == "L" else 3
         self._api.SetImageBytes(image.tobytes(), image.width, image.height, channels, channels * image.width)
         if (dpi := tesseract_dpi(image)) is not None:  # as run_tesseract passes --dpi

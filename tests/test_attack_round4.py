@@ -190,3 +190,21 @@ def test_submit_prep_reads_a_repeated_option_as_build_shards_does(tmp_path: Path
     ran = _run_list_job(tmp_path, list_job)
     assert ran[-4:] == ["--input", "/data/new", "--out", "/shards/new/file-list.txt"]
     assert array[-2:] == ["--file-list", "/shards/new/file-list.txt"]
+
+
+@needs_tesseract
+@pytest.mark.parametrize("mode", ["P", "CMYK", "LA", "RGBA"])
+def test_both_engines_read_a_page_of_any_mode_alike(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """TesseractOcr.read takes any image (the OCR benchmark and other callers hand it pages as Pillow opens them):
+    the command wrote PNM, which Pillow cannot write for "P", "CMYK" or "LA" (OSError), while the in-process
+    engine converted them; both now give Tesseract the same pixels."""
+    from PIL import ImageDraw, ImageFont
+
+    page = Image.new("RGB", (400, 120), "white")
+    ImageDraw.Draw(page).text((60, 40), "INVOICE", font=ImageFont.load_default(size=28), fill="black")
+    page = page.convert(mode)
+    words = {}
+    for engine in ("cli", "api"):
+        monkeypatch.setenv("LAYOUTLMV3_OCR_ENGINE", engine)
+        words[engine] = TesseractOcr(60.0).read(Path("page.png"), 0, page)
+    assert [word.text for word in words["cli"]] == ["INVOICE"] and words["cli"] == words["api"]

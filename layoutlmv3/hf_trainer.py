@@ -4,7 +4,8 @@
 any other module it writes the bare weights, with no config.json, so neither `save_model()` nor its checkpoints
 reload without the config given by hand. Our classes stay plain modules (README, "transformers"), and this subclass
 closes the gap: every save the Trainer makes -- `save_model()` and each `checkpoint-N/` (the best model it keeps is one) --
-goes through our `save_pretrained` (config.json with the architecture, model.safetensors), so the directory reloads
+goes through our `save_pretrained` (config.json with the architecture, model.safetensors), with the processing class
+(our processor: its tokenizer and windows, as a fine-tuned model's processing.json), so the directory reloads
 with `from_pretrained(dir)` and converts with `launch/convert.py --model DIR --to hf`. Resuming
 (`train(resume_from_checkpoint=...)`) reads those weights back through the Trainer's own path; the weights a model
 ties to others (`tied_weight_keys`, the masked LM's decoder) are not in the files and are not missing (the Trainer
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +27,8 @@ import transformers
 from transformers.trainer import TRAINING_ARGS_NAME  # the arguments saved beside a model
 
 from .model.modeling import LayoutLMv3PreTrainedModel
+from .model.weights_io import write_json
+from .processing import PROCESSING_FILE, LayoutLMv3Processor
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +44,11 @@ class LayoutLMv3Trainer(transformers.Trainer):
             return None
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         model.save_pretrained(output_dir, state_dict=state_dict)
-        if self.processing_class is not None:
+        if isinstance(self.processing_class, LayoutLMv3Processor):  # no save_pretrained: its tokenizer and windows
+            self.processing_class.tokenizer.save_pretrained(output_dir)
+            windows = {"max_length": self.processing_class.max_length, "stride": self.processing_class.stride}
+            write_json(windows, Path(output_dir) / PROCESSING_FILE)
+        elif self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         return None

@@ -208,3 +208,26 @@ def test_both_engines_read_a_page_of_any_mode_alike(monkeypatch: pytest.MonkeyPa
         monkeypatch.setenv("LAYOUTLMV3_OCR_ENGINE", engine)
         words[engine] = TesseractOcr(60.0).read(Path("page.png"), 0, page)
     assert [word.text for word in words["cli"]] == ["INVOICE"] and words["cli"] == words["api"]
+
+
+@pytest.mark.slow
+def test_the_trainer_saves_our_processor_as_its_tokenizer_and_windows(tmp_path: Path) -> None:
+    """transformers' Trainer takes a processor as `processing_class` and saves it with every checkpoint; ours has no
+    save_pretrained, so the first save after training was an AttributeError. Its tokenizer and windows are saved,
+    where a predictor reads them."""
+    import transformers
+
+    from layoutlmv3.hf_trainer import LayoutLMv3Trainer
+    from layoutlmv3.model import LayoutLMv3ForTokenClassification
+    from layoutlmv3.processing import LayoutLMv3Processor, processing_settings
+    from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
+    from tests.test_transformers_interop import WORDS, _tiny
+
+    tokenizer = train_bpe(WORDS * 20, vocab_size=300)
+    processor = LayoutLMv3Processor(tokenizer, max_length=64, stride=16)
+    arguments = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), report_to=[], use_cpu=True)
+    model = LayoutLMv3ForTokenClassification(_tiny(num_labels=3))
+    LayoutLMv3Trainer(model=model, args=arguments, processing_class=processor).save_model(tmp_path / "saved")
+    reloaded = LayoutLMv3Tokenizer.from_pretrained(tmp_path / "saved")
+    assert reloaded.fingerprint == tokenizer.fingerprint
+    assert processing_settings(tmp_path / "saved") == {"max_length": 64, "stride": 16, "boxes": "segment"}

@@ -160,8 +160,8 @@ def _submit_prep(tmp_path: Path, build_args: list[str], locale: str = "C") -> li
     return [(calls / str(number)).read_bytes().decode().split("\0")[:-1] for number in range(2)]
 
 
-def _run_list_job(tmp_path: Path, sbatch_args: list[str]) -> list[str]:
-    """What the list job's --wrap command runs, as sbatch runs it (/bin/sh): the directory, then the arguments."""
+def _run_wrapped(tmp_path: Path, sbatch_args: list[str]) -> list[str]:
+    """What a --wrap command runs, as sbatch runs it (/bin/sh): the directory, then the arguments."""
     import os
     import subprocess
 
@@ -178,7 +178,7 @@ def test_submit_prep_list_job_quotes_for_sh_in_any_locale(tmp_path: Path) -> Non
     pages = tmp_path / "scans café" / "it's"
     out = tmp_path / "out dir"
     list_job, array = _submit_prep(tmp_path, ["--input", str(pages), "--out", str(out), "--ocr", "tesseract"])
-    ran = _run_list_job(tmp_path, list_job)
+    ran = _run_wrapped(tmp_path, list_job)
     assert ran == [str(tmp_path), "-m", "data_prep.file_list", "--input", str(pages), "--out", f"{out}/file-list.txt"]
     assert array[-2:] == ["--file-list", f"{out}/file-list.txt"]
 
@@ -187,7 +187,7 @@ def test_submit_prep_reads_a_repeated_option_as_build_shards_does(tmp_path: Path
     """argparse takes the last of a repeated --input/--out; the list job must list that input, not the first."""
     args = ["--input", "/data/old", "--out", "/shards/old", "--input=/data/new", "--out", "/shards/new"]
     list_job, array = _submit_prep(tmp_path, args)
-    ran = _run_list_job(tmp_path, list_job)
+    ran = _run_wrapped(tmp_path, list_job)
     assert ran[-4:] == ["--input", "/data/new", "--out", "/shards/new/file-list.txt"]
     assert array[-2:] == ["--file-list", "/shards/new/file-list.txt"]
 
@@ -231,3 +231,26 @@ def test_the_trainer_saves_our_processor_as_its_tokenizer_and_windows(tmp_path: 
     reloaded = LayoutLMv3Tokenizer.from_pretrained(tmp_path / "saved")
     assert reloaded.fingerprint == tokenizer.fingerprint
     assert processing_settings(tmp_path / "saved") == {"max_length": 64, "stride": 16, "boxes": "segment"}
+
+
+def test_prep_sbatch_merge_job_quotes_for_sh_in_any_locale(tmp_path: Path) -> None:
+    """The first task of the array submits the merge as sbatch --wrap (a /bin/sh script), quoted as the list job is:
+    %q wrote $'...' for a non-ASCII --out in the C locale, and the merge after the whole build failed."""
+    import os
+    import subprocess
+
+    calls, tools = tmp_path / "calls", tmp_path / "bin"
+    calls.mkdir()
+    tools.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("python", FAKE_PYTHON)):
+        (tools / name).write_text(text)
+        (tools / name).chmod(0o755)
+    out = tmp_path / "shards é" / "it's"
+    env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "CALLS": str(calls), "LC_ALL": "C"}
+    env |= {"PYTHON": str(tools / "python"), "LOG_DIR": str(tmp_path / "logs"), "REPO_DIR": str(tmp_path)}
+    env |= {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_JOB_ID": "41"}
+    script = Path(__file__).resolve().parent.parent / "slurm" / "prep.sbatch"
+    subprocess.run(["bash", script, "--input", "/data", "--out", str(out)], env=env, check=True, capture_output=True)
+    merge = (calls / "0").read_bytes().decode().split("\0")[:-1]
+    ran = _run_wrapped(tmp_path, merge)
+    assert ran == [str(tmp_path), "-m", "data_prep.merge_manifests", "--out", str(out)]

@@ -37,6 +37,8 @@ from .rejects import PAGE_TOO_LARGE, TOO_MANY_PAGES, UNREADABLE_IMAGE, UNREADABL
 SIDE_FILE_SUFFIXES = frozenset({".json", ".hocr", ".html", ".htm", ".xml"})
 NOT_A_FILE = "(broken link or not a regular file)"  # how a scan lists entries that are neither file nor folder
 NOT_UTF8 = "(file name not UTF-8)"  # names that records (JSON, UTF-8) cannot hold: rename them to read them
+LINK_LOOP = "(link to a folder it is inside of: not walked again)"  # e.g. in/a/up -> in: walked, it never ends
+UNREADABLE_FOLDER = "(folder that cannot be listed)"  # no permission, or gone while walked
 
 
 @dataclass
@@ -69,10 +71,11 @@ class InputScan:
 
 def scan_folder(root: Path) -> InputScan:
     """The page files under ``root`` and what was skipped (broken links, FIFOs and devices whatever their suffix,
-    pages whose names are not UTF-8). Hidden files (temporaries) and OCR side files are neither. One walk of the
-    tree, which on a corpus of millions of files on a shared filesystem is minutes."""
+    pages whose names are not UTF-8, links that loop, folders that cannot be listed). Hidden files (temporaries) and
+    OCR side files are neither. Links are followed, to files and to folders (_tree). One walk of the tree, which on a
+    corpus of millions of files on a shared filesystem is minutes."""
     scan = InputScan()
-    for path in root.rglob("*"):
+    for path in _tree(root, scan):
         if path.name.startswith("."):
             continue
         relative = path.relative_to(root).as_posix()
@@ -92,6 +95,45 @@ def scan_folder(root: Path) -> InputScan:
             scan.skip(suffix or "(no suffix)", relative)
     scan.pages.sort()
     return scan
+
+
+def _tree(root: Path, scan: InputScan) -> Iterator[Path]:
+    """Every entry under `root`, links to folders followed (README: links you place in a data folder are yours;
+    Path.rglob on Python < 3.13 silently goes past them), except a link back to a folder it is inside of (reported,
+    not walked again: the walk ends). One listing per folder, in name order."""
+    try:
+        stack = [(root, frozenset({_folder_identity(root)}))]
+    except OSError:  # no such folder: nothing under it (callers name a missing --input themselves)
+        return
+    while stack:
+        folder, inside = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError:
+            if folder != root:
+                scan.skip(UNREADABLE_FOLDER, folder.relative_to(root).as_posix())
+            continue
+        folders = []
+        for entry in entries:
+            path = folder / entry.name
+            yield path
+            try:
+                if not entry.is_dir():  # follows a link
+                    continue
+                identity = _folder_identity(path)
+            except OSError:
+                continue
+            if identity in inside:
+                scan.skip(LINK_LOOP, path.relative_to(root).as_posix())
+            else:
+                folders.append((path, inside | {identity}))
+        stack.extend(reversed(folders))  # the first folder is walked next
+
+
+def _folder_identity(folder: Path) -> tuple[int, int]:
+    status = folder.stat()
+    return status.st_dev, status.st_ino
 
 
 def scan_inputs(root: Path) -> tuple[list[str], Counter[str]]:

@@ -254,3 +254,26 @@ def test_prep_sbatch_merge_job_quotes_for_sh_in_any_locale(tmp_path: Path) -> No
     merge = (calls / "0").read_bytes().decode().split("\0")[:-1]
     ran = _run_wrapped(tmp_path, merge)
     assert ran == [str(tmp_path), "-m", "data_prep.merge_manifests", "--out", str(out)]
+
+
+def test_the_walk_follows_a_linked_folder_as_the_list_does(tmp_path: Path) -> None:
+    """README: links you place in a data folder are followed (datasets are assembled from links to other disks).
+    The walk (Path.rglob on Python < 3.13) went silently past a link to a folder, while a list naming a page inside
+    it was read: the pages of a linked disk were left out without a word, and the list and the walk disagreed. A
+    link back to a folder it is inside of is not walked again (reported), so the walk ends."""
+    from data_prep.file_list import read_file_list, write_file_list
+    from data_prep.pages import scan_folder
+
+    disk = tmp_path / "disk1"
+    (disk / "batch").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(disk / "batch" / "x.png")
+    root = tmp_path / "in"
+    (root / "own").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(root / "own" / "a.png")
+    (root / "disk1").symlink_to(disk)
+    (root / "own" / "loop").symlink_to(root)  # back to the root: would be walked forever
+    scan = scan_folder(root)
+    assert scan.pages == ["disk1/batch/x.png", "own/a.png"]
+    assert "own/loop" in scan.skipped_note()
+    write_file_list(root, tmp_path / "list.txt")
+    assert read_file_list(tmp_path / "list.txt").pages == scan.pages

@@ -30,6 +30,30 @@ if XDIST_WORKER:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The modules whose tests use the Slurm cluster: one cluster a session (fixed node names and addresses), one worker.
 SLURM_CLUSTER_MODULES = ("tests/test_slurm.py", "tests/test_slurm_multinode.py", "tests/test_probe.py")
+SLURM_SCOPE = "the Slurm cluster"
+# Seconds each long scope takes (`pytest -n 2 --durations=0 -m slow`, 2026-12-07, on a loaded 2-core machine: the
+# order is what counts). Workers take the longest first, so the run does not end on one worker finishing a long
+# module that started last while the other waits (longest-processing-time-first scheduling); unlisted modules are
+# short and follow, slow ones first.
+EXPECTED_SECONDS = {
+    "tests/test_pretraining_convergence.py": 840,
+    "tests/test_pretrain_launcher.py": 690,
+    SLURM_SCOPE: 670,
+    "tests/test_question_answering.py": 500,
+    "tests/test_benchmark_scripts.py": 500,
+    "tests/test_classify.py": 450,
+    "tests/test_finetune.py": 310,
+    "tests/test_image_tokenizer.py": 180,
+    "tests/test_checkpoint_verification.py": 110,
+    "tests/test_runtime_faults.py": 95,
+    "tests/test_end_to_end.py": 66,
+}
+
+
+def scope_of(nodeid: str) -> str:
+    """The unit a worker takes whole: a module, or every module of the Slurm cluster."""
+    module = nodeid.split("::", 1)[0]
+    return SLURM_SCOPE if module in SLURM_CLUSTER_MODULES else module
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -40,19 +64,20 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return "the Slurm cluster" if module in SLURM_CLUSTER_MODULES else module
+            return scope_of(nodeid)
 
     config.option.loadscopereorder = False  # xdist would order by test count, putting a long 4-test module last
     return ModuleScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On a worker, the modules holding slow tests first (module order kept otherwise): the long runs start at once
-    instead of ending the run on one worker while the other waits."""
+    """On a worker, the longest scopes first (EXPECTED_SECONDS), then the other modules holding slow tests (order
+    kept otherwise): the long runs start at once instead of ending the run on one worker while the other waits."""
     if XDIST_WORKER:
-        slow = {item.nodeid.split("::", 1)[0] for item in items if item.get_closest_marker("slow")}
-        items.sort(key=lambda item: item.nodeid.split("::", 1)[0] not in slow)
+        slow = {scope_of(item.nodeid) for item in items if item.get_closest_marker("slow")}
+        items.sort(
+            key=lambda item: (-EXPECTED_SECONDS.get(scope_of(item.nodeid), 0), scope_of(item.nodeid) not in slow)
+        )
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

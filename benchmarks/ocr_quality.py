@@ -1,7 +1,8 @@
 """OCR quality against ground truth: word precision, recall and F1 of each Tesseract configuration, and its cost.
 
-    python benchmarks/ocr_quality.py --workers 1 --json benchmarks/results/ocr_quality.json \\
-        --plot benchmarks/results/ocr_quality.png [--sets funsd,synthetic] [--synthetic 40] [--configs a,b] [--limit K]
+    python benchmarks/ocr_quality.py [--sets funsd,synthetic] [--synthetic 40] [--configs a,b] [--limit K] \\
+        [--workers 1] [--json OUT.json] [--plot OUT.png]
+    python benchmarks/ocr_quality.py --plot OUT.png --plot-from A.json B.json   # one chart from separate runs
 
 Two page sets whose true words and boxes are known:
 

@@ -40,7 +40,13 @@ from layoutlmv3.json_files import JsonFileError, parse_json, read_bounded
 from .ocr_settings import OcrSettings, boxes_to_page, prepare_page, tesseract_dpi
 from .pdf import TextLayerFirst
 from .rejects import OCR_FAILED, OCR_INVALID, OCR_MISSING, OCR_TIMEOUT, PageRejected
-from .tesseract_engine import PersistentTesseract, tesseract_pixels, tesseract_version, use_persistent_engine
+from .tesseract_engine import (
+    PersistentTesseract,
+    tesseract_language_data,
+    tesseract_pixels,
+    tesseract_version,
+    use_persistent_engine,
+)
 from .words import Ocr, Word  # Word is re-exported: other modules and tests import it from here
 
 __all__ = ["OCR_KINDS", "Ocr", "Word", "make_ocr", "ocr_configuration", "parse_tsv", "run_tesseract"]
@@ -67,10 +73,15 @@ def make_ocr(kind: str, timeout: float, settings: OcrSettings | None = None) -> 
 
 def ocr_configuration(kind: str, settings: OcrSettings | None = None) -> dict[str, object]:
     """What decides the words of `--ocr kind`, as the manifest and the progress records hold it: the source's name,
-    and for Tesseract its settings and release (other releases read other words)."""
+    and for Tesseract its settings, release and English model (other releases or models read other words)."""
     if kind != "tesseract":
         return {"source": kind}
-    return {"source": kind, **(settings or OcrSettings()).as_record(), "tesseract_version": tesseract_version()}
+    return {
+        "source": kind,
+        **(settings or OcrSettings()).as_record(),
+        "tesseract_version": tesseract_version(),
+        "language_data": tesseract_language_data(),
+    }
 
 
 class TesseractOcr:

@@ -11,11 +11,14 @@ instead: `apt-get install libtesseract-dev libleptonica-dev pkg-config` then
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 
 from PIL import Image
 
@@ -60,6 +63,30 @@ def tesseract_version() -> str | None:
         return subprocess.run(["tesseract", "--version"], capture_output=True, text=True).stdout.split()[1]
     except (OSError, IndexError):
         return None
+
+
+def tesseract_language_data() -> str | None:
+    """The English model Tesseract reads with, as "sha256:<first 16 hex digits>" of its eng.traineddata (None when
+    it cannot be found): another model (tessdata_fast, _best, a newer Debian package) reads other words as surely
+    as another release does, so it is recorded beside the version."""
+    return _language_data(os.environ.get("PATH", ""), os.environ.get("TESSDATA_PREFIX"))
+
+
+@cache  # hashed once per process for a given command and model folder
+def _language_data(path: str, tessdata_prefix: str | None) -> str | None:
+    try:
+        listing = subprocess.run(["tesseract", "--list-langs"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r'"([^"]+)"', listing.stdout + listing.stderr)
+    model = Path(found.group(1)) / "eng.traineddata" if found else None
+    if model is None or not model.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(model, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def use_persistent_engine() -> bool:

@@ -37,7 +37,7 @@ from data_prep.rejects import PageRejected
 from data_prep.samples import encode_npz, line_layout, normalize_box
 from data_prep.shard_writer import ShardWriter, encode_members
 from data_prep.synth import write_corpus
-from data_prep.tesseract_engine import ENGINE_ENV, tesseract_version
+from data_prep.tesseract_engine import ENGINE_ENV, tesseract_language_data, tesseract_version
 from layoutlmv3.data.sample_format import (
     IMAGE_FILE,
     IMAGE_SIZE,
@@ -425,7 +425,10 @@ def test_the_in_process_engine_writes_the_commands_shards_byte_for_byte(
     assert output_files(tmp_path / "auto") == outputs["cli"]
     assert len([name for name in outputs["cli"] if name.endswith(".tar")]) >= 1
     manifest = json.loads((tmp_path / "auto" / MANIFEST_FILE).read_text())
-    assert manifest["ocr"] == {"source": "tesseract", **settings.as_record(), "tesseract_version": tesseract_version()}
+    assert manifest["ocr"] == {
+        "source": "tesseract", **settings.as_record(), "tesseract_version": tesseract_version(),
+        "language_data": tesseract_language_data(),
+    }  # fmt: skip
 
 
 def _word_pages(folder: Path, words: list[str]) -> None:
@@ -451,8 +454,9 @@ def test_ocr_flags_reach_the_workers_and_the_manifest(tokenizer_dir, tmp_path, c
     manifest = json.loads((tmp_path / "cli" / MANIFEST_FILE).read_text())
     assert manifest["ocr"] == {
         "source": "tesseract", "psm": 3, "invert": False, "min_dpi": 200, "max_dpi": 0,
-        "tesseract_version": tesseract_version(),
+        "tesseract_version": tesseract_version(), "language_data": tesseract_language_data(),
     }  # fmt: skip
+    assert manifest["ocr"]["language_data"].startswith("sha256:")  # the English model Tesseract read with
     build(config(tmp_path / "in", tmp_path / "same", tokenizer_dir, ocr="tesseract", ocr_settings=chosen))
     build(config(tmp_path / "in", tmp_path / "default", tokenizer_dir, ocr="tesseract"))
     assert shard_bytes(tmp_path / "cli") == shard_bytes(tmp_path / "same") != shard_bytes(tmp_path / "default")
@@ -505,7 +509,9 @@ def test_a_corpus_of_other_ocr_settings_is_refused_on_resume_naming_both(tokeniz
     other = config(tmp_path / "in", tmp_path / "out", tokenizer_dir, ocr="tesseract", ocr_settings=OcrSettings(psm=11))
     with pytest.raises(build_shards.ProgressMismatch) as refused:
         build(other)
-    recorded = {**OcrSettings().as_record(), "tesseract_version": tesseract_version()}
+    recorded = {
+        **OcrSettings().as_record(), "tesseract_version": tesseract_version(), "language_data": tesseract_language_data()
+    }  # fmt: skip
     message = str(refused.value)
     assert "shard-000000.json was built with other settings: tesseract recorded " in message
     assert f"recorded {json.dumps(recorded, sort_keys=True)}, requested " in message

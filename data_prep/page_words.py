@@ -30,15 +30,17 @@ from layoutlmv3.page_layout import read_words, to_sample_mode, words_file
 from layoutlmv3.page_sources import open_image
 from layoutlmv3.tokenizer import MAX_COORD
 
-from .ocr import Word, parse_tsv, run_tesseract
+from .ocr import TesseractOcr, Word
 from .rejects import PageRejected
 
 OCR_TIMEOUT = 120.0  # seconds of Tesseract per page
 
 
 def ocr_words(image: Image.Image) -> list[Word]:
-    """Tesseract's words of a page (a failure or time-out raises PageRejected)."""
-    return parse_tsv(run_tesseract(to_sample_mode(image), OCR_TIMEOUT))
+    """Tesseract's words of a page, read as data prep reads pages for pretraining (the default OcrSettings: the
+    same resolution, segmentation and boxes in the page's pixels), so a fine-tuned model meets the words it was
+    pretrained on. A failure or time-out raises PageRejected."""
+    return TesseractOcr(OCR_TIMEOUT).read(Path(), 0, to_sample_mode(image))
 
 
 def words_of_page(image_path: Path, image: Image.Image, words: Path | None = None) -> list[Word]:

@@ -24,12 +24,12 @@ def test_an_upscaled_page_stays_under_the_pixel_cap(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(page_sources, "MAX_PAGE_PIXELS", 100_000)
     page = Image.new("L", (400, 200), 255)
     page.info["dpi"] = (100, 100)
-    seen = prepare_page(page, OcrSettings(min_dpi=300))
+    seen = prepare_page(page, OcrSettings(min_dpi=300, max_dpi=0))
     assert seen.width * seen.height <= 100_000
     assert seen.width > 400 and abs(seen.width / seen.height - 2) < 0.02  # still upscaled, as far as allowed
     assert seen.info["dpi"][0] == round(100 * seen.width / 400)
     square = Image.new("L", (300, 300), 255)  # no dpi recorded: estimated 27, upscaled 44x to 1200 without the cap
-    seen = prepare_page(square, OcrSettings(min_dpi=1200))
+    seen = prepare_page(square, OcrSettings(min_dpi=1200, max_dpi=0))
     assert seen.width * seen.height <= 100_000 and seen.width > 300
 
 
@@ -37,7 +37,7 @@ def test_a_page_over_the_cap_is_never_upscaled(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(page_sources, "MAX_PAGE_PIXELS", 10_000)
     page = Image.new("L", (200, 100), 255)
     page.info["dpi"] = (100, 100)
-    assert prepare_page(page, OcrSettings(min_dpi=300)) is page
+    assert prepare_page(page, OcrSettings(min_dpi=300, max_dpi=0)) is page
 
 
 @pytest.mark.parametrize(

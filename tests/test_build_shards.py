@@ -398,7 +398,7 @@ def test_tesseract_errors_and_timeouts_are_rejects(tokenizer_dir, tmp_path, monk
 @needs_tesseract
 @pytest.mark.parametrize(
     "settings",
-    [OcrSettings(), OcrSettings(psm=11, invert=False, min_dpi=200)],
+    [OcrSettings(), OcrSettings(psm=11, invert=True, min_dpi=200, max_dpi=0)],
     ids=["default", "psm11-noinvert-200dpi"],
 )
 def test_the_in_process_engine_writes_the_commands_shards_byte_for_byte(
@@ -443,14 +443,25 @@ def _word_pages(folder: Path, words: list[str]) -> None:
 
 @needs_tesseract
 def test_ocr_flags_reach_the_workers_and_the_manifest(tokenizer_dir, tmp_path, capsys) -> None:
-    """--no-ocr-invert --ocr-min-dpi 200 on the command line: spawned workers read the pages with them (their
+    """--no-ocr-invert --ocr-min-dpi 200 --ocr-max-dpi 0 on the command line: spawned workers read the pages with them (their
     shards are those of an in-process build with the same OcrSettings, not the default's) and the manifest says so."""
     _word_pages(tmp_path / "in", ["INVOICE", "TOTAL"])
     argv = ["--input", str(tmp_path / "in"), "--ocr", "tesseract", "--tokenizer", str(tokenizer_dir), "--quiet"]
     build_shards.main(
-        [*argv, "--out", str(tmp_path / "cli"), "--workers", "2", "--no-ocr-invert", "--ocr-min-dpi", "200"]
+        [
+            *argv,
+            "--out",
+            str(tmp_path / "cli"),
+            "--workers",
+            "2",
+            "--no-ocr-invert",
+            "--ocr-min-dpi",
+            "200",
+            "--ocr-max-dpi",
+            "0",
+        ]
     )
-    chosen = OcrSettings(invert=False, min_dpi=200)
+    chosen = OcrSettings(invert=False, min_dpi=200, max_dpi=0)
     manifest = json.loads((tmp_path / "cli" / MANIFEST_FILE).read_text())
     assert manifest["ocr"] == {
         "source": "tesseract", "psm": 3, "invert": False, "min_dpi": 200, "max_dpi": 0,
@@ -460,7 +471,7 @@ def test_ocr_flags_reach_the_workers_and_the_manifest(tokenizer_dir, tmp_path, c
     build(config(tmp_path / "in", tmp_path / "same", tokenizer_dir, ocr="tesseract", ocr_settings=chosen))
     build(config(tmp_path / "in", tmp_path / "default", tokenizer_dir, ocr="tesseract"))
     assert shard_bytes(tmp_path / "cli") == shard_bytes(tmp_path / "same") != shard_bytes(tmp_path / "default")
-    assert json.loads((tmp_path / "default" / MANIFEST_FILE).read_text())["ocr"]["min_dpi"] == 0
+    assert json.loads((tmp_path / "default" / MANIFEST_FILE).read_text())["ocr"]["min_dpi"] == OcrSettings().min_dpi
 
 
 @pytest.mark.parametrize(
@@ -521,7 +532,7 @@ def test_a_corpus_of_other_ocr_settings_is_refused_on_resume_naming_both(tokeniz
 @needs_tesseract
 def test_merge_refuses_tasks_of_other_ocr_settings_naming_both(tokenizer_dir, tmp_path) -> None:
     _word_pages(tmp_path / "in", ["INVOICE", "TOTAL"])
-    for task, settings in enumerate([OcrSettings(), OcrSettings(invert=False)]):
+    for task, settings in enumerate([OcrSettings(), OcrSettings(invert=True)]):
         task_config = config(tmp_path / "in", tmp_path / "out", tokenizer_dir, ocr="tesseract", files_per_chunk=1)
         build(replace(task_config, task_index=task, num_tasks=2, ocr_settings=settings))
     with pytest.raises(MergeError) as refused:

@@ -13,6 +13,7 @@ from PIL import Image
 from data_prep.build_shards import BuildConfig, build
 from data_prep.ocr import Word, make_ocr, parse_tsv, run_tesseract
 from data_prep.ocr_files import parse_alto, parse_hocr
+from data_prep.ocr_settings import OcrSettings
 from data_prep.rejects import OCR_INVALID, OCR_MISSING, PageRejected
 from data_prep.synth import write_corpus
 from layoutlmv3.tokenizer import train_bpe
@@ -51,7 +52,9 @@ def test_hocr_and_alto_from_tesseract_give_its_words_boxes_and_lines(pages: Path
 
 @needs_tesseract
 def test_build_shards_from_hocr_and_alto_equals_running_tesseract(pages: Path, tmp_path: Path) -> None:
-    """The shards are byte-identical whichever way the same Tesseract words arrive; a broken file is rejected."""
+    """The shards are byte-identical whichever way the same Tesseract words arrive (the hOCR and ALTO files are the
+    command's own output, so --ocr tesseract reads as plainly: its own settings, the page at its resolution); a
+    broken file is rejected."""
     words = [word.text for path in pages.glob("*.png") for word in parse_tsv(run_tesseract(Image.open(path), 120))]
     train_bpe(words, vocab_size=400).save_pretrained(tmp_path / "vocab")
     broken = pages.parent / "broken"
@@ -65,7 +68,9 @@ def test_build_shards_from_hocr_and_alto_equals_running_tesseract(pages: Path, t
 
     def shards(kind: str, source: Path) -> tuple[dict[str, str], dict]:
         out = tmp_path / f"{kind}-{source.name}"
-        build(BuildConfig(source, out, kind, tmp_path / "vocab", progress_bar=False))
+        plain = OcrSettings(invert=True, min_dpi=0, max_dpi=0)  # as `tesseract page.png out hocr` reads
+        settings = plain if kind == "tesseract" else OcrSettings()
+        build(BuildConfig(source, out, kind, tmp_path / "vocab", progress_bar=False, ocr_settings=settings))
         manifest = json.loads((out / "manifest.json").read_text())
         return digests(out.glob("*.tar"), out), manifest
 

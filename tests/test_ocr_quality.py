@@ -111,12 +111,12 @@ def test_benchmark_reads_synthetic_pages(tmp_path):
     out = tmp_path / "quality.json"
     subprocess.run(
         [sys.executable, "benchmarks/ocr_quality.py", "--sets", "synthetic", "--synthetic", "2", "--configs",
-         "default,up300", "--json", str(out)],
+         "plain,up300", "--json", str(out)],
         cwd=REPO, check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     report = json.loads(out.read_text())["sets"]["synthetic"]
-    assert report["skipped"] == {"up300": "default"}  # 300 dpi pages: upscaling to 300 is a no-op
+    assert report["skipped"] == {"up300": "plain"}  # 300 dpi pages: upscaling to 300 is a no-op
     (row,) = report["results"]
-    assert row["config"] == "default" and row["pages"] == 2 and row["failed_pages"] == 0
+    assert row["config"] == "plain" and row["pages"] == 2 and row["failed_pages"] == 0
     assert row["f1"] > 0.5 and row["true_words"] > 50
     assert row["cpu_s_per_page"] > 0

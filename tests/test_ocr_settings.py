@@ -39,7 +39,7 @@ def test_settings_in_range_are_kept_and_recorded() -> None:
     assert settings.as_record() == {"psm": 11, "invert": False, "min_dpi": 50, "max_dpi": 1200}
     assert settings.tesseract_variables() == {"tessedit_do_invert": "0"}
     assert OcrSettings(min_dpi=200, max_dpi=200).min_dpi == 200  # one resolution for every page
-    assert OcrSettings().tesseract_variables() == {}  # the default sets nothing: Tesseract's own behaviour
+    assert OcrSettings(invert=True).tesseract_variables() == {}  # Tesseract's own behaviour: nothing set
 
 
 def test_page_dpi_recorded_estimated_or_implausible() -> None:
@@ -82,10 +82,10 @@ def test_boxes_to_page_maps_and_clamps() -> None:
 def test_a_100_dpi_page_upscaled_to_300_gives_boxes_in_its_own_pixels() -> None:
     page, ink = _page_with_word((500, 250), 24)
     page.info["dpi"] = (100, 100)
-    seen = prepare_page(page, OcrSettings(min_dpi=300))
+    seen = prepare_page(page, OcrSettings(min_dpi=300, max_dpi=0))
     assert seen.size == (1500, 750) and seen.info["dpi"] == (300, 300)
-    assert prepare_page(page, OcrSettings()) is page  # no bound: read as it is
-    (word,) = TesseractOcr(60.0, OcrSettings(min_dpi=300)).read(Path("page.png"), 0, page)
+    assert prepare_page(page, OcrSettings(min_dpi=0, max_dpi=0)) is page  # no bound: read as it is
+    (word,) = TesseractOcr(60.0, OcrSettings(min_dpi=300, max_dpi=0)).read(Path("page.png"), 0, page)
     assert word.text == "INVOICE"
     assert all(0 <= value <= bound for value, bound in zip(word.box, (500, 250, 500, 250), strict=True))
     assert _iou(word.box, ink) > 0.6, (word.box, ink)  # where the word is on the stored page, not the upscaled one
@@ -97,9 +97,31 @@ def test_a_300_dpi_bilevel_tiff_downscaled_to_200(tmp_path: Path) -> None:
     page.save(tmp_path / "page.tif", compression="group4", dpi=(300, 300))
     ((number, stored),) = list(read_pages(tmp_path / "page.tif"))
     assert number == 0 and page_dpi(stored) == pytest.approx(300.0)
-    seen = prepare_page(stored, OcrSettings(max_dpi=200))
+    seen = prepare_page(stored, OcrSettings(min_dpi=0, max_dpi=200))
     assert seen.size == (600, 300) and seen.mode == "L" and seen.info["dpi"] == (200, 200)  # grey keeps strokes
     page.info["dpi"] = (300, 300)
-    assert prepare_page(page, OcrSettings(max_dpi=200)).mode == "L"  # a mode "1" page too
-    (word,) = TesseractOcr(60.0, OcrSettings(max_dpi=200)).read(tmp_path / "page.tif", 0, stored)
+    assert prepare_page(page, OcrSettings(min_dpi=0, max_dpi=200)).mode == "L"  # a mode "1" page too
+    (word,) = TesseractOcr(60.0, OcrSettings(min_dpi=0, max_dpi=200)).read(tmp_path / "page.tif", 0, stored)
+    assert word.text == "INVOICE" and _iou(word.box, ink) > 0.6, (word.box, ink)
+
+
+@needs_tesseract
+def test_prediction_reads_a_page_as_data_prep_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The words predict.py and fine-tuning's OCR give a model come from data prep's reading of the page (the default
+    OcrSettings: resolution, segmentation, boxes mapped back), not from Tesseract's plain one."""
+    import data_prep.ocr
+    from data_prep.page_words import ocr_words
+
+    page, ink = _page_with_word((500, 250), 24)
+    page.info["dpi"] = (100, 100)
+    seen: list[tuple[tuple[int, int], OcrSettings]] = []
+
+    def spy(image: Image.Image, settings: OcrSettings) -> Image.Image:
+        read = prepare_page(image, settings)
+        seen.append((read.size, settings))
+        return read
+
+    monkeypatch.setattr(data_prep.ocr, "prepare_page", spy)
+    (word,) = ocr_words(page)
+    assert seen == [((750, 375), OcrSettings())]  # 100 dpi read at the default 150
     assert word.text == "INVOICE" and _iou(word.box, ink) > 0.6, (word.box, ink)

@@ -34,7 +34,8 @@ REJECTS_FILE = "rejects.jsonl"
 #   "tokenizer_image_size": TOKENIZER_IMAGE_SIZE,
 #   "shards": [{"name": str, "samples": int, "bytes": int, "sha256": hex str}],
 #   "total_samples": int, "rejects": {reason: count}, "seed": int,
-#   "ocr": {"source": --ocr, and for tesseract "psm", "invert", "min_dpi", "max_dpi", "tesseract_version"},
+#   "ocr": {"source": --ocr, and for tesseract "psm", "invert", "min_dpi", "max_dpi", "tesseract_version",
+#           "language_data"},
 #   "file_list": {"sha256": hex str, "files": int} (only when the pages came from --file-list)}
 # "ocr" and "file_list" were added without a new format_version (readers ignore keys they do not use); manifests
 # written before them lack them and still load.

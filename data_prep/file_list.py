@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import hashlib
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from layoutlmv3.atomic_files import file_in_place
+from layoutlmv3.checksums import StreamDigest
 from layoutlmv3.data_roots import NAME_MAX, PATH_MAX, NotARegularFile, check_regular_file
 from layoutlmv3.page_sources import PAGE_SUFFIXES
 
@@ -101,7 +101,7 @@ def read_file_list(path: Path) -> FileList:
     if size > MAX_LIST_BYTES:
         raise FileListError(f"{path} is {size} bytes, over {MAX_LIST_BYTES}: not a file list")
     pages: list[str] = []
-    digest = hashlib.sha256()
+    digest = StreamDigest()
     read, pending = 0, b""
     with open(path, "rb") as stream:
         while block := stream.read(READ_BLOCK):
@@ -163,7 +163,7 @@ def write_file_list(root: Path, out: Path) -> tuple[InputScan, str]:
     if not listable:
         note = f"; {scan.skipped_note()}" if scan.skipped else ""
         raise FileListError(f"no page files under {root} (read: {' '.join(sorted(PAGE_SUFFIXES))}){note}")
-    digest = hashlib.sha256()
+    digest = StreamDigest()
     out.parent.mkdir(parents=True, exist_ok=True)
     with file_in_place(out) as temporary, open(temporary, "wb") as stream:
         for start in range(0, len(listable), 100_000):

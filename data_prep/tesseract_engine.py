@@ -11,7 +11,6 @@ instead: `apt-get install libtesseract-dev libleptonica-dev pkg-config` then
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -21,6 +20,8 @@ from functools import cache
 from pathlib import Path
 
 from PIL import Image
+
+from layoutlmv3.checksums import ALGORITHM, file_digest
 
 from .ocr_settings import OcrSettings, tesseract_dpi
 from .rejects import OCR_FAILED, OCR_TIMEOUT, PageRejected
@@ -54,11 +55,15 @@ def _problem(engine: str, path: str) -> str | None:
     return None
 
 
-@cache
 def tesseract_version() -> str | None:
     """The `tesseract` command's release (e.g. "5.3.0"; None when it is missing): other releases read other words,
     so it is part of a corpus's OCR configuration (recorded in the manifest and the chunk digests). The in-process
     engine runs only when tesserocr's library is this same release."""
+    return _version(os.environ.get("PATH", ""))
+
+
+@cache  # asked once per process for a given PATH (a test's fake tesseract must not stick)
+def _version(path: str) -> str | None:
     try:
         return subprocess.run(["tesseract", "--version"], capture_output=True, text=True).stdout.split()[1]
     except (OSError, IndexError):
@@ -82,11 +87,7 @@ def _language_data(path: str, tessdata_prefix: str | None) -> str | None:
     model = Path(found.group(1)) / "eng.traineddata" if found else None
     if model is None or not model.is_file():
         return None
-    digest = hashlib.sha256()
-    with open(model, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()[:16]}"
+    return f"{ALGORITHM}:{file_digest(model)[:16]}"
 
 
 def use_persistent_engine() -> bool:

@@ -141,10 +141,10 @@ printf '%s\\0' "$@" >> "$CALLS/ran"
 """
 
 
-def _submit_prep(tmp_path: Path, build_args: list[str], locale: str = "C") -> list[list[str]]:
-    """slurm/submit_prep.sh run against a fake sbatch: the argument lists of its submissions, in order."""
+def _fake_sbatch(tmp_path: Path, locale: str) -> tuple[Path, dict[str, str]]:
+    """A fake sbatch and python on PATH that record each call's arguments under the returned folder; the
+    environment the Slurm scripts run in."""
     import os
-    import subprocess
 
     calls, tools = tmp_path / "calls", tmp_path / "bin"
     calls.mkdir()
@@ -154,6 +154,14 @@ def _submit_prep(tmp_path: Path, build_args: list[str], locale: str = "C") -> li
         (tools / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "CALLS": str(calls), "LC_ALL": locale}
     env |= {"PYTHON": str(tools / "python"), "LOG_DIR": str(tmp_path / "logs"), "REPO_DIR": str(tmp_path)}
+    return calls, env
+
+
+def _submit_prep(tmp_path: Path, build_args: list[str], locale: str = "C") -> list[list[str]]:
+    """slurm/submit_prep.sh run against a fake sbatch: the argument lists of its submissions, in order."""
+    import subprocess
+
+    calls, env = _fake_sbatch(tmp_path, locale)
     repo = Path(__file__).resolve().parent.parent
     subprocess.run([repo / "slurm" / "submit_prep.sh", "--array=0-1", "--", *build_args], env=env, check=True,
                    capture_output=True, cwd=repo)  # fmt: skip
@@ -236,18 +244,10 @@ def test_the_trainer_saves_our_processor_as_its_tokenizer_and_windows(tmp_path: 
 def test_prep_sbatch_merge_job_quotes_for_sh_in_any_locale(tmp_path: Path) -> None:
     """The first task of the array submits the merge as sbatch --wrap (a /bin/sh script), quoted as the list job is:
     %q wrote $'...' for a non-ASCII --out in the C locale, and the merge after the whole build failed."""
-    import os
     import subprocess
 
-    calls, tools = tmp_path / "calls", tmp_path / "bin"
-    calls.mkdir()
-    tools.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("python", FAKE_PYTHON)):
-        (tools / name).write_text(text)
-        (tools / name).chmod(0o755)
+    calls, env = _fake_sbatch(tmp_path, "C")
     out = tmp_path / "shards é" / "it's"
-    env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "CALLS": str(calls), "LC_ALL": "C"}
-    env |= {"PYTHON": str(tools / "python"), "LOG_DIR": str(tmp_path / "logs"), "REPO_DIR": str(tmp_path)}
     env |= {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_JOB_ID": "41"}
     script = Path(__file__).resolve().parent.parent / "slurm" / "prep.sbatch"
     subprocess.run(["bash", script, "--input", "/data", "--out", str(out)], env=env, check=True, capture_output=True)

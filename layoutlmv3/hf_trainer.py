@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,8 +26,7 @@ import transformers
 from transformers.trainer import TRAINING_ARGS_NAME  # the arguments saved beside a model
 
 from .model.modeling import LayoutLMv3PreTrainedModel
-from .model.weights_io import write_json
-from .processing import PROCESSING_FILE, LayoutLMv3Processor
+from .processing import LayoutLMv3Processor, write_processing_settings
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +45,7 @@ class LayoutLMv3Trainer(transformers.Trainer):
         if isinstance(self.processing_class, LayoutLMv3Processor):  # no save_pretrained: its tokenizer and windows
             self.processing_class.tokenizer.save_pretrained(output_dir)
             windows = {"max_length": self.processing_class.max_length, "stride": self.processing_class.stride}
-            write_json(windows, Path(output_dir) / PROCESSING_FILE)
+            write_processing_settings(output_dir, windows)
         elif self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))

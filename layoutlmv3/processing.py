@@ -16,6 +16,7 @@ pixel normalisation) instead. A fine-tuned model carries the windows it was tune
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from layoutlmv3.atomic_files import write_text
 from layoutlmv3.constants import IGNORE_INDEX, NO_WORD
 from layoutlmv3.json_files import read_json_file
 from layoutlmv3.model import LayoutLMv3Config
@@ -264,6 +266,12 @@ def _answer_positions(window: Encoding, span: tuple[int, int] | None) -> tuple[i
     starts = [i for i, word in enumerate(window.word_ids) if word == first]
     ends = [i for i, word in enumerate(window.word_ids) if word == last]
     return (starts[0], ends[-1]) if starts and ends else (0, 0)
+
+
+def write_processing_settings(model_dir: str | Path, settings: dict[str, Any]) -> None:
+    """The windows (and box level) a model was fine-tuned with, beside it (PROCESSING_FILE), where
+    `processing_settings` finds them; written whole (a reader never sees half a file)."""
+    write_text(Path(model_dir) / PROCESSING_FILE, json.dumps(settings, sort_keys=True) + "\n")
 
 
 def processing_settings(

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, default_collate
 
 from layoutlmv3.atomic_files import directory_in_place
 from layoutlmv3.model import LayoutLMv3PreTrainedModel
-from layoutlmv3.processing import PROCESSING_FILE
+from layoutlmv3.processing import write_processing_settings
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 from layoutlmv3.training.checkpointing import on_rank_zero
 from layoutlmv3.training.engine import Training, non_embedding_parameters
@@ -176,7 +176,7 @@ class SelectionTask:
                 (staged / SELECTION_FILE).write_text(json.dumps({"step": step, "dev_score": self.best_score}) + "\n")
                 data = self.job.config.data
                 processing = {"max_length": data.max_length, "stride": data.stride, "boxes": data.boxes}
-                (staged / PROCESSING_FILE).write_text(json.dumps(processing) + "\n")
+                write_processing_settings(staged, processing)
 
         with deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=self.training.zero_stage == 3):
             on_rank_zero(write, f"the model of step {step} not exported to {self.out / BEST_DIR}")

@@ -7,15 +7,19 @@ import hashlib
 import json
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from data_prep import build_shards, file_list
 from data_prep.build_shards import build
-from data_prep.file_list import FileListError, read_file_list, write_file_list
+from data_prep.file_list import FileListError, entry_problem, read_file_list, write_file_list
 from data_prep.manifest import MergeError, merge_task_manifests
 from layoutlmv3.data.sample_format import MANIFEST_FILE, REJECTS_FILE
+from layoutlmv3.page_sources import PAGE_SUFFIXES
 from tests.test_build_shards import config, corpus_dir, output_files, shard_bytes, synth_dir, tokenizer_dir
 
 __all__ = ["corpus_dir", "synth_dir", "tokenizer_dir"]  # module fixtures shared with test_build_shards
@@ -190,3 +194,33 @@ def test_lines_across_read_blocks_are_read_and_numbered_as_one(tmp_path, monkeyp
     listing.write_text("".join(f"{page}\n" for page in pages[:30]) + "scan/030/../page.tif\n")
     with pytest.raises(FileListError, match=f"^{listing}:31: 'scan/030/../page.tif' is not a plain relative path"):
         read_file_list(listing)
+
+
+_LIST_LINES = st.lists(
+    st.one_of(
+        st.sampled_from(["a.png", "b/c.tif", "../x.png", "/abs.png", "./d.jpg", "e//f.png", "g/./h.pdf", "x.txt", ""]),
+        st.text(min_size=0, max_size=40),
+        st.binary(min_size=0, max_size=40).map(lambda raw: raw.decode("latin-1")),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=150, deadline=2000, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(lines=_LIST_LINES, ending=st.sampled_from(["\n", "\r\n", ""]), raw_tail=st.binary(max_size=8))
+def test_any_list_is_read_or_refused_by_name(tmp_path: Path, lines: list[str], ending: str, raw_tail: bytes) -> None:
+    """Fuzzed: whatever bytes a list holds, reading it gives sorted, distinct, plain relative page paths with page
+    suffixes, or one FileListError naming the list -- never another exception."""
+    path = tmp_path / "list.txt"
+    path.write_bytes(ending.join(lines).encode("utf-8", "surrogateescape") + raw_tail)
+    try:
+        listed = read_file_list(path)
+    except FileListError as error:
+        assert str(path) in str(error)
+        return
+    assert listed.pages == sorted(set(listed.pages))
+    for page in listed.pages:
+        parts = page.split("/")
+        assert not page.startswith("/") and "" not in parts and "." not in parts and ".." not in parts, page
+        assert Path(page).suffix.lower() in PAGE_SUFFIXES and entry_problem(page) is None, page

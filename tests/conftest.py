@@ -11,10 +11,13 @@ import pytest
 import torch
 
 # The helper modules' asserts report their values as the test modules' do.
-pytest.register_assert_rewrite("tests.shard_files", "tests.slurm_cluster")
+pytest.register_assert_rewrite("tests.shard_files", "tests.slurm_cluster", "tests.hf_trainer_runs")
 
 from layoutlmv3.training.extensions import check_build_locks  # noqa: E402
 from tests.pretrain_world import build_world  # noqa: E402
+
+# Module fixtures of the data-prep tests (a synthetic corpus and its vocabulary), each module building its own.
+from tests.shard_build import corpus_dir, synth_dir, tokenizer_dir  # noqa: E402, F401
 from tests.slurm_cluster import slurm_env  # noqa: E402, F401  (the session fixture: one local cluster for every Slurm test)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -95,16 +95,16 @@ def test_a_masked_lm_resumes_from_its_trainer_checkpoint(tmp_path: Path, caplog:
     from torch.nn.modules.module import _IncompatibleKeys
 
     from layoutlmv3.model import LayoutLMv3ForMaskedLM
+    from tests.hf_trainer_runs import run_trainer, tiny_config
     from tests.model_inputs import random_inputs
-    from tests.test_transformers_interop import _tiny, _trainer
 
     inputs = random_inputs(batch=2, length=48, vocab_size=300, seed=9)
     torch.manual_seed(0)
-    model = LayoutLMv3ForMaskedLM(_tiny())
-    _trainer(model, tmp_path / "run", save_strategy="steps", save_steps=1)
+    model = LayoutLMv3ForMaskedLM(tiny_config())
+    run_trainer(model, tmp_path / "run", save_strategy="steps", save_steps=1)
     torch.manual_seed(1)
-    fresh = LayoutLMv3ForMaskedLM(_tiny())
-    resumed = _trainer(fresh, tmp_path / "run", save_strategy="no")
+    fresh = LayoutLMv3ForMaskedLM(tiny_config())
+    resumed = run_trainer(fresh, tmp_path / "run", save_strategy="no")
     resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
     assert fresh.mlm_head.decoder.weight is fresh.layoutlmv3.text_embeddings.word.weight
     with torch.no_grad():
@@ -229,12 +229,12 @@ def test_the_trainer_saves_our_processor_as_its_tokenizer_and_windows(tmp_path: 
     from layoutlmv3.model import LayoutLMv3ForTokenClassification
     from layoutlmv3.processing import LayoutLMv3Processor, processing_settings
     from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
-    from tests.test_transformers_interop import WORDS, _tiny
+    from tests.hf_trainer_runs import WORDS, tiny_config
 
     tokenizer = train_bpe(WORDS * 20, vocab_size=300)
     processor = LayoutLMv3Processor(tokenizer, max_length=64, stride=16)
     arguments = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), report_to=[], use_cpu=True)
-    model = LayoutLMv3ForTokenClassification(_tiny(num_labels=3))
+    model = LayoutLMv3ForTokenClassification(tiny_config(num_labels=3))
     LayoutLMv3Trainer(model=model, args=arguments, processing_class=processor).save_model(tmp_path / "saved")
     reloaded = LayoutLMv3Tokenizer.from_pretrained(tmp_path / "saved")
     assert reloaded.fingerprint == tokenizer.fingerprint

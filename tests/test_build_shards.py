@@ -26,7 +26,7 @@ import webdataset as wds
 from PIL import Image, ImageDraw, ImageFont
 
 from data_prep import build_shards, chunks
-from data_prep.build_shards import BuildConfig, build
+from data_prep.build_shards import build
 from data_prep.manifest import MergeError, merge_task_manifests
 from data_prep.merge_manifests import main as merge_main
 from data_prep.ocr import parse_tsv
@@ -52,10 +52,9 @@ from layoutlmv3.data.sample_format import (
 )
 from layoutlmv3.data.shards import list_shards
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer, train_bpe
-from tests.file_digests import digests
+from tests.shard_build import SYNTH_PAGES, config, funsd_words, output_files, shard_bytes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SYNTH_PAGES = 12
 HAS_TESSERACT = shutil.which("tesseract") is not None
 needs_tesseract = pytest.mark.skipif(not HAS_TESSERACT, reason="tesseract is not installed")
 
@@ -64,47 +63,8 @@ needs_tesseract = pytest.mark.skipif(not HAS_TESSERACT, reason="tesseract is not
 
 
 @pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory) -> Path:
-    """12 synthetic pages in FUNSD layout."""
-    out = tmp_path_factory.mktemp("synth")
-    write_corpus(out, SYNTH_PAGES, seed=0)
-    return out
-
-
-@pytest.fixture(scope="module")
-def corpus_dir(synth_dir, tmp_path_factory) -> Path:
-    """The synthetic pages plus two that must be rejected: a corrupt image and a page without words."""
-    out = tmp_path_factory.mktemp("corpus")
-    shutil.copytree(synth_dir, out, dirs_exist_ok=True)
-    (out / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    (out / "annotations" / "broken.json").write_text('{"form": []}')
-    Image.new("L", (600, 800), 255).save(out / "images" / "blank.png")
-    (out / "annotations" / "blank.json").write_text('{"form": []}')
-    return out
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(synth_dir, tmp_path_factory) -> Path:
-    """A small BPE vocabulary trained on the corpus words: no dependency on the shared RoBERTa files."""
-    words = [word["text"] for path in sorted((synth_dir / "annotations").glob("*.json")) for word in _funsd_words(path)]
-    out = tmp_path_factory.mktemp("vocab")
-    train_bpe(words, vocab_size=600).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def tokenizer(tokenizer_dir) -> LayoutLMv3Tokenizer:
     return LayoutLMv3Tokenizer.from_pretrained(tokenizer_dir)
-
-
-def _funsd_words(path: Path) -> list[dict]:
-    return [word for entity in json.loads(path.read_text())["form"] for word in entity["words"]]
-
-
-def config(input_dir: Path, out: Path, tokenizer_dir: Path, **overrides) -> BuildConfig:
-    settings = {"ocr": "funsd", "max_samples_per_shard": 5, "files_per_chunk": 6, "progress_bar": False}
-    settings |= overrides
-    return BuildConfig(input=input_dir, out=out, tokenizer_dir=tokenizer_dir, **settings)
 
 
 def read_dataset(out: Path) -> list[dict]:
@@ -116,15 +76,6 @@ def read_dataset(out: Path) -> list[dict]:
 
 def read_rejects(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / REJECTS_FILE).read_text().splitlines()]
-
-
-def output_files(out: Path) -> dict[str, str]:
-    """Every output file but the chunk locks (which name their last holder), by size and digest."""
-    return digests((p for p in out.rglob("*") if p.is_file() and p.suffix != ".lock"), out)
-
-
-def shard_bytes(out: Path) -> dict[str, str]:
-    return {name: data for name, data in output_files(out).items() if name.endswith(".tar")}
 
 
 def sample_bytes(samples: list[dict]) -> list[tuple[str, dict[str, str]]]:
@@ -170,7 +121,7 @@ def check_sample(sample: dict, corpus_dir: Path, tokenizer: LayoutLMv3Tokenizer)
         assert meta["page_size"] == list(original.size)
     width, height = meta["page_size"]
 
-    words = _funsd_words(corpus_dir / "annotations" / f"{path.stem}.json")
+    words = funsd_words(corpus_dir / "annotations" / f"{path.stem}.json")
     assert meta["words"] == [word["text"].strip() for word in words]
     expected_boxes = [[int(1000 * v / size) for v, size in zip(w["box"], (width, height) * 2)] for w in words]
     assert meta["word_boxes"] == expected_boxes
@@ -205,7 +156,7 @@ def test_real_funsd_pages_through_tesseract(funsd_dir, tokenizer_dir, tmp_path) 
     assert manifest["total_samples"] == len(pages) and manifest["rejects"] == {}
     for sample in read_dataset(tmp_path / "out"):
         meta = json.loads(sample[META_FILE])
-        truth = _funsd_words(funsd_dir / "testing_data" / "annotations" / f"{Path(meta['source']).stem}.json")
+        truth = funsd_words(funsd_dir / "testing_data" / "annotations" / f"{Path(meta['source']).stem}.json")
         truth_words = {word["text"].lower() for word in truth if len(word["text"]) > 3}
         found = {word.lower() for word in meta["words"]}
         assert len(truth_words & found) > 0.5 * len(truth_words)  # Tesseract reads most of the printed words
@@ -311,7 +262,7 @@ def test_tesseract_reads_each_page_of_a_group4_tiff(tokenizer_dir, tmp_path) -> 
 
 def test_bad_input_is_rejected_with_reasons_and_counted(synth_dir, tokenizer_dir, tmp_path) -> None:
     src = synth_dir / "images" / "synth_0_000000.png"
-    good = _funsd_words(synth_dir / "annotations" / "synth_0_000000.json")
+    good = funsd_words(synth_dir / "annotations" / "synth_0_000000.json")
     images, annotations = tmp_path / "in" / "images", tmp_path / "in" / "annotations"
     images.mkdir(parents=True)
     annotations.mkdir()

@@ -61,6 +61,23 @@ def test_relative_imports_are_resolved_against_the_package() -> None:
     assert "layoutlmv3.pretraining.build" in names and "layoutlmv3.training.runner" in names
 
 
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.mark.parametrize("path", sorted(TESTS.glob("*.py")), ids=lambda p: p.name)
+def test_no_test_module_imports_another(path: Path) -> None:
+    """Shared fixtures live in conftest.py and shared helpers in the tests' helper modules: a test module imported
+    by another runs its module fixtures twice and couples two suites that should change alone."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):  # `from tests import test_x` as well as `from tests.test_x import y`
+            names |= {f"{node.module or ''}.{alias.name}".lstrip(".") for alias in node.names} | {node.module or ""}
+    tests = {name for name in names if name.split(".")[-1].startswith("test_") or ".test_" in name}
+    assert not tests, f"{path.name} imports {sorted(tests)}: move what they share to a helper module or conftest.py"
+
+
 def test_entry_points_run_as_modules_and_console_scripts(tmp_path: Path) -> None:
     """`python -m launch.NAME` from any directory, and the console scripts setup.py declares (installed by
     `pip install -e .`, which `make venv` runs)."""

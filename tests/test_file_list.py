@@ -20,9 +20,7 @@ from data_prep.file_list import FileListError, entry_problem, read_file_list, wr
 from data_prep.manifest import MergeError, merge_task_manifests
 from layoutlmv3.data.sample_format import MANIFEST_FILE, REJECTS_FILE
 from layoutlmv3.page_sources import PAGE_SUFFIXES
-from tests.test_build_shards import config, corpus_dir, output_files, shard_bytes, synth_dir, tokenizer_dir
-
-__all__ = ["corpus_dir", "synth_dir", "tokenizer_dir"]  # module fixtures shared with test_build_shards
+from tests.shard_build import config, output_files, shard_bytes
 
 
 def test_a_build_from_the_list_writes_the_walks_shards(corpus_dir, tokenizer_dir, tmp_path, capsys) -> None:

@@ -26,10 +26,10 @@ from layoutlmv3.model import (
 )
 from layoutlmv3.processing import LayoutLMv3Processor
 from layoutlmv3.tokenizer import train_bpe
+from tests.hf_trainer_runs import WORDS, run_trainer, tiny_config
 from tests.model_inputs import random_inputs
 
 TOLERANCE = 1e-5
-WORDS = ["alpha", "beta", "gamma", "total", "date"]
 BOXES = [[10, 20, 110, 60], [130, 20, 250, 60], [10, 80, 200, 120], [600, 900, 700, 950], [300, 400, 420, 440]]
 LENGTH = 24
 # Run with nothing of this project importable (cwd is a temporary folder): transformers alone loads each directory
@@ -118,31 +118,6 @@ def test_a_model_directory_converts_only_to_transformers(tmp_path: Path, capsys:
     assert "--to hf" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
-def _tiny(**overrides) -> LayoutLMv3Config:
-    return LayoutLMv3Config.from_flavor("tiny", vocab_size=300, **overrides)
-
-
-def _trainer(model: torch.nn.Module, out: Path, trainer_class: type | None = None, processing_class=None, **options):
-    import transformers
-
-    from layoutlmv3.hf_trainer import LayoutLMv3Trainer
-
-    rows = []
-    for seed in range(4):
-        inputs = {
-            name: tensor[0] for name, tensor in random_inputs(batch=1, length=16, vocab_size=300, seed=seed).items()
-        }
-        rows.append({**inputs, "labels": inputs["input_ids"] % 3})
-    arguments = transformers.TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=2, max_steps=2, learning_rate=1e-3, report_to=[],
-        use_cpu=True, disable_tqdm=True, logging_strategy="no", **{"save_strategy": "no", **options},
-    )  # fmt: skip
-    trainer_class = trainer_class or LayoutLMv3Trainer
-    trainer = trainer_class(model=model, args=arguments, train_dataset=rows, processing_class=processing_class)
-    trainer.train()
-    return trainer
-
-
 @pytest.mark.slow
 def test_trainer_saves_reload_with_both_libraries(tmp_path: Path) -> None:
     """Our Trainer (transformers' with our save) writes save_model() and every checkpoint as a directory
@@ -152,9 +127,9 @@ def test_trainer_saves_reload_with_both_libraries(tmp_path: Path) -> None:
 
     inputs = random_inputs(batch=2, length=48, vocab_size=300, seed=9)
     torch.manual_seed(0)
-    model = LayoutLMv3ForTokenClassification(_tiny(num_labels=3))
+    model = LayoutLMv3ForTokenClassification(tiny_config(num_labels=3))
     tokenizer = train_bpe(WORDS * 20, vocab_size=300)
-    trainer = _trainer(
+    trainer = run_trainer(
         model, tmp_path / "run", processing_class=tokenizer, activation_checkpointing=True, save_strategy="steps",
         save_steps=1,
     )  # fmt: skip
@@ -167,8 +142,8 @@ def test_trainer_saves_reload_with_both_libraries(tmp_path: Path) -> None:
             torch.testing.assert_close(reloaded.eval()(**inputs).logits, model.eval()(**inputs).logits, atol=0, rtol=0)
 
     torch.manual_seed(1)  # another fresh model: the resumed run must take every weight from checkpoint-1
-    fresh = LayoutLMv3ForTokenClassification(_tiny(num_labels=3))
-    resumed = _trainer(fresh, tmp_path / "run", activation_checkpointing=True, save_strategy="no")
+    fresh = LayoutLMv3ForTokenClassification(tiny_config(num_labels=3))
+    resumed = run_trainer(fresh, tmp_path / "run", activation_checkpointing=True, save_strategy="no")
     resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(**inputs).logits, model(**inputs).logits, atol=1e-6, rtol=0)
@@ -180,7 +155,7 @@ def test_trainer_saves_reload_with_both_libraries(tmp_path: Path) -> None:
 
     model.save_pretrained(tmp_path / "hf", format="hf")
     theirs = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "hf")
-    _trainer(theirs, tmp_path / "run-hf").save_model(tmp_path / "saved-by-hf")
+    run_trainer(theirs, tmp_path / "run-hf").save_model(tmp_path / "saved-by-hf")
     back = LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "saved-by-hf", trained_head=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(back(**inputs).logits, theirs.eval()(**inputs).logits, atol=TOLERANCE, rtol=0)
@@ -193,8 +168,8 @@ def test_plain_trainer_saves_weights_only_and_the_error_says_what_to_do(tmp_path
     import transformers
 
     torch.manual_seed(0)
-    model = LayoutLMv3ForTokenClassification(_tiny(num_labels=3))
-    _trainer(model, tmp_path / "run", trainer_class=transformers.Trainer).save_model(tmp_path / "saved")
+    model = LayoutLMv3ForTokenClassification(tiny_config(num_labels=3))
+    run_trainer(model, tmp_path / "run", trainer_class=transformers.Trainer).save_model(tmp_path / "saved")
     with pytest.raises(FileNotFoundError, match=r"config=model\.config.*LayoutLMv3Trainer"):
         LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "saved")
     reloaded = LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "saved", config=model.config)
@@ -206,7 +181,7 @@ def test_plain_trainer_saves_weights_only_and_the_error_says_what_to_do(tmp_path
 def test_a_head_of_another_size_is_an_error_unless_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """As transformers: num_labels=3 on a 7-label model raises, naming ignore_mismatched_sizes; with it the head is
     initialised afresh with a warning, the backbone loaded."""
-    LayoutLMv3ForTokenClassification(_tiny(num_labels=7)).save_pretrained(tmp_path / "seven")
+    LayoutLMv3ForTokenClassification(tiny_config(num_labels=7)).save_pretrained(tmp_path / "seven")
     with pytest.raises(ValueError, match="ignore_mismatched_sizes"):
         LayoutLMv3ForTokenClassification.from_pretrained(tmp_path / "seven", num_labels=3)
     with caplog.at_level(logging.WARNING, logger="layoutlmv3.model.modeling"):
@@ -221,7 +196,7 @@ def test_a_head_of_another_size_is_an_error_unless_ignored(tmp_path: Path, caplo
 
 
 def test_a_fresh_head_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    LayoutLMv3Model(_tiny()).save_pretrained(tmp_path / "bare")
+    LayoutLMv3Model(tiny_config()).save_pretrained(tmp_path / "bare")
     with caplog.at_level(logging.WARNING, logger="layoutlmv3.model.modeling"):
         LayoutLMv3ForSequenceClassification.from_pretrained(tmp_path / "bare", num_labels=4)
     warned = [r for r in caplog.records if r.levelno == logging.WARNING and "newly initialised" in r.message]
@@ -229,7 +204,7 @@ def test_a_fresh_head_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixt
 
 
 def test_from_pretrained_takes_transformers_arguments_or_names_them(tmp_path: Path) -> None:
-    LayoutLMv3ForTokenClassification(_tiny(num_labels=2)).save_pretrained(tmp_path / "tagger")
+    LayoutLMv3ForTokenClassification(tiny_config(num_labels=2)).save_pretrained(tmp_path / "tagger")
     load = LayoutLMv3ForTokenClassification.from_pretrained
     assert next(load(tmp_path / "tagger", torch_dtype=torch.bfloat16).parameters()).dtype == torch.bfloat16
     assert next(load(tmp_path / "tagger", dtype="float16").parameters()).dtype == torch.float16
@@ -249,11 +224,11 @@ def test_outputs_are_transformers_model_outputs() -> None:
 
     inputs = random_inputs(batch=1, length=12, vocab_size=300)
     for model in (
-        LayoutLMv3Model(_tiny()),
-        LayoutLMv3ForTokenClassification(_tiny()),
-        LayoutLMv3ForSequenceClassification(_tiny()),
-        LayoutLMv3ForQuestionAnswering(_tiny()),
-        LayoutLMv3ForMaskedLM(_tiny()),
+        LayoutLMv3Model(tiny_config()),
+        LayoutLMv3ForTokenClassification(tiny_config()),
+        LayoutLMv3ForSequenceClassification(tiny_config()),
+        LayoutLMv3ForQuestionAnswering(tiny_config()),
+        LayoutLMv3ForMaskedLM(tiny_config()),
     ):
         with torch.no_grad():
             assert isinstance(model.eval()(**inputs), transformers.utils.ModelOutput), type(model).__name__
@@ -263,7 +238,7 @@ def test_the_model_methods_transformers_users_call() -> None:
     """gradient_checkpointing_enable (same gradients, the flag set), get_input_embeddings, resize_token_embeddings
     (old rows kept, tied decoder and config follow)."""
     torch.manual_seed(0)
-    model = LayoutLMv3ForMaskedLM(_tiny(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).train()
+    model = LayoutLMv3ForMaskedLM(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).train()
     inputs = random_inputs(batch=1, length=12, vocab_size=300)
     labels = inputs["input_ids"].clone()
 

@@ -1,0 +1,40 @@
+"""Tiny runs of transformers' Trainer over our models, shared by the interop tests and their attacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from layoutlmv3.model import LayoutLMv3Config
+from tests.model_inputs import random_inputs
+
+WORDS = ["alpha", "beta", "gamma", "total", "date"]
+
+
+def tiny_config(**overrides) -> LayoutLMv3Config:
+    """The tiny flavour over a 300-token vocabulary (what `train_bpe(WORDS * n, vocab_size=300)` gives)."""
+    return LayoutLMv3Config.from_flavor("tiny", vocab_size=300, **overrides)
+
+
+def run_trainer(model: torch.nn.Module, out: Path, trainer_class: type | None = None, processing_class=None, **options):
+    """Two steps of `trainer_class` (our LayoutLMv3Trainer by default) on four random rows; TrainingArguments
+    `options` override the defaults (no saves, no logging, CPU)."""
+    import transformers
+
+    from layoutlmv3.hf_trainer import LayoutLMv3Trainer
+
+    rows = []
+    for seed in range(4):
+        inputs = {
+            name: tensor[0] for name, tensor in random_inputs(batch=1, length=16, vocab_size=300, seed=seed).items()
+        }
+        rows.append({**inputs, "labels": inputs["input_ids"] % 3})
+    arguments = transformers.TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=2, max_steps=2, learning_rate=1e-3, report_to=[],
+        use_cpu=True, disable_tqdm=True, logging_strategy="no", **{"save_strategy": "no", **options},
+    )  # fmt: skip
+    trainer_class = trainer_class or LayoutLMv3Trainer
+    trainer = trainer_class(model=model, args=arguments, train_dataset=rows, processing_class=processing_class)
+    trainer.train()
+    return trainer

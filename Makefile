@@ -18,8 +18,9 @@ export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: demo smoke test test-fast lint format system-deps venv ocr-engine clean
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.ops
 
+# The Python packages. deepspeed builds against the installed torch (no build isolation), so it comes after.
 $(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -27,6 +28,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --no-build-isolation deepspeed==0.19.8
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+# DeepSpeed's CPU ops, compiled once into the virtualenv's cache (a minute and a half on 2 cores).
+$(VENV)/.ops: $(VENV)/.installed
 	DS_ACCELERATOR=cpu $(PY) -m layoutlmv3.training.extensions
 	touch $@
 
@@ -44,8 +49,7 @@ system-deps:
 # so its words are the command's (PyPI's wheel bundles another release). Optional: without it the command runs.
 ocr-engine: $(VENV)/.tesserocr
 
-$(VENV)/.tesserocr: $(VENV)/.installed
-	$(MAKE) system-deps
+$(VENV)/.tesserocr: $(VENV)/.installed | system-deps
 	$(PY) -m pip install -q --no-binary tesserocr tesserocr==2.13.0
 	touch $@
 
@@ -56,7 +60,7 @@ demo: venv system-deps
 smoke: venv system-deps
 	$(PY) launch/demo.py --out outputs/demo
 
-lint: venv system-deps
+lint: $(VENV)/.installed system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	shellcheck slurm/*.sbatch slurm/*.sh slurm/local/*.sh launch/*.sh benchmarks/*.sh
@@ -64,10 +68,13 @@ lint: venv system-deps
 # Two xdist workers, one core each, taking whole modules (the Slurm cluster's together: tests/conftest.py).
 PYTEST_WORKERS := -n 2 --dist loadscope
 
-test: venv system-deps ocr-engine lint
+# The set-up steps that share nothing run at once: the ops compile while tesserocr builds and lint runs.
+test:
+	$(MAKE) --no-print-directory -j3 venv ocr-engine lint
 	$(PY) -m pytest -q $(PYTEST_WORKERS) --durations=15
 
-test-fast: venv system-deps ocr-engine
+test-fast:
+	$(MAKE) --no-print-directory -j3 venv ocr-engine
 	$(PY) -m pytest -q $(PYTEST_WORKERS) -m "not slow" --durations=10
 
 format: venv

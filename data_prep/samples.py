@@ -27,7 +27,7 @@ from layoutlmv3.data.sample_format import (
     sample_key,
 )
 from layoutlmv3.page_layout import line_layout
-from layoutlmv3.processing import resize_page
+from layoutlmv3.page_sources import resize_page
 from layoutlmv3.tokenizer import LayoutLMv3Tokenizer
 
 from .ocr import Word

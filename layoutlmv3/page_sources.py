@@ -97,3 +97,12 @@ def open_image(path: str | Path | BinaryIO, check: bool = True) -> Image.Image:
 def check_frame(image: Image.Image, where: str) -> None:
     """The current frame of an opened image against the cap (Pillow checks only the first frame of a file)."""
     check_page_pixels(*image.size, where)
+
+
+RESAMPLE = Image.Resampling.BILINEAR  # LayoutLMv3ImageProcessor's; Pillow antialiases when shrinking
+
+
+def resize_page(image: Image.Image, size: int) -> Image.Image:
+    """The page squashed to size x size (its mode kept), as every stored or fed page image is made: by the shard
+    writer (no torch there) and by the processor."""
+    return image if image.size == (size, size) else image.resize((size, size), RESAMPLE)

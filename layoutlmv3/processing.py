@@ -32,21 +32,16 @@ from layoutlmv3.constants import IGNORE_INDEX, NO_WORD
 from layoutlmv3.json_files import read_json_file
 from layoutlmv3.model import LayoutLMv3Config
 from layoutlmv3.page_layout import BOX_LEVELS, normalize_box
+from layoutlmv3.page_sources import resize_page
 from layoutlmv3.tokenizer import Encoding, LayoutLMv3Tokenizer
 
 logger = logging.getLogger(__name__)
 
-RESAMPLE = Image.Resampling.BILINEAR  # LayoutLMv3ImageProcessor's; Pillow antialiases when shrinking
 IMAGE_MEAN, IMAGE_STD = 0.5, 0.5  # IMAGENET_STANDARD_MEAN / STD, per channel
 MAX_QUESTION_TOKENS = 64  # a longer question is cut to this many tokens (once said)
 PROCESSING_FILE = "processing.json"  # beside a fine-tuned model: how its pages were made inputs
 DEFAULT_PROCESSING = {"max_length": 512, "stride": 128, "boxes": "segment"}  # for a model without the file
 WINDOWS_PER_FORWARD = 8  # a predictor runs a page's windows this many at a time: memory bounded however long the page
-
-
-def resize_page(image: Image.Image, size: int) -> Image.Image:
-    """The page squashed to size x size (its mode kept), as every stored or fed page image is made."""
-    return image if image.size == (size, size) else image.resize((size, size), RESAMPLE)
 
 
 def normalize_pixels(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:

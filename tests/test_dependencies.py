@@ -78,6 +78,19 @@ def test_no_test_module_imports_another(path: Path) -> None:
     assert not tests, f"{path.name} imports {sorted(tests)}: move what they share to a helper module or conftest.py"
 
 
+def test_data_preparation_starts_without_torch_or_transformers() -> None:
+    """Data prep runs on CPU nodes that train nothing: its commands import neither torch (3 s of start-up a
+    process, and a package a prep-only node need not have) nor transformers."""
+    import subprocess
+    import sys
+
+    modules = ["data_prep.build_shards", "data_prep.merge_manifests", "data_prep.file_list", "data_prep.synth"]
+    probe = f"import sys; import {', '.join(modules)}; print(sorted({{'torch', 'transformers'}} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_entry_points_run_as_modules_and_console_scripts(tmp_path: Path) -> None:
     """`python -m launch.NAME` from any directory, and the console scripts setup.py declares (installed by
     `pip install -e .`, which `make venv` runs)."""

@@ -20,7 +20,8 @@ from layoutlmv3.model import (
     LayoutLMv3PreTrainedModel,
     weights_io,
 )
-from layoutlmv3.processing import IMAGE_MEAN, IMAGE_STD, RESAMPLE
+from layoutlmv3.page_sources import RESAMPLE
+from layoutlmv3.processing import IMAGE_MEAN, IMAGE_STD
 from layoutlmv3.tokenizer import CONFIG_FILE, MERGES_FILE, VOCAB_FILE, LayoutLMv3Tokenizer
 
 from .publish import PREPROCESSOR_FILE, publish

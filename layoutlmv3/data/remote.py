@@ -49,8 +49,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from webdataset import tariterators
-
 from layoutlmv3.checksums import StreamDigest
 from layoutlmv3.data.deadline import Deadline, DeadlineExceeded  # noqa: F401 (DeadlineExceeded: for callers)
 from layoutlmv3.json_files import MAX_JSON_BYTES, parse_json
@@ -491,12 +489,16 @@ def _abandon(stream: Any) -> None:
 
 def _grouped(stream: IO[bytes] | _Verified, url: str) -> Iterator[dict[str, Any]]:
     """webdataset's samples (files grouped by key) of the tar `stream`, read by `tar_files` within its caps."""
+    from webdataset import tariterators  # here, not at the top: webdataset imports torch, data prep needs neither
+
     files = ({"fname": name, "data": data, "__url__": url} for name, data in _capped_samples(stream, url))
     return tariterators.group_by_keys(files)
 
 
 def _capped_samples(stream: IO[bytes] | _Verified, url: str) -> Iterator[tuple[str, bytes]]:
     """The files of `stream` with at most MAX_SAMPLE_FILES in a row of one key (one sample)."""
+    from webdataset import tariterators
+
     key, files = None, 0
     for name, data in tar_files(stream, url):
         prefix = tariterators.base_plus_ext(name)[0]

@@ -4,7 +4,7 @@ training batches, and the held-out evaluation (reconstruction MSE/PSNR, codebook
 Sources: a folder of page images (PNG/JPEG/TIFF, searched recursively; the first frame of a multi-page TIFF) or
 webdataset shards (the `tok.png` member of each sample, see `layoutlmv3.data.sample_format`); synthetic pages are
 written to a folder by launch/train_image_tokenizer.py. Pages are converted to RGB and resized to 112x112 like the
-shard writer's `tok.png` (`processing.resize_page`) and reach the model as float tensors [B, 3, 112, 112] in 0..1
+shard writer's `tok.png` (`page_sources.resize_page`) and reach the model as float tensors [B, 3, 112, 112] in 0..1
 (pixels / 255). Unreadable files and samples are skipped with a logged warning and a running count.
 
 Held-out pages are chosen by a hash of each page's key (relative path or shard sample key), so the split is the
@@ -40,8 +40,7 @@ from layoutlmv3.data.loader import read_shards
 from layoutlmv3.data.remote import DEFAULT_RETRY, RetryPolicy
 from layoutlmv3.data.sample_format import TOKENIZER_IMAGE_FILE
 from layoutlmv3.data.shards import Shard, list_shards
-from layoutlmv3.page_sources import IMAGE_SUFFIXES, PageTooLarge, open_image
-from layoutlmv3.processing import resize_page
+from layoutlmv3.page_sources import IMAGE_SUFFIXES, PageTooLarge, open_image, resize_page
 
 from .image_tokenizer import ImageTokenizer
 

@@ -34,22 +34,23 @@ if XDIST_WORKER:
 # The modules whose tests use the Slurm cluster: one cluster a session (fixed node names and addresses), one worker.
 SLURM_CLUSTER_MODULES = ("tests/test_slurm.py", "tests/test_slurm_multinode.py", "tests/test_probe.py")
 SLURM_SCOPE = "the Slurm cluster"
-# Seconds each long scope takes (`pytest -n 2 --durations=0 -m slow`, 2026-12-07, on a loaded 2-core machine: the
+# Seconds each long scope takes under `make test` (sums of `--durations=0`, idle 2-core machine, 2026-12-07; the
 # order is what counts). Workers take the longest first, so the run does not end on one worker finishing a long
 # module that started last while the other waits (longest-processing-time-first scheduling); unlisted modules are
 # short and follow, slow ones first.
 EXPECTED_SECONDS = {
-    "tests/test_pretraining_convergence.py": 840,
-    "tests/test_pretrain_launcher.py": 690,
-    SLURM_SCOPE: 670,
-    "tests/test_question_answering.py": 500,
-    "tests/test_benchmark_scripts.py": 500,
-    "tests/test_classify.py": 450,
-    "tests/test_finetune.py": 310,
-    "tests/test_image_tokenizer.py": 180,
-    "tests/test_checkpoint_verification.py": 110,
+    SLURM_SCOPE: 400,
+    "tests/test_pretrain_launcher.py": 380,
+    "tests/test_question_answering.py": 260,
+    "tests/test_pretraining_convergence.py": 235,
+    "tests/test_finetune.py": 180,
+    "tests/test_benchmark_scripts.py": 120,
+    "tests/test_classify.py": 100,
     "tests/test_runtime_faults.py": 95,
-    "tests/test_end_to_end.py": 66,
+    "tests/test_image_tokenizer.py": 75,
+    "tests/test_build_shards.py": 60,
+    "tests/test_checkpoint_verification.py": 40,
+    "tests/test_end_to_end.py": 30,
 }
 
 

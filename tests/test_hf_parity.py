@@ -14,6 +14,7 @@ from layoutlmv3 import (
     LayoutLMv3Model,
 )
 from layoutlmv3.model.hf_interop import config_to_hf
+from tests.hf_trainer_runs import token_rows
 from tests.model_inputs import random_inputs
 
 TOLERANCE = 1e-5
@@ -258,12 +259,7 @@ def test_transformers_trainer_runs_our_token_classifier(tmp_path):
     evaluate our model unchanged."""
     torch.manual_seed(0)
     model = LayoutLMv3ForTokenClassification(LayoutLMv3Config.from_flavor("tiny", vocab_size=500, num_labels=3))
-    rows = []
-    for seed in range(8):
-        inputs = {
-            name: tensor[0] for name, tensor in random_inputs(batch=1, length=32, vocab_size=500, seed=seed).items()
-        }
-        rows.append({**inputs, "labels": inputs["input_ids"] % 3})
+    rows = token_rows(8, length=32, vocab_size=500)
     arguments = transformers.TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=6,
         learning_rate=5e-3, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,

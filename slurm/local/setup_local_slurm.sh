@@ -23,9 +23,7 @@
 # Everything (slurm.conf, state, spool, logs, pid files, the hosts file) lives under $SLURM_LOCAL_DIR (default
 # /tmp/layoutlmv3-slurm), so /etc/slurm is never touched: clients find the config through SLURM_CONF, which
 # `start` prints and tests export (`eval "$(slurm/local/setup_local_slurm.sh env)"` sets it in a shell).
-# SlurmdTimeout is short (SLURM_LOCAL_SLURMD_TIMEOUT, 20 s) so a killed node is marked DOWN quickly, and the
-# scheduler passes every 2 s (sched_interval, bf_interval; defaults 60 and 30) so a requeued job starts as soon as
-# its begin time (requeue + 5 s) has passed: 5 s from requeue to start instead of 15.
+# SlurmdTimeout is short (SLURM_LOCAL_SLURMD_TIMEOUT, 20 s) so a killed node is marked DOWN quickly.
 set -euo pipefail
 
 STATE_DIR=${SLURM_LOCAL_DIR:-/tmp/layoutlmv3-slurm}
@@ -107,7 +105,6 @@ SlurmdLogFile=$STATE_DIR/slurmd-%n.log
 SlurmctldPort=${SLURM_LOCAL_CTLD_PORT:-6817}
 SlurmdPort=${SLURM_LOCAL_SLURMD_PORT:-6818}
 SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ProctrackType=proctrack/linuxproc

@@ -30,7 +30,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-# DeepSpeed's CPU ops, compiled once into the virtualenv's cache (a minute and a half on 2 cores).
+# DeepSpeed's CPU op (the shared-memory all-reduce), compiled once into the virtualenv's cache (30-60 s on 2 cores).
 $(VENV)/.ops: $(VENV)/.installed
 	DS_ACCELERATOR=cpu $(PY) -m layoutlmv3.training.extensions
 	touch $@

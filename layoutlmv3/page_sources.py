@@ -5,6 +5,9 @@ A 300-byte PDF whose page measures 14400 pt renders at 200 dpi as 40000 x 40000 
 RGB); a PNG header can promise as much. Pillow refuses only images over twice its own warning limit, and only
 the first frame of a file; a PDF page has no limit at all. Every reader of pages checks the size here first --
 before decoding or rendering -- and refuses what is over the cap with `PageTooLarge`, naming the size and the cap.
+
+`resize_page` is the one way a page image is squashed to the model's square, for the shard writer (which imports
+no torch) and the processor alike.
 """
 
 from __future__ import annotations

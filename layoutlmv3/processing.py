@@ -9,8 +9,8 @@ processor on FUNSD pages.
 Its one call (`LayoutLMv3Processor.__call__`) is how every fine-tuning dataset and every predictor makes a page's
 inputs, with the labels of its task: word labels on sub-tokens (entities), the page's class (classification), or
 questions with their answers' first and last tokens (question answering). Pretraining stores pages uncut and
-windows them at load time, so shard writing and collation use its parts (`resize_page`, `normalize_box`, the
-pixel normalisation) instead. A fine-tuned model carries the windows it was tuned on (`PROCESSING_FILE`), and
+windows them at load time, so shard writing and collation use its parts instead: the one resize
+(`page_sources.resize_page`, torch-free for data prep), `normalize_box` and the pixel normalisation. A fine-tuned model carries the windows it was tuned on (`PROCESSING_FILE`), and
 `processing_settings` gives them to its predictor.
 """
 
